@@ -1,0 +1,34 @@
+# igrt developer entry points. `make setup` is idempotent: it (re)creates .venv
+# only when pyproject.toml changed since the last install.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MODE ?= 3d
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m sim.demo --mode $(MODE) --out out/demo
+
+test: setup
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m bench.run --out bench/results.json
+
+lint: setup
+	$(VENV)/bin/ruff check daemon drivers safety sim imaging tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache
