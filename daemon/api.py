@@ -1,0 +1,106 @@
+"""The daemon's command surface, shared by every front end.
+
+The local socket API (`igrtctl` on the treatment-room machine) and the MQTT
+console API call exactly these methods on a `RoomCommands` implementation, so
+role checks, state checks and auditing happen in one place whichever way a
+command arrived. Front ends authenticate; RoomCommands authorises.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Role(StrEnum):
+    THERAPIST = "therapist"
+    APPROVER = "approver"  # physicist: second approval of large corrections
+    SERVICE = "service"
+    VIEWER = "viewer"
+
+
+class Actor(BaseModel):
+    """Who issued a command, as established by the front end that received it."""
+
+    model_config = ConfigDict(frozen=True)
+    user: str
+    role: Role
+    via: str = "local"  # "local" socket or "mqtt:<console>"
+
+
+class Binding(BaseModel):
+    """What a registration is bound to (R-BIND)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    patient_id: str
+    plan_uid: str
+    frame_of_reference_uid: str
+    imaging_session_uid: str
+    acquired_at: float = Field(description="UNIX time the daily image was acquired")
+
+
+class ProposeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    matrix: list[list[float]] = Field(description="4x4 ITK fixed->moving rigid transform")
+    iso: tuple[float, float, float]
+    patient_position: str
+    binding: Binding
+    couch_at_imaging: dict[str, float] | None = Field(
+        default=None,
+        description="couch pose when the image was acquired; None: read it from the couch now",
+    )
+    axes: list[str] | None = None
+    source: str = "registration"
+
+
+class SessionRequest(BaseModel):
+    """The treatment session the room is set up for (from the record-and-verify system)."""
+
+    model_config = ConfigDict(extra="forbid")
+    patient_id: str = Field(min_length=1, max_length=64)
+    plan_uid: str = Field(min_length=1, max_length=64)
+    frame_of_reference_uid: str = Field(min_length=1, max_length=64)
+    iso: tuple[float, float, float]
+    patient_position: str
+
+
+class ImagingRequest(BaseModel):
+    """An image was (or is being) acquired: the daemon records the couch pose now."""
+
+    model_config = ConfigDict(extra="forbid")
+    imaging_session_uid: str = Field(min_length=1, max_length=64)
+    modality: str = "CBCT"
+
+
+class CommandError(Exception):
+    """A command refused by the daemon; `reason` is the one-line answer to the user."""
+
+    def __init__(self, reason: str, code: str = "refused") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class RoomCommands(Protocol):
+    async def status(self, actor: Actor) -> dict[str, Any]: ...
+    async def propose(self, actor: Actor, req: ProposeRequest) -> dict[str, Any]: ...
+    async def confirm(self, actor: Actor, proposal_id: str) -> dict[str, Any]: ...
+    async def approve(self, actor: Actor, proposal_id: str) -> dict[str, Any]: ...
+    async def hold(self, actor: Actor, proposal_id: str) -> dict[str, Any]:
+        """Hold-to-run heartbeat from a console (>= 10 Hz while the move runs)."""
+        ...
+    async def release(self, actor: Actor) -> dict[str, Any]: ...
+    async def stop(self, actor: Actor, reason: str) -> dict[str, Any]: ...
+    async def reset(self, actor: Actor) -> dict[str, Any]: ...
+    async def interlocks(self, actor: Actor) -> dict[str, Any]: ...
+    async def open_session(self, actor: Actor, req: "SessionRequest") -> dict[str, Any]: ...
+    async def close_session(self, actor: Actor) -> dict[str, Any]: ...
+    async def record_imaging(self, actor: Actor, req: "ImagingRequest") -> dict[str, Any]: ...
+
+
+CommandName = Literal[
+    "status", "propose", "confirm", "approve", "hold", "release", "stop", "reset", "interlocks",
+    "open_session", "close_session", "record_imaging",
+]

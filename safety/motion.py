@@ -1,0 +1,150 @@
+"""The rule behind the daemon's single motion choke point (R-MOTION, R-LIMITS, R-IDEMP).
+
+`authorize_motion` is a pure function of a snapshot of everything relevant;
+the daemon's MotionGate builds the snapshot and sends nothing unless the
+decision is `allowed`. Every failed rule adds a reason (they are all
+reported, not just the first), and any reason means no motion.
+
+Rules:
+* the room is in a state that permits this kind of motion;
+* no interlock is open;
+* couch motion: the current pose is known and the target is a finite pose
+  inside every couch-model limit (refused, never clipped);
+* the command's deadline has not passed (nothing stale moves anything);
+* a correction move (couch_move) has a target, a deadline and a
+  confirmation; a confirmation that was already executed never moves
+  anything again (a correction applies once);
+* the hold-to-run enable is fresh;
+* the couch never moves while an imager arm is not parked or is moving;
+  an imager arm never moves while the couch moves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from safety.couch_model import CouchModel
+from safety.pose import AXES, Pose
+
+MotionKind = Literal["couch_move", "couch_jog", "imager_arm"]
+KINDS: frozenset[str] = frozenset({"couch_move", "couch_jog", "imager_arm"})
+COUCH_KINDS: frozenset[str] = frozenset({"couch_move", "couch_jog"})
+
+# Room states (daemon.workflow.RoomState values) in which each kind of motion
+# may be sent. A correction move is authorised from CONFIRMED (before the
+# target is sent) and re-authorised just before GO, possibly after the
+# workflow entered MOVING. Jogs and arm moves need an idle room.
+DEFAULT_MOTION_STATES: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "couch_move": frozenset({"CONFIRMED", "MOVING"}),
+        "couch_jog": frozenset({"STANDBY", "READY", "DONE"}),
+        "imager_arm": frozenset(
+            {"STANDBY", "READY", "PROPOSED", "AWAITING_APPROVAL", "CONFIRMED", "DONE"}
+        ),
+    }
+)
+
+# A correction move runs only from a confirmation, before a deadline and to a
+# target. Jogs and arm moves are operator hold-to-run motions without them; if
+# a confirmation or deadline is given anyway it is checked the same way.
+CORRECTION_KINDS: frozenset[str] = frozenset({"couch_move"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MotionRequest:
+    kind: str
+    room_state: str
+    target: Pose | None
+    current: Pose | None
+    confirmation_id: str | None = None
+    confirmed_at: float | None = None  # monotonic seconds
+    already_executed: bool = False
+    deadline: float | None = None  # monotonic seconds: the command is stale after this
+    now: float  # monotonic seconds
+    open_interlocks: Sequence[str]
+    couch_moving: bool
+    imager_arms_parked: bool
+    imager_moving: bool
+    hold_to_run_fresh: bool
+    model: CouchModel
+    permitted_states: Mapping[str, frozenset[str]] = field(
+        default_factory=lambda: DEFAULT_MOTION_STATES
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MotionDecision:
+    allowed: bool
+    reasons: list[str]
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+def authorize_motion(req: MotionRequest) -> MotionDecision:
+    reasons: list[str] = []
+    if req.kind not in KINDS:
+        return MotionDecision(False, [f"unknown motion kind {req.kind!r}"])
+    couch = req.kind in COUCH_KINDS
+    correction = req.kind in CORRECTION_KINDS
+
+    permitted = req.permitted_states.get(req.kind, frozenset())
+    if req.room_state not in permitted:
+        needed = ", ".join(sorted(permitted)) or "none"
+        reasons.append(
+            f"room state {req.room_state} does not permit {req.kind} (permitted: {needed})"
+        )
+
+    reasons.extend(f"interlock open: {r}" for r in req.open_interlocks)
+
+    if couch:
+        reasons.extend(_couch_target_reasons(req, target_required=correction))
+
+    if req.deadline is None:
+        if correction:
+            reasons.append(f"{req.kind} has no deadline: an undated command never moves")
+    elif not req.now <= req.deadline:
+        text = f"command stale: deadline passed {req.now - req.deadline:.3f} s ago"
+        if req.confirmed_at is not None:
+            text += f" (confirmed {req.now - req.confirmed_at:.3f} s ago)"
+        reasons.append(text)
+
+    if req.confirmation_id is None and correction:
+        reasons.append(f"{req.kind} needs a confirmation and none was given")
+    if req.already_executed:
+        reasons.append(
+            f"confirmation {req.confirmation_id or '(unnamed)'} was already executed: "
+            "a correction applies once"
+        )
+
+    if not req.hold_to_run_fresh:
+        reasons.append("hold-to-run enable not held or stale")
+
+    if couch:
+        if not req.imager_arms_parked:
+            reasons.append("imager arms not parked")
+        if req.imager_moving:
+            reasons.append("imager arm moving")
+    elif req.couch_moving:
+        reasons.append("couch moving")
+
+    return MotionDecision(not reasons, reasons)
+
+
+def _couch_target_reasons(req: MotionRequest, target_required: bool) -> list[str]:
+    out: list[str] = []
+    if req.current is None:
+        out.append("current couch pose unknown")
+    if req.target is None:
+        if target_required:
+            out.append("no target pose")
+        return out
+    bad = [a for a in AXES if not math.isfinite(req.target.get(a))]
+    if bad:
+        out.append(f"target {', '.join(bad)} not a finite number")
+    out.extend(f"target {v.message}" for v in req.model.check_pose(req.target))
+    return out
