@@ -1,0 +1,185 @@
+"""Message schemas of the MQTT console API, version 1.
+
+Every JSON message on an `igrt/{room}/...` topic carries `v`, the schema
+version, so a console can refuse a message it does not understand instead of
+misreading it. The JSON Schema files in docs/schemas/ are generated from these
+models by `export_schemas` (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from daemon.api import CommandName, ImagingRequest, ProposeRequest, SessionRequest
+
+SCHEMA_VERSION = 1
+
+# A console id names a reply topic; it is used as one MQTT topic level, so no
+# wildcards or separators: a hostile reply_to must not reach another topic.
+CONSOLE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+ROOM_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+JTI_PATTERN = r"^[A-Za-z0-9_.:-]{8,128}$"
+
+
+def topic(room: str, leaf: str) -> str:
+    """`igrt/{room}/{leaf}`: the one place topic names are spelled."""
+    return f"igrt/{room}/{leaf}"
+
+
+def reply_topic(room: str, console_id: str) -> str:
+    return f"igrt/{room}/reply/{console_id}"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1] = Field(default=1, description="schema version (SCHEMA_VERSION)")
+
+
+# --- command (the JWS payload) -------------------------------------------
+
+
+class CommandClaims(_Message):
+    """Claims of a signed console command (the payload of a compact JWS)."""
+
+    cmd: CommandName = Field(description="RoomCommands method to call")
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="arguments of cmd, see the *-args schemas"
+    )
+    sub: str = Field(min_length=1, max_length=64, description="user who signed the command")
+    aud: str = Field(pattern=ROOM_PATTERN, description="room the command is meant for")
+    iat: float = Field(description="issued at, UNIX seconds")
+    exp: float = Field(description="expires at, UNIX seconds; at most 30 s after iat")
+    jti: str = Field(pattern=JTI_PATTERN, description="unique token id; used once")
+    reply_to: str = Field(
+        pattern=CONSOLE_ID_PATTERN,
+        description="console id: the reply goes to igrt/{room}/reply/{reply_to}",
+    )
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoArgs(_Args):
+    """status, interlocks, release, reset take no arguments."""
+
+
+class ProposalArgs(_Args):
+    """confirm, approve and hold name the proposal they act on."""
+
+    proposal_id: str = Field(min_length=1, max_length=128)
+
+
+class StopArgs(_Args):
+    reason: str = Field(default="console stop", max_length=256)
+
+
+ARGS_MODELS: dict[str, type[BaseModel]] = {
+    "status": NoArgs,
+    "interlocks": NoArgs,
+    "propose": ProposeRequest,
+    "confirm": ProposalArgs,
+    "approve": ProposalArgs,
+    "hold": ProposalArgs,
+    "release": NoArgs,
+    "stop": StopArgs,
+    "reset": NoArgs,
+    "open_session": SessionRequest,
+    "close_session": NoArgs,
+    "record_imaging": ImagingRequest,
+}
+
+
+# --- daemon -> console ----------------------------------------------------
+
+
+class ReplyMessage(_Message):
+    """Answer to one command, on igrt/{room}/reply/{console_id}."""
+
+    room: str
+    jti: str | None = Field(description="jti of the command answered, when it could be read")
+    cmd: str | None = None
+    ok: bool
+    result: dict[str, Any] | None = Field(default=None, description="RoomCommands result")
+    code: str | None = Field(default=None, description="machine-readable rejection code")
+    reason: str | None = Field(default=None, description="one-line reason for the user")
+    ts: float
+
+
+class StateMessage(_Message):
+    """Full room state snapshot, retained on igrt/{room}/state."""
+
+    room: str
+    seq: int = Field(description="increases with every state message of this daemon run")
+    ts: float
+    state: dict[str, Any]
+
+
+class TelemetryMessage(_Message):
+    """Couch pose and interlocks, at most 20 per second, on igrt/{room}/telemetry."""
+
+    model_config = ConfigDict(extra="allow")
+    room: str
+    seq: int
+    ts: float
+    couch: dict[str, float] | None = Field(default=None, description="pose, mm and deg")
+    interlocks: dict[str, Any] | None = None
+    motion: dict[str, Any] | None = None
+
+
+class EventMessage(_Message):
+    """An audit-worthy event, on igrt/{room}/events."""
+
+    room: str
+    seq: int
+    ts: float
+    event: str
+    actor: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class StatusMessage(_Message):
+    """Daemon presence, retained on igrt/{room}/status; 'offline' is the last will."""
+
+    room: str
+    status: Literal["online", "offline"]
+
+
+def dumps(model: BaseModel) -> bytes:
+    return model.model_dump_json(exclude_none=False).encode()
+
+
+_EXPORTED: dict[str, type[BaseModel]] = {
+    "command-claims": CommandClaims,
+    "reply": ReplyMessage,
+    "state": StateMessage,
+    "telemetry": TelemetryMessage,
+    "event": EventMessage,
+    "status": StatusMessage,
+    **{f"{name}-args": model for name, model in ARGS_MODELS.items()},
+}
+
+
+def schema_documents() -> dict[str, str]:
+    """File name -> JSON Schema text, exactly as committed in docs/schemas/."""
+    return {
+        f"{name}.schema.json": json.dumps(model.model_json_schema(), indent=2, sort_keys=True)
+        + "\n"
+        for name, model in _EXPORTED.items()
+    }
+
+
+def export_schemas(directory: str | Path) -> list[Path]:
+    """Write the JSON Schema of every message to `directory`; returns the files."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in schema_documents().items():
+        path = out / name
+        path.write_text(text)
+        written.append(path)
+    return written

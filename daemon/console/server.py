@@ -1,0 +1,410 @@
+"""The daemon side of the MQTT console API.
+
+`MqttConsole` keeps one broker connection for a room (reconnecting with
+back-off), verifies every message on `igrt/{room}/cmd` with a
+`CommandVerifier`, calls the matching `RoomCommands` method as the
+registered user, and answers on `igrt/{room}/reply/{console}`. It publishes
+the retained state snapshot, rate-limited telemetry, events, and presence
+(`online`, with `offline` as the broker-held last will).
+
+Why commands run as tasks: a `stop` must never wait behind a slow command,
+so stop runs at once; other commands run in arrival order per console (a
+`release` must not overtake the `hold` sent before it), concurrently across
+consoles, with a cap on how many are in flight.
+
+Losing the broker is reported through `on_link_change(False)`: with the link
+gone hold-to-run heartbeats cannot arrive, so the daemon stops any move
+rather than wait for the heartbeat timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+
+from daemon.api import Actor, CommandError, RoomCommands
+from daemon.console.schemas import (
+    EventMessage,
+    NoArgs,
+    ProposalArgs,
+    ReplyMessage,
+    StateMessage,
+    StatusMessage,
+    StopArgs,
+    TelemetryMessage,
+    dumps,
+    reply_topic,
+    topic,
+)
+from daemon.console.tokens import CommandRejected, CommandVerifier, VerifiedCommand
+
+log = logging.getLogger(__name__)
+
+AuditFn = Callable[[str, str, dict[str, Any]], None]
+
+# Without TCP_NODELAY, Nagle + delayed ACK stall small request/reply
+# exchanges over loopback by tens of milliseconds.
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Lane:
+    """Commands of one user at one console, run one at a time in arrival order."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+def _log_audit(event: str, actor: str, details: dict[str, Any]) -> None:
+    level = logging.WARNING if event.endswith("rejected") else logging.INFO
+    log.log(level, "audit %s actor=%s %s", event, actor, details)
+
+
+class MqttConsole:
+    def __init__(
+        self,
+        room_commands: RoomCommands,
+        verifier: CommandVerifier,
+        *,
+        broker_host: str,
+        broker_port: int = 1883,
+        room: str,
+        username: str,
+        password: str | None,
+        tls: ssl.SSLContext | None = None,
+        audit: AuditFn = _log_audit,
+        state_provider: Callable[[], dict[str, Any] | None] | None = None,
+        on_link_change: Callable[[bool], None] | None = None,
+        telemetry_max_hz: float = 20.0,
+        reconnect_min_s: float = 0.1,
+        reconnect_max_s: float = 5.0,
+        keepalive_s: int = 5,
+        max_inflight_commands: int = 32,
+        client_id: str | None = None,
+    ) -> None:
+        if verifier.room != room:
+            raise ValueError(f"verifier is for room {verifier.room!r}, console for {room!r}")
+        self.commands = room_commands
+        self.verifier = verifier
+        self.room = room
+        self._host = broker_host
+        self._port = broker_port
+        self._username = username
+        self._password = password
+        self._tls = tls
+        self._audit_fn = audit
+        self._state_provider = state_provider
+        self._on_link_change = on_link_change
+        self._telemetry_period = 1.0 / telemetry_max_hz
+        self._reconnect_min = reconnect_min_s
+        self._reconnect_max = reconnect_max_s
+        self._keepalive = keepalive_s
+        self._max_inflight = max_inflight_commands
+        self._client_id = client_id or f"igrtd-{room}"
+
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._last_state: dict[str, Any] | None = None
+        self._seq = {"state": 0, "telemetry": 0, "event": 0}
+        self._telemetry_last = 0.0
+        self._telemetry_pending: dict[str, Any] | None = None
+        self._telemetry_flush_scheduled = False
+        self._console_locks: dict[str, _Lane] = {}
+        self._inflight = 0
+        self.connections = 0  # successful connects, for tests and diagnostics
+
+    # --- topics -------------------------------------------------------------
+
+    @property
+    def cmd_topic(self) -> str:
+        return topic(self.room, "cmd")
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    # --- connection ---------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until cancelled, reconnecting with exponential back-off."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            try:
+                await self._connection_loop()
+            finally:
+                self._tg = None
+
+    async def _connection_loop(self) -> None:
+        backoff = self._reconnect_min
+        while True:
+            try:
+                client = aiomqtt.Client(
+                    self._host,
+                    self._port,
+                    username=self._username,
+                    password=self._password,
+                    identifier=self._client_id,
+                    clean_session=True,  # nothing queued while away is delivered later
+                    keepalive=self._keepalive,
+                    tls_context=self._tls,
+                    will=aiomqtt.Will(
+                        topic(self.room, "status"),
+                        dumps(StatusMessage(room=self.room, status="offline")),
+                        qos=1,
+                        retain=True,
+                    ),
+                    socket_options=[NODELAY],
+                    timeout=5,
+                )
+                async with client:
+                    await self._on_connected(client)
+                    backoff = self._reconnect_min
+                    try:
+                        async for message in client.messages:
+                            if message.topic.matches(self.cmd_topic):
+                                self._on_command(bytes(message.payload))  # type: ignore[arg-type]
+                    except asyncio.CancelledError:
+                        # A clean disconnect does not fire the last will, so say it ourselves.
+                        await self._say_offline(client)
+                        raise
+            except aiomqtt.MqttError as exc:
+                log.warning("MQTT broker %s:%s: %s", self._host, self._port, exc)
+            finally:
+                self._client = None
+                if self._connected.is_set():
+                    self._connected.clear()
+                    self._link_changed(False)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._reconnect_max)
+
+    async def _on_connected(self, client: aiomqtt.Client) -> None:
+        await client.subscribe(self.cmd_topic, qos=1)
+        await client.publish(
+            topic(self.room, "status"),
+            dumps(StatusMessage(room=self.room, status="online")),
+            qos=1,
+            retain=True,
+        )
+        snapshot = self._state_provider() if self._state_provider else self._last_state
+        if snapshot is not None:
+            self._last_state = snapshot
+            await self._publish_state_now(client, snapshot)
+        self._client = client
+        self.connections += 1
+        self._connected.set()
+        log.info("console API connected to %s:%s (room %s)", self._host, self._port, self.room)
+        self._link_changed(True)
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
+        try:
+            await asyncio.wait_for(
+                client.publish(
+                    topic(self.room, "status"),
+                    dumps(StatusMessage(room=self.room, status="offline")),
+                    qos=1,
+                    retain=True,
+                ),
+                timeout=1.0,
+            )
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            log.warning("could not publish offline status: %s", exc)
+
+    def _link_changed(self, up: bool) -> None:
+        if self._on_link_change is None:
+            return
+        try:
+            self._on_link_change(up)
+        except Exception:  # a faulty callback must not take the console link down with it
+            log.exception("on_link_change(%s) failed", up)
+
+    # --- outbound -----------------------------------------------------------
+
+    async def _publish(self, t: str, payload: bytes, *, qos: int, retain: bool = False) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(t, payload, qos=qos, retain=retain)
+        except aiomqtt.MqttError as exc:
+            log.warning("publish to %s failed: %s", t, exc)
+            return False
+        return True
+
+    async def publish_state(self, snapshot: dict[str, Any]) -> bool:
+        """Retained full state; remembered and republished after a reconnect."""
+        self._last_state = snapshot
+        client = self._client
+        if client is None:
+            return False
+        return await self._publish_state_now(client, snapshot)
+
+    async def _publish_state_now(self, client: aiomqtt.Client, snapshot: dict[str, Any]) -> bool:
+        self._seq["state"] += 1
+        msg = StateMessage(room=self.room, seq=self._seq["state"], ts=time.time(), state=snapshot)
+        try:
+            await client.publish(topic(self.room, "state"), dumps(msg), qos=1, retain=True)
+        except aiomqtt.MqttError as exc:
+            log.warning("state publish failed: %s", exc)
+            return False
+        return True
+
+    async def publish_event(
+        self, event: str, actor: str | None = None, details: dict[str, Any] | None = None
+    ) -> bool:
+        self._seq["event"] += 1
+        msg = EventMessage(
+            room=self.room,
+            seq=self._seq["event"],
+            ts=time.time(),
+            event=event,
+            actor=actor,
+            details=details or {},
+        )
+        return await self._publish(topic(self.room, "events"), dumps(msg), qos=1)
+
+    async def publish_telemetry(self, data: dict[str, Any]) -> None:
+        """Latest-wins, at most telemetry_max_hz: a burst is coalesced and the
+        newest sample is sent at the next slot, so the last pose is never lost."""
+        self._telemetry_pending = data
+        wait = self._telemetry_last + self._telemetry_period - time.monotonic()
+        if wait <= 0:
+            await self._flush_telemetry()
+        elif not self._telemetry_flush_scheduled and self._tg is not None:
+            self._telemetry_flush_scheduled = True
+            self._tg.create_task(self._flush_telemetry_later(wait))
+
+    async def _flush_telemetry_later(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self._telemetry_flush_scheduled = False
+        await self._flush_telemetry()
+
+    async def _flush_telemetry(self) -> None:
+        data, self._telemetry_pending = self._telemetry_pending, None
+        if data is None:
+            return
+        self._telemetry_last = time.monotonic()
+        self._seq["telemetry"] += 1
+        try:
+            msg = TelemetryMessage(room=self.room, seq=self._seq["telemetry"], ts=time.time(), **data)
+        except (TypeError, ValueError) as exc:
+            log.error("telemetry sample dropped, does not fit the schema: %s", exc)
+            return
+        await self._publish(topic(self.room, "telemetry"), dumps(msg), qos=0)
+
+    # --- inbound commands ---------------------------------------------------
+
+    def _on_command(self, payload: bytes) -> None:
+        """Verify inline (cheap, keeps arrival order), execute as a task."""
+        try:
+            vc = self.verifier.verify(payload)
+        except CommandRejected as rej:
+            self._reject(rej)
+            return
+        if vc.cmd != "hold":  # heartbeats at 20 Hz would drown the audit trail
+            self._audit(
+                "console.command_verified",
+                vc.user.user,
+                {"cmd": vc.cmd, "jti": vc.claims.jti, "console": vc.claims.reply_to},
+            )
+        assert self._tg is not None  # only called from inside run()
+        if vc.cmd == "stop":
+            self._tg.create_task(self._execute(vc))
+            return
+        if self._inflight >= self._max_inflight:
+            self._tg.create_task(
+                self._reply(vc.claims.reply_to, ReplyMessage(
+                    room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=False, code="busy",
+                    reason=f"{self._inflight} commands in progress; try again", ts=time.time(),
+                ))
+            )
+            return
+        self._inflight += 1
+        self._tg.create_task(self._execute_in_order(vc))
+
+    def _reject(self, rej: CommandRejected) -> None:
+        details = {
+            "code": rej.code,
+            "reason": rej.reason,
+            "cmd": rej.cmd,
+            "jti": rej.jti,
+            "console": rej.reply_to,
+            "claimed_user": rej.sub,
+        }
+        # Claimed, not authenticated: the actor is recorded as such.
+        self._audit("console.command_rejected", f"unverified:{rej.sub or '?'}", details)
+        if rej.reply_to is not None and self._tg is not None:
+            msg = ReplyMessage(
+                room=self.room, jti=rej.jti, cmd=rej.cmd, ok=False, code=rej.code,
+                reason=rej.reason, ts=time.time(),
+            )
+            self._tg.create_task(self._reply(rej.reply_to, msg))
+
+    async def _execute_in_order(self, vc: VerifiedCommand) -> None:
+        key = f"{vc.user.user}@{vc.claims.reply_to}"
+        lane = self._console_locks.get(key)
+        if lane is None:
+            lane = self._console_locks[key] = _Lane()
+        lane.users += 1
+        try:
+            async with lane.lock:  # asyncio.Lock wakes waiters in FIFO order
+                await self._execute(vc)
+        finally:
+            self._inflight -= 1
+            lane.users -= 1
+            # Only drop the lane when nobody waits on it, or a newcomer would
+            # get a fresh lock and overtake the waiters.
+            if lane.users == 0:
+                del self._console_locks[key]
+
+    async def _execute(self, vc: VerifiedCommand) -> None:
+        actor = Actor(user=vc.user.user, role=vc.user.role, via=f"mqtt:{vc.claims.reply_to}")
+        reply: ReplyMessage
+        try:
+            result = await self._call(vc, actor)
+            reply = ReplyMessage(
+                room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=True,
+                result=result if isinstance(result, dict) else {"value": result}, ts=time.time(),
+            )
+        except CommandError as exc:
+            reply = ReplyMessage(
+                room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=False, code=exc.code,
+                reason=exc.reason, ts=time.time(),
+            )
+        except Exception as exc:  # the console must get an answer; the daemon keeps serving
+            log.exception("console command %s failed", vc.cmd)
+            reply = ReplyMessage(
+                room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=False, code="internal",
+                reason=f"internal error: {type(exc).__name__}", ts=time.time(),
+            )
+        await self._reply(vc.claims.reply_to, reply)
+
+    async def _call(self, vc: VerifiedCommand, actor: Actor) -> Any:
+        method = getattr(self.commands, vc.cmd)
+        args = vc.args
+        if isinstance(args, NoArgs):
+            return await method(actor)
+        if isinstance(args, ProposalArgs):
+            return await method(actor, args.proposal_id)
+        if isinstance(args, StopArgs):
+            return await method(actor, args.reason)
+        return await method(actor, args)  # request models (propose, open_session, ...)
+
+    async def _reply(self, console_id: str, msg: ReplyMessage) -> None:
+        await self._publish(reply_topic(self.room, console_id), dumps(msg), qos=1)
+
+    def _audit(self, event: str, actor: str, details: dict[str, Any]) -> None:
+        try:
+            self._audit_fn(event, actor, details)
+        except Exception:  # auditing failure is logged loudly, the verdict stands
+            log.exception("audit callback failed for %s", event)

@@ -1,0 +1,334 @@
+"""Signed console commands: compact JWS, EdDSA over Ed25519 (RFC 8037).
+
+A command is authentic (signature by the registered key of `sub`), meant for
+this room (`aud`), fresh (`iat`/`exp` within a short lifetime and the clock
+skew allowance), allowed for the user's registered role, and used once
+(`jti` remembered until it expires, in a cache that survives restart).
+
+Signature maths is joserfc's; this module only decides what to accept. Every
+rejection is a `CommandRejected` with a machine code and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from joserfc import jws
+from joserfc.errors import JoseError, SecurityWarning
+from joserfc.jwk import OKPKey
+from pydantic import BaseModel, ValidationError
+
+from daemon.api import CommandName
+from daemon.console import roles
+from daemon.console.schemas import ARGS_MODELS, CONSOLE_ID_PATTERN, CommandClaims
+from daemon.console.users import RegisteredUser
+
+# Consoles sign with "Ed25519", RFC 9864's fully-specified name for EdDSA
+# over Ed25519. The older polymorphic "EdDSA" (RFC 8037) is accepted too, for
+# JOSE libraries that do not know the new name; registered keys are Ed25519
+# only, so both mean the same. joserfc warns on every "EdDSA" use; silenced.
+SIGNING_ALG = "Ed25519"
+ACCEPTED_ALGS = ("Ed25519", "EdDSA")
+TOKEN_TYPE = "igrt-cmd+jws"
+_ALLOWED_HEADER_KEYS = frozenset({"alg", "typ", "kid"})
+warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=SecurityWarning)
+
+log = logging.getLogger(__name__)
+_JWS_REGISTRY = jws.JWSRegistry(algorithms=list(ACCEPTED_ALGS))
+_CONSOLE_ID = re.compile(CONSOLE_ID_PATTERN)
+
+
+class ReplayCache(Protocol):
+    """Remembers used token ids. `daemon.store.CorrectionStore` is the durable one."""
+
+    def remember_jti(self, jti: str, exp: float) -> bool:
+        """True if jti is new (and is now remembered until `exp`), False if seen."""
+        ...
+
+
+class MemoryReplayCache:
+    """In-memory replay cache for tests and benches; forgets on restart, so
+    production uses the persistent store instead."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._seen: dict[str, float] = {}
+
+    def remember_jti(self, jti: str, exp: float) -> bool:
+        now = self._clock()
+        if len(self._seen) > 10_000:
+            # Expired tokens are refused by the verifier anyway, so forgetting them is safe.
+            self._seen = {j: e for j, e in self._seen.items() if e >= now}
+        known = self._seen.get(jti)
+        if known is not None and known >= now:
+            return False
+        self._seen[jti] = exp
+        return True
+
+
+class CommandRejected(Exception):
+    """A console command refused before it reached RoomCommands.
+
+    `reply_to` is set only when the reply topic could be read from the
+    message and is a valid console id (it may still be unauthenticated; the
+    reply can only ever go under the daemon's own reply prefix).
+    """
+
+    def __init__(
+        self,
+        code: str,
+        reason: str,
+        *,
+        reply_to: str | None = None,
+        sub: str | None = None,
+        jti: str | None = None,
+        cmd: str | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.reply_to = reply_to
+        self.sub = sub
+        self.jti = jti
+        self.cmd = cmd
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedCommand:
+    claims: CommandClaims
+    user: RegisteredUser
+    args: BaseModel
+
+    @property
+    def cmd(self) -> str:
+        return self.claims.cmd
+
+
+def sign_command(
+    key: OKPKey,
+    *,
+    cmd: CommandName | str,
+    sub: str,
+    aud: str,
+    reply_to: str,
+    args: dict[str, Any] | None = None,
+    lifetime_s: float = 10.0,
+    now: float | None = None,
+    jti: str | None = None,
+    extra_claims: dict[str, Any] | None = None,
+) -> str:
+    """Compact JWS of a console command. `extra_claims` exists for tests that
+    need to forge odd tokens; real consoles never pass it."""
+    iat = time.time() if now is None else now
+    claims: dict[str, Any] = {
+        "v": 1,
+        "cmd": cmd,
+        "args": args or {},
+        "sub": sub,
+        "aud": aud,
+        "iat": iat,
+        "exp": iat + lifetime_s,
+        "jti": jti or uuid.uuid4().hex,
+        "reply_to": reply_to,
+    }
+    if extra_claims:
+        claims.update(extra_claims)
+    header = {"alg": SIGNING_ALG, "typ": TOKEN_TYPE}
+    payload = json.dumps(claims, separators=(",", ":"))
+    return jws.serialize_compact(header, payload, key, registry=_JWS_REGISTRY)
+
+
+def _hint(obj: dict[str, Any], name: str) -> str | None:
+    """An unverified claim, only for audit text and reply routing: short strings only."""
+    value = obj.get(name)
+    if isinstance(value, str) and 0 < len(value) <= 128:
+        return value
+    return None
+
+
+class CommandVerifier:
+    """Turns raw bytes from the command topic into a VerifiedCommand or a CommandRejected."""
+
+    def __init__(
+        self,
+        registry: Any,
+        room: str,
+        replay_cache: ReplayCache,
+        clock: Callable[[], float] = time.time,
+        max_lifetime_s: float = 30.0,
+        max_clock_skew_s: float = 2.0,
+        max_payload_bytes: int = 16384,
+    ) -> None:
+        # registry: anything with lookup(user) -> RegisteredUser | None (UserRegistry).
+        self.registry = registry
+        self.room = room
+        self.replay_cache = replay_cache
+        self.clock = clock
+        self.max_lifetime_s = max_lifetime_s
+        self.max_clock_skew_s = max_clock_skew_s
+        self.max_payload_bytes = max_payload_bytes
+
+    def verify(self, payload: bytes) -> VerifiedCommand:
+        size = len(payload)
+        if size > self.max_payload_bytes:
+            # Not parsed at all: nothing in an oversized message is looked at.
+            raise CommandRejected(
+                "oversized", f"command is {size} bytes, limit is {self.max_payload_bytes} bytes"
+            )
+        try:
+            text = payload.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise CommandRejected(
+                "malformed", "command is not a compact JWS (non-ASCII bytes)"
+            ) from None
+        if text.startswith("{"):
+            self._reject_plain_json(text)
+        try:
+            obj = jws.extract_compact(text.encode(), registry=_JWS_REGISTRY)
+        except (JoseError, ValueError):
+            raise CommandRejected(
+                "malformed", "command is not a compact JWS (header.payload.signature, base64url)"
+            ) from None
+        try:
+            body = json.loads(obj.payload)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise CommandRejected("malformed", "JWS payload is not a JSON object")
+        reply_to = _hint(body, "reply_to")
+        ctx = {
+            "reply_to": reply_to if reply_to and _CONSOLE_ID.match(reply_to) else None,
+            "sub": _hint(body, "sub"),
+            "jti": _hint(body, "jti"),
+            "cmd": _hint(body, "cmd"),
+        }
+        header = obj.headers()
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg.lower() == "none":
+            raise CommandRejected("unsigned", "command is unsigned (alg none)", **ctx)
+        if alg not in ACCEPTED_ALGS:
+            raise CommandRejected(
+                "bad_alg", f"signature algorithm {alg!r} is not accepted; use Ed25519 (EdDSA)", **ctx
+            )
+        unexpected = set(header) - _ALLOWED_HEADER_KEYS
+        if unexpected or header.get("typ", TOKEN_TYPE) != TOKEN_TYPE:
+            raise CommandRejected(
+                "malformed",
+                f"JWS header must hold only alg, typ={TOKEN_TYPE}, kid "
+                f"(got {', '.join(sorted(header))})",
+                **ctx,
+            )
+        sub = ctx["sub"]
+        if sub is None:
+            raise CommandRejected("malformed", "claims: sub is missing", **ctx)
+        user = self.registry.lookup(sub)
+        if user is None:
+            raise CommandRejected("unknown_user", f"unknown user {sub!r}", **ctx)
+        try:
+            genuine = jws.validate_compact(obj, user.key, registry=_JWS_REGISTRY)
+        except JoseError:
+            genuine = False
+        if not genuine:
+            raise CommandRejected(
+                "bad_signature",
+                f"signature does not verify with the registered key of user {sub!r}",
+                **ctx,
+            )
+        # From here on the claims are the signer's own words.
+        try:
+            claims = CommandClaims.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "claims"
+            raise CommandRejected("malformed", f"claims: {where}: {first['msg']}", **ctx) from None
+        if claims.aud != self.room:
+            raise CommandRejected(
+                "wrong_room", f"command is for room {claims.aud!r}, this is room {self.room!r}", **ctx
+            )
+        self._check_time(claims, ctx)
+        if not roles.may(user.role, claims.cmd):
+            raise CommandRejected(
+                "forbidden",
+                f"role {user.role.value} may not {claims.cmd} "
+                f"(allowed: {', '.join(roles.allowed_roles(claims.cmd))})",
+                **ctx,
+            )
+        args_model = ARGS_MODELS.get(claims.cmd)
+        if args_model is None:
+            raise CommandRejected(
+                "unsupported", f"command {claims.cmd!r} is not offered over MQTT", **ctx
+            )
+        try:
+            args = args_model.model_validate(claims.args)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "args"
+            raise CommandRejected(
+                "bad_args", f"{claims.cmd} args: {where}: {first['msg']}", **ctx
+            ) from None
+        # Last, so only a command that would otherwise be accepted uses up its jti.
+        try:
+            fresh = self.replay_cache.remember_jti(claims.jti, claims.exp + self.max_clock_skew_s)
+        except Exception as exc:  # noqa: BLE001 - any store failure: fail closed, except stop
+            if claims.cmd != "stop":
+                raise CommandRejected(
+                    "unavailable", f"replay cache unavailable, command not run: {exc}", **ctx
+                ) from None
+            # Stopping twice is harmless; refusing a stop because a disk is full is not.
+            log.error("replay cache failed (%s); accepting stop %s anyway", exc, claims.jti)
+            fresh = True
+        if not fresh:
+            raise CommandRejected(
+                "replayed", f"command {claims.jti} was already received; not run again", **ctx
+            )
+        return VerifiedCommand(claims=claims, user=user, args=args)
+
+    def _check_time(self, claims: CommandClaims, ctx: dict[str, Any]) -> None:
+        now = self.clock()
+        skew = self.max_clock_skew_s
+        if claims.iat > now + skew:
+            raise CommandRejected(
+                "not_yet_valid",
+                f"command issued {claims.iat - now:.1f} s in the future "
+                f"(clock skew limit {skew:g} s)",
+                **ctx,
+            )
+        lifetime = claims.exp - claims.iat
+        if lifetime <= 0:
+            raise CommandRejected("malformed", "claims: exp is not after iat", **ctx)
+        if lifetime > self.max_lifetime_s:
+            raise CommandRejected(
+                "lifetime_too_long",
+                f"command lifetime {lifetime:.1f} s exceeds limit {self.max_lifetime_s:g} s",
+                **ctx,
+            )
+        if now > claims.exp + skew:
+            raise CommandRejected(
+                "expired", f"command expired {now - claims.exp:.1f} s ago", **ctx
+            )
+
+    def _reject_plain_json(self, text: str) -> None:
+        ctx: dict[str, Any] = {}
+        try:
+            body = json.loads(text)
+        except ValueError:
+            raise CommandRejected("malformed", "command is neither a compact JWS nor JSON") from None
+        if isinstance(body, dict):
+            reply_to = _hint(body, "reply_to")
+            ctx = {
+                "reply_to": reply_to if reply_to and _CONSOLE_ID.match(reply_to) else None,
+                "sub": _hint(body, "sub"),
+                "jti": _hint(body, "jti"),
+                "cmd": _hint(body, "cmd"),
+            }
+        raise CommandRejected(
+            "unsigned", "command is unsigned plain JSON; send a compact JWS signed with Ed25519", **ctx
+        )
