@@ -1,0 +1,318 @@
+"""Persistent apply-once state: proposals, confirmations, moves, seen JWT ids.
+
+One SQLite file in WAL mode with synchronous=FULL, so every committed
+transaction survives kill -9 and power loss. The daemon claims a move
+(`claim_move`, committed durably) *before* it sends GO: after a crash the
+claim is still there, so the move is never sent again; `unfinished_moves`
+lists what a crash interrupted so startup can mark it `interrupted` after
+reconciling with the couch's actual pose (R-IDEMP).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Self
+
+from daemon.audit import jsonable
+
+log = logging.getLogger(__name__)
+
+MOVE_STATES = frozenset({"sending", "sent", "completed", "interrupted", "stopped", "failed"})
+IN_FLIGHT = ("sending", "sent")
+TERMINAL = frozenset({"completed", "interrupted", "stopped", "failed"})
+# A jti stays remembered this long past its exp, so a token whose exp is
+# accepted thanks to clock-skew leeway is still recognised as a replay.
+JTI_LEEWAY_S = 300.0
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS proposals (
+    id          TEXT PRIMARY KEY,
+    created_at  REAL NOT NULL,
+    json        TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS confirmations (
+    confirmation_id TEXT PRIMARY KEY,
+    proposal_id     TEXT NOT NULL,
+    user            TEXT NOT NULL,
+    at              REAL NOT NULL,
+    second_approver TEXT
+);
+CREATE TABLE IF NOT EXISTS moves (
+    confirmation_id TEXT PRIMARY KEY,
+    proposal_id     TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN
+                        ('sending','sent','completed','interrupted','stopped','failed')),
+    target          TEXT NOT NULL,
+    started_at      REAL NOT NULL,
+    ended_at        REAL,
+    detail          TEXT
+);
+-- The database itself refuses a second completed move, or two moves in
+-- flight, for one proposal, whatever the code above it does.
+CREATE UNIQUE INDEX IF NOT EXISTS one_completed_move_per_proposal
+    ON moves (proposal_id) WHERE state = 'completed';
+CREATE UNIQUE INDEX IF NOT EXISTS one_move_in_flight_per_proposal
+    ON moves (proposal_id) WHERE state IN ('sending', 'sent');
+CREATE INDEX IF NOT EXISTS moves_by_state ON moves (state);
+CREATE TABLE IF NOT EXISTS jti (
+    jti TEXT PRIMARY KEY,
+    exp REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jti_by_exp ON jti (exp);
+"""
+
+
+class StoreError(Exception):
+    """The state store cannot be used; the message is one line fit for a user."""
+
+
+class CorrectionStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a
+            # claim is exactly one durable transaction.
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open state store {self.path}: {exc}") from None
+        try:
+            self._db.row_factory = sqlite3.Row
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"state store {self.path}: cannot use WAL journal (got {mode})")
+            # Per connection, not persistent: FULL syncs the WAL on every commit.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"state store {self.path} has schema {version}, newer than {SCHEMA_VERSION}"
+                )
+            self._db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreError(f"state store {self.path} unusable: {exc}") from None
+        except StoreError:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).rowcount
+            except sqlite3.Error as exc:
+                raise StoreError(f"state store write failed: {exc}") from exc
+
+    def _one(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Row | None:
+        with self._lock:
+            row: sqlite3.Row | None = self._db.execute(sql, params).fetchone()
+            return row
+
+    def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, params).fetchall())
+
+    @staticmethod
+    def _dumps(value: Any) -> str:
+        return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"))
+
+    @staticmethod
+    def _move(row: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "confirmation_id": row["confirmation_id"],
+            "proposal_id": row["proposal_id"],
+            "state": row["state"],
+            "target": json.loads(row["target"]),
+            "started_at": row["started_at"],
+            "ended_at": row["ended_at"],
+            "detail": json.loads(row["detail"]) if row["detail"] is not None else None,
+        }
+
+    # -- proposals and confirmations
+
+    def save_proposal(self, proposal_id: str, record: dict[str, Any]) -> None:
+        """Insert or update a proposal; created_at is kept from the first save."""
+        self._write(
+            "INSERT INTO proposals (id, created_at, json) VALUES (?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET json = excluded.json",
+            (proposal_id, time.time(), self._dumps(record)),
+        )
+
+    def get_proposal(self, proposal_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT json FROM proposals WHERE id = ?", (proposal_id,))
+        return json.loads(row["json"]) if row else None
+
+    def record_confirmation(
+        self,
+        confirmation_id: str,
+        proposal_id: str,
+        user: str,
+        at: float,
+        approver: str | None = None,
+    ) -> bool:
+        """Remember a confirmation; False (and nothing changed) if its id is known."""
+        return (
+            self._write(
+                "INSERT OR IGNORE INTO confirmations "
+                "(confirmation_id, proposal_id, user, at, second_approver) VALUES (?, ?, ?, ?, ?)",
+                (confirmation_id, proposal_id, user, at, approver),
+            )
+            == 1
+        )
+
+    def get_confirmation(self, confirmation_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT * FROM confirmations WHERE confirmation_id = ?", (confirmation_id,))
+        return dict(row) if row else None
+
+    # -- moves
+
+    def claim_move(self, confirmation_id: str, proposal_id: str, target: dict[str, Any]) -> bool:
+        """Durably record a move as 'sending' before GO is sent.
+
+        False, with nothing written, if this confirmation already has a move
+        (in any state), or the proposal already has a completed move, or
+        another move of the proposal is still in flight.
+        """
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    clash = self._db.execute(
+                        "SELECT 1 FROM moves WHERE confirmation_id = ? OR (proposal_id = ? AND "
+                        "state IN ('completed', 'sending', 'sent')) LIMIT 1",
+                        (confirmation_id, proposal_id),
+                    ).fetchone()
+                    if clash:
+                        self._db.execute("ROLLBACK")
+                        return False
+                    self._db.execute(
+                        "INSERT INTO moves (confirmation_id, proposal_id, state, target, started_at)"
+                        " VALUES (?, ?, 'sending', ?, ?)",
+                        (confirmation_id, proposal_id, self._dumps(target), time.time()),
+                    )
+                    self._db.execute("COMMIT")
+                    return True
+                except sqlite3.IntegrityError:
+                    self._db.execute("ROLLBACK")
+                    return False
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"state store write failed: {exc}") from exc
+
+    def finish_move(
+        self, confirmation_id: str, state: str, detail: dict[str, Any] | None = None
+    ) -> bool:
+        """Advance a move: 'sent' from 'sending', or a terminal state from either.
+
+        Terminal states are final: a later call returns False, logs, and
+        changes nothing (the first outcome recorded is the one that happened).
+        """
+        if state not in MOVE_STATES or state == "sending":
+            raise ValueError(f"move state {state!r} not one of {sorted(MOVE_STATES - {'sending'})}")
+        allowed_from = ("sending",) if state == "sent" else IN_FLIGHT
+        ended = time.time() if state in TERMINAL else None
+        marks = ",".join("?" * len(allowed_from))
+        changed = self._write(
+            f"UPDATE moves SET state = ?, ended_at = COALESCE(?, ended_at), "
+            f"detail = COALESCE(?, detail) WHERE confirmation_id = ? AND state IN ({marks})",
+            (
+                state,
+                ended,
+                None if detail is None else self._dumps(detail),
+                confirmation_id,
+                *allowed_from,
+            ),
+        )
+        if changed != 1:
+            current = self.move_for_confirmation(confirmation_id)
+            log.warning(
+                "move %s not changed to %s: it is %s",
+                confirmation_id,
+                state,
+                current["state"] if current else "unknown",
+            )
+            return False
+        return True
+
+    def mark_interrupted(self, confirmation_id: str, detail: dict[str, Any] | None = None) -> bool:
+        return self.finish_move(confirmation_id, "interrupted", detail)
+
+    def proposal_completed(self, proposal_id: str) -> bool:
+        return (
+            self._one(
+                "SELECT 1 FROM moves WHERE proposal_id = ? AND state = 'completed'", (proposal_id,)
+            )
+            is not None
+        )
+
+    def move_for_confirmation(self, confirmation_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT * FROM moves WHERE confirmation_id = ?", (confirmation_id,))
+        return self._move(row) if row else None
+
+    def moves_for_proposal(self, proposal_id: str) -> list[dict[str, Any]]:
+        rows = self._all(
+            "SELECT * FROM moves WHERE proposal_id = ? ORDER BY started_at", (proposal_id,)
+        )
+        return [self._move(r) for r in rows]
+
+    def unfinished_moves(self) -> list[dict[str, Any]]:
+        """Moves left 'sending' or 'sent' by a crash, oldest first."""
+        rows = self._all(
+            "SELECT * FROM moves WHERE state IN ('sending', 'sent') ORDER BY started_at"
+        )
+        return [self._move(r) for r in rows]
+
+    # -- replay cache for signed commands
+
+    def remember_jti(self, jti: str, exp: float, *, now: float | None = None) -> bool:
+        """True the first time a token id is seen, False for a replay.
+
+        Entries are pruned JTI_LEEWAY_S after their exp; the caller rejects
+        expired tokens before asking, so a pruned id cannot be replayed.
+        """
+        now = time.time() if now is None else now
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("DELETE FROM jti WHERE exp < ?", (now - JTI_LEEWAY_S,))
+                    fresh = (
+                        self._db.execute(
+                            "INSERT OR IGNORE INTO jti (jti, exp) VALUES (?, ?)", (jti, exp)
+                        ).rowcount
+                        == 1
+                    )
+                    self._db.execute("COMMIT")
+                    return fresh
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"state store write failed: {exc}") from exc
