@@ -1,0 +1,374 @@
+"""igrtctl: the command-line client of igrtd.
+
+Offline tools (no daemon needed): plan, register, register2d, reg show, audit.
+Room commands over the local control socket: status, session, imaging,
+propose, confirm, approve, hold, stop, reset, interlocks.
+Console commands over MQTT with signed requests: `igrtctl --broker URL ...`
+(see docs/console-api.md), keygen, users.
+
+Exit status: 0 done, 1 refused by the daemon, 2 unusable input, 3 plan
+refused, 4 daemon not reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_PLAN_REFUSED, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+DEFAULT_SOCKET = Path("/var/lib/igrt/igrtd.sock")
+HOLD_RATE_HZ = 20.0
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Args(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _err(msg: str) -> None:
+    print(f"igrtctl: {msg}", file=sys.stderr)
+
+
+def _triple(text: str, what: str) -> tuple[float, float, float]:
+    parts = text.split(",")
+    try:
+        vals = tuple(float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"{what} must be X,Y,Z in mm, got {text!r}") from None
+    if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
+        raise UsageError(f"{what} must be 3 finite numbers X,Y,Z in mm, got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- offline tools
+def _offline(cmd: str) -> Callable[[list[str]], int] | None:
+    if cmd == "plan":
+        from daemon.plan_cmd import run_plan
+
+        return run_plan
+    if cmd == "register":
+        from daemon.register_cmd import run_register
+
+        return run_register
+    if cmd == "register2d":
+        from daemon.register2d_cmd import run_register2d
+
+        return run_register2d
+    if cmd == "register4d":
+        from daemon.register2d_cmd import run_register4d
+
+        return run_register4d
+    if cmd == "audit":
+        from daemon.audit_cmd import run_audit
+
+        return run_audit
+    return None
+
+
+# ------------------------------------------------------------- room commands
+def _registration_input(path: Path) -> dict[str, Any]:
+    """Matrix and whatever identity the file carries (DICOM REG or JSON)."""
+    try:
+        head = path.read_bytes()[:132]
+    except OSError as exc:
+        raise UsageError(f"cannot read registration {path}: {exc.strerror}") from None
+    if len(head) == 132 and head[128:132] == b"DICM":
+        from imaging.dicom_reg import read_registration
+
+        try:
+            rec = read_registration(path)
+        except ValueError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+        out: dict[str, Any] = {"matrix": [list(map(float, r)) for r in rec.matrix],
+                               "patient_id": rec.patient_id,
+                               "frame_of_reference_uid": rec.fixed_frame_of_reference_uid}
+        acquired = getattr(rec, "acquired_at", None)
+        if acquired:
+            out["acquired_at"] = acquired
+        return out
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or "matrix" not in data:
+        raise UsageError(f"{path}: expected a JSON object with a 'matrix' (4x4)")
+    return data
+
+
+class Room:
+    """The local control socket, with one-line errors for the CLI."""
+
+    def __init__(self, socket_path: Path, user: str) -> None:
+        from daemon.control import ControlClient
+
+        try:
+            self.client = ControlClient(socket_path, user)
+        except OSError as exc:
+            raise ConnectionError(f"cannot reach igrtd at {socket_path}: {exc.strerror or exc}")
+
+    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        return self.client.call(cmd, **args)
+
+
+def _print(obj: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2, default=str))
+    else:
+        _print_human(obj)
+
+
+def _print_human(obj: Any, indent: str = "") -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, dict) and v:
+                print(f"{indent}{k}:")
+                _print_human(v, indent + "  ")
+            elif isinstance(v, float):
+                print(f"{indent}{k}: {v:.3f}")
+            else:
+                print(f"{indent}{k}: {v}")
+    else:
+        print(f"{indent}{obj}")
+
+
+def _progress_line(p: dict[str, Any]) -> str:
+    rem = p.get("remaining") or {}
+    t = math.sqrt(sum(rem.get(a, 0.0) ** 2 for a in ("lat", "long", "vert")))
+    r = max((abs(rem.get(a, 0.0)) for a in ("yaw", "pitch", "roll")), default=0.0)
+    return f"{p.get('state', '?'):<10} remaining {t:6.2f} mm, {r:5.2f} deg"
+
+
+def hold_until_done(room: Room, proposal_id: str, *, out: Callable[[str], None]) -> int:
+    """Hold-to-run from this terminal: heartbeats at 20 Hz until the move ends.
+
+    Ctrl-C releases the hold, which stops the couch.
+    """
+    period = 1.0 / HOLD_RATE_HZ
+    interrupted = False
+
+    def _sigint(*_: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    old = signal.signal(signal.SIGINT, _sigint)
+    last_print = 0.0
+    try:
+        while True:
+            if interrupted:
+                room.call("release")
+                out("\nreleased: motion stopped")
+                return EXIT_REFUSED
+            reply = room.call("hold", proposal_id=proposal_id)
+            if not reply["ok"]:
+                out(f"\nrefused: {reply['error']}")
+                return EXIT_REFUSED
+            p = reply["result"]
+            state = p.get("state")
+            now = time.monotonic()
+            if now - last_print > 0.2:
+                out("\r" + _progress_line(p))
+                last_print = now
+            if state == "DONE":
+                res = p.get("result") or {}
+                out("\r" + _progress_line(p) + f"\ndone: {res.get('outcome', 'no move needed')}\n")
+                return EXIT_OK
+            if state not in ("MOVING", "VERIFYING", "CONFIRMED"):
+                out(f"\nmove ended in {state}: {p.get('reason')}\n")
+                return EXIT_REFUSED
+            time.sleep(period)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _room_parser() -> _Args:
+    ap = _Args(prog="igrtctl", description="igrt client")
+    ap.add_argument("--socket", type=Path,
+                    default=Path(os.environ.get("IGRT_SOCKET", str(DEFAULT_SOCKET))))
+    ap.add_argument("--user", default=os.environ.get("IGRT_USER") or getpass.getuser())
+    ap.add_argument("--json", action="store_true")
+    # --json may also follow the subcommand; SUPPRESS keeps the top-level value otherwise.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Args)
+    _add = sub.add_parser
+    sub.add_parser = lambda name, **kw: _add(name, parents=[common], **kw)  # type: ignore[method-assign]
+    sub.add_parser("status")
+    sub.add_parser("interlocks")
+    s = sub.add_parser("session")
+    s_sub = s.add_subparsers(dest="action", required=True)
+    so = s_sub.add_parser("open")
+    so.add_argument("--patient", required=True)
+    so.add_argument("--plan", required=True)
+    so.add_argument("--frame-of-reference", required=True)
+    so.add_argument("--iso", required=True)
+    so.add_argument("--patient-position", required=True)
+    s_sub.add_parser("close")
+    im = sub.add_parser("imaging", help="record that an image is acquired now (couch pose)")
+    im.add_argument("imaging_session")
+    im.add_argument("--modality", default="CBCT")
+    pr = sub.add_parser("propose")
+    pr.add_argument("registration", type=Path)
+    pr.add_argument("--iso", required=True)
+    pr.add_argument("--patient-position", required=True)
+    pr.add_argument("--patient")
+    pr.add_argument("--plan")
+    pr.add_argument("--frame-of-reference")
+    pr.add_argument("--imaging-session")
+    pr.add_argument("--acquired-at", type=float)
+    pr.add_argument("--axes")
+    pr.add_argument("--couch-at-imaging", help="LAT,LONG,VERT,YAW,PITCH,ROLL (default: recorded)")
+    c = sub.add_parser("confirm")
+    c.add_argument("proposal_id")
+    c.add_argument("--no-hold", action="store_true", help="confirm only; hold later")
+    a = sub.add_parser("approve")
+    a.add_argument("proposal_id")
+    h = sub.add_parser("hold")
+    h.add_argument("proposal_id")
+    st = sub.add_parser("stop")
+    st.add_argument("--reason", default="")
+    sub.add_parser("reset")
+    return ap
+
+
+def _propose_args(a: argparse.Namespace) -> dict[str, Any]:
+    reg = _registration_input(a.registration)
+    binding = {
+        "patient_id": a.patient or reg.get("patient_id"),
+        "plan_uid": a.plan or reg.get("plan_uid"),
+        "frame_of_reference_uid": a.frame_of_reference or reg.get("frame_of_reference_uid"),
+        "imaging_session_uid": a.imaging_session or reg.get("imaging_session_uid"),
+        "acquired_at": a.acquired_at if a.acquired_at is not None else reg.get("acquired_at"),
+    }
+    flags = {"patient_id": "--patient", "plan_uid": "--plan",
+             "frame_of_reference_uid": "--frame-of-reference",
+             "imaging_session_uid": "--imaging-session", "acquired_at": "--acquired-at"}
+    missing = [flags[k] for k, v in binding.items() if v is None]
+    if missing:
+        raise UsageError(f"registration does not name {', '.join(missing)}; give them as options")
+    args: dict[str, Any] = {
+        "matrix": reg["matrix"],
+        "iso": _triple(a.iso, "--iso"),
+        "patient_position": a.patient_position,
+        "binding": binding,
+        "source": str(a.registration),
+    }
+    if a.axes:
+        args["axes"] = [x.strip() for x in a.axes.split(",") if x.strip()]
+    if a.couch_at_imaging:
+        from safety.pose import AXES
+
+        vals = a.couch_at_imaging.split(",")
+        if len(vals) != 6:
+            raise UsageError("--couch-at-imaging needs 6 values LAT,LONG,VERT,YAW,PITCH,ROLL")
+        try:
+            args["couch_at_imaging"] = dict(zip(AXES, map(float, vals)))
+        except ValueError:
+            raise UsageError(f"--couch-at-imaging: not numbers: {a.couch_at_imaging!r}") from None
+    return args
+
+
+def run_room(argv: list[str]) -> int:
+    a = _room_parser().parse_args(argv)
+    room = Room(a.socket, a.user)
+
+    def show(reply: dict[str, Any]) -> int:
+        if not reply["ok"]:
+            _err(reply["error"])
+            return EXIT_REFUSED
+        _print(reply["result"], a.json)
+        return EXIT_OK
+
+    match a.cmd:
+        case "status" | "interlocks" | "reset" | "release":
+            return show(room.call(a.cmd))
+        case "stop":
+            return show(room.call("stop", reason=a.reason))
+        case "session":
+            if a.action == "close":
+                return show(room.call("close_session"))
+            return show(room.call("open_session", patient_id=a.patient, plan_uid=a.plan,
+                                  frame_of_reference_uid=a.frame_of_reference,
+                                  iso=_triple(a.iso, "--iso"),
+                                  patient_position=a.patient_position))
+        case "imaging":
+            return show(room.call("record_imaging", imaging_session_uid=a.imaging_session,
+                                  modality=a.modality))
+        case "propose":
+            reply = room.call("propose", **_propose_args(a))
+            if not reply["ok"]:
+                _err(reply["error"])
+                return EXIT_REFUSED
+            _print(reply["result"], a.json)
+            return EXIT_PLAN_REFUSED if reply["result"]["verdict"] == "refused" else EXIT_OK
+        case "confirm":
+            reply = room.call("confirm", proposal_id=a.proposal_id)
+            if not reply["ok"]:
+                _err(reply["error"])
+                return EXIT_REFUSED
+            state = reply["result"]["status"]
+            if state == "awaiting_approval":
+                print(f"{a.proposal_id}: confirmed by {a.user}; needs a second approval "
+                      f"(igrtctl approve {a.proposal_id} by an approver), then igrtctl hold")
+                return EXIT_OK
+            if a.no_hold:
+                print(f"{a.proposal_id}: confirmed; hold to run with igrtctl hold {a.proposal_id}")
+                return EXIT_OK
+            return hold_until_done(room, a.proposal_id, out=_write)
+        case "approve":
+            return show(room.call("approve", proposal_id=a.proposal_id))
+        case "hold":
+            return hold_until_done(room, a.proposal_id, out=_write)
+    raise UsageError(f"unknown command {a.cmd}")
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if not argv or argv[0] in ("-h", "--help"):
+            _room_parser().print_help()
+            print("\noffline: plan, register, register2d, register4d, reg show, audit; "
+                  "console: --broker URL ..., keygen, users")
+            return EXIT_OK
+        if argv[0] == "reg":
+            from daemon.register_cmd import run_reg_show
+
+            if len(argv) < 2 or argv[1] != "show":
+                raise UsageError("usage: igrtctl reg show FILE [--json]")
+            return run_reg_show(argv[2:])
+        tool = _offline(argv[0])
+        if tool is not None:
+            return tool(argv[1:])
+        if "--broker" in argv or argv[0] in ("keygen", "users"):
+            from daemon.console_cmd import run_console
+
+            return run_console(argv)
+        return run_room(argv)
+    except UsageError as exc:
+        _err(str(exc))
+        return EXIT_INPUT
+    except ConnectionError as exc:
+        _err(str(exc))
+        return EXIT_UNREACHABLE
+    except BrokenPipeError:
+        return EXIT_UNREACHABLE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

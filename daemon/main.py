@@ -1,0 +1,147 @@
+"""igrtd: the treatment-room positioning daemon.
+
+    igrtd --config room.json            run
+    igrtd --check-config room.json      validate, print every problem, exit 0/2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from daemon.config import ConfigError, RoomConfig, load_config
+
+log = logging.getLogger("igrt.daemon")
+
+
+class _Args(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        print(f"igrtd: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> None:
+    from daemon import sdnotify
+    from daemon.audit import AuditLog
+    from daemon.control import ControlServer
+    from daemon.service import RoomService
+    from daemon.store import CorrectionStore
+    from drivers.couch import CouchClient
+
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    stop_event = stop_event or asyncio.Event()
+    audit = AuditLog(config.state_dir / "audit")
+    audit.open()
+    store = CorrectionStore(config.state_dir / "igrt.sqlite")
+    c = config.couch
+    couch = CouchClient(c.port, baudrate=c.baudrate, heartbeat_interval_s=c.heartbeat_interval_s,
+                        reply_timeout_s=c.reply_timeout_s, link_timeout_s=c.link_timeout_s)
+    try:
+        await couch.connect()
+        async with contextlib.AsyncExitStack() as stack:
+            plc = arms = None
+            if config.plc is not None:
+                from daemon.plc_link import open_plc
+
+                plc, arms = await stack.enter_async_context(open_plc(config.plc))
+            service = RoomService(config, couch, audit, store, plc=plc, arms=arms)
+            await service.start()
+            control = ControlServer(service, config)
+            await control.start()
+            stack.push_async_callback(control.close)
+            console = None
+            if config.mqtt is not None:
+                from daemon.console_link import open_console
+
+                console = await stack.enter_async_context(open_console(config, service, store))
+            sdnotify.ready()
+            sdnotify.status(f"room {config.room}: {service.workflow.state}")
+            log.info("igrtd ready (room %s)", config.room)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(service.run())
+                    wd = sdnotify.watchdog_interval_s()
+                    if wd:
+                        tg.create_task(_feed_watchdog(wd / 2))
+                    if console is not None:
+                        tg.create_task(console.run())
+                    tg.create_task(_until(stop_event))
+            except* _Shutdown:
+                sdnotify.stopping()
+                log.info("igrtd stopping")
+                service._stop_couch_now()
+    finally:
+        with contextlib.suppress(Exception):
+            await couch.close()
+        store.close()
+        audit.close()
+
+
+class _Shutdown(Exception):
+    pass
+
+
+async def _until(event: asyncio.Event) -> None:
+    await event.wait()
+    raise _Shutdown()
+
+
+async def _feed_watchdog(period: float) -> None:
+    from daemon import sdnotify
+
+    # Fed from the main loop: if the loop stalls, systemd restarts the daemon.
+    while True:
+        sdnotify.watchdog()
+        await asyncio.sleep(period)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _Args(prog="igrtd", description="igrt treatment-room positioning daemon")
+    ap.add_argument("--config", type=Path, help="room configuration (JSON)")
+    ap.add_argument("--check-config", type=Path, metavar="FILE",
+                    help="validate a configuration file and report every problem")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    if args.check_config is not None:
+        try:
+            load_config(args.check_config)
+        except ConfigError as exc:
+            for p in exc.problems:
+                print(f"{exc.path}: {p}", file=sys.stderr)
+            return 2
+        print(f"{args.check_config}: configuration is valid")
+        return 0
+    if args.config is None:
+        ap.error("--config FILE is required")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(f"igrtd: {exc.path}: {p}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def _run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    try:
+        asyncio.run(_run())
+    except OSError as exc:
+        print(f"igrtd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""A simulated treatment room running beside igrtd: couch controller on a pty
+and (optionally) the room PLC on a loopback Modbus TCP port, in a background
+thread with its own event loop, so that a synchronous driver (the demo, a
+benchmark, a test that shells out to igrtctl) can use them.
+
+igrtd itself runs as a separate process and talks to these devices over the
+real wire protocols, exactly as in a treatment room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+from safety.pose import Pose
+
+T = TypeVar("T")
+
+DEMO_USERS = [
+    {"name": "alice", "role": "therapist"},
+    {"name": "bob", "role": "approver"},
+    {"name": "sam", "role": "service"},
+    {"name": "vic", "role": "viewer"},
+]
+
+
+class SimRoom:
+    def __init__(self, *, with_plc: bool = False, couch_kwargs: dict[str, Any] | None = None,
+                 plc_kwargs: dict[str, Any] | None = None) -> None:
+        self._with_plc = with_plc
+        self._couch_kwargs = couch_kwargs or {}
+        self._plc_kwargs = plc_kwargs or {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sim-room",
+                                        daemon=True)
+        self.couch: Any = None
+        self.plc: Any = None
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run a plain function on the simulator's loop thread and return its result."""
+        fut: Future[T] = Future()
+
+        def _run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # handed back to the caller's thread
+                fut.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(_run)
+        return fut.result(timeout=10)
+
+    def run(self, coro: Awaitable[T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
+
+    def start(self) -> "SimRoom":
+        from sim.couch import SimCouchController
+
+        self._thread.start()
+        self.couch = SimCouchController(**self._couch_kwargs)
+        self.run(self.couch.start())
+        if self._with_plc:
+            from sim.plc import SimRoomPlc
+
+            self.plc = SimRoomPlc(**self._plc_kwargs)
+            self.run(self.plc.start())
+        return self
+
+    def stop(self) -> None:
+        if self.plc is not None:
+            self.run(self.plc.stop())
+        if self.couch is not None:
+            self.run(self.couch.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "SimRoom":
+        return self.start()
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop()
+
+    @property
+    def couch_pose(self) -> Pose:
+        return self.call(lambda: self.couch.pose)
+
+    def room_config(self, state_dir: Path, **overrides: Any) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "room": "demo",
+            "state_dir": str(state_dir),
+            "couch": {"port": self.couch.device_path},
+            "users": DEMO_USERS,
+        }
+        if self.plc is not None:
+            cfg["plc"] = {"host": "127.0.0.1", "port": self.plc.port}
+        cfg.update(overrides)
+        return cfg
+
+
+class DaemonProcess:
+    """igrtd as a child process, the way systemd would run it."""
+
+    def __init__(self, config: dict[str, Any], state_dir: Path, log_path: Path) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.log_path = log_path
+        self.config_path = state_dir / "room.json"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(self.config.get("socket_path") or self.state_dir / "igrtd.sock")
+
+    def start(self, timeout: float = 20.0) -> "DaemonProcess":
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+        if self.socket_path.exists():
+            self.socket_path.unlink()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.main", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"igrtd exited with {self.proc.returncode}; see {self.log_path}")
+            if self.socket_path.exists():
+                return self
+            time.sleep(0.05)
+        raise TimeoutError(f"igrtd did not open {self.socket_path} within {timeout:.0f} s")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
