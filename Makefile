@@ -6,9 +6,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MODE ?= 3d
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup system-packages demo test bench lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) system-packages
+
+# Mosquitto (the broker the console API and its tests use) comes from Debian;
+# installed only when missing, so repeated runs change nothing.
+system-packages:
+	@command -v mosquitto >/dev/null 2>&1 || command -v /usr/sbin/mosquitto >/dev/null 2>&1 || \
+	  { echo "installing mosquitto"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients; }
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

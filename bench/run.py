@@ -1,0 +1,73 @@
+"""`make bench`: run every benchmark and write one flat JSON object.
+
+Each module in BENCHES exposes `run() -> dict[str, float]` with units in the
+key names. A benchmark that fails is reported as `<module>_error` (text) and
+the others still run, so one broken figure does not hide the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+BENCHES = [
+    "bench.plan_bench",
+    "bench.couch_bench",
+    "bench.registration_bench",
+    "bench.plc_bench",
+    "bench.supervision_bench",
+    "bench.console_bench",
+    "bench.confirm_bench",
+    "bench.durability_bench",
+    "bench.recovery_bench",
+    "bench.imaging2d4d_bench",
+    "bench.monitor_bench",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run")
+    ap.add_argument("--out", type=Path, default=Path("bench/results.json"))
+    ap.add_argument("--only", nargs="*", help="module names (e.g. plan_bench)")
+    a = ap.parse_args(argv)
+    results: dict[str, Any] = {}
+    for name in BENCHES:
+        short = name.rsplit(".", 1)[1]
+        if a.only and short not in a.only:
+            continue
+        t0 = time.monotonic()
+        print(f"bench: {short} ...", flush=True)
+        try:
+            mod = importlib.import_module(name)
+            figures = mod.run()
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            results[f"{short}_error"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+            continue
+        except Exception as exc:  # keep going: report the failure in the results
+            results[f"{short}_error"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+            continue
+        for k, v in figures.items():
+            results[k] = v
+            print(f"  {k} = {v}", flush=True)
+        print(f"  ({time.monotonic() - t0:.1f} s)", flush=True)
+    results["machine_cpus"] = __import__("os").cpu_count()
+    results["python_version"] = platform.python_version()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {a.out}")
+    return 0 if not any(k.endswith("_error") for k in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
