@@ -175,26 +175,40 @@ class RoomService:
         """Reconcile after a (possibly unclean) restart; the room comes up stopped."""
         # Stop first: whatever the couch was doing before we (re)started, it stops now.
         self._stop_couch_now()
+        if self.plc is not None:
+            self.plc.add_listener(self._on_plc_change)
+        else:
+            log.warning("no room PLC configured: interlocks are not monitored "
+                        "(acceptable only for simulation and bench work)")
         for move in self.store.unfinished_moves():
             self.store.mark_interrupted(move["confirmation_id"], {"by": "restart"})
             self.audit("recovery", "system", confirmation_id=move["confirmation_id"],
                        proposal_id=move.get("proposal_id"),
                        outcome="interrupted move marked interrupted; it is never re-sent")
         pose = None
+        status = None
         try:
             status = await self.couch.status()
             pose = status.pose
         except Exception as exc:  # the couch may simply not be there yet
             log.warning("couch status at start-up failed: %s", exc)
         self.audit("startup", "system", couch_pose=pose.as_dict() if pose else None,
-                   plc=self.plc is not None)
+                   couch_state=status.state if status else None,
+                   couch_fault=status.fault_code if status else None,
+                   plc=self.plc is not None,
+                   audit_head=list(getattr(self.audit_log, "head", ()) or ()))
+        if status is not None and status.state == "FAULT":
+            if status.fault_code == "heartbeat_lost":
+                # The controller stopped because igrtd was not there to send heartbeats
+                # (restart, crash). Clearing that moves nothing; any other fault stays latched.
+                await self.couch.reset()
+                self.audit("recovery", "system", outcome="controller heartbeat fault from "
+                           "igrtd's absence cleared; couch is stopped", couch_pose=pose.as_dict())
+            else:
+                self._to(S.FAULT, f"couch controller fault {status.fault_code} at start-up")
+                return
         if pose is not None:
             self._to(S.STANDBY, "couch link up")
-        if self.plc is not None:
-            self.plc.add_listener(self._on_plc_change)
-        else:
-            log.warning("no room PLC configured: interlocks are not monitored "
-                        "(acceptable only for simulation and bench work)")
 
     async def run(self) -> None:
         """Supervision: event driven for the PLC, polled for hold-to-run and the couch."""

@@ -1,0 +1,104 @@
+"""Couch serial link figures, real driver against the simulated controller.
+
+The simulator runs as its own process (`python -m sim.couch`), so the client
+and the controller do not share an event loop, as on a real serial line.
+
+`run()` returns:
+- couch_rtt_p50_us / couch_rtt_p99_us / couch_rtt_max_us: `CouchClient.status()`
+  call to return over the pty, 2000 samples after a warm-up (heartbeats
+  running alongside, as in service).
+- couch_stop_ack_p99_us: `stop()` call to its ACK, during a move.
+- couch_stop_latency_p50_ms / _p99_ms: `stop()` call during a ~20 mm/s move to
+  the controller's STATUS saying no axis moves (includes the controller's
+  emergency deceleration, ~0.1 s at the default limits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from drivers.couch import CouchClient, CouchEvent, CouchStatus
+from safety.pose import Pose
+
+_ROOT = Path(__file__).resolve().parent.parent
+RTT_SAMPLES = 2000
+STOP_TRIALS = 20
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q / 100.0 * (len(s) - 1)))]
+
+
+async def _measure(path: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    async with CouchClient(path) as couch:
+        for _ in range(200):
+            await couch.status()
+        rtt: list[float] = []
+        for _ in range(RTT_SAMPLES):
+            t0 = time.perf_counter_ns()
+            await couch.status()
+            rtt.append((time.perf_counter_ns() - t0) / 1000.0)
+        out["couch_rtt_p50_us"] = statistics.median(rtt)
+        out["couch_rtt_p99_us"] = _pct(rtt, 99)
+        out["couch_rtt_max_us"] = max(rtt)
+
+        halted = asyncio.Event()
+
+        def on_event(ev: CouchEvent) -> None:
+            if isinstance(ev, CouchStatus) and not ev.any_moving:
+                halted.set()
+
+        couch.add_listener(on_event)
+        ack: list[float] = []
+        stop_ms: list[float] = []
+        for i in range(STOP_TRIALS):
+            start = (await couch.status()).pose
+            target = start.plus(Pose(lat=30.0 if i % 2 == 0 else -30.0))
+            echo = await couch.send_target(target, validity_ms=1000)
+            await couch.go(echo.echo_id)
+            await asyncio.sleep(0.6)  # cruising at full speed
+            halted.clear()
+            t1 = time.perf_counter()
+            await couch.stop()
+            ack.append((time.perf_counter() - t1) * 1e6)
+            await asyncio.wait_for(halted.wait(), 2.0)
+            stop_ms.append((time.perf_counter() - t1) * 1e3)
+        out["couch_stop_ack_p99_us"] = _pct(ack, 99)
+        out["couch_stop_latency_p50_ms"] = statistics.median(stop_ms)
+        out["couch_stop_latency_p99_ms"] = _pct(stop_ms, 99)
+    return out
+
+
+def run() -> dict[str, float]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sim.couch", "--heartbeat-timeout-ms", "500"],
+        cwd=_ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        path = proc.stdout.readline().strip()
+        if not path.startswith("/dev/"):
+            raise RuntimeError(f"sim.couch did not print a device path (got {path!r})")
+        return asyncio.run(_measure(path))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+
+
+if __name__ == "__main__":
+    for key, value in run().items():
+        print(f"{key}: {value:.1f}")
