@@ -163,6 +163,7 @@ def hold_until_done(room: Room, proposal_id: str, *, out: Callable[[str], None])
         interrupted = True
 
     old = signal.signal(signal.SIGINT, _sigint)
+    tty = sys.stdout.isatty()
     last_print = 0.0
     try:
         while True:
@@ -177,12 +178,13 @@ def hold_until_done(room: Room, proposal_id: str, *, out: Callable[[str], None])
             p = reply["result"]
             state = p.get("state")
             now = time.monotonic()
-            if now - last_print > 0.2:
-                out("\r" + _progress_line(p))
+            if now - last_print > (0.2 if tty else 0.5):
+                out(("\r" if tty else "   ") + _progress_line(p) + ("" if tty else "\n"))
                 last_print = now
             if state == "DONE":
                 res = p.get("result") or {}
-                out("\r" + _progress_line(p) + f"\ndone: {res.get('outcome', 'no move needed')}\n")
+                out(("\r" if tty else "   ") + _progress_line(p)
+                    + f"\ndone: {res.get('outcome', 'no move needed')}\n")
                 return EXIT_OK
             if state not in ("MOVING", "VERIFYING", "CONFIRMED"):
                 out(f"\nmove ended in {state}: {p.get('reason')}\n")

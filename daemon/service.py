@@ -126,6 +126,7 @@ class RoomService:
         self._hold_mono: float | None = None
         self._hold_user: str | None = None
         self._hold_via: str | None = None
+        self._last_interlocks: dict[str, Any] = {}
         self._tripping = False
         self._state_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -157,6 +158,8 @@ class RoomService:
             return
         old = self.workflow.to(new, reason)
         log.info("state %s -> %s (%s)", old, new, reason)
+        if self.plc is not None:
+            self.plc.on_room_state(str(new))
         self.audit("state", actor, old=str(old), new=str(new), reason=reason)
         self._publish_state()
 
@@ -661,16 +664,38 @@ class RoomService:
         if self.workflow.state == S.MOVING and (self._hold_via or "").startswith("mqtt"):
             self._trip("console broker link lost: hold-to-run cannot arrive", S.STOPPED)
 
-    def _on_plc_change(self, *_: Any) -> None:
+    def _on_plc_change(self, snap: Any = None) -> None:
         """Called by the PLC driver on any input change: trip at once when needed."""
-        if self.workflow.state not in (S.MOVING,):
-            self._publish_state()
-            return
-        open_il, pressed = self._plc_interlocks()
+        if self.workflow.state == S.MOVING:
+            self._check_plc_during_motion()
+        # Then record the change (after any STOP went out).
+        if snap is not None:
+            view = {"link_ok": snap.link_ok, "link_reason": snap.link_reason,
+                    **{n: st.closed for n, st in snap.inputs.items()},
+                    "arms_moving": any(snap.arms_moving.values())}
+            if view != self._last_interlocks:
+                changed = {k: v for k, v in view.items() if self._last_interlocks.get(k) != v}
+                self._last_interlocks = view
+                self.audit("interlock", "system", changed=changed)
+        self._publish_state()
+
+    def _check_plc_during_motion(self) -> bool:
+        """Trip on anything the PLC reports that forbids motion; True if it tripped."""
+        if self.plc is None:
+            return False
+        snap = self.plc.snapshot()
+        open_il = self.plc.open_interlocks(snap)
         if open_il:
             self._trip("interlock open: " + ", ".join(open_il))
-        elif self.config.motion.require_plc_motion_enable and not pressed:
+            return True
+        parked, arms_moving = self.plc.arms_state(snap)
+        if not parked or arms_moving:
+            self._trip("imager arm left its parked position during couch motion")
+            return True
+        if self.config.motion.require_plc_motion_enable and not self.plc.motion_enable_pressed(snap):
             self._trip("motion enable released", S.STOPPED)
+            return True
+        return False
 
     def _check_motion(self) -> None:
         if self.workflow.state != S.MOVING or self.active is None:
@@ -678,17 +703,12 @@ class RoomService:
         if not self._couch_link_ok():
             self._trip("couch link lost")
             return
-        open_il, pressed = self._plc_interlocks()
-        if open_il:
-            self._trip("interlock open: " + ", ".join(open_il))
+        if self._check_plc_during_motion():
             return
         if self._hold_mono is None or (
             time.monotonic() - self._hold_mono > self.config.motion.hold_timeout_s
         ):
             self._trip("hold-to-run heartbeat lost", S.STOPPED)
-            return
-        if self.plc is not None and self.config.motion.require_plc_motion_enable and not pressed:
-            self._trip("motion enable released", S.STOPPED)
             return
         if time.monotonic() - self.active.started.started_mono > self.config.motion.move_timeout_s:
             self._trip(f"move did not finish within {self.config.motion.move_timeout_s:.0f} s")

@@ -111,11 +111,12 @@ def run(mode: str, out: Path, registration: str, seed: int) -> int:
                               "tolerance": {"mm": TOL_MM, "deg": TOL_DEG}}
     t_start = time.monotonic()
 
-    step(1, "Simulated room: couch controller on a pty, igrtd as its own process")
-    with SimRoom() as room:
+    step(1, "Simulated room: couch on a pty, room PLC on Modbus TCP, igrtd as its own process")
+    with SimRoom(with_plc=True) as room:
         daemon = DaemonProcess(room.room_config(state), state, out / "igrtd.log").start()
         sock = daemon.socket_path
-        say(f"   couch controller on {room.couch.device_path}; igrtd control socket {sock}")
+        say(f"   couch controller on {room.couch.device_path}; room PLC on {room.plc.endpoint}; "
+            f"igrtd control socket {sock}")
         try:
             couch0 = room.couch_pose
             world = PatientWorld.with_setup_error(ISO, POSITION, tuple(model.pivot),
@@ -175,7 +176,12 @@ def run(mode: str, out: Path, registration: str, seed: int) -> int:
                 if igrtctl("approve", pid, user="bob", socket=sock, capture=True).returncode:
                     raise RuntimeError("second approval refused")
                 say("   second approval given by bob (approver)")
-            moved = igrtctl("hold", pid, user="alice", socket=sock)
+            say("   therapist presses the motion-enable pendant (PLC input) and holds to run:")
+            room.call(lambda: room.plc.press_motion_enable())
+            try:
+                moved = igrtctl("hold", pid, user="alice", socket=sock)
+            finally:
+                room.call(lambda: room.plc.release_motion_enable())
             if moved.returncode:
                 raise RuntimeError("move did not complete")
 
