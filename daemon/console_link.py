@@ -42,10 +42,15 @@ class _Publisher:
             self._last_key = key
             self._spawn(self.console.publish_state(snap))
         else:
-            couch = snap.get("couch")
-            self._spawn(self.console.publish_telemetry({"state": snap.get("state"),
-                                                        "couch": couch,
-                                                        "interlocks": snap.get("interlocks")}))
+            couch = snap.get("couch") or {}
+            prop = snap.get("proposal") or {}
+            self._spawn(self.console.publish_telemetry({
+                "couch": couch.get("pose"),
+                "interlocks": snap.get("interlocks"),
+                "motion": {"state": snap.get("state"), "couch_state": couch.get("state"),
+                           "moving": couch.get("moving"), "link_ok": couch.get("link_ok"),
+                           "target": prop.get("target")},
+            }))
 
     def on_event(self, ev: dict[str, Any]) -> None:
         details = {k: v for k, v in ev.items() if k not in ("event", "actor")}

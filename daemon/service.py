@@ -28,6 +28,7 @@ from daemon.api import (
     SessionRequest,
 )
 from daemon.config import RoomConfig
+from daemon.console.roles import ALLOWED_ROLES
 from daemon.motion_gate import ConfirmationTicket, MotionGate, MotionRefused, StartedMove
 from daemon.proposals import Confirmation, Proposal, new_id
 from daemon.workflow import LATCHED, PROPOSABLE, RoomState, Workflow
@@ -41,21 +42,8 @@ log = logging.getLogger("igrt.room")
 
 S = RoomState
 
-# Which roles may issue which command. Stop: everyone who is not a viewer.
-PERMISSIONS: dict[str, frozenset[Role]] = {
-    "status": frozenset(Role),
-    "interlocks": frozenset(Role),
-    "open_session": frozenset({Role.THERAPIST}),
-    "close_session": frozenset({Role.THERAPIST}),
-    "record_imaging": frozenset({Role.THERAPIST}),
-    "propose": frozenset({Role.THERAPIST}),
-    "confirm": frozenset({Role.THERAPIST}),
-    "approve": frozenset({Role.APPROVER}),
-    "hold": frozenset({Role.THERAPIST}),
-    "release": frozenset({Role.THERAPIST, Role.APPROVER, Role.SERVICE}),
-    "stop": frozenset({Role.THERAPIST, Role.APPROVER, Role.SERVICE}),
-    "reset": frozenset({Role.THERAPIST, Role.SERVICE}),
-}
+# Which roles may issue which command: one table for every front end.
+PERMISSIONS = ALLOWED_ROLES
 
 
 @dataclass

@@ -52,20 +52,18 @@ def test_large_correction_needs_second_approval_before_motion(room, alice: Conso
 def test_second_approval_by_the_confirming_user_is_refused(alice: Console, bob: Console) -> None:
     alice.open_session()
     pid = alice.propose(LARGE)["result"]["id"]
-    alice.ok("confirm", proposal_id=pid)
-    # alice is a therapist, so she also lacks the approver role; the rule under test is the
-    # identity check, so give the approval attempt from the approver who also confirmed.
-    reply = alice.call("approve", proposal_id=pid)
-    assert not reply["ok"]
-    assert bob.ok("approve", proposal_id=pid)["status"] == "confirmed"
+    bob.ok("confirm", proposal_id=pid)  # a physicist may confirm, but then not approve too
+    reply = bob.call("approve", proposal_id=pid)
+    assert not reply["ok"] and "another person" in reply["error"]
+    assert bob.ok("status")["state"] == "AWAITING_APPROVAL"
 
 
-def test_approver_cannot_approve_own_confirmation(alice: Console, bob: Console) -> None:
+def test_therapist_cannot_give_the_second_approval(alice: Console) -> None:
     alice.open_session()
     pid = alice.propose(LARGE)["result"]["id"]
-    # Only therapists confirm, so an approver's confirmation is refused outright.
-    reply = bob.call("confirm", proposal_id=pid)
-    assert not reply["ok"] and "therapist" in reply["error"]
+    alice.ok("confirm", proposal_id=pid)
+    reply = alice.call("approve", proposal_id=pid)
+    assert not reply["ok"] and "approver" in reply["error"]
 
 
 def test_completed_correction_cannot_be_confirmed_again(room, alice: Console) -> None:
