@@ -74,6 +74,15 @@ class ImagingRequest(BaseModel):
     modality: str = "CBCT"
 
 
+class RegisterRequest(BaseModel):
+    """Register a daily image to the planning image (run by igrtd in a worker thread)."""
+
+    model_config = ConfigDict(extra="forbid")
+    fixed: str = Field(min_length=1, max_length=4096, description="planning CT (file or DICOM dir)")
+    moving: str = Field(min_length=1, max_length=4096, description="daily image (file or DICOM dir)")
+    iso: tuple[float, float, float] | None = None
+
+
 class CommandError(Exception):
     """A command refused by the daemon; `reason` is the one-line answer to the user."""
 
@@ -98,9 +107,10 @@ class RoomCommands(Protocol):
     async def open_session(self, actor: Actor, req: "SessionRequest") -> dict[str, Any]: ...
     async def close_session(self, actor: Actor) -> dict[str, Any]: ...
     async def record_imaging(self, actor: Actor, req: "ImagingRequest") -> dict[str, Any]: ...
+    async def register(self, actor: Actor, req: "RegisterRequest") -> dict[str, Any]: ...
 
 
 CommandName = Literal[
     "status", "propose", "confirm", "approve", "hold", "release", "stop", "reset", "interlocks",
-    "open_session", "close_session", "record_imaging",
+    "open_session", "close_session", "record_imaging", "register",
 ]

@@ -20,7 +20,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from daemon.api import Actor, CommandError, ImagingRequest, ProposeRequest, SessionRequest
+from daemon.api import (
+    Actor,
+    CommandError,
+    ImagingRequest,
+    ProposeRequest,
+    RegisterRequest,
+    SessionRequest,
+)
 from daemon.config import RoomConfig
 
 log = logging.getLogger("igrt.control")
@@ -76,6 +83,8 @@ async def _call(service: Any, actor: Actor, cmd: str, args: dict[str, Any]) -> A
             return await service.record_imaging(actor, ImagingRequest.model_validate(args))
         case "propose":
             return await service.propose(actor, ProposeRequest.model_validate(args))
+        case "register":
+            return await service.register(actor, RegisterRequest.model_validate(args))
         case "confirm":
             return await service.confirm(actor, pid())
         case "approve":

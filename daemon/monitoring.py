@@ -158,6 +158,10 @@ class IntrafractionMonitor:
                     max_image_age_s=self.policy.max_image_age_s,
                     couch_tracking=self.couch_tracking is not None)
 
+    def next_deadline(self) -> float | None:
+        """When the stale-image rule would hold without a new frame (None: already held)."""
+        return None if self._state is None else self._state.next_deadline()
+
     def note_tracking_applied(self, delta_lat: float, delta_long: float,
                               delta_vert: float) -> None:
         """The daemon applied a tracking correction; later suggestions count it in the total."""
@@ -243,10 +247,10 @@ class IntrafractionMonitor:
                 return
 
     async def _watchdog(self) -> None:
-        state = self._require_started()
+        self._require_started()
         idle = min(self._retry_s, self.policy.max_image_age_s / 4)
         while True:
-            deadline = state.next_deadline()
+            deadline = self.next_deadline()
             now = self._clock()
             wait = idle if deadline is None else min(idle, max(0.0, deadline - now) + 0.001)
             if self._write_failing:

@@ -24,6 +24,7 @@ from daemon.api import (
     CommandError,
     ImagingRequest,
     ProposeRequest,
+    RegisterRequest,
     Role,
     SessionRequest,
 )
@@ -362,6 +363,28 @@ class RoomService:
                    couch_pose=rec.couch.as_dict())
         return {"imaging_session_uid": rec.uid, "acquired_at": rec.acquired_at,
                 "couch": rec.couch.as_dict()}
+
+    async def register(self, actor: Actor, req: RegisterRequest) -> dict[str, Any]:
+        """Rigid registration in a worker thread: motion supervision keeps running."""
+        self._require(actor, "register")
+        from imaging.registration import register_rigid
+        from imaging.volumes import read_image
+
+        def work() -> Any:
+            fixed = read_image(req.fixed)
+            moving = read_image(req.moving)
+            return register_rigid(fixed.image, moving.image, iso_mm=req.iso)
+
+        try:
+            result = await asyncio.to_thread(work)
+        except ValueError as exc:
+            raise self._refuse(actor, "register", str(exc)) from None
+        out: dict[str, Any] = result.to_json_dict()
+        self.audit("registration", actor.user, fixed=req.fixed, moving=req.moving,
+                   converged=out.get("converged"), metric=out.get("metric"),
+                   translation_mm=out.get("translation_mm"), rotation_deg=out.get("rotation_deg"),
+                   seconds=out.get("seconds"), via=actor.via)
+        return out
 
     def _binding_refusals(self, req: ProposeRequest) -> list[str]:
         s = self.session

@@ -30,6 +30,7 @@ ALLOWED_ROLES: dict[str, frozenset[Role]] = {
     "open_session": _OPERATORS,
     "close_session": _OPERATORS,
     "record_imaging": _OPERATORS,
+    "register": _OPERATORS,
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from daemon.api import CommandName, ImagingRequest, ProposeRequest, SessionRequest
+from daemon.api import CommandName, ImagingRequest, ProposeRequest, RegisterRequest, SessionRequest
 
 SCHEMA_VERSION = 1
 
@@ -91,6 +91,7 @@ ARGS_MODELS: dict[str, type[BaseModel]] = {
     "open_session": SessionRequest,
     "close_session": NoArgs,
     "record_imaging": ImagingRequest,
+    "register": RegisterRequest,
 }
 
 

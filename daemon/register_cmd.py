@@ -1,0 +1,176 @@
+"""`igrtctl register` and `igrtctl reg show`: offline 3D registration tools.
+
+    igrtctl register --fixed PLAN --moving DAILY [--iso X,Y,Z] [--overlay PNG]
+                     [--reg-out FILE.dcm --patient-id ID ...] [--json]
+    igrtctl reg show FILE [--json]
+
+PLAN / DAILY: any image SimpleITK reads (.mha, .nrrd, .nii.gz) or a DICOM
+series directory. Exit status: 0 converged, 3 registration refused (did not
+converge / poor match; the JSON says why), 2 unusable input (one line on
+stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from typing import Any
+
+EXIT_OK, EXIT_INPUT, EXIT_NOT_CONVERGED = 0, 2, 3
+
+
+class _BadInput(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise _BadInput(message)
+
+
+def _err(msg: str) -> None:
+    print(f"igrtctl: {msg}", file=sys.stderr)
+
+
+def _iso(text: str) -> tuple[float, float, float]:
+    parts = text.split(",")
+    try:
+        vals = tuple(float(p) for p in parts)
+    except ValueError:
+        raise _BadInput(f"--iso must be X,Y,Z in mm, got {text!r}") from None
+    if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
+        raise _BadInput(f"--iso must be 3 finite numbers X,Y,Z in mm, got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+def _quiet_itk() -> None:
+    # ITK prints warnings (e.g. "No Series were found") straight to stderr; the CLI
+    # reports problems itself, in one line.
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.GlobalWarningDisplayOff()
+    logging.getLogger("imaging").setLevel(logging.ERROR)
+
+
+def run_register(argv: list[str]) -> int:
+    p = _Parser(prog="igrtctl register", description="Rigid CBCT-to-planning-CT registration.")
+    p.add_argument("--fixed", required=True, help="planning CT (file or DICOM series dir)")
+    p.add_argument("--moving", required=True, help="daily image (file or DICOM series dir)")
+    p.add_argument("--iso", help="isocentre X,Y,Z in planning mm (default: daily image centre)")
+    p.add_argument("--overlay", help="write a before/after review PNG here")
+    p.add_argument("--reg-out", help="also write the accepted result as a DICOM REG file")
+    p.add_argument("--patient-id", help="patient ID for --reg-out (default: from the images)")
+    p.add_argument("--patient-name", default="", help="patient name for --reg-out")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    try:
+        args = p.parse_args(argv)
+        iso = _iso(args.iso) if args.iso else None
+        return _register(args, iso)
+    except _BadInput as exc:
+        _err(str(exc))
+        return EXIT_INPUT
+    except ValueError as exc:
+        _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return EXIT_INPUT
+
+
+def _register(args: argparse.Namespace, iso: tuple[float, float, float] | None) -> int:
+    _quiet_itk()
+    from imaging.registration import RegistrationFailed, register_rigid
+    from imaging.volumes import read_image
+
+    fixed = read_image(args.fixed)
+    moving = read_image(args.moving)
+    if (fixed.patient_id and moving.patient_id and fixed.patient_id != moving.patient_id):
+        raise _BadInput(
+            f"patient mismatch: planning image is {fixed.patient_id!r}, "
+            f"daily image is {moving.patient_id!r}"
+        )
+    try:
+        result = register_rigid(fixed.image, moving.image, iso_mm=iso)
+    except RegistrationFailed as exc:
+        failed = {"matrix": None, "converged": False, "reason": str(exc)}
+        print(json.dumps(failed) if args.json else f"REFUSED: {exc}")
+        _err(f"registration refused: {exc}")
+        return EXIT_NOT_CONVERGED
+    out: dict[str, Any] = result.to_json_dict()
+    if args.overlay:
+        from imaging.overlay import write_overlay_png
+        from imaging.registration import image_centre
+
+        centre = iso if iso is not None else image_centre(moving.image)
+        try:
+            write_overlay_png(fixed.image, moving.image, result.matrix, centre, args.overlay)
+        except OSError as exc:
+            raise _BadInput(f"cannot write overlay {args.overlay}: {exc.strerror}") from None
+        out["overlay"] = str(args.overlay)
+    if args.reg_out:
+        if not result.converged:
+            out["reg_out"] = None
+        else:
+            out["reg_out"] = _write_reg(args, fixed, moving, result.matrix)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        t, r = result.translation_mm, result.rotation_deg
+        print(f"translation at iso: x {t[0]:+.2f} y {t[1]:+.2f} z {t[2]:+.2f} mm; "
+              f"rotation: x {r[0]:+.2f} y {r[1]:+.2f} z {r[2]:+.2f} deg; "
+              f"metric {result.metric:.4f}; {result.seconds:.2f} s; "
+              f"{'converged' if result.converged else 'REFUSED: ' + result.reason}")
+    if not result.converged:
+        _err(f"registration refused: {result.reason}")
+        return EXIT_NOT_CONVERGED
+    return EXIT_OK
+
+
+def _write_reg(args: argparse.Namespace, fixed: Any, moving: Any, matrix: Any) -> str:
+    from imaging.dicom_reg import write_registration
+
+    patient = args.patient_id or fixed.patient_id or moving.patient_id
+    if not patient:
+        raise _BadInput("--reg-out needs --patient-id (the images carry no patient ID)")
+    if not fixed.frame_of_reference_uid or not moving.frame_of_reference_uid:
+        raise _BadInput("--reg-out needs DICOM images with frame of reference UIDs")
+    try:
+        write_registration(
+            args.reg_out, matrix, patient_id=patient,
+            patient_name=args.patient_name or fixed.identity.patient_name or "",
+            fixed_frame_of_reference_uid=fixed.frame_of_reference_uid,
+            moving_frame_of_reference_uid=moving.frame_of_reference_uid,
+            study_uid=moving.study_uid,
+        )
+    except OSError as exc:
+        raise _BadInput(f"cannot write {args.reg_out}: {exc.strerror}") from None
+    return str(args.reg_out)
+
+
+def run_reg_show(argv: list[str]) -> int:
+    p = _Parser(prog="igrtctl reg show", description="Show a DICOM spatial registration.")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    try:
+        args = p.parse_args(argv)
+        from imaging.dicom_reg import read_registration
+
+        rec = read_registration(args.file)
+    except (_BadInput, ValueError) as exc:
+        _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return EXIT_INPUT
+    out = {
+        "matrix": [[float(v) for v in row] for row in rec.matrix],
+        "patient_id": rec.patient_id,
+        "fixed_frame_of_reference_uid": rec.fixed_frame_of_reference_uid,
+        "moving_frame_of_reference_uid": rec.moving_frame_of_reference_uid,
+        "content_datetime": rec.content_datetime.isoformat() if rec.content_datetime else None,
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"patient {rec.patient_id}; planning FoR {rec.fixed_frame_of_reference_uid}; "
+              f"daily FoR {rec.moving_frame_of_reference_uid}")
+        for row in rec.matrix:
+            print("  " + " ".join(f"{v:+12.6f}" for v in row))
+    return EXIT_OK
