@@ -83,6 +83,15 @@ class RegisterRequest(BaseModel):
     iso: tuple[float, float, float] | None = None
 
 
+class JogRequest(BaseModel):
+    """One hold-to-run jog step in service mode; the console repeats it while held."""
+
+    model_config = ConfigDict(extra="forbid")
+    axis: Literal["lat", "long", "vert", "yaw", "pitch", "roll"]
+    velocity: float = Field(description="mm/s or deg/s, signed")
+    duration_ms: int = Field(default=200, gt=0, le=500)
+
+
 class CommandError(Exception):
     """A command refused by the daemon; `reason` is the one-line answer to the user."""
 
@@ -108,9 +117,14 @@ class RoomCommands(Protocol):
     async def close_session(self, actor: Actor) -> dict[str, Any]: ...
     async def record_imaging(self, actor: Actor, req: "ImagingRequest") -> dict[str, Any]: ...
     async def register(self, actor: Actor, req: "RegisterRequest") -> dict[str, Any]: ...
+    async def enter_service(self, actor: Actor) -> dict[str, Any]: ...
+    async def exit_service(self, actor: Actor) -> dict[str, Any]: ...
+    async def jog(self, actor: Actor, req: "JogRequest") -> dict[str, Any]: ...
+    async def diag(self, actor: Actor) -> dict[str, Any]: ...
 
 
 CommandName = Literal[
     "status", "propose", "confirm", "approve", "hold", "release", "stop", "reset", "interlocks",
     "open_session", "close_session", "record_imaging", "register",
+    "enter_service", "exit_service", "jog", "diag",
 ]

@@ -241,6 +241,14 @@ def _room_parser() -> _Args:
     st = sub.add_parser("stop")
     st.add_argument("--reason", default="")
     sub.add_parser("reset")
+    sv = sub.add_parser("service", help="service mode (service role)")
+    sv.add_argument("action", choices=["enter", "exit"])
+    jg = sub.add_parser("jog", help="jog one axis at reduced speed while this runs (hold-to-run)")
+    jg.add_argument("axis", choices=["lat", "long", "vert", "yaw", "pitch", "roll"])
+    jg.add_argument("velocity", type=float, help="mm/s or deg/s, signed")
+    jg.add_argument("--seconds", type=float, default=1.0, help="how long to hold (max 30)")
+    dg = sub.add_parser("diag", help="device self-test (service role)")
+    dg.add_argument("--bundle", type=Path, help="write a diagnostics bundle to this file")
     return ap
 
 
@@ -332,7 +340,39 @@ def run_room(argv: list[str]) -> int:
             return show(room.call("approve", proposal_id=a.proposal_id))
         case "hold":
             return hold_until_done(room, a.proposal_id, out=_write)
+        case "service":
+            return show(room.call("enter_service" if a.action == "enter" else "exit_service"))
+        case "jog":
+            return _jog(room, a.axis, a.velocity, a.seconds)
+        case "diag":
+            reply = room.call("diag")
+            if reply["ok"] and a.bundle is not None:
+                reply = room.call("diag_bundle", path=str(a.bundle.resolve()))
+            return show(reply)
     raise UsageError(f"unknown command {a.cmd}")
+
+
+def _jog(room: Room, axis: str, velocity: float, seconds: float) -> int:
+    """Repeat short jog steps while held; Ctrl-C or the end of `seconds` lets go."""
+    if not 0 < seconds <= 30:
+        raise UsageError(f"--seconds {seconds:g} outside 0..30 s")
+    step_ms = 200
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            reply = room.call("jog", axis=axis, velocity=velocity, duration_ms=step_ms)
+            if not reply["ok"]:
+                _err(reply["error"])
+                return EXIT_REFUSED
+            pose = reply["result"].get("pose", {})
+            _write(f"\r{axis} {pose.get(axis, float('nan')):9.3f}")
+            time.sleep(step_ms / 2000.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        room.call("stop", reason="jog released")
+    _write("\n")
+    return EXIT_OK
 
 
 def _write(text: str) -> None:

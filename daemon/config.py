@@ -59,6 +59,8 @@ class MotionConfig(_Strict):
     arrival_tolerance_mm: float = Field(default=0.5, gt=0, le=5)
     arrival_tolerance_deg: float = Field(default=0.2, gt=0, le=2)
     move_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    jog_max_speed_mm_s: float = Field(default=2.0, gt=0, le=10, description="service-mode jog")
+    jog_max_speed_deg_s: float = Field(default=0.2, gt=0, le=1)
     require_plc_motion_enable: bool = Field(
         default=True, description="when a PLC is configured, its hold-to-run input must be pressed"
     )

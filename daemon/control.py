@@ -24,6 +24,7 @@ from daemon.api import (
     Actor,
     CommandError,
     ImagingRequest,
+    JogRequest,
     ProposeRequest,
     RegisterRequest,
     SessionRequest,
@@ -97,6 +98,14 @@ async def _call(service: Any, actor: Actor, cmd: str, args: dict[str, Any]) -> A
             return await service.stop(actor, str(args.get("reason", "")))
         case "reset":
             return await service.reset(actor)
+        case "enter_service":
+            return await service.enter_service(actor)
+        case "exit_service":
+            return await service.exit_service(actor)
+        case "jog":
+            return await service.jog(actor, JogRequest.model_validate(args))
+        case "diag":
+            return await service.diag(actor)
         case _:
             raise CommandError(f"unknown command {cmd!r}", "bad_request")
 

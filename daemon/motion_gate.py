@@ -165,8 +165,10 @@ class MotionGate:
                     confirmation_id=ticket.confirmation_id, target=ticket.target.as_dict())
         return started
 
-    async def jog(self, user: str, axis: str, velocity: float, duration_ms: int) -> None:
-        decision = self._authorize("couch_jog", None, None)
+    async def jog(self, user: str, axis: str, velocity: float, duration_ms: int,
+                  end_pose: Pose) -> None:
+        """A short hold-to-run jog; `end_pose` (where it would end) is checked against limits."""
+        decision = self._authorize("couch_jog", None, end_pose)
         if not decision.allowed:
             self._refuse("couch_jog", None, decision.reasons)
         self._audit("motion", user, motion="couch_jog", axis=axis, velocity=velocity,

@@ -23,6 +23,7 @@ from daemon.api import (
     Actor,
     CommandError,
     ImagingRequest,
+    JogRequest,
     ProposeRequest,
     RegisterRequest,
     Role,
@@ -614,6 +615,63 @@ class RoomService:
             self._to(S.PROPOSED, f"{p.id} interrupted; confirm again to continue", actor.user)
         return self.snapshot()
 
+    # --------------------------------------------------------- service mode
+    async def enter_service(self, actor: Actor) -> dict[str, Any]:
+        self._require(actor, "enter_service")
+        if self.workflow.state not in (S.STANDBY, S.READY, S.DONE):
+            raise self._refuse(actor, "enter_service",
+                               f"cannot enter service mode in state {self.workflow.state}")
+        self._supersede_current("service mode")
+        if self.session is not None:
+            self.audit("session", actor.user, action="close", reason="service mode")
+            self.session = None
+        self.audit("service_mode", actor.user, action="enter", via=actor.via)
+        self._to(S.SERVICE, f"service mode ({actor.user}); clinical workflow locked out",
+                 actor.user)
+        return self.snapshot()
+
+    async def exit_service(self, actor: Actor) -> dict[str, Any]:
+        self._require(actor, "exit_service")
+        if self.workflow.state != S.SERVICE:
+            raise self._refuse(actor, "exit_service", "the room is not in service mode")
+        self._stop_couch_now()
+        self.audit("service_mode", actor.user, action="exit", via=actor.via)
+        self._to(S.STANDBY, f"service mode ended by {actor.user}", actor.user)
+        return self.snapshot()
+
+    async def jog(self, actor: Actor, req: JogRequest) -> dict[str, Any]:
+        """One jog step at reduced speed; each step is itself the hold-to-run heartbeat."""
+        self._require(actor, "jog")
+        if self.workflow.state != S.SERVICE:
+            raise self._refuse(actor, "jog", f"jog needs service mode; room is {self.workflow.state}")
+        rotation = req.axis in ROTATION_AXES
+        limit = (self.config.motion.jog_max_speed_deg_s if rotation
+                 else self.config.motion.jog_max_speed_mm_s)
+        unit = "deg/s" if rotation else "mm/s"
+        if not math.isfinite(req.velocity) or abs(req.velocity) > limit:
+            raise self._refuse(actor, "jog", f"jog speed {req.velocity:g} {unit} exceeds the "
+                               f"service limit {limit:g} {unit}")
+        status = await self.couch.status()
+        end = status.pose.as_dict()
+        end[req.axis] += req.velocity * req.duration_ms / 1000.0
+        self._hold_mono, self._hold_user, self._hold_via = time.monotonic(), actor.user, actor.via
+        try:
+            await self.gate.jog(actor.user, req.axis, req.velocity, req.duration_ms,
+                                Pose.from_dict(end))
+        except MotionRefused as exc:
+            raise CommandError(f"jog refused: {exc}") from None
+        except Exception as exc:
+            raise self._refuse(actor, "jog", f"couch refused the jog: {exc}") from None
+        return self._progress()
+
+    async def diag(self, actor: Actor) -> dict[str, Any]:
+        self._require(actor, "diag")
+        from daemon.diagnostics import collect
+
+        result: dict[str, Any] = await collect(self)
+        self.audit("diagnostics", actor.user, via=actor.via)
+        return result
+
     # ------------------------------------------------------------- motion
     def _progress(self) -> dict[str, Any]:
         status = getattr(self.couch, "latest_status", None)
@@ -679,6 +737,11 @@ class RoomService:
         """Called by the PLC driver on any input change: trip at once when needed."""
         if self.workflow.state == S.MOVING:
             self._check_plc_during_motion()
+        elif self.workflow.state == S.SERVICE and self.plc is not None:
+            # A jog in progress stops on any open interlock or a released enable, like a move.
+            snap = self.plc.snapshot()
+            if self.plc.open_interlocks(snap) or not self.plc.motion_enable_pressed(snap):
+                self._stop_couch_now()
         # Then record the change (after any STOP went out).
         if snap is not None:
             view = {"link_ok": snap.link_ok, "link_reason": snap.link_reason,

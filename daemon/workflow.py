@@ -13,6 +13,7 @@ STOPPED or FAULT, from which only an explicit reset leads back.
     VERIFYING --read back within deadband--> DONE --propose--> PROPOSED ...
     MOVING --stop / interlock / hold lost / link lost--> STOPPED | FAULT
     STOPPED | FAULT --reset--> READY (fresh confirmation needed)
+    STANDBY | READY | DONE --enter_service--> SERVICE --exit_service--> STANDBY
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class RoomState(StrEnum):
     DONE = "DONE"
     STOPPED = "STOPPED"
     FAULT = "FAULT"
+    SERVICE = "SERVICE"  # service engineer at work; clinical workflow locked out
 
 
 S = RoomState
@@ -41,8 +43,8 @@ _IDLE_WITH_SESSION = {S.READY, S.PROPOSED, S.AWAITING_APPROVAL, S.CONFIRMED, S.D
 
 TRANSITIONS: dict[RoomState, frozenset[RoomState]] = {
     S.OFFLINE: frozenset({S.STANDBY, S.FAULT}),
-    S.STANDBY: frozenset({S.READY, S.OFFLINE, S.FAULT}),
-    S.READY: frozenset({S.PROPOSED, S.STANDBY, S.OFFLINE, S.FAULT, S.DONE}),
+    S.STANDBY: frozenset({S.READY, S.OFFLINE, S.FAULT, S.SERVICE}),
+    S.READY: frozenset({S.PROPOSED, S.STANDBY, S.OFFLINE, S.FAULT, S.DONE, S.SERVICE}),
     S.PROPOSED: frozenset({S.PROPOSED, S.AWAITING_APPROVAL, S.CONFIRMED, S.READY, S.DONE,
                            S.STANDBY, S.OFFLINE, S.FAULT}),
     S.AWAITING_APPROVAL: frozenset({S.CONFIRMED, S.PROPOSED, S.READY, S.STANDBY, S.OFFLINE,
@@ -51,7 +53,8 @@ TRANSITIONS: dict[RoomState, frozenset[RoomState]] = {
                             S.STOPPED}),
     S.MOVING: frozenset({S.VERIFYING, S.STOPPED, S.FAULT, S.OFFLINE}),
     S.VERIFYING: frozenset({S.DONE, S.FAULT, S.STOPPED, S.OFFLINE}),
-    S.DONE: frozenset({S.PROPOSED, S.READY, S.STANDBY, S.OFFLINE, S.FAULT, S.DONE}),
+    S.DONE: frozenset({S.PROPOSED, S.READY, S.STANDBY, S.OFFLINE, S.FAULT, S.DONE, S.SERVICE}),
+    S.SERVICE: frozenset({S.STANDBY, S.FAULT, S.OFFLINE}),
     S.STOPPED: frozenset({S.READY, S.FAULT, S.OFFLINE, S.STANDBY}),
     S.FAULT: frozenset({S.READY, S.STANDBY, S.OFFLINE}),
 }

@@ -41,9 +41,10 @@ COUCH_KINDS: frozenset[str] = frozenset({"couch_move", "couch_jog"})
 DEFAULT_MOTION_STATES: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "couch_move": frozenset({"CONFIRMED", "MOVING"}),
-        "couch_jog": frozenset({"STANDBY", "READY", "DONE"}),
+        # Jogging is service work: only in the room's SERVICE state, clinical workflow locked out.
+        "couch_jog": frozenset({"SERVICE"}),
         "imager_arm": frozenset(
-            {"STANDBY", "READY", "PROPOSED", "AWAITING_APPROVAL", "CONFIRMED", "DONE"}
+            {"STANDBY", "READY", "PROPOSED", "AWAITING_APPROVAL", "CONFIRMED", "DONE", "SERVICE"}
         ),
     }
 )

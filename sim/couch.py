@@ -603,14 +603,18 @@ class SimCouchController:
 
     def _do_jog(self, seq: int, msg: cp.Jog, now: float) -> None:
         J = cp.MsgType.JOG
-        if self._state != cp.CtrlState.IDLE or self.is_moving:
-            self._nak(seq, J, cp.NakReason.BAD_STATE, now)
-            return
         if msg.axis >= len(self._axes):
             self._nak(seq, J, cp.NakReason.OUT_OF_RANGE, now, cp.NakField.AXIS_INDEX,
                       msg.axis, len(self._axes) - 1)
             return
         ax = self._axes[msg.axis]
+        # A JOG of the axis that is already jogging continues it (the pendant is still
+        # held); anything else moving, or any other state, refuses.
+        continuing = self._state == cp.CtrlState.MOVING and ax.mode == "jog" and all(
+            a is ax or a.mode == "idle" for a in self._axes)
+        if not continuing and (self._state != cp.CtrlState.IDLE or self.is_moving):
+            self._nak(seq, J, cp.NakReason.BAD_STATE, now)
+            return
         k = cp.AXIS_SCALE[msg.axis]
         v = cp.from_wire(msg.velocity, k)
         vlim = ax.vmax * self.jog_speed_fraction

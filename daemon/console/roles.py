@@ -31,6 +31,11 @@ ALLOWED_ROLES: dict[str, frozenset[Role]] = {
     "close_session": _OPERATORS,
     "record_imaging": _OPERATORS,
     "register": _OPERATORS,
+    # Service mode: service engineers only; the clinical workflow is locked out meanwhile.
+    "enter_service": frozenset({Role.SERVICE}),
+    "exit_service": frozenset({Role.SERVICE}),
+    "jog": frozenset({Role.SERVICE}),
+    "diag": frozenset({Role.SERVICE}),
 }
 
 

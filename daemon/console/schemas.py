@@ -14,7 +14,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from daemon.api import CommandName, ImagingRequest, ProposeRequest, RegisterRequest, SessionRequest
+from daemon.api import (
+    CommandName,
+    ImagingRequest,
+    JogRequest,
+    ProposeRequest,
+    RegisterRequest,
+    SessionRequest,
+)
 
 SCHEMA_VERSION = 1
 
@@ -92,6 +99,10 @@ ARGS_MODELS: dict[str, type[BaseModel]] = {
     "close_session": NoArgs,
     "record_imaging": ImagingRequest,
     "register": RegisterRequest,
+    "enter_service": NoArgs,
+    "exit_service": NoArgs,
+    "jog": JogRequest,
+    "diag": NoArgs,
 }
 
 

@@ -32,7 +32,7 @@ MOVE = MotionRequest(
     hold_to_run_fresh=True,
     model=MODEL,
 )
-JOG = replace(MOVE, kind="couch_jog", room_state="READY", target=None, confirmation_id=None,
+JOG = replace(MOVE, kind="couch_jog", room_state="SERVICE", target=None, confirmation_id=None,
               confirmed_at=None, deadline=None)
 ARM = replace(MOVE, kind="imager_arm", room_state="READY", target=None, current=None,
               confirmation_id=None, confirmed_at=None, deadline=None)
@@ -61,6 +61,11 @@ def test_couch_move_is_refused_outside_the_motion_states(state: str) -> None:
 def test_jog_and_arms_are_refused_while_a_correction_runs_or_after_a_stop(state: str) -> None:
     assert not authorize_motion(replace(JOG, room_state=state)).allowed
     assert not authorize_motion(replace(ARM, room_state=state)).allowed
+
+
+@pytest.mark.parametrize("state", ["STANDBY", "READY", "DONE", "PROPOSED"])
+def test_jog_is_refused_outside_service_mode(state: str) -> None:
+    assert not authorize_motion(replace(JOG, room_state=state)).allowed
 
 
 def test_unknown_motion_kind_is_refused() -> None:
@@ -187,7 +192,8 @@ def mostly(value: object, other: object) -> st.SearchStrategy:
 requests = st.builds(
     MotionRequest,
     kind=st.sampled_from(["couch_move", "couch_jog", "imager_arm"]),
-    room_state=st.sampled_from(["READY", "CONFIRMED", "MOVING", "STOPPED", "FAULT", "DONE"]),
+    room_state=st.sampled_from(["READY", "CONFIRMED", "MOVING", "STOPPED", "FAULT", "DONE",
+                                 "SERVICE"]),
     target=st.none() | st.builds(Pose, *[st.floats(-700, 700) | st.just(math.nan)] * 3,
                                  *[st.floats(-5, 5) | st.just(math.nan)] * 3),
     current=mostly(Pose(), None),

@@ -1,0 +1,238 @@
+"""`igrtctl register2d` and `igrtctl register4d`: offline 2D/3D and 4D registration.
+
+    igrtctl register2d --plan CT --kv A.mha --kv B.mha [--iso X,Y,Z]
+                       [--patient-position HFS] [--overlay PNG] [--json]
+    igrtctl register4d --plan CT --phase P0.mha ... [--iso X,Y,Z]
+                       [--use mean|N] [--initial REG.json] [--plot PNG] [--json]
+
+CT: any image SimpleITK reads or a DICOM series directory. kV images: 2D
+images carrying their geometry as IGRT_SAD / IGRT_SID / IGRT_ANGLE_DEG
+metadata (docs/imaging-2d-4d.md). --iso defaults to the centre of the
+planning CT. Exit status: 0 registered, 3 registration refused (the JSON
+says why), 2 unusable input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_INPUT, EXIT_REFUSED = 0, 2, 3
+_VALUE_OPTIONS = ("--iso",)
+
+
+class _BadInput(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _BadInput(message)
+
+
+def _err(msg: str) -> None:
+    print(f"igrtctl: {msg}", file=sys.stderr)
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    # "--iso -25,10,-15" would read as an option to argparse; "--iso=-25,..." does not.
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in _VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-") \
+                and len(argv[i + 1]) > 1 and (argv[i + 1][1].isdigit() or argv[i + 1][1] == "."):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _iso(text: str) -> tuple[float, float, float]:
+    parts = text.split(",")
+    try:
+        vals = tuple(float(p) for p in parts)
+    except ValueError:
+        raise _BadInput(f"--iso must be X,Y,Z in mm, got {text!r}") from None
+    if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
+        raise _BadInput(f"--iso must be 3 finite numbers X,Y,Z in mm, got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+def _quiet() -> None:
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.GlobalWarningDisplayOff()
+    logging.getLogger("imaging").setLevel(logging.ERROR)
+
+
+def _read_plan(path: str) -> Any:
+    from imaging.volumes import read_image
+
+    return read_image(path).image
+
+
+def _read_2d(path: str, what: str) -> Any:
+    import SimpleITK as sitk
+
+    p = Path(path)
+    if not p.is_file():
+        raise _BadInput(f"{what} {path}: no such file")
+    try:
+        return sitk.ReadImage(str(p))
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or ["unreadable"])[-1]
+        raise _BadInput(f"{what} {path}: cannot read image ({first.strip()})") from None
+
+
+def _plan_centre(img: Any) -> tuple[float, float, float]:
+    c = [(s - 1) / 2.0 for s in img.GetSize()]
+    return tuple(float(v) for v in img.TransformContinuousIndexToPhysicalPoint(c))  # type: ignore[return-value]
+
+
+def _main(argv: list[str], body: Any) -> int:
+    try:
+        return int(body(_join_negative_values(list(argv))))
+    except _BadInput as exc:
+        _err(str(exc))
+        return EXIT_INPUT
+    except ValueError as exc:
+        _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return EXIT_INPUT
+    except OSError as exc:
+        _err(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        return EXIT_INPUT
+
+
+# ------------------------------------------------------------------ register2d
+def run_register2d(argv: list[str]) -> int:
+    return _main(argv, _register2d)
+
+
+def _register2d(argv: list[str]) -> int:
+    p = _Parser(prog="igrtctl register2d",
+                description="Register a pair of kV radiographs to the planning CT (6 DoF).")
+    p.add_argument("--plan", required=True, help="planning CT (file or DICOM series dir)")
+    p.add_argument("--kv", action="append", required=True, help="kV image (.mha), twice or more")
+    p.add_argument("--iso", help="planned isocentre X,Y,Z mm (default: planning CT centre)")
+    p.add_argument("--patient-position", default="HFS", help="HFS, HFP, FFS, ... (default HFS)")
+    p.add_argument("--overlay", help="write a DRR-versus-kV review PNG here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    if len(args.kv) < 2:
+        raise _BadInput(f"need at least 2 --kv images, got {len(args.kv)}")
+    from safety.geometry import parse_patient_position
+
+    pos = parse_patient_position(args.patient_position).value
+    _quiet()
+    from imaging.registration2d3d import KvView, register_2d3d
+
+    views = []
+    for path in args.kv:
+        img = _read_2d(path, "kV image")
+        try:
+            views.append(KvView.from_sitk(img, f"kV image {path}"))
+        except ValueError as exc:
+            raise _BadInput(str(exc)) from None
+    plan = _read_plan(args.plan)
+    iso = _iso(args.iso) if args.iso else _plan_centre(plan)
+    result = register_2d3d(plan, views, iso, pos)
+    out: dict[str, Any] = result.to_json_dict()
+    out["iso_mm"] = list(iso)
+    out["views_deg"] = [v.geometry.angle_deg for v in views]
+    if args.overlay:
+        from imaging.plots import kv_overlay_png
+
+        kv_overlay_png(plan, views, result.matrix, iso, pos, args.overlay)
+        out["overlay"] = str(args.overlay)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        t, r = result.translation_mm, result.rotation_deg
+        print(f"translation at iso: x {t[0]:+.2f} y {t[1]:+.2f} z {t[2]:+.2f} mm; "
+              f"rotation: x {r[0]:+.2f} y {r[1]:+.2f} z {r[2]:+.2f} deg; "
+              f"NCC {result.metric:.3f}; {result.seconds:.2f} s; "
+              f"{'converged' if result.converged else 'REFUSED: ' + result.reason}")
+    if not result.converged:
+        _err(f"registration refused: {result.reason}")
+        return EXIT_REFUSED
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ register4d
+def run_register4d(argv: list[str]) -> int:
+    return _main(argv, _register4d)
+
+
+def _register4d(argv: list[str]) -> int:
+    p = _Parser(prog="igrtctl register4d",
+                description="Target trajectory and mean position from 4D CBCT phase volumes.")
+    p.add_argument("--plan", required=True, help="planning CT (file or DICOM series dir)")
+    p.add_argument("--phase", action="append", required=True, help="phase volume, one per phase")
+    p.add_argument("--iso", help="target X,Y,Z mm in planning coordinates (default: CT centre)")
+    p.add_argument("--use", default="mean", help="correction at the 'mean' position or phase N")
+    p.add_argument("--initial", help="JSON {'matrix': 4x4} bony registration to start from")
+    p.add_argument("--plot", help="write the phase trajectory PNG here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    use: str | int = args.use
+    if use != "mean":
+        try:
+            use = int(args.use)
+        except ValueError:
+            raise _BadInput(f"--use must be 'mean' or a phase number, got {args.use!r}") from None
+    initial = _read_matrix(args.initial) if args.initial else None
+    _quiet()
+    from imaging.fourd import correction_matrix, register_4d
+    from imaging.volumes import read_image
+
+    plan = _read_plan(args.plan)
+    phases = [read_image(path).image for path in args.phase]
+    iso = _iso(args.iso) if args.iso else _plan_centre(plan)
+    result = register_4d(plan, phases, iso, initial=initial)
+    matrix = correction_matrix(result, use)
+    out = result.to_json_dict()
+    out["use"] = use
+    out["matrix"] = [[float(v) for v in row] for row in matrix]
+    if args.plot:
+        from imaging.plots import trajectory_png
+
+        trajectory_png(result, args.plot)
+        out["plot"] = str(args.plot)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        m, a = result.mean_position_mm, result.amplitude_mm
+        print(f"mean target position: {m[0]:+.2f} {m[1]:+.2f} {m[2]:+.2f} mm; amplitude "
+              f"{a[0]:.2f} {a[1]:.2f} {a[2]:.2f} mm (principal "
+              f"{result.principal_amplitude_mm:.2f} mm); {len(result.phases)} phases; "
+              f"{result.seconds:.2f} s; {'ok' if result.converged else 'REFUSED: ' + result.reason}")
+    if not result.converged:
+        _err(f"4D registration refused: {result.reason}")
+        return EXIT_REFUSED
+    return EXIT_OK
+
+
+def _read_matrix(path: str) -> Any:
+    import numpy as np
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise _BadInput(f"cannot read {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _BadInput(f"{path}: not valid JSON ({exc})") from None
+    try:
+        m = np.array(data["matrix"], dtype=float)
+    except (KeyError, TypeError, ValueError):
+        raise _BadInput(f"{path}: expected a JSON object with a 4x4 'matrix'") from None
+    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+        raise _BadInput(f"{path}: 'matrix' must be 4x4 finite numbers")
+    return m
