@@ -16,6 +16,11 @@ system-packages:
 	@command -v mosquitto >/dev/null 2>&1 || command -v /usr/sbin/mosquitto >/dev/null 2>&1 || \
 	  { echo "installing mosquitto"; apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients; }
+	@# Third-party DICOM checkers (dciodvfy, plastimatch): tests use them where present.
+	@{ command -v dciodvfy >/dev/null 2>&1 && command -v plastimatch >/dev/null 2>&1; } || \
+	  { echo "installing dicom3tools and plastimatch"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools plastimatch || \
+	    echo "warning: dicom3tools/plastimatch not installed; their checks will be skipped"; }
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

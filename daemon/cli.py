@@ -248,7 +248,8 @@ def _room_parser() -> _Args:
     jg.add_argument("velocity", type=float, help="mm/s or deg/s, signed")
     jg.add_argument("--seconds", type=float, default=1.0, help="how long to hold (max 30)")
     dg = sub.add_parser("diag", help="device self-test (service role)")
-    dg.add_argument("--bundle", type=Path, help="write a diagnostics bundle to this file")
+    dg.add_argument("--bundle", type=Path, metavar="FILE",
+                    help="also save a diagnostics bundle (.tar.gz)")
     return ap
 
 
@@ -345,10 +346,26 @@ def run_room(argv: list[str]) -> int:
         case "jog":
             return _jog(room, a.axis, a.velocity, a.seconds)
         case "diag":
-            reply = room.call("diag")
-            if reply["ok"] and a.bundle is not None:
-                reply = room.call("diag_bundle", path=str(a.bundle.resolve()))
-            return show(reply)
+            reply = room.call("diag", bundle=a.bundle is not None)
+            if not reply["ok"]:
+                _err(reply["error"])
+                return EXIT_REFUSED
+            from daemon import diagnostics
+
+            result = reply["result"]
+            if a.bundle is not None:
+                try:
+                    saved = diagnostics.save_bundle_reply(result, a.bundle)
+                except (ValueError, OSError) as exc:
+                    _err(f"bundle not saved: {exc}")
+                    return EXIT_INPUT
+                print(f"bundle {saved['path']}: {saved['bytes']} bytes, sha256 {saved['sha256']}",
+                      file=sys.stderr)
+            if a.json:
+                _print(result["report"], True)
+            else:
+                print("\n".join(diagnostics.summary_lines(result["report"])))
+            return EXIT_OK
     raise UsageError(f"unknown command {a.cmd}")
 
 

@@ -105,7 +105,7 @@ async def _call(service: Any, actor: Actor, cmd: str, args: dict[str, Any]) -> A
         case "jog":
             return await service.jog(actor, JogRequest.model_validate(args))
         case "diag":
-            return await service.diag(actor)
+            return await service.diag(actor, bundle=bool(args.get("bundle", False)))
         case _:
             raise CommandError(f"unknown command {cmd!r}", "bad_request")
 

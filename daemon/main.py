@@ -27,7 +27,7 @@ class _Args(argparse.ArgumentParser):
 
 
 async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> None:
-    from daemon import sdnotify
+    from daemon import diagnostics, sdnotify
     from daemon.audit import AuditLog
     from daemon.control import ControlServer
     from daemon.service import RoomService
@@ -52,6 +52,7 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
                 plc, arms = await stack.enter_async_context(open_plc(config.plc))
             service = RoomService(config, couch, audit, store, plc=plc, arms=arms)
             await service.start()
+            diagnostics.install(service)
             control = ControlServer(service, config)
             await control.start()
             stack.push_async_callback(control.close)
@@ -127,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from daemon import diagnostics
+
+    diagnostics.install()  # keeps recent log lines for `igrtctl diag --bundle`
 
     async def _run() -> None:
         stop = asyncio.Event()

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_OK, EXIT_INPUT, EXIT_NOT_CONVERGED = 0, 2, 3
 
@@ -27,7 +27,7 @@ class _BadInput(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
         raise _BadInput(message)
 
 
@@ -44,6 +44,21 @@ def _iso(text: str) -> tuple[float, float, float]:
     if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
         raise _BadInput(f"--iso must be 3 finite numbers X,Y,Z in mm, got {text!r}")
     return vals  # type: ignore[return-value]
+
+
+def _join_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """`--iso -25,10,-15` -> `--iso=-25,10,-15`: argparse would take a value starting
+    with "-" (a negative coordinate) for an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in options and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def _quiet_itk() -> None:
@@ -66,7 +81,7 @@ def run_register(argv: list[str]) -> int:
     p.add_argument("--patient-name", default="", help="patient name for --reg-out")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     try:
-        args = p.parse_args(argv)
+        args = p.parse_args(_join_values(list(argv), ("--iso",)))
         iso = _iso(args.iso) if args.iso else None
         return _register(args, iso)
     except _BadInput as exc:

@@ -664,12 +664,14 @@ class RoomService:
             raise self._refuse(actor, "jog", f"couch refused the jog: {exc}") from None
         return self._progress()
 
-    async def diag(self, actor: Actor) -> dict[str, Any]:
+    async def diag(self, actor: Actor, bundle: bool = False) -> dict[str, Any]:
+        """Device self-test for service engineers; optionally a diagnostics bundle."""
         self._require(actor, "diag")
-        from daemon.diagnostics import collect
+        from daemon import diagnostics
 
-        result: dict[str, Any] = await collect(self)
-        self.audit("diagnostics", actor.user, via=actor.via)
+        result: dict[str, Any] = await diagnostics.diag_command(self, bundle=bundle)
+        self.audit("diag", actor.user, bundle=bundle, via=actor.via,
+                   sha256=(result.get("bundle") or {}).get("sha256"))
         return result
 
     # ------------------------------------------------------------- motion
