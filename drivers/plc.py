@@ -224,7 +224,6 @@ class RoomPlcClient:
         self._published = _Published()
         now = time.monotonic()
         self._published.inputs = {n: InputState(False, now) for n in INTERLOCK_INPUTS}
-        self._snapshot = self._build_snapshot(now)
 
     # ------------------------------------------------------------------ life
     async def __aenter__(self) -> Self:
@@ -268,7 +267,11 @@ class RoomPlcClient:
         self._listeners.remove(listener)
 
     def snapshot(self) -> PlcSnapshot:
-        """Current picture, fail-safe even if the event loop was late to notice staleness."""
+        """Current picture, fail-safe even if the event loop was late to notice staleness.
+
+        If this call is the first to notice the heartbeat went stale, listeners
+        are told (synchronously) before it returns.
+        """
         now = time.monotonic()
         self._refresh(now)
         return self._build_snapshot(now)
@@ -479,8 +482,7 @@ class RoomPlcClient:
             if inputs[name].closed != closed:
                 inputs[name] = InputState(closed, now)
         self._published = _Published(link_ok, reason, status_word, fault_code, output_word, inputs)
-        self._snapshot = self._build_snapshot(now)
-        self._notify(self._snapshot)
+        self._notify(self._build_snapshot(now))
 
     def _build_snapshot(self, now: float) -> PlcSnapshot:
         pub = self._published
