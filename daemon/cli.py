@@ -201,7 +201,7 @@ def _room_parser() -> _Args:
     ap.add_argument("--user", default=os.environ.get("IGRT_USER") or getpass.getuser())
     ap.add_argument("--json", action="store_true")
     # --json may also follow the subcommand; SUPPRESS keeps the top-level value otherwise.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Args(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Args)
     _add = sub.add_parser

@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from daemon.config import ConfigError, RoomConfig, load_config
 
@@ -21,7 +21,7 @@ log = logging.getLogger("igrt.daemon")
 
 
 class _Args(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
         print(f"igrtd: {message}", file=sys.stderr)
         raise SystemExit(2)
 

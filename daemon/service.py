@@ -196,7 +196,8 @@ class RoomService:
                 # (restart, crash). Clearing that moves nothing; any other fault stays latched.
                 await self.couch.reset()
                 self.audit("recovery", "system", outcome="controller heartbeat fault from "
-                           "igrtd's absence cleared; couch is stopped", couch_pose=pose.as_dict())
+                           "igrtd's absence cleared; couch is stopped",
+                           couch_pose=status.pose.as_dict())
             else:
                 self._to(S.FAULT, f"couch controller fault {status.fault_code} at start-up")
                 return
@@ -330,7 +331,7 @@ class RoomService:
         if not all(math.isfinite(v) for v in req.iso):
             raise self._refuse(actor, "open_session", "isocentre must be 3 finite numbers in mm")
         self.session = TreatmentSession(req.patient_id, req.plan_uid, req.frame_of_reference_uid,
-                                        tuple(req.iso), position, actor.user, time.time())
+                                        req.iso, position, actor.user, time.time())
         self._supersede_current("session opened")
         self.audit("session", actor.user, action="open", **self.session.view())
         if self.workflow.state != S.READY:
@@ -454,7 +455,7 @@ class RoomService:
         self._supersede_current("new proposal")
         pid = new_id("prop")
         now = time.time()
-        p = Proposal(pid, now, time.monotonic(), actor.user, req.binding, tuple(req.iso),
+        p = Proposal(pid, now, time.monotonic(), actor.user, req.binding, req.iso,
                      req.patient_position, req.matrix, p_img, plan, req.source)
         if plan.verdict is Verdict.REFUSED:
             p.status = "refused"

@@ -306,7 +306,8 @@ class Projector:
         self.geometry = geometry
         self.grid = grid
         sp = volume.image.GetSpacing()
-        self.step_mm = float(step_mm) if step_mm else float(min(sp))
+        # default step: the coarsest voxel side (finer steps measured no better)
+        self.step_mm = float(step_mm) if step_mm else float(max(sp))
         self.max_samples = int(max_samples)
         e_u, e_v, n = geometry.axes()
         self._axes = (e_u, e_v, n)
