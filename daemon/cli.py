@@ -290,8 +290,26 @@ def _propose_args(a: argparse.Namespace) -> dict[str, Any]:
     return args
 
 
+_VECTOR_OPTIONS = frozenset({"--iso", "--couch-at-imaging"})
+
+
+def _join_negative_vectors(argv: list[str]) -> list[str]:
+    """`--iso -62,18,32` would read as an unknown option; make it `--iso=-62,18,32`."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _VECTOR_OPTIONS and i + 1 < len(argv) and argv[i + 1][:2].lstrip("-")[:1] \
+                in tuple("0123456789."):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def run_room(argv: list[str]) -> int:
-    a = _room_parser().parse_args(argv)
+    a = _room_parser().parse_args(_join_negative_vectors(argv))
     room = Room(a.socket, a.user)
 
     def show(reply: dict[str, Any]) -> int:

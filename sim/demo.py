@@ -62,8 +62,10 @@ def igrtctl(*args: str, user: str, socket: Path, capture: bool = False) -> subpr
     return subprocess.run(cmd, text=True, capture_output=capture, timeout=120)
 
 
-class Imaging:
-    """Planning CT, CBCT acquisition through the true pose, registration."""
+class Imaging3D:
+    """CBCT through the true pose, registered to the planning CT (3D)."""
+
+    label = "CBCT through the true pose, registered to the planning CT"
 
     def __init__(self, world: PatientWorld, out: Path, seed: int) -> None:
         from sim.imager import planning_ct
@@ -88,7 +90,96 @@ class Imaging:
         png = self.out / f"overlay_{label}.png"
         write_overlay_png(self.plan_ct, cbct, result.matrix, self.world.iso, png)
         info = {**result.to_json_dict(), "acquire_s": round(t_acq, 3), "overlay": str(png)}
+        if not result.converged:
+            raise RuntimeError(f"registration refused: {info.get('reason', 'not converged')}")
         return np.asarray(result.matrix), info
+
+
+class Imaging2D(Imaging3D):
+    """A stereo pair of kV radiographs matched to DRRs of the planning CT (2D/3D)."""
+
+    label = "kV pair (0 and 90 deg) through the true pose, matched to DRRs of the planning CT"
+
+    def __init__(self, world: PatientWorld, out: Path, seed: int) -> None:
+        super().__init__(world, out, seed)
+        from imaging.registration2d3d import prepare_volumes
+
+        self.volumes = prepare_volumes(self.plan_ct)
+
+    def acquire_and_register(self, couch: Pose, label: str) -> tuple[np.ndarray, dict[str, Any]]:
+        from imaging.plots import kv_overlay_png
+        from imaging.registration2d3d import KvView, register_2d3d
+        from sim.kv import acquire_kv, write_kv
+
+        w = self.world
+        t0 = time.perf_counter()
+        images = acquire_kv(self.phantom, w.placement, couch, w.pivot, w.iso,
+                            w.patient_position, self.rng)
+        t_acq = time.perf_counter() - t0
+        write_kv(images, self.out / "kv", stem=f"kv_{label}")
+        views = [KvView.from_sitk(img) for img in images]
+        result = register_2d3d(self.volumes, views, w.iso, w.patient_position)
+        png = self.out / f"drr_kv_overlay_{label}.png"
+        kv_overlay_png(self.plan_ct, views, result.matrix, w.iso, w.patient_position, png)
+        info = {**result.to_json_dict(), "acquire_s": round(t_acq, 3), "overlay": str(png)}
+        if not result.converged:
+            raise RuntimeError(f"2D/3D registration refused: {info.get('reason', '')}")
+        return np.asarray(result.matrix), info
+
+
+IMAGING = {"3d": Imaging3D, "2d": Imaging2D}
+
+
+def open_session(sock: Path, iso: tuple[float, float, float]) -> None:
+    if igrtctl("session", "open", "--patient", PATIENT, "--plan", PLAN,
+               "--frame-of-reference", FOR, "--iso", ",".join(map(str, iso)),
+               "--patient-position", POSITION, user="alice", socket=sock,
+               capture=True).returncode:
+        raise RuntimeError("session open refused")
+
+
+def record_imaging(sock: Path) -> str:
+    """A new imaging session: igrtd records the couch pose at acquisition."""
+    uid = "1.2.826.0.1.3680043.10.1234." + str(uuid.uuid4().int)[:20]
+    if igrtctl("imaging", uid, user="alice", socket=sock, capture=True).returncode:
+        raise RuntimeError("imaging session refused")
+    return uid
+
+
+def propose_and_move(room: SimRoom, sock: Path, reg_path: Path, imaging_uid: str,
+                     iso: tuple[float, float, float], report: dict[str, Any]) -> None:
+    """Propose from the registration, confirm (and approve), hold to run the move."""
+    prop = igrtctl("propose", str(reg_path), "--iso", ",".join(map(str, iso)),
+                   "--patient-position", POSITION, "--plan", PLAN,
+                   "--imaging-session", imaging_uid, "--acquired-at", str(time.time()),
+                   "--json", user="alice", socket=sock, capture=True)
+    if prop.returncode != 0:
+        say(prop.stdout + prop.stderr)
+        raise RuntimeError("proposal refused")
+    proposal = json.loads(prop.stdout)
+    pid = proposal["id"]
+    report["proposal"] = {k: proposal[k] for k in ("id", "target", "delta", "verdict", "reasons")}
+    say(f"   proposal {pid}: verdict {proposal['verdict']}")
+    for r in proposal["reasons"]:
+        say(f"     - {r}")
+    d = proposal["delta"]
+    say("   correction: " + ", ".join(f"{k} {v:+.2f}" for k, v in d.items()))
+    if proposal["verdict"] == "within_tolerance":
+        say("   within tolerance: no move")
+        return
+    igrtctl("confirm", pid, "--no-hold", user="alice", socket=sock)
+    if proposal["verdict"] == "needs_second_approval":
+        if igrtctl("approve", pid, user="bob", socket=sock, capture=True).returncode:
+            raise RuntimeError("second approval refused")
+        say("   second approval given by bob (approver)")
+    say("   therapist presses the motion-enable pendant (PLC input) and holds to run:")
+    room.call(lambda: room.plc.press_motion_enable())
+    try:
+        moved = igrtctl("hold", pid, user="alice", socket=sock)
+    finally:
+        room.call(lambda: room.plc.release_motion_enable())
+    if moved.returncode:
+        raise RuntimeError("move did not complete")
 
 
 def compare(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -98,7 +189,7 @@ def compare(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def run(mode: str, out: Path, registration: str, seed: int) -> int:
-    if mode != "3d":
+    if mode not in IMAGING:
         from sim import demo_modes
 
         return demo_modes.run(mode, out, seed)
@@ -128,18 +219,14 @@ def run(mode: str, out: Path, registration: str, seed: int) -> int:
             say(f"   injected set-up error: {SETUP_ERROR}")
             say(f"   anatomy is off by {before.max_mm:.2f} mm (worst point within 50 mm), "
                 f"{before.rotation_deg:.2f} deg")
-            if igrtctl("session", "open", "--patient", PATIENT, "--plan", PLAN,
-                       "--frame-of-reference", FOR, "--iso", ",".join(map(str, ISO)),
-                       "--patient-position", POSITION, user="alice", socket=sock,
-                       capture=True).returncode:
-                raise RuntimeError("session open refused")
+            open_session(sock, ISO)
 
-            step(3, "Image: CBCT through the true pose, registered to the planning CT")
-            imaging_uid = "1.2.826.0.1.3680043.10.1234." + str(uuid.uuid4().int)[:20]
-            igrtctl("imaging", imaging_uid, user="alice", socket=sock, capture=True)
+            imaging_cls = IMAGING[mode]
+            step(3, "Image: " + imaging_cls.label)
+            imaging_uid = record_imaging(sock)
             truth = world.true_registration(couch0)
             if registration == "cbct":
-                imaging = Imaging(world, out, seed)
+                imaging = imaging_cls(world, out, seed)
                 matrix, info = imaging.acquire_and_register(couch0, "before")
                 report["registration"] = info
                 report["registration_vs_truth"] = compare(
@@ -151,39 +238,11 @@ def run(mode: str, out: Path, registration: str, seed: int) -> int:
             else:
                 matrix, imaging = truth, None
                 say("   using the simulator's exact registration (no image)")
-            reg_path = _write_registration(out, matrix, imaging_uid)
+            reg_path = write_registration(out, matrix, imaging_uid)
             say(f"   registration exported: {reg_path}")
 
             step(4, "Propose, confirm, second approval, hold-to-run move")
-            prop = igrtctl("propose", str(reg_path), "--iso", ",".join(map(str, ISO)),
-                           "--patient-position", POSITION, "--plan", PLAN,
-                           "--imaging-session", imaging_uid, "--acquired-at", str(time.time()),
-                           "--json", user="alice", socket=sock, capture=True)
-            if prop.returncode not in (0,):
-                say(prop.stdout + prop.stderr)
-                raise RuntimeError("proposal refused")
-            proposal = json.loads(prop.stdout)
-            pid = proposal["id"]
-            report["proposal"] = {k: proposal[k] for k in ("id", "target", "delta", "verdict",
-                                                          "reasons")}
-            say(f"   proposal {pid}: verdict {proposal['verdict']}")
-            for r in proposal["reasons"]:
-                say(f"     - {r}")
-            d = proposal["delta"]
-            say("   correction: " + ", ".join(f"{k} {v:+.2f}" for k, v in d.items()))
-            igrtctl("confirm", pid, "--no-hold", user="alice", socket=sock)
-            if proposal["verdict"] == "needs_second_approval":
-                if igrtctl("approve", pid, user="bob", socket=sock, capture=True).returncode:
-                    raise RuntimeError("second approval refused")
-                say("   second approval given by bob (approver)")
-            say("   therapist presses the motion-enable pendant (PLC input) and holds to run:")
-            room.call(lambda: room.plc.press_motion_enable())
-            try:
-                moved = igrtctl("hold", pid, user="alice", socket=sock)
-            finally:
-                room.call(lambda: room.plc.release_motion_enable())
-            if moved.returncode:
-                raise RuntimeError("move did not complete")
+            propose_and_move(room, sock, reg_path, imaging_uid, ISO, report)
 
             step(5, "Verify: read back, re-image, register the residual")
             couch1 = room.couch_pose
@@ -191,7 +250,7 @@ def run(mode: str, out: Path, registration: str, seed: int) -> int:
             report["couch_before"] = couch0.as_dict()
             report["couch_after"] = couch1.as_dict()
             report["residual_true"] = after.as_dict()
-            status = _status(sock)
+            status = daemon_status(sock)
             report["daemon_result"] = status.get("last_result")
             ok = after.max_mm <= TOL_MM and after.rotation_deg <= TOL_DEG
             if imaging is not None:
@@ -214,7 +273,7 @@ def run(mode: str, out: Path, registration: str, seed: int) -> int:
     return 0 if report.get("ok") else 1
 
 
-def _status(sock: Path) -> dict[str, Any]:
+def daemon_status(sock: Path) -> dict[str, Any]:
     from daemon.control import ControlClient
 
     with ControlClient(sock, "alice") as c:
@@ -222,7 +281,7 @@ def _status(sock: Path) -> dict[str, Any]:
     return reply.get("result", {})
 
 
-def _write_registration(out: Path, matrix: np.ndarray, imaging_uid: str) -> Path:
+def write_registration(out: Path, matrix: np.ndarray, imaging_uid: str) -> Path:
     try:
         from imaging.dicom_reg import write_registration
     except ImportError:
