@@ -238,13 +238,14 @@ class IntrafractionMonitor:
 
     async def _process(self, box: _Mailbox) -> None:
         while True:
-            await box.ready.wait()
-            box.ready.clear()
+            if box.frame is None:
+                if box.done:
+                    return
+                box.ready.clear()  # no await since the check: nothing can slip in between
+                await box.ready.wait()
+                continue
             frame, box.frame = box.frame, None
-            if frame is not None:
-                await self.feed(frame)
-            elif box.done:
-                return
+            await self.feed(frame)
 
     async def _watchdog(self) -> None:
         self._require_started()
@@ -266,7 +267,7 @@ class IntrafractionMonitor:
                 return
             try:
                 await self._sink(hold)
-            except Exception as exc:  # any sink failure is audited and retried, never raised
+            except Exception as exc:  # noqa: BLE001 - any sink failure is audited and retried
                 if not self._write_failing:
                     log.error("beam %s write failed: %s", "hold" if hold else "release", exc)
                     self._audit("beam_hold_write_failed", self.actor, hold=hold, error=str(exc))

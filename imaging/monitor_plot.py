@@ -49,7 +49,7 @@ def deviation_plot(
         draw.rectangle([x1, _T, x2, _H - _B], fill=(255, 215, 215))
     # axes and grid
     draw.line([(_L, _T), (_L, _H - _B), (_W - _R, _H - _B)], fill="black")
-    for k in range(0, int(d_max) + 1):
+    for k in range(int(d_max) + 1):
         _, y = xy(0, k)
         draw.line([(_L - 4, y), (_L, y)], fill="black")
         draw.text((_L - 30, y - 6), f"{k}", fill="black")

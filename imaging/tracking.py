@@ -77,6 +77,20 @@ class TargetEstimate:
         return self.position_mm is not None
 
 
+@dataclass(frozen=True)
+class _View:
+    """Per-view constants, computed once."""
+
+    half: int  # ROI half width, px
+    k_match: int  # matched filter box, px
+    k_background: int  # background (local mean) box, px
+    win: int  # centroid window half width, px
+    centres: np.ndarray  # (M, 2) planned marker projections (column, row)
+    e_u: np.ndarray
+    e_v: np.ndarray
+    n: np.ndarray
+
+
 def _box_filter(a: np.ndarray, k: int) -> np.ndarray:
     """Mean over a k x k box (k odd), edges padded by reflection; via cumulative sums."""
     r = k // 2
@@ -87,7 +101,7 @@ def _box_filter(a: np.ndarray, k: int) -> np.ndarray:
 
 
 def _odd(x: float, minimum: int = 3) -> int:
-    k = max(minimum, int(round(x)))
+    k = max(minimum, round(x))
     return k if k % 2 else k + 1
 
 
@@ -122,34 +136,31 @@ class MarkerTracker:
         self._views = [self._view_setup(g, marker_size_mm) for g in self.geometries]
         self._check_separation()
 
-    def _view_setup(self, g: KvGeometry, marker_size_mm: float) -> dict[str, object]:
+    def _view_setup(self, g: KvGeometry, marker_size_mm: float) -> _View:
         px_per_mm_iso = g.magnification / g.pixel_mm
         marker_px = marker_size_mm * px_per_mm_iso
-        centres = g.to_pixel(g.project(self.markers))  # (M, 2) column, row
         e_u, e_v, n = g.axes()
-        return {
-            "half": int(math.ceil(self.search_radius_mm * px_per_mm_iso + 2 * marker_px + 2)),
-            "k_match": _odd(marker_px),
-            "k_background": _odd(5 * marker_px, 9),
-            "win": max(1, int(math.ceil(marker_px))),
-            "centres": centres,
-            "axes": (e_u, e_v, n),
-        }
+        return _View(
+            half=math.ceil(self.search_radius_mm * px_per_mm_iso + 2 * marker_px + 2),
+            k_match=_odd(marker_px),
+            k_background=_odd(5 * marker_px, 9),
+            win=max(1, math.ceil(marker_px)),
+            centres=g.to_pixel(g.project(self.markers)),  # (M, 2) column, row
+            e_u=e_u, e_v=e_v, n=n,
+        )
 
     def _check_separation(self) -> None:
         # Two markers' search regions must not see each other's marker.
-        for i, g in enumerate(self.geometries):
-            c = self._views[i]["centres"]
-            assert isinstance(c, np.ndarray)
-            half = float(self._views[i]["half"])  # type: ignore[arg-type]
+        for g, view in zip(self.geometries, self._views):
+            c = view.centres
             for a in range(len(c)):
                 for b in range(a + 1, len(c)):
                     d = float(np.max(np.abs(c[a] - c[b])))
-                    if d < 2.5 * half:
+                    if d < 2.5 * view.half:
                         raise ValueError(
                             f"markers {a} and {b} project {d * g.pixel_mm:.1f} mm apart in the "
                             f"{g.angle_deg:g} deg view; the {self.search_radius_mm} mm search "
-                            f"region needs at least {2.5 * half * g.pixel_mm:.1f} mm")
+                            f"region needs at least {2.5 * view.half * g.pixel_mm:.1f} mm")
 
     # ------------------------------------------------------------------ API
     def estimate(self, frame: KvFrame) -> TargetEstimate:
@@ -187,10 +198,8 @@ class MarkerTracker:
     # ------------------------------------------------------------ internals
     def _detect(self, image: np.ndarray, v: int, m: int) -> MarkerDetection | str:
         view = self._views[v]
-        half = int(view["half"])  # type: ignore[call-overload]
-        centres = view["centres"]
-        assert isinstance(centres, np.ndarray)
-        c0, r0 = (int(round(x)) for x in centres[m])
+        half = view.half
+        c0, r0 = (round(float(x)) for x in view.centres[m])
         rows, cols = image.shape
         top, left = max(0, r0 - half), max(0, c0 - half)
         bottom, right = min(rows, r0 + half + 1), min(cols, c0 + half + 1)
@@ -199,15 +208,15 @@ class MarkerTracker:
         roi = np.asarray(image[top:bottom, left:right], dtype=np.float64)
         if not np.all(np.isfinite(roi)):
             return f"marker {m}: view {v} has non-finite pixels in the search region"
-        hp = roi - _box_filter(roi, int(view["k_background"]))  # type: ignore[call-overload]
-        matched = _box_filter(hp, int(view["k_match"]))  # type: ignore[call-overload]
+        hp = roi - _box_filter(roi, view.k_background)
+        matched = _box_filter(hp, view.k_match)
         noise = 1.4826 * float(np.median(np.abs(matched - np.median(matched))))
         pr, pc = np.unravel_index(int(np.argmax(matched)), matched.shape)
         peak = float(matched[pr, pc])
         cnr = peak / noise if noise > 0 else (math.inf if peak > 0 else 0.0)
         if not cnr >= self.min_cnr:
             return f"marker {m} not found in view {v} (contrast-to-noise {cnr:.1f} < {self.min_cnr})"
-        edge = int(view["win"])  # type: ignore[call-overload]
+        edge = view.win
         if pr < edge or pc < edge or pr >= hp.shape[0] - edge or pc >= hp.shape[1] - edge:
             return f"marker {m} at the edge of its search region in view {v} (moved too far?)"
         w = edge + 1
@@ -225,7 +234,8 @@ class MarkerTracker:
 
     def _ray(self, v: int, pixel: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
         g = self.geometries[v]
-        e_u, e_v, n = self._views[v]["axes"]  # type: ignore[misc]
+        view = self._views[v]
+        e_u, e_v, n = view.e_u, view.e_v, view.n
         u0, v0 = g.origin_uv()
         u = u0 + pixel[0] * g.pixel_mm
         vv = v0 + pixel[1] * g.pixel_mm
