@@ -92,6 +92,32 @@ class JogRequest(BaseModel):
     duration_ms: int = Field(default=200, gt=0, le=500)
 
 
+class MonitorStartRequest(BaseModel):
+    """Beam on with intrafraction monitoring: where the markers and the target are planned.
+
+    Positions are in the room frame (IEC 61217 X, Y, Z, mm, isocentre at the
+    origin) with the patient in the verified treatment position. The optional
+    overrides may only tighten the site policy (smaller tolerance, shorter
+    debounce, longer release delay)."""
+
+    model_config = ConfigDict(extra="forbid")
+    markers_mm: list[tuple[float, float, float]] = Field(min_length=1, max_length=10)
+    target_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    tolerance_mm: float | None = None
+    debounce_s: float | None = None
+    release_after_s: float | None = None
+
+
+class MonitorStopRequest(BaseModel):
+    """Beam off: end monitoring. The beam-hold output is left as it is unless
+    `release_hold` (the therapist's audited decision)."""
+
+    model_config = ConfigDict(extra="forbid")
+    release_hold: bool = False
+    include_records: bool = Field(
+        default=False, description="include every processed frame and hold event in the reply")
+
+
 class CommandError(Exception):
     """A command refused by the daemon; `reason` is the one-line answer to the user."""
 
@@ -121,10 +147,14 @@ class RoomCommands(Protocol):
     async def exit_service(self, actor: Actor) -> dict[str, Any]: ...
     async def jog(self, actor: Actor, req: "JogRequest") -> dict[str, Any]: ...
     async def diag(self, actor: Actor) -> dict[str, Any]: ...
+    async def monitor_start(self, actor: Actor, req: MonitorStartRequest) -> dict[str, Any]: ...
+    async def monitor_stop(self, actor: Actor, req: MonitorStopRequest) -> dict[str, Any]: ...
+    async def monitor_status(self, actor: Actor) -> dict[str, Any]: ...
 
 
 CommandName = Literal[
     "status", "propose", "confirm", "approve", "hold", "release", "stop", "reset", "interlocks",
     "open_session", "close_session", "record_imaging", "register",
     "enter_service", "exit_service", "jog", "diag",
+    "monitor_start", "monitor_stop", "monitor_status",
 ]

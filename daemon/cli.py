@@ -2,7 +2,7 @@
 
 Offline tools (no daemon needed): plan, register, register2d, reg show, audit.
 Room commands over the local control socket: status, session, imaging,
-propose, confirm, approve, hold, stop, reset, interlocks.
+propose, confirm, approve, hold, stop, reset, interlocks, monitor.
 Console commands over MQTT with signed requests: `igrtctl --broker URL ...`
 (see docs/console-api.md), keygen, users.
 
@@ -247,6 +247,23 @@ def _room_parser() -> _Args:
     jg.add_argument("axis", choices=["lat", "long", "vert", "yaw", "pitch", "roll"])
     jg.add_argument("velocity", type=float, help="mm/s or deg/s, signed")
     jg.add_argument("--seconds", type=float, default=1.0, help="how long to hold (max 30)")
+    mo = sub.add_parser("monitor", help="intrafraction monitoring with beam hold (beam on/off)")
+    mo_sub = mo.add_subparsers(dest="action", required=True, parser_class=_Args)
+    ms = mo_sub.add_parser("start", parents=[common],
+                           help="beam on: monitor the target, hold the beam on drift")
+    ms.add_argument("--marker", action="append", required=True, metavar="X,Y,Z",
+                    help="planned marker position, room mm (repeat for each marker)")
+    ms.add_argument("--target", default="0,0,0", metavar="X,Y,Z",
+                    help="planned target position, room mm (default the isocentre)")
+    ms.add_argument("--tolerance", type=float, help="mm; may only tighten the site's")
+    ms.add_argument("--debounce", type=float, help="s; may only be shorter than the site's")
+    ms.add_argument("--release-after", type=float, help="s; may only be longer than the site's")
+    mp = mo_sub.add_parser("stop", parents=[common],
+                           help="beam off: end monitoring (a hold stays asserted)")
+    mp.add_argument("--release-hold", action="store_true",
+                    help="also release the beam hold (audited as your decision)")
+    mp.add_argument("--records", action="store_true", help="include every frame's record")
+    mo_sub.add_parser("status", parents=[common])
     dg = sub.add_parser("diag", help="device self-test (service role)")
     dg.add_argument("--bundle", type=Path, metavar="FILE",
                     help="also save a diagnostics bundle (.tar.gz)")
@@ -290,7 +307,7 @@ def _propose_args(a: argparse.Namespace) -> dict[str, Any]:
     return args
 
 
-_VECTOR_OPTIONS = frozenset({"--iso", "--couch-at-imaging"})
+_VECTOR_OPTIONS = frozenset({"--iso", "--couch-at-imaging", "--marker", "--target"})
 
 
 def _join_negative_vectors(argv: list[str]) -> list[str]:
@@ -363,6 +380,21 @@ def run_room(argv: list[str]) -> int:
             return show(room.call("enter_service" if a.action == "enter" else "exit_service"))
         case "jog":
             return _jog(room, a.axis, a.velocity, a.seconds)
+        case "monitor":
+            if a.action == "status":
+                return show(room.call("monitor_status"))
+            if a.action == "stop":
+                return show(room.call("monitor_stop", release_hold=a.release_hold,
+                                      include_records=a.records))
+            args: dict[str, Any] = {
+                "markers_mm": [_triple(m, "--marker") for m in a.marker],
+                "target_mm": _triple(a.target, "--target"),
+            }
+            for key, value in (("tolerance_mm", a.tolerance), ("debounce_s", a.debounce),
+                               ("release_after_s", a.release_after)):
+                if value is not None:
+                    args[key] = value
+            return show(room.call("monitor_start", **args))
         case "diag":
             reply = room.call("diag", bundle=a.bundle is not None)
             if not reply["ok"]:

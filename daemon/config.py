@@ -66,6 +66,81 @@ class MotionConfig(_Strict):
     )
 
 
+class KvViewConfig(_Strict):
+    """One commissioned kV source/detector pair used for intrafraction imaging."""
+
+    angle_deg: float = Field(allow_inf_nan=False)
+    sad_mm: float = Field(default=1000.0, gt=0, allow_inf_nan=False)
+    sid_mm: float = Field(default=1500.0, gt=0, allow_inf_nan=False)
+    size_px: tuple[int, int] = Field(default=(512, 512), description="(columns, rows)")
+    pixel_mm: float = Field(default=0.6, gt=0, le=10, allow_inf_nan=False)
+    offset_mm: tuple[float, float] = (0.0, 0.0)
+
+    @model_validator(mode="after")
+    def _geometry_valid(self) -> KvViewConfig:
+        self.geometry()
+        return self
+
+    def geometry(self) -> Any:
+        from imaging.drr import KvGeometry
+
+        return KvGeometry(angle_deg=self.angle_deg, sad_mm=self.sad_mm, sid_mm=self.sid_mm,
+                          size_px=self.size_px, pixel_mm=self.pixel_mm, offset_mm=self.offset_mm)
+
+
+class MonitoringConfig(_Strict):
+    """Intrafraction monitoring: kV frames during beam-on, beam hold through the room PLC
+    (docs/intrafraction-monitoring.md). Site policy; a treatment may only tighten it."""
+
+    imager_socket: Path | None = Field(
+        default=None, description="Unix socket the kV imaging system connects to; "
+        "default state_dir/kv.sock")
+    frame_rate_hz: float = Field(default=10.0, ge=1.0, le=30.0,
+                                 description="rate igrtd asks the imaging system to acquire at")
+    tolerance_mm: float = 3.0
+    axis_tolerance_mm: tuple[float, float, float] | None = None
+    debounce_s: float = 0.2
+    release_after_s: float = 0.3
+    release_margin_mm: float = 0.5
+    max_image_age_s: float = 0.5
+    views: list[KvViewConfig] = Field(
+        default_factory=lambda: [KvViewConfig(angle_deg=0.0), KvViewConfig(angle_deg=90.0)],
+        min_length=2, max_length=4)
+    search_radius_mm: float = Field(default=15.0, ge=1.0, le=50.0)
+    marker_size_mm: float = Field(default=1.2, ge=0.2, le=10.0)
+    min_cnr: float = Field(default=8.0, ge=3.0, le=100.0)
+    max_ray_miss_mm: float = Field(default=1.5, gt=0, le=5.0)
+    couch_tracking: bool = Field(
+        default=False, description="couch corrections during beam-on; not supported yet")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MonitoringConfig:
+        if self.couch_tracking:
+            raise ValueError(
+                "couch_tracking: true is not supported by this igrtd: a tracking correction "
+                "cannot yet be sent through the MotionGate with hold-to-run and confirmation "
+                "during beam-on; set it to false (the beam is held instead)")
+        self.policy()  # BeamHoldPolicy names value, limit and unit
+        period = 1.0 / self.frame_rate_hz
+        if self.max_image_age_s < 2.0 * period:
+            raise ValueError(
+                f"max_image_age_s {self.max_image_age_s} s is shorter than two frame periods "
+                f"({2.0 * period:.3f} s at {self.frame_rate_hz:g} Hz): every late frame would "
+                "hold the beam")
+        return self
+
+    def policy(self) -> Any:
+        from safety.beam_hold import BeamHoldPolicy
+
+        return BeamHoldPolicy(
+            tolerance_mm=self.tolerance_mm, axis_tolerance_mm=self.axis_tolerance_mm,
+            debounce_s=self.debounce_s, release_after_s=self.release_after_s,
+            release_margin_mm=self.release_margin_mm, max_image_age_s=self.max_image_age_s)
+
+    def geometries(self) -> tuple[Any, ...]:
+        return tuple(v.geometry() for v in self.views)
+
+
 class BindingConfig(_Strict):
     max_registration_age_s: float = Field(default=1800.0, gt=0)
 
@@ -87,6 +162,8 @@ class RoomConfig(_Strict):
     mqtt: MqttConfig | None = None
     motion: MotionConfig = MotionConfig()
     binding: BindingConfig = BindingConfig()
+    monitoring: MonitoringConfig | None = Field(
+        default=None, description="intrafraction monitoring; absent: not offered in this room")
     users: list[UserConfig] = Field(min_length=1)
 
     @field_validator("users")
@@ -114,6 +191,12 @@ class RoomConfig(_Strict):
     @property
     def control_socket(self) -> Path:
         return self.socket_path or self.state_dir / "igrtd.sock"
+
+    @property
+    def imager_socket(self) -> Path:
+        m = self.monitoring
+        return (m.imager_socket if m is not None and m.imager_socket else None) or (
+            self.state_dir / "kv.sock")
 
     def role_of(self, user: str) -> Role | None:
         for u in self.users:

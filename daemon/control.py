@@ -25,6 +25,8 @@ from daemon.api import (
     CommandError,
     ImagingRequest,
     JogRequest,
+    MonitorStartRequest,
+    MonitorStopRequest,
     ProposeRequest,
     RegisterRequest,
     SessionRequest,
@@ -106,6 +108,12 @@ async def _call(service: Any, actor: Actor, cmd: str, args: dict[str, Any]) -> A
             return await service.jog(actor, JogRequest.model_validate(args))
         case "diag":
             return await service.diag(actor, bundle=bool(args.get("bundle", False)))
+        case "monitor_start":
+            return await service.monitor_start(actor, MonitorStartRequest.model_validate(args))
+        case "monitor_stop":
+            return await service.monitor_stop(actor, MonitorStopRequest.model_validate(args))
+        case "monitor_status":
+            return await service.monitor_status(actor)
         case _:
             raise CommandError(f"unknown command {cmd!r}", "bad_request")
 

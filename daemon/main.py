@@ -52,6 +52,13 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
                 plc, arms = await stack.enter_async_context(open_plc(config.plc))
             service = RoomService(config, couch, audit, store, plc=plc, arms=arms)
             await service.start()
+            if config.monitoring is not None:
+                from daemon.imager_link import ImagerLink
+
+                imager = ImagerLink(config.imager_socket)
+                service.attach_imager(imager)
+                await imager.start()
+                stack.push_async_callback(imager.close)
             diagnostics.install(service)
             control = ControlServer(service, config)
             await control.start()
@@ -77,6 +84,8 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
                 sdnotify.stopping()
                 log.info("igrtd stopping")
                 service._stop_couch_now()
+                # Beam-on monitoring ends with the beam held, while the PLC link is still open.
+                await service.shutdown_monitoring()
     finally:
         with contextlib.suppress(Exception):
             await couch.close()

@@ -13,10 +13,11 @@ changing state - so nothing queued ahead of it on the event loop delays it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from daemon.api import (
@@ -24,6 +25,8 @@ from daemon.api import (
     CommandError,
     ImagingRequest,
     JogRequest,
+    MonitorStartRequest,
+    MonitorStopRequest,
     ProposeRequest,
     RegisterRequest,
     Role,
@@ -31,9 +34,13 @@ from daemon.api import (
 )
 from daemon.config import RoomConfig
 from daemon.console.roles import ALLOWED_ROLES
+from daemon.monitoring import FrameRecord, HoldEvent, IntrafractionMonitor
 from daemon.motion_gate import ConfirmationTicket, MotionGate, MotionRefused, StartedMove
 from daemon.proposals import Confirmation, Proposal, new_id
 from daemon.workflow import LATCHED, PROPOSABLE, RoomState, Workflow
+from drivers.kv_imager import WireFrame
+from imaging.tracking import KvFrame, MarkerTracker, TargetEstimate
+from safety.beam_hold import BeamHoldPolicy
 from safety.correction import plan_correction
 from safety.couch_model import CouchModel
 from safety.geometry import parse_patient_position
@@ -87,6 +94,96 @@ class ActiveMove:
     status_after_go: bool = False
 
 
+# ---------------------------------------------------------------------------
+# Intrafraction monitoring: state of one beam-on run (used by the section
+# "Intrafraction monitoring" at the end of RoomService).
+# ---------------------------------------------------------------------------
+
+# A frame stamped further than this ahead of igrtd's clock is refused: fed to
+# the monitor it would make every later frame look out of order.
+FUTURE_FRAME_TOLERANCE_S = 0.05
+BEAM_HOLD_RETRY_S = 0.05
+
+
+@dataclass(frozen=True)
+class _MonitorFrame(KvFrame):
+    """A received frame and, if it cannot give an estimate, why (wrong geometry)."""
+
+    problem: str = ""
+
+
+@dataclass
+class MonitoringRun:
+    """MONITORING from monitor_start to monitor_stop (or a fault).
+
+    One IntrafractionMonitor per imager connection (a "segment"): losing the
+    connection ends the segment and holds the beam; the next connection starts
+    a segment that is initially held, so only a fresh valid in-tolerance run
+    releases the beam."""
+
+    user: str
+    policy: BeamHoldPolicy
+    tracker: MarkerTracker
+    geometries: tuple[Any, ...]
+    markers_mm: list[list[float]]
+    target_mm: tuple[float, float, float]
+    return_state: RoomState
+    started_at: float
+    started_mono: float
+    coil_held: bool | None  # beam-hold output as last acknowledged; None: unknown
+    active: bool = True
+    monitor: IntrafractionMonitor | None = None
+    frames: asyncio.Queue[KvFrame | None] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[Any] | None = None
+    segments: int = 0
+    records: list[FrameRecord] = field(default_factory=list)
+    events: list[HoldEvent] = field(default_factory=list)
+    frames_skipped: int = 0
+    frames_refused: int = 0
+    imager_link_losses: int = 0
+    ended: str | None = None
+
+
+async def _queued_frames(queue: asyncio.Queue[KvFrame | None]) -> Any:
+    """The frames of one segment, until the None that ends it."""
+    while True:
+        frame = await queue.get()
+        if frame is None:
+            return
+        yield frame
+
+
+def _tightened(site: BeamHoldPolicy, req: MonitorStartRequest) -> BeamHoldPolicy:
+    """The site policy with the request's overrides; only tighter values are accepted."""
+    from dataclasses import replace
+
+    problems = []
+    changes: dict[str, Any] = {}
+    if req.tolerance_mm is not None:
+        if not req.tolerance_mm <= site.tolerance_mm:
+            problems.append(f"tolerance {req.tolerance_mm} mm is looser than the site's "
+                            f"{site.tolerance_mm} mm")
+        changes["tolerance_mm"] = req.tolerance_mm
+    if req.debounce_s is not None:
+        if not req.debounce_s <= site.debounce_s:
+            problems.append(f"debounce {req.debounce_s} s is longer than the site's "
+                            f"{site.debounce_s} s")
+        changes["debounce_s"] = req.debounce_s
+    if req.release_after_s is not None:
+        if not req.release_after_s >= site.release_after_s:
+            problems.append(f"release delay {req.release_after_s} s is shorter than the site's "
+                            f"{site.release_after_s} s")
+        changes["release_after_s"] = req.release_after_s
+    if problems:
+        raise ValueError("; ".join(problems) + " (a treatment may only tighten the site policy)")
+    return replace(site, **changes)
+
+
+def _angle_diff(a: float, b: float) -> float:
+    return abs((a - b + 180.0) % 360.0 - 180.0)
+
+
 class RoomService:
     def __init__(
         self,
@@ -122,6 +219,13 @@ class RoomService:
         self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Intrafraction monitoring (section at the end of the class).
+        self.imager: Any | None = None  # daemon.imager_link.ImagerLink, attached by serve()
+        self._mon: MonitoringRun | None = None
+        self._mon_last: dict[str, Any] | None = None
+        self._fault_hold: asyncio.Task[Any] | None = None
+        # What igrtd last wrote to the beam-hold output (the PLC's echo lags a poll).
+        self._beam_hold_written: bool | None = None
         self.gate = MotionGate(
             couch, store, self.audit, self._motion_facts, model=self.model,
             target_validity_ms=config.motion.target_validity_ms, arms=arms,
@@ -306,6 +410,7 @@ class RoomService:
             },
             "hold": {"user": self._hold_user, "fresh": self._hold_fresh()},
             "last_result": self.last_result,
+            "monitoring": self._monitoring_brief(),
         }
 
     # ------------------------------------------------------------ commands
@@ -340,7 +445,7 @@ class RoomService:
 
     async def close_session(self, actor: Actor) -> dict[str, Any]:
         self._require(actor, "close_session")
-        if self.workflow.state in (S.MOVING, S.VERIFYING, *LATCHED):
+        if self.workflow.state in (S.MOVING, S.VERIFYING, S.MONITORING, *LATCHED):
             raise self._refuse(actor, "close_session",
                                f"cannot close the session in state {self.workflow.state}")
         self._supersede_current("session closed")
@@ -533,6 +638,9 @@ class RoomService:
         """Hold-to-run heartbeat. The first one after confirmation starts the move."""
         self._require(actor, "hold")
         state = self.workflow.state
+        if state == S.MONITORING:
+            raise self._refuse(actor, "hold", "no couch motion while the beam is on: the room is "
+                               "MONITORING (end monitoring first)", proposal_id=proposal_id)
         if state == S.MOVING:
             if self.active is None or self.active.started.proposal_id != proposal_id:
                 raise CommandError(f"the couch is moving for another proposal")
@@ -745,6 +853,8 @@ class RoomService:
             snap = self.plc.snapshot()
             if self.plc.open_interlocks(snap) or not self.plc.motion_enable_pressed(snap):
                 self._stop_couch_now()
+        elif self.workflow.state == S.MONITORING:
+            self._monitoring_plc_check()
         # Then record the change (after any STOP went out).
         if snap is not None:
             view = {"link_ok": snap.link_ok, "link_reason": snap.link_reason,
@@ -875,3 +985,426 @@ class RoomService:
             p.status = "completed"
         self.audit("verified", "system", **result)
         self._to(S.DONE, f"reached target within {tol_mm} mm / {tol_deg} deg")
+
+    # =====================================================================
+    # Intrafraction monitoring (docs/intrafraction-monitoring.md, "In igrtd")
+    #
+    # MONITORING is beam-on. kV frames arrive over the imager link
+    # (daemon/imager_link.py); an IntrafractionMonitor (daemon/monitoring.py)
+    # turns each into a beam-hold decision written to the room PLC first,
+    # then audited (the audit fans out to consoles). Fail safe: losing the
+    # imager link holds the beam at once; losing the PLC link is a FAULT and
+    # the hold is written as soon as the link is back; igrtd stopping holds
+    # the beam. Nothing moves: no motion kind is permitted in MONITORING
+    # (safety.motion.DEFAULT_MOTION_STATES), and `hold` is refused in it.
+    # =====================================================================
+    def attach_imager(self, link: Any) -> None:
+        """serve() hands over the kV imaging link; its events come back to on_imager_*."""
+        self.imager = link
+        link.set_listener(self)
+
+    async def monitor_start(self, actor: Actor, req: MonitorStartRequest) -> dict[str, Any]:
+        self._require(actor, "monitor_start")
+        cfg = self.config.monitoring
+        if cfg is None:
+            raise self._refuse(actor, "monitor_start", "intrafraction monitoring is not "
+                               "configured in this room (no monitoring section)")
+        if self.session is None:
+            raise self._refuse(actor, "monitor_start", "no treatment session is open")
+        if self.workflow.state not in (S.READY, S.DONE):
+            raise self._refuse(actor, "monitor_start", f"monitoring starts from READY or DONE "
+                               f"(after positioning); room is {self.workflow.state}")
+        if self.plc is None:
+            raise self._refuse(actor, "monitor_start", "no room PLC is configured: igrtd "
+                               "cannot hold the beam")
+        if self._fault_hold is not None and not self._fault_hold.done():
+            raise self._refuse(actor, "monitor_start", "the beam hold asserted after the last "
+                               "monitoring fault has not reached the room PLC yet")
+        snap = self.plc.snapshot()
+        if not snap.link_ok:
+            raise self._refuse(actor, "monitor_start", f"room PLC link is down "
+                               f"({snap.link_reason}): igrtd cannot hold the beam")
+        echo = snap.outputs.get("beam_hold")
+        if echo is None and self._beam_hold_written is None:
+            raise self._refuse(actor, "monitor_start", "the room PLC has not reported its "
+                               "beam-hold output yet")
+        # Held if either says so; a held start is re-asserted before the first frame.
+        coil = bool(echo) or bool(self._beam_hold_written)
+        if self.imager is None or not self.imager.connected:
+            raise self._refuse(actor, "monitor_start", "no kV imaging system is connected on "
+                               f"{self.config.imager_socket}")
+        status = getattr(self.couch, "latest_status", None)
+        if status is not None and any(status.moving):
+            raise self._refuse(actor, "monitor_start", "the couch is moving")
+        bad = [list(p) for p in [*req.markers_mm, req.target_mm]
+               if not all(math.isfinite(v) for v in p)]
+        if bad:
+            raise self._refuse(actor, "monitor_start", f"marker/target positions {bad} are not "
+                               "finite numbers (mm)")
+        try:
+            policy = _tightened(cfg.policy(), req)
+            geometries = cfg.geometries()
+            tracker = MarkerTracker(geometries, req.markers_mm, req.target_mm,
+                                    search_radius_mm=cfg.search_radius_mm,
+                                    marker_size_mm=cfg.marker_size_mm, min_cnr=cfg.min_cnr,
+                                    max_ray_miss_mm=cfg.max_ray_miss_mm)
+        except ValueError as exc:
+            raise self._refuse(actor, "monitor_start", str(exc)) from None
+        run = MonitoringRun(actor.user, policy, tracker, geometries,
+                            [list(p) for p in req.markers_mm], req.target_mm,
+                            self.workflow.state, time.time(), time.monotonic(), bool(coil))
+        self._mon = run
+        self.audit("monitoring", actor.user, action="start", markers_mm=run.markers_mm,
+                   target_mm=list(run.target_mm), tolerance_mm=policy.tolerance_mm,
+                   debounce_s=policy.debounce_s, release_after_s=policy.release_after_s,
+                   max_image_age_s=policy.max_image_age_s, frame_rate_hz=cfg.frame_rate_hz,
+                   beam_hold_at_start=bool(coil), via=actor.via)
+        self._to(S.MONITORING, f"beam-on monitoring started by {actor.user}", actor.user)
+        run.task = asyncio.get_running_loop().create_task(self._monitoring_loop(run),
+                                                          name="monitoring")
+        return self._monitoring_view()
+
+    async def monitor_stop(self, actor: Actor, req: MonitorStopRequest) -> dict[str, Any]:
+        self._require(actor, "monitor_stop")
+        run = self._mon
+        if run is None or self.workflow.state != S.MONITORING:
+            raise self._refuse(actor, "monitor_stop", f"monitoring is not running (room is "
+                               f"{self.workflow.state})")
+        await self._end_monitoring(run, f"stopped by {actor.user}")
+        release_error = None
+        if req.release_hold and run.coil_held is not False:
+            try:
+                await self._write_beam_hold(False)
+            except Exception as exc:  # noqa: BLE001 - reported, the hold stays
+                release_error = f"beam hold not released: {exc}"
+                self.audit("beam_hold_write_failed", actor.user, hold=False, error=str(exc))
+            else:
+                run.coil_held = False
+                t = time.monotonic()
+                run.events.append(HoldEvent("beam_release", "operator", f"released by "
+                                            f"{actor.user} at monitor_stop", None, None, t, t,
+                                            None))
+                self.audit("beam_release", actor.user, cause="operator",
+                           reason="released at the end of monitoring by the operator",
+                           via=actor.via)
+        self.audit("monitoring", actor.user, action="stop", beam_held=run.coil_held,
+                   frames=len(run.records), holds=sum(e.event == "beam_hold" for e in run.events),
+                   via=actor.via)
+        self._mon = None
+        self._mon_last = self._run_view(run)
+        self._to(run.return_state, f"beam-on monitoring ended by {actor.user}"
+                 + ("; beam hold left asserted" if run.coil_held is not False else ""),
+                 actor.user)
+        out = dict(self._mon_last)
+        if release_error:
+            out["release_error"] = release_error
+        if req.include_records:
+            out["records"] = [asdict(r) for r in run.records]
+            out["events"] = [asdict(e) for e in run.events]
+        return out
+
+    async def monitor_status(self, actor: Actor) -> dict[str, Any]:
+        self._require(actor, "monitor_status")
+        return self._monitoring_view()
+
+    async def shutdown_monitoring(self) -> None:
+        """igrtd is stopping: end monitoring with the beam held (fail safe)."""
+        run = self._mon
+        if run is None:
+            return
+        await self._end_monitoring(run, "igrtd stopping")
+        try:
+            async with asyncio.timeout(1.0):
+                await self._write_beam_hold(True)
+        except Exception as exc:  # noqa: BLE001 - the PLC must hold on host loss itself
+            log.error("beam hold at shutdown not written: %s", exc)
+            self.audit("beam_hold_write_failed", "system", hold=True, error=str(exc))
+            return
+        if run.coil_held is not True:
+            self.audit("beam_hold", "monitor", cause="daemon_stopping",
+                       reason="igrtd stopping during beam-on monitoring", frame_id=None)
+        run.coil_held = True
+
+    # -- imager link events (daemon.imager_link.ImagerListener) ------------
+    def on_imager_frame(self, frame: WireFrame, received_mono: float,
+                        received_unix: float) -> None:
+        run = self._mon
+        if run is None or run.frames is None:
+            return  # not monitoring: frames are not used
+        # The imaging system stamps UNIX time; the monitor times by the monotonic clock.
+        t_acq = received_mono - (received_unix - frame.acquired_at)
+        if t_acq > received_mono + FUTURE_FRAME_TOLERANCE_S:
+            run.frames_refused += 1
+            reason = (f"frame {frame.frame_id} acquired {t_acq - received_mono:.3f} s in the "
+                      "future: the imaging system's clock is ahead of igrtd's")
+            if run.frames_refused == 1 or run.frames_refused % 100 == 0:
+                log.error("kV frame refused: %s", reason)
+                self.audit("imager_frame_rejected", "system", error=reason,
+                           refused=run.frames_refused)
+            return
+        problem = self._geometry_problem(run, frame)
+        run.frames.put_nowait(_MonitorFrame(frame.frame_id, t_acq, frame.images, problem))
+
+    def on_imager_connection(self, connected: bool, detail: str) -> None:
+        self.audit("imager_link", "system", connected=connected, detail=detail,
+                   state=str(self.workflow.state))
+        run = self._mon
+        if run is not None:
+            if not connected and run.frames is not None:
+                run.frames.put_nowait(None)  # ends the segment; the loop holds the beam
+            run.wake.set()
+        self._publish_state()
+
+    def on_imager_rejected(self, error: str) -> None:
+        self.audit("imager_frame_rejected", "system", error=error,
+                   state=str(self.workflow.state))
+
+    # -- internals ----------------------------------------------------------
+    async def _write_beam_hold(self, hold: bool) -> None:
+        if self.plc is None:
+            raise RuntimeError("no room PLC configured")
+        self._beam_hold_written = None  # unknown until the PLC acknowledges
+        await self.plc.set_beam_hold(hold)
+        self._beam_hold_written = hold
+
+    def _monitor_estimator(self, run: MonitoringRun) -> Callable[[KvFrame], TargetEstimate]:
+        tracker, max_age = run.tracker, run.policy.max_image_age_s
+
+        def estimate(frame: KvFrame) -> TargetEstimate:
+            problem = getattr(frame, "problem", "")
+            if problem:
+                return TargetEstimate(None, problem)
+            age = time.monotonic() - frame.t_acquired
+            if age > max_age:  # not worth the work: the stale rule decides
+                return TargetEstimate(None, f"frame {frame.frame_id} acquired {age:.3f} s ago "
+                                            f"(maximum image age {max_age} s)")
+            return tracker.estimate(frame)
+
+        return estimate
+
+    @staticmethod
+    def _geometry_problem(run: MonitoringRun, frame: WireFrame) -> str:
+        """Why the frame's geometry is not the commissioned one ('' if it is)."""
+        fid = frame.frame_id
+        if len(frame.geometries) != len(run.geometries):
+            return (f"frame {fid} has {len(frame.geometries)} views, the commissioned kV "
+                    f"imaging has {len(run.geometries)}")
+        for i, (g, c) in enumerate(zip(frame.geometries, run.geometries)):
+            if tuple(g.size_px) != tuple(c.size_px):
+                return (f"frame {fid} view {i} is {g.size_px[0]} x {g.size_px[1]} px, "
+                        f"commissioned {c.size_px[0]} x {c.size_px[1]} px")
+            checks = [
+                ("angle", _angle_diff(g.angle_deg, c.angle_deg), g.angle_deg, c.angle_deg,
+                 0.1, "deg"),
+                ("SAD", abs(g.sad_mm - c.sad_mm), g.sad_mm, c.sad_mm, 0.5, "mm"),
+                ("SID", abs(g.sid_mm - c.sid_mm), g.sid_mm, c.sid_mm, 0.5, "mm"),
+                ("pixel pitch", abs(g.pixel_mm - c.pixel_mm), g.pixel_mm, c.pixel_mm, 1e-3,
+                 "mm"),
+                ("detector offset u", abs(g.offset_mm[0] - c.offset_mm[0]), g.offset_mm[0],
+                 c.offset_mm[0], 0.1, "mm"),
+                ("detector offset v", abs(g.offset_mm[1] - c.offset_mm[1]), g.offset_mm[1],
+                 c.offset_mm[1], 0.1, "mm"),
+            ]
+            for name, diff, got, want, tol, unit in checks:
+                if diff > tol:
+                    return (f"frame {fid} view {i}: {name} {got:g} {unit} differs from the "
+                            f"commissioned {want:g} {unit} by more than {tol:g} {unit}")
+        return ""
+
+    async def _monitoring_loop(self, run: MonitoringRun) -> None:
+        try:
+            while run.active:
+                if self.imager is None or not self.imager.connected:
+                    run.wake.clear()
+                    await run.wake.wait()
+                    continue
+                # A segment that starts held must really be held (the monitor trusts it).
+                if run.coil_held is not False and not await self._assert_beam_hold(
+                        run, "segment_start", "beam held at the start of a monitoring segment"):
+                    continue
+                await self._monitor_segment(run)
+                if run.active:  # the imager link ended the segment, not monitor_stop
+                    run.imager_link_losses += 1
+                    await self._assert_beam_hold(run, "imager_link_lost",
+                                                 "kV imaging link lost during beam-on")
+        except Exception as exc:  # a bug here must end in a held beam, not a silent task
+            log.exception("intrafraction monitoring failed")
+            self._monitoring_fault(run, f"intrafraction monitoring failed: {exc!r}")
+
+    async def _monitor_segment(self, run: MonitoringRun) -> None:
+        cfg = self.config.monitoring
+        assert cfg is not None and self.imager is not None
+        queue: asyncio.Queue[KvFrame | None] = asyncio.Queue()
+        monitor = IntrafractionMonitor(self._monitor_estimator(run), self._write_beam_hold,
+                                       run.policy, self.audit, run.target_mm, actor="monitor")
+        monitor.start(initially_held=bool(run.coil_held))
+        run.monitor, run.frames = monitor, queue
+        run.segments += 1
+        if not self.imager.connected:  # lost before the segment could listen
+            queue.put_nowait(None)
+        try:
+            if not await self.imager.request_acquisition(cfg.frame_rate_hz):
+                queue.put_nowait(None)
+            await monitor.run(_queued_frames(queue))
+        finally:
+            run.records.extend(monitor.records)
+            run.events.extend(monitor.events)
+            run.frames_skipped += monitor.frames_skipped
+            run.coil_held = monitor.beam_hold_acknowledged
+            run.monitor = run.frames = None
+
+    async def _assert_beam_hold(self, run: MonitoringRun, cause: str, reason: str) -> bool:
+        """Write the hold, retrying while monitoring lasts; audited if it changed anything."""
+        was = run.coil_held
+        failing = False
+        while True:
+            try:
+                await self._write_beam_hold(True)
+                break
+            except Exception as exc:  # noqa: BLE001 - audited once, retried
+                run.coil_held = None
+                if not failing:
+                    log.error("beam hold (%s) not written: %s", cause, exc)
+                    self.audit("beam_hold_write_failed", "monitor", hold=True, error=str(exc),
+                               cause=cause)
+                    failing = True
+                if not run.active:
+                    return False
+                await asyncio.sleep(BEAM_HOLD_RETRY_S)
+        t = time.monotonic()
+        run.coil_held = True
+        if was is True:
+            if cause != "segment_start":
+                self.audit("monitoring", "monitor", action=cause,
+                           reason=f"{reason}; beam stays held")
+        else:
+            run.events.append(HoldEvent("beam_hold", cause, reason, None, None, t, t, None))
+            self.audit("beam_hold", "monitor", cause=cause, reason=reason, frame_id=None,
+                       deviation_mm=None, tolerance_mm=run.policy.tolerance_mm)
+        return True
+
+    async def _end_monitoring(self, run: MonitoringRun, why: str) -> None:
+        run.active = False
+        run.ended = why
+        if run.frames is not None:
+            run.frames.put_nowait(None)
+        run.wake.set()
+        task = run.task
+        if task is not None and task is not asyncio.current_task():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 5.0)
+            except TimeoutError:
+                log.error("monitoring did not end within 5 s; cancelled")
+                task.cancel()
+        if self.imager is not None:
+            await self.imager.stop_acquisition()
+
+    def _monitoring_plc_check(self) -> None:
+        run = self._mon
+        if run is None or self.plc is None or not run.active:
+            return
+        snap = self.plc.snapshot()
+        if not snap.link_ok:
+            self._monitoring_fault(run, f"room PLC link lost during beam-on monitoring "
+                                        f"({snap.link_reason})")
+
+    def _monitoring_fault(self, run: MonitoringRun, reason: str) -> None:
+        """End monitoring in FAULT; the hold is written as soon as the PLC takes it."""
+        if run.ended is not None:
+            return
+        run.active = False
+        run.ended = reason
+        if run.frames is not None:
+            run.frames.put_nowait(None)
+        run.wake.set()
+        self.audit("fault", "system", what="monitoring", reason=reason)
+        self._mon = None
+        self._mon_last = self._run_view(run)
+        if self.workflow.can(S.FAULT):
+            self._to(S.FAULT, reason)
+        self._fault_hold = asyncio.get_running_loop().create_task(
+            self._hold_after_fault(run, reason), name="monitoring-fault-hold")
+
+    async def _hold_after_fault(self, run: MonitoringRun, reason: str) -> None:
+        if run.task is not None and run.task is not asyncio.current_task():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(run.task), 5.0)
+        failing = False
+        while True:
+            try:
+                await self._write_beam_hold(True)
+                break
+            except Exception as exc:  # noqa: BLE001 - retried until the PLC takes it
+                if not failing:
+                    self.audit("beam_hold_write_failed", "monitor", hold=True, error=str(exc),
+                               cause="fault")
+                    failing = True
+                await asyncio.sleep(0.1)
+        if run.coil_held is not True:
+            self.audit("beam_hold", "monitor", cause="fault", reason=reason, frame_id=None)
+        run.coil_held = True
+        self._mon_last = self._run_view(run)
+
+    def _run_view(self, run: MonitoringRun) -> dict[str, Any]:
+        m = run.monitor
+        records = run.records + (m.records if m is not None else [])
+        events = run.events + (m.events if m is not None else [])
+        last = records[-1] if records else None
+        return {
+            "started_by": run.user,
+            "started_at": run.started_at,
+            "seconds": round(time.monotonic() - run.started_mono, 3),
+            "ended": run.ended,
+            "policy": asdict(run.policy),
+            "markers_mm": run.markers_mm,
+            "target_mm": list(run.target_mm),
+            "segments": run.segments,
+            "frames_processed": len(records),
+            "frames_skipped": run.frames_skipped + (m.frames_skipped if m is not None else 0),
+            "frames_refused": run.frames_refused,
+            "frames_without_estimate": sum(r.deviation_mm is None for r in records),
+            "imager_link_losses": run.imager_link_losses,
+            "hold_wanted": m.hold if m is not None else run.coil_held,
+            "beam_held": m.beam_hold_acknowledged if m is not None else run.coil_held,
+            "holds": sum(e.event == "beam_hold" for e in events),
+            "releases": sum(e.event == "beam_release" for e in events),
+            "last_frame": None if last is None else {
+                "frame_id": last.frame_id,
+                "age_s": round(time.monotonic() - last.t_available, 3),
+                "deviation_mm": None if last.deviation_mm is None
+                else [round(v, 3) for v in last.deviation_mm],
+                "deviation_norm_mm": None if last.deviation_norm_mm is None
+                else round(last.deviation_norm_mm, 3),
+                "hold": last.hold,
+                "reason": last.reason,
+            },
+        }
+
+    def _monitoring_view(self) -> dict[str, Any]:
+        coil = None
+        if self.plc is not None:
+            coil = self.plc.snapshot().outputs.get("beam_hold")
+        out: dict[str, Any] = {
+            "configured": self.config.monitoring is not None,
+            "active": self._mon is not None,
+            "room_state": str(self.workflow.state),
+            "beam_hold_output": coil,
+            "imager": self.imager.describe() if self.imager is not None else None,
+        }
+        if self._mon is not None:
+            out["run"] = self._run_view(self._mon)
+        else:
+            out["last_run"] = self._mon_last
+        return out
+
+    def _monitoring_brief(self) -> dict[str, Any] | None:
+        if self.config.monitoring is None:
+            return None
+        run = self._mon
+        m = run.monitor if run is not None else None
+        return {
+            "active": run is not None,
+            "imager_connected": bool(self.imager is not None and self.imager.connected),
+            "beam_held": (m.beam_hold_acknowledged if m is not None
+                          else run.coil_held if run is not None else None),
+        }

@@ -14,6 +14,10 @@ STOPPED or FAULT, from which only an explicit reset leads back.
     MOVING --stop / interlock / hold lost / link lost--> STOPPED | FAULT
     STOPPED | FAULT --reset--> READY (fresh confirmation needed)
     STANDBY | READY | DONE --enter_service--> SERVICE --exit_service--> STANDBY
+    READY | DONE --monitor_start--> MONITORING --monitor_stop--> READY | DONE
+    MONITORING --room PLC link lost--> FAULT
+MONITORING is beam-on with intrafraction imaging: no couch or imager-arm
+motion is permitted in it (safety.motion.DEFAULT_MOTION_STATES omits it).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class RoomState(StrEnum):
     STOPPED = "STOPPED"
     FAULT = "FAULT"
     SERVICE = "SERVICE"  # service engineer at work; clinical workflow locked out
+    MONITORING = "MONITORING"  # beam on, intrafraction kV monitoring; nothing moves
 
 
 S = RoomState
@@ -44,7 +49,8 @@ _IDLE_WITH_SESSION = {S.READY, S.PROPOSED, S.AWAITING_APPROVAL, S.CONFIRMED, S.D
 TRANSITIONS: dict[RoomState, frozenset[RoomState]] = {
     S.OFFLINE: frozenset({S.STANDBY, S.FAULT}),
     S.STANDBY: frozenset({S.READY, S.OFFLINE, S.FAULT, S.SERVICE}),
-    S.READY: frozenset({S.PROPOSED, S.STANDBY, S.OFFLINE, S.FAULT, S.DONE, S.SERVICE}),
+    S.READY: frozenset({S.PROPOSED, S.STANDBY, S.OFFLINE, S.FAULT, S.DONE, S.SERVICE,
+                        S.MONITORING}),
     S.PROPOSED: frozenset({S.PROPOSED, S.AWAITING_APPROVAL, S.CONFIRMED, S.READY, S.DONE,
                            S.STANDBY, S.OFFLINE, S.FAULT}),
     S.AWAITING_APPROVAL: frozenset({S.CONFIRMED, S.PROPOSED, S.READY, S.STANDBY, S.OFFLINE,
@@ -53,7 +59,11 @@ TRANSITIONS: dict[RoomState, frozenset[RoomState]] = {
                             S.STOPPED}),
     S.MOVING: frozenset({S.VERIFYING, S.STOPPED, S.FAULT, S.OFFLINE}),
     S.VERIFYING: frozenset({S.DONE, S.FAULT, S.STOPPED, S.OFFLINE}),
-    S.DONE: frozenset({S.PROPOSED, S.READY, S.STANDBY, S.OFFLINE, S.FAULT, S.DONE, S.SERVICE}),
+    S.DONE: frozenset({S.PROPOSED, S.READY, S.STANDBY, S.OFFLINE, S.FAULT, S.DONE, S.SERVICE,
+                       S.MONITORING}),
+    # Only monitor_stop or a fault leave beam-on monitoring (not a couch link change:
+    # the couch is not used while the beam is on).
+    S.MONITORING: frozenset({S.READY, S.DONE, S.FAULT}),
     S.SERVICE: frozenset({S.STANDBY, S.FAULT, S.OFFLINE}),
     S.STOPPED: frozenset({S.READY, S.FAULT, S.OFFLINE, S.STANDBY}),
     S.FAULT: frozenset({S.READY, S.STANDBY, S.OFFLINE}),

@@ -23,6 +23,7 @@ from safety.pose import Pose
 from sim.demo import (
     POSITION,
     TOL_MM,
+    igrtctl,
     open_session,
     propose_and_move,
     record_imaging,
@@ -41,17 +42,7 @@ def run(mode: str, out: Path, seed: int) -> int:
     if mode == "4d":
         return run_4d(out, seed)
     if mode == "monitor":
-        from sim.intrafraction import run_monitor_scenario
-
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        step(1, "Beam on with intrafraction kV monitoring; beam hold through the room PLC")
-        report = run_monitor_scenario(out, seed)
-        (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
-        ok = bool(report.get("ok"))
-        say(f"   {'PASS' if ok else 'FAIL'}: report written to {out / 'report.json'}")
-        return 0 if ok else 1
+        return run_monitor(out, seed)
     raise ValueError(f"unknown demo mode {mode!r}")
 
 
@@ -144,4 +135,54 @@ def run_4d(out: Path, seed: int) -> int:
         f"amplitude within {amp_err:.2f} mm")
     say(f"   {'PASS' if ok else 'FAIL'}: report written to {report['path']} "
         f"({report['seconds']} s); trajectory plots {out}/trajectory_*.png")
+    return 0 if ok else 1
+
+
+def run_monitor(out: Path, seed: int) -> int:
+    from sim.intrafraction import MARKERS_MM, TARGET_MM, demo_scenario, monitor_scenario_via_igrtd
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    scenario = demo_scenario()
+    step(1, "Simulated room: couch on a pty, room PLC on Modbus TCP, kV imaging system on "
+            "igrtd's imager socket, igrtd as its own process")
+    say(f"   {scenario.duration_s:.0f} s of beam-on at {1 / scenario.frame_period_s:.0f} frames/s: "
+        "breathing, a cough, a sudden shift, a slow drift out and back, a marker occlusion")
+
+    def begin(sock: Path) -> None:
+        step(2, "Beam on: igrtd monitors the target (gold marker, stereo kV pair)")
+        marker = ",".join(f"{v:g}" for v in MARKERS_MM[0])
+        target = ",".join(f"{v:g}" for v in TARGET_MM)
+        if igrtctl("monitor", "start", "--marker", marker, "--target", target, user="alice",
+                   socket=sock, capture=True).returncode:
+            raise RuntimeError("igrtd refused monitor start")
+
+    def end(sock: Path) -> dict[str, Any]:
+        step(3, "Beam off: end monitoring")
+        done = igrtctl("monitor", "stop", "--records", "--json", user="alice", socket=sock,
+                       capture=True)
+        if done.returncode:
+            raise RuntimeError(f"igrtd refused monitor stop: {done.stderr.strip()}")
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    report = monitor_scenario_via_igrtd(out, seed, begin=begin, end=end)
+    ok = bool(report.get("ok"))
+    say("\n== Report")
+    say(f"   frames: {report['frames_delivered']} sent by the imaging system, "
+        f"{report['frames_processed']} processed by igrtd "
+        f"({report['frames_without_estimate']} without an estimate), "
+        f"estimate error max {report['estimate_error_mm_max']} mm")
+    say(f"   beam holds: {report['holds']} (required {report['required_holds']}), releases "
+        f"{report['releases']}; missed {len(report['missed_holds'])}, late "
+        f"{len(report['late_holds'])}, spurious {len(report['spurious_holds'])}, "
+        f"unexplained stale {len(report['unexplained_stale_holds'])}")
+    for e in report["events"]:
+        say(f"     {e['t_s']:7.3f} s  {e['event']:<12} {e['cause']:<13} {e['reason']}")
+    say(f"   hold latency through igrtd (frame sent -> PLC coil set): p50 "
+        f"{report['monitor_hold_latency_via_daemon_p50_ms']} ms, p99 "
+        f"{report['monitor_hold_latency_via_daemon_p99_ms']} ms "
+        f"(target <= {report['latency_target_ms']:g} ms)")
+    say(f"   {'PASS' if ok else 'FAIL'}: report {out / 'report.json'}, plot {report['plot']}")
     return 0 if ok else 1

@@ -36,6 +36,10 @@ ALLOWED_ROLES: dict[str, frozenset[Role]] = {
     "exit_service": frozenset({Role.SERVICE}),
     "jog": frozenset({Role.SERVICE}),
     "diag": frozenset({Role.SERVICE}),
+    # Intrafraction monitoring (beam on / beam off) is run by the treating staff.
+    "monitor_start": _OPERATORS,
+    "monitor_stop": _OPERATORS,
+    "monitor_status": _ALL,
 }
 
 

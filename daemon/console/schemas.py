@@ -18,6 +18,8 @@ from daemon.api import (
     CommandName,
     ImagingRequest,
     JogRequest,
+    MonitorStartRequest,
+    MonitorStopRequest,
     ProposeRequest,
     RegisterRequest,
     SessionRequest,
@@ -103,6 +105,9 @@ ARGS_MODELS: dict[str, type[BaseModel]] = {
     "exit_service": NoArgs,
     "jog": JogRequest,
     "diag": NoArgs,
+    "monitor_start": MonitorStartRequest,
+    "monitor_stop": MonitorStopRequest,
+    "monitor_status": NoArgs,
 }
 
 

@@ -55,8 +55,14 @@ def signed(user: str, cmd: str = "confirm", args: dict[str, Any] | None = None,
     def build(ids: Identities) -> tuple[str, str]:
         jti = kw.pop("jti", None) or uuid.uuid4().hex
         a = {"proposal_id": "p1"} if args is None and cmd == "confirm" else args
-        return jti, sign_command(ids.key(user), cmd=cmd, sub=user, aud=kw.pop("aud", ROOM),
-                                 reply_to="console1", args=a, jti=jti, **kw)
+        extra = dict(kw)
+        # Times relative to when the token is built, not when this module was imported:
+        # a long suite run must not turn a future-dated token into a current one.
+        offset = extra.pop("now_offset_s", None)
+        if offset is not None:
+            extra["now"] = time.time() + offset
+        return jti, sign_command(ids.key(user), cmd=cmd, sub=user, aud=extra.pop("aud", ROOM),
+                                 reply_to="console1", args=a, jti=jti, **extra)
     return build
 
 
@@ -82,8 +88,8 @@ def claims_missing_exp(ids: Identities) -> tuple[str, str]:
 REJECTED_WITH_REPLY = {
     "forged_signature": (forged, "bad_signature"),
     "unknown_user": (unknown_user, "unknown_user"),
-    "expired": (signed("alice", now=time.time() - 60, lifetime_s=10), "expired"),
-    "future_iat": (signed("alice", now=time.time() + 60), "not_yet_valid"),
+    "expired": (signed("alice", now_offset_s=-60, lifetime_s=10), "expired"),
+    "future_iat": (signed("alice", now_offset_s=60), "not_yet_valid"),
     "wrong_room": (signed("alice", aud="room2"), "wrong_room"),
     "wrong_role_viewer_confirms": (signed("vera"), "forbidden"),
     "wrong_role_therapist_approves": (signed("alice", "approve", {"proposal_id": "p1"}), "forbidden"),
