@@ -51,6 +51,9 @@ log = logging.getLogger("igrt.room")
 
 S = RoomState
 
+# Room states in which the couch controller may legitimately report MOVING.
+_MAY_MOVE = frozenset({S.MOVING, S.CONFIRMED, S.SERVICE})
+
 # Which roles may issue which command: one table for every front end.
 PERMISSIONS = ALLOWED_ROLES
 
@@ -215,6 +218,7 @@ class RoomService:
         self._hold_via: str | None = None
         self._last_interlocks: dict[str, Any] = {}
         self._tripping = False
+        self._restop_at = 0.0
         self._state_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._wake = asyncio.Event()
@@ -272,6 +276,8 @@ class RoomService:
         """Reconcile after a (possibly unclean) restart; the room comes up stopped."""
         # Stop first: whatever the couch was doing before we (re)started, it stops now.
         self._stop_couch_now()
+        if hasattr(self.couch, "add_listener"):
+            self.couch.add_listener(self._on_couch_event)
         if self.plc is not None:
             self.plc.add_listener(self._on_plc_change)
         else:
@@ -665,12 +671,14 @@ class RoomService:
             started = await self.gate.move_couch(ticket)
         except MotionRefused as exc:
             self._hold_mono = None
-            # The confirmation may be consumed (claimed) even if GO failed: be safe.
-            self._stop_couch_now()
             consumed = self.store.move_for_confirmation(c.id) is not None
             if consumed:
+                # TARGET (and maybe GO) went out: stop, and the confirmation is spent.
+                self._stop_couch_now()
                 p.status, p.confirmation = "proposed", None
                 self._to(S.PROPOSED, f"move not started: {exc}", actor.user)
+            # Refused before anything was sent: nothing to stop, and the confirmation
+            # stays valid (a STOP here would make the next GO look like a resumption).
             raise CommandError(f"move not started: {exc}") from None
         p.status = "moving"
         self.active = ActiveMove(started, actor.user)
@@ -848,6 +856,14 @@ class RoomService:
         """Called by the PLC driver on any input change: trip at once when needed."""
         if self.workflow.state == S.MOVING:
             self._check_plc_during_motion()
+        elif self.workflow.state == S.CONFIRMED and self.plc is not None:
+            # An interlock opening between confirmation and motion spends the
+            # confirmation: motion after it needs a fresh, explicit one (issue 5).
+            # Hold-to-run and the imager arms are not interlocks here: before the
+            # move they are legitimately released / extended.
+            open_il = self.plc.open_interlocks(self.plc.snapshot())
+            if open_il:
+                self._trip("interlock open before motion: " + ", ".join(open_il), S.STOPPED)
         elif self.workflow.state == S.SERVICE and self.plc is not None:
             # A jog in progress stops on any open interlock or a released enable, like a move.
             snap = self.plc.snapshot()
@@ -865,6 +881,24 @@ class RoomService:
                 self._last_interlocks = view
                 self.audit("interlock", "system", changed=changed)
         self._publish_state()
+
+    def _on_couch_event(self, event: Any) -> None:
+        """The controller reports it is executing motion the room does not allow.
+
+        STOP is written once, without waiting for its ACK; a frame lost on the
+        line (noise, a silent cable shorter than the controller's watchdog) would
+        otherwise let the move run to its end. CONFIRMED is excluded because the
+        controller reports MOVING just before it ACKs the GO of a starting move.
+        """
+        if getattr(event, "state", None) != "MOVING" or self.workflow.state in _MAY_MOVE:
+            return
+        now = time.monotonic()
+        if now - self._restop_at < 0.02:  # at most one repeat per status push period
+            return
+        self._restop_at = now
+        log.warning("couch executing motion while the room is %s: STOP again",
+                    self.workflow.state)
+        self._stop_couch_now()
 
     def _check_plc_during_motion(self) -> bool:
         """Trip on anything the PLC reports that forbids motion; True if it tripped."""

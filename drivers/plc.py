@@ -422,6 +422,7 @@ class RoomPlcClient:
             and recv - sent < self._stale_s
         ):
             self._fresh_at = sent
+            self._failures = 0  # a healthy link again: the next outage backs off from the start
             self._arm_watchdog()
         self._last_counter = counter
         self._regs = regs
