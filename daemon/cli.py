@@ -20,8 +20,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
+
+from daemon.cli_args import join_negative_values, parse_xyz
 
 EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_PLAN_REFUSED, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 DEFAULT_SOCKET = Path("/var/lib/igrt/igrtd.sock")
@@ -42,14 +45,10 @@ def _err(msg: str) -> None:
 
 
 def _triple(text: str, what: str) -> tuple[float, float, float]:
-    parts = text.split(",")
     try:
-        vals = tuple(float(p) for p in parts)
-    except ValueError:
-        raise UsageError(f"{what} must be X,Y,Z in mm, got {text!r}") from None
-    if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
-        raise UsageError(f"{what} must be 3 finite numbers X,Y,Z in mm, got {text!r}")
-    return vals  # type: ignore[return-value]
+        return parse_xyz(text, what)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- offline tools
@@ -311,18 +310,7 @@ _VECTOR_OPTIONS = frozenset({"--iso", "--couch-at-imaging", "--marker", "--targe
 
 
 def _join_negative_vectors(argv: list[str]) -> list[str]:
-    """`--iso -62,18,32` would read as an unknown option; make it `--iso=-62,18,32`."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        if argv[i] in _VECTOR_OPTIONS and i + 1 < len(argv) and argv[i + 1][:2].lstrip("-")[:1] \
-                in tuple("0123456789."):
-            out.append(f"{argv[i]}={argv[i + 1]}")
-            i += 2
-            continue
-        out.append(argv[i])
-        i += 1
-    return out
+    return join_negative_values(argv, _VECTOR_OPTIONS)
 
 
 def run_room(argv: list[str]) -> int:

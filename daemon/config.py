@@ -177,7 +177,7 @@ class RoomConfig(_Strict):
         return users
 
     @model_validator(mode="after")
-    def _models_valid(self) -> "RoomConfig":
+    def _models_valid(self) -> RoomConfig:
         # Validate nested safety models here so --check-config reports them too.
         from safety.couch_model import CouchModel
         from safety.policy import VerdictPolicy

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from daemon.config import RoomConfig
 from daemon.console.server import MqttConsole

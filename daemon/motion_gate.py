@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from safety.motion import MotionDecision, MotionRequest, authorize_motion
 from safety.pose import AXES, UNITS, Pose

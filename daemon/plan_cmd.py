@@ -16,6 +16,7 @@ from typing import NoReturn
 
 import numpy as np
 
+from daemon.cli_args import join_negative_values
 from safety.correction import CorrectionPlan, plan_correction
 from safety.couch_model import CouchModel
 from safety.geometry import PatientPosition, parse_patient_position
@@ -100,17 +101,7 @@ def _build_parser() -> _ArgParser:
 
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    it = iter(range(len(argv)))
-    for i in it:
-        arg = argv[i]
-        if arg in _VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-") \
-                and not argv[i + 1].startswith("--"):
-            out.append(f"{arg}={argv[i + 1]}")
-            next(it, None)
-        else:
-            out.append(arg)
-    return out
+    return join_negative_values(argv, _VALUE_OPTIONS)
 
 
 def _is_dicom(head: bytes) -> bool:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from daemon.config import PlcConfig
 from drivers.imager_arms import PARKED_INPUTS, ImagerArms

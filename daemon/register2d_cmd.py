@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from daemon.cli_args import join_negative_values, parse_xyz
 
 EXIT_OK, EXIT_INPUT, EXIT_REFUSED = 0, 2, 3
 _VALUE_OPTIONS = ("--iso",)
@@ -40,30 +41,14 @@ def _err(msg: str) -> None:
 
 
 def _join_negative_values(argv: list[str]) -> list[str]:
-    # "--iso -25,10,-15" would read as an option to argparse; "--iso=-25,..." does not.
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in _VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-") \
-                and len(argv[i + 1]) > 1 and (argv[i + 1][1].isdigit() or argv[i + 1][1] == "."):
-            out.append(f"{a}={argv[i + 1]}")
-            i += 2
-            continue
-        out.append(a)
-        i += 1
-    return out
+    return join_negative_values(argv, _VALUE_OPTIONS)
 
 
 def _iso(text: str) -> tuple[float, float, float]:
-    parts = text.split(",")
     try:
-        vals = tuple(float(p) for p in parts)
-    except ValueError:
-        raise _BadInput(f"--iso must be X,Y,Z in mm, got {text!r}") from None
-    if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
-        raise _BadInput(f"--iso must be 3 finite numbers X,Y,Z in mm, got {text!r}")
-    return vals  # type: ignore[return-value]
+        return parse_xyz(text, "--iso")
+    except ValueError as exc:
+        raise _BadInput(str(exc)) from None
 
 
 def _quiet() -> None:

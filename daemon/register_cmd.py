@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from typing import Any, NoReturn
+
+from daemon.cli_args import join_negative_values, parse_xyz
 
 EXIT_OK, EXIT_INPUT, EXIT_NOT_CONVERGED = 0, 2, 3
 
@@ -36,29 +37,14 @@ def _err(msg: str) -> None:
 
 
 def _iso(text: str) -> tuple[float, float, float]:
-    parts = text.split(",")
     try:
-        vals = tuple(float(p) for p in parts)
-    except ValueError:
-        raise _BadInput(f"--iso must be X,Y,Z in mm, got {text!r}") from None
-    if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
-        raise _BadInput(f"--iso must be 3 finite numbers X,Y,Z in mm, got {text!r}")
-    return vals  # type: ignore[return-value]
+        return parse_xyz(text, "--iso")
+    except ValueError as exc:
+        raise _BadInput(str(exc)) from None
 
 
 def _join_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
-    """`--iso -25,10,-15` -> `--iso=-25,10,-15`: argparse would take a value starting
-    with "-" (a negative coordinate) for an option."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        if argv[i] in options and i + 1 < len(argv):
-            out.append(f"{argv[i]}={argv[i + 1]}")
-            i += 2
-        else:
-            out.append(argv[i])
-            i += 1
-    return out
+    return join_negative_values(argv, options)
 
 
 def _quiet_itk() -> None:

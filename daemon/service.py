@@ -17,8 +17,9 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from daemon.api import (
     Actor,
@@ -649,7 +650,7 @@ class RoomService:
                                "MONITORING (end monitoring first)", proposal_id=proposal_id)
         if state == S.MOVING:
             if self.active is None or self.active.started.proposal_id != proposal_id:
-                raise CommandError(f"the couch is moving for another proposal")
+                raise CommandError("the couch is moving for another proposal")
             if actor.user != self._hold_user:
                 raise CommandError(f"motion is held by {self._hold_user}, not {actor.user}")
             self._hold_mono = time.monotonic()
