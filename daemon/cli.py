@@ -149,12 +149,15 @@ def _progress_line(p: dict[str, Any]) -> str:
     return f"{p.get('state', '?'):<10} remaining {t:6.2f} mm, {r:5.2f} deg"
 
 
-def hold_until_done(room: Room, proposal_id: str, *, out: Callable[[str], None]) -> int:
-    """Hold-to-run from this terminal: heartbeats at 20 Hz until the move ends.
+def hold_until_done(room: Room, proposal_id: str, *, out: Callable[[str], None],
+                    rate_hz: float = HOLD_RATE_HZ) -> int:
+    """Hold-to-run from this terminal: heartbeats (20 Hz by default) until the move ends.
 
     Ctrl-C releases the hold, which stops the couch.
     """
-    period = 1.0 / HOLD_RATE_HZ
+    if not 10.0 <= rate_hz <= 100.0:
+        raise UsageError(f"--rate {rate_hz:g} Hz outside 10..100 Hz (hold-to-run needs >= 10 Hz)")
+    period = 1.0 / rate_hz
     interrupted = False
 
     def _sigint(*_: Any) -> None:
@@ -193,18 +196,8 @@ def hold_until_done(room: Room, proposal_id: str, *, out: Callable[[str], None])
         signal.signal(signal.SIGINT, old)
 
 
-def _room_parser() -> _Args:
-    ap = _Args(prog="igrtctl", description="igrt client")
-    ap.add_argument("--socket", type=Path,
-                    default=Path(os.environ.get("IGRT_SOCKET", str(DEFAULT_SOCKET))))
-    ap.add_argument("--user", default=os.environ.get("IGRT_USER") or getpass.getuser())
-    ap.add_argument("--json", action="store_true")
-    # --json may also follow the subcommand; SUPPRESS keeps the top-level value otherwise.
-    common = _Args(add_help=False)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Args)
-    _add = sub.add_parser
-    sub.add_parser = lambda name, **kw: _add(name, parents=[common], **kw)  # type: ignore[method-assign]
+def add_workflow_commands(sub: Any, *, stop_reason: str) -> None:
+    """The clinical workflow subcommands, the same on the local socket and over MQTT."""
     sub.add_parser("status")
     sub.add_parser("interlocks")
     s = sub.add_parser("session")
@@ -237,8 +230,25 @@ def _room_parser() -> _Args:
     a.add_argument("proposal_id")
     h = sub.add_parser("hold")
     h.add_argument("proposal_id")
+    h.add_argument("--rate", type=float, default=HOLD_RATE_HZ, help="heartbeats per second (>= 10)")
     st = sub.add_parser("stop")
-    st.add_argument("--reason", default="")
+    st.add_argument("--reason", default=stop_reason)
+    sub.add_parser("release")
+
+
+def _room_parser() -> _Args:
+    ap = _Args(prog="igrtctl", description="igrt client")
+    ap.add_argument("--socket", type=Path,
+                    default=Path(os.environ.get("IGRT_SOCKET", str(DEFAULT_SOCKET))))
+    ap.add_argument("--user", default=os.environ.get("IGRT_USER") or getpass.getuser())
+    ap.add_argument("--json", action="store_true")
+    # --json may also follow the subcommand; SUPPRESS keeps the top-level value otherwise.
+    common = _Args(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Args)
+    _add = sub.add_parser
+    sub.add_parser = lambda name, **kw: _add(name, parents=[common], **kw)  # type: ignore[method-assign]
+    add_workflow_commands(sub, stop_reason="")
     sub.add_parser("reset")
     sv = sub.add_parser("service", help="service mode (service role)")
     sv.add_argument("action", choices=["enter", "exit"])
@@ -363,7 +373,7 @@ def run_room(argv: list[str]) -> int:
         case "approve":
             return show(room.call("approve", proposal_id=a.proposal_id))
         case "hold":
-            return hold_until_done(room, a.proposal_id, out=_write)
+            return hold_until_done(room, a.proposal_id, out=_write, rate_hz=a.rate)
         case "service":
             return show(room.call("enter_service" if a.action == "enter" else "exit_service"))
         case "jog":
