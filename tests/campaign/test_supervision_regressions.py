@@ -57,6 +57,9 @@ def test_a_stop_lost_on_the_serial_line_is_sent_again(rig: Rig) -> None:
 def test_an_interlock_opening_before_the_move_starts_spends_the_confirmation(rig: Rig) -> None:
     pid, _ = _confirmed(rig, 3.0)
     rig.inject("door_closed", False)
+    # Once igrtd has seen the door (one PLC poll later; the race before that is the
+    # campaign's reaction allowance, not this rule), the confirmation must be spent.
+    rig.wait_until(lambda s: "door open" in (s.get("interlocks") or {}).get("open", []))
     holder = rig.hold(pid)  # the console holds; the door is open: nothing may start
     time.sleep(0.1)
     rig.inject("door_closed", True)
