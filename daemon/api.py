@@ -118,6 +118,13 @@ class MonitorStopRequest(BaseModel):
         default=False, description="include every processed frame and hold event in the reply")
 
 
+class ArmsRequest(BaseModel):
+    """Drive the kV source and detector arms out to imaging position or back to park."""
+
+    model_config = ConfigDict(extra="forbid")
+    extend: bool
+
+
 class CommandError(Exception):
     """A command refused by the daemon; `reason` is the one-line answer to the user."""
 
@@ -150,11 +157,12 @@ class RoomCommands(Protocol):
     async def monitor_start(self, actor: Actor, req: MonitorStartRequest) -> dict[str, Any]: ...
     async def monitor_stop(self, actor: Actor, req: MonitorStopRequest) -> dict[str, Any]: ...
     async def monitor_status(self, actor: Actor) -> dict[str, Any]: ...
+    async def arms(self, actor: Actor, req: "ArmsRequest") -> dict[str, Any]: ...
 
 
 CommandName = Literal[
     "status", "propose", "confirm", "approve", "hold", "release", "stop", "reset", "interlocks",
     "open_session", "close_session", "record_imaging", "register",
     "enter_service", "exit_service", "jog", "diag",
-    "monitor_start", "monitor_stop", "monitor_status",
+    "monitor_start", "monitor_stop", "monitor_status", "arms",
 ]

@@ -273,6 +273,8 @@ def _room_parser() -> _Args:
                     help="also release the beam hold (audited as your decision)")
     mp.add_argument("--records", action="store_true", help="include every frame's record")
     mo_sub.add_parser("status", parents=[common])
+    ar = sub.add_parser("arms", help="kV imager arms: extend for imaging, retract to park")
+    ar.add_argument("action", choices=["extend", "retract"])
     dg = sub.add_parser("diag", help="device self-test (service role)")
     dg.add_argument("--bundle", type=Path, metavar="FILE",
                     help="also save a diagnostics bundle (.tar.gz)")
@@ -378,6 +380,8 @@ def run_room(argv: list[str]) -> int:
             return show(room.call("enter_service" if a.action == "enter" else "exit_service"))
         case "jog":
             return _jog(room, a.axis, a.velocity, a.seconds)
+        case "arms":
+            return show(room.call("arms", extend=a.action == "extend"))
         case "monitor":
             if a.action == "status":
                 return show(room.call("monitor_status"))

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from daemon.api import (
+    ArmsRequest,
     Actor,
     CommandError,
     ImagingRequest,
@@ -114,6 +115,8 @@ async def _call(service: Any, actor: Actor, cmd: str, args: dict[str, Any]) -> A
             return await service.monitor_stop(actor, MonitorStopRequest.model_validate(args))
         case "monitor_status":
             return await service.monitor_status(actor)
+        case "arms":
+            return await service.arms(actor, ArmsRequest.model_validate(args))
         case _:
             raise CommandError(f"unknown command {cmd!r}", "bad_request")
 

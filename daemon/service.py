@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from daemon.api import (
+    ArmsRequest,
     Actor,
     CommandError,
     ImagingRequest,
@@ -731,6 +732,23 @@ class RoomService:
         if p is not None and p.status == "interrupted" and self.session is not None:
             p.confirmation = None
             self._to(S.PROPOSED, f"{p.id} interrupted; confirm again to continue", actor.user)
+        return self.snapshot()
+
+    # ----------------------------------------------------------- imager arms
+    async def arms(self, actor: Actor, req: ArmsRequest) -> dict[str, Any]:
+        """Extend the kV arms for imaging or park them; through the motion gate, which
+        refuses while the couch moves (and the couch refuses while they are out)."""
+        self._require(actor, "arms")
+        # The command is its own console heartbeat; the PLC's motion-enable pendant must
+        # be held (and the PLC stops the arm drives when it is let go).
+        self._hold_mono, self._hold_user, self._hold_via = time.monotonic(), actor.user, actor.via
+        try:
+            await self.gate.move_arms(actor.user, req.extend)
+        except MotionRefused as exc:
+            raise CommandError(f"imager arms not moved: {exc}") from None
+        except Exception as exc:  # PLC write refused or link down: one line, nothing moved
+            raise self._refuse(actor, "arms", f"room PLC did not take the arm command: {exc}") \
+                from None
         return self.snapshot()
 
     # --------------------------------------------------------- service mode

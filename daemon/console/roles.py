@@ -40,6 +40,7 @@ ALLOWED_ROLES: dict[str, frozenset[Role]] = {
     "monitor_start": _OPERATORS,
     "monitor_stop": _OPERATORS,
     "monitor_status": _ALL,
+    "arms": frozenset({Role.THERAPIST, Role.APPROVER, Role.SERVICE}),
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from daemon.api import (
+    ArmsRequest,
     CommandName,
     ImagingRequest,
     JogRequest,
@@ -108,6 +109,7 @@ ARGS_MODELS: dict[str, type[BaseModel]] = {
     "monitor_start": MonitorStartRequest,
     "monitor_stop": MonitorStopRequest,
     "monitor_status": NoArgs,
+    "arms": ArmsRequest,
 }
 
 
