@@ -126,3 +126,23 @@ async def test_broker_restart_during_a_move_stops_it(room, broker, keys, mqtt_da
         st = await alice2.status()
         assert st["state"] in ("STOPPED", "FAULT")
     assert len(executed(room, "GO")) == 1
+
+
+async def test_a_replayed_command_is_refused_after_igrtd_restarts(room, broker, keys,
+                                                                   mqtt_daemon) -> None:
+    async with _client(broker, "alice", keys["alice"]) as alice:
+        await _wait_connected(alice)
+        jti, token = alice.sign("status", lifetime_s=25)
+        first = await alice.request_raw(token, jti)
+        assert first.ok
+    mqtt_daemon.stop()
+    mqtt_daemon.start()  # same state directory: the jti cache is on disk
+    async with _client(broker, "alice", keys["alice"]) as alice:
+        await _wait_connected(alice)
+        again = await alice.request_raw(token, jti)
+    assert not again.ok and again.code == "replayed", again
+    from daemon.audit import read_records
+
+    rejects = [r for r in read_records(mqtt_daemon.state_dir / "audit")
+               if r.details.get("jti") == jti and r.event != "command"]
+    assert rejects, "the replayed command left no audit record"
