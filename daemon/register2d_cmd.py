@@ -140,11 +140,7 @@ def _register2d(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        t, r = result.translation_mm, result.rotation_deg
-        print(f"translation at iso: x {t[0]:+.2f} y {t[1]:+.2f} z {t[2]:+.2f} mm; "
-              f"rotation: x {r[0]:+.2f} y {r[1]:+.2f} z {r[2]:+.2f} deg; "
-              f"NCC {result.metric:.3f}; {result.seconds:.2f} s; "
-              f"{'converged' if result.converged else 'REFUSED: ' + result.reason}")
+        print(result.summary("NCC", 3))
     if not result.converged:
         _err(f"registration refused: {result.reason}")
         return EXIT_REFUSED

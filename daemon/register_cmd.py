@@ -116,11 +116,7 @@ def _register(args: argparse.Namespace, iso: tuple[float, float, float] | None) 
     if args.json:
         print(json.dumps(out))
     else:
-        t, r = result.translation_mm, result.rotation_deg
-        print(f"translation at iso: x {t[0]:+.2f} y {t[1]:+.2f} z {t[2]:+.2f} mm; "
-              f"rotation: x {r[0]:+.2f} y {r[1]:+.2f} z {r[2]:+.2f} deg; "
-              f"metric {result.metric:.4f}; {result.seconds:.2f} s; "
-              f"{'converged' if result.converged else 'REFUSED: ' + result.reason}")
+        print(result.summary())
     if not result.converged:
         _err(f"registration refused: {result.reason}")
         return EXIT_NOT_CONVERGED

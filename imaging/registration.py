@@ -118,6 +118,14 @@ class RegistrationResult:
             d["reason"] = self.reason
         return d
 
+    def summary(self, metric_label: str = "metric", metric_digits: int = 4) -> str:
+        """One line for a person at the console (igrtctl register, register2d)."""
+        t, r = self.translation_mm, self.rotation_deg
+        return (f"translation at iso: x {t[0]:+.2f} y {t[1]:+.2f} z {t[2]:+.2f} mm; "
+                f"rotation: x {r[0]:+.2f} y {r[1]:+.2f} z {r[2]:+.2f} deg; "
+                f"{metric_label} {self.metric:.{metric_digits}f}; {self.seconds:.2f} s; "
+                f"{'converged' if self.converged else 'REFUSED: ' + self.reason}")
+
 
 class RegistrationFailed(ValueError):
     """The images could not be registered at all (e.g. they do not overlap)."""
