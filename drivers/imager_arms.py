@@ -13,7 +13,13 @@ arm may move, by the rules:
 
 from __future__ import annotations
 
-from drivers.plc import ARMS, PlcSnapshot, RoomPlcClient
+from drivers.plc import (
+    ARM_POSITION_REGISTERS,
+    ARMS,
+    POSITION_FULL_SCALE,
+    PlcSnapshot,
+    RoomPlcClient,
+)
 
 PARKED_INPUTS: dict[str, str] = {arm: f"imager_{arm}_parked" for arm in ARMS}
 
@@ -34,7 +40,11 @@ class ImagerArms:
 
     @property
     def parked(self) -> bool:
-        """Both arms' parked switches closed, on a live link."""
+        """Both arms' parked switches closed, on a live link.
+
+        The switches only: whether the couch may move also takes the position
+        registers and the fault code into account, in safety.interlocks.judge_plc.
+        """
         return _parked(self._plc.snapshot())
 
     @property
@@ -44,11 +54,12 @@ class ImagerArms:
 
     @property
     def extended(self) -> bool:
-        """Both arms at full travel and still."""
+        """Both arms at full travel (exactly: a value beyond the map is not a position) and still."""
         return _extended(self._plc.snapshot())
 
     def positions_pct(self) -> dict[str, float | None]:
-        """Per arm, percent of full travel (0 parked, 100 extended); None when unknown."""
+        """Per arm, percent of full travel (0 parked, 100 extended) as read, never clamped;
+        None when unknown."""
         return dict(self._plc.snapshot().arm_position_pct)
 
     async def wait_parked(self, timeout_s: float) -> None:
@@ -65,8 +76,10 @@ def _parked(snap: PlcSnapshot) -> bool:
 
 
 def _extended(snap: PlcSnapshot) -> bool:
+    regs = snap.registers
     return (
         snap.link_ok
+        and regs is not None
         and not any(snap.arms_moving.values())
-        and all(pos is not None and pos >= 100.0 for pos in snap.arm_position_pct.values())
+        and all(regs[reg] == POSITION_FULL_SCALE for reg in ARM_POSITION_REGISTERS.values())
     )

@@ -13,6 +13,10 @@ Fail-safe rules (see the protocol document for why):
   (timed from when the request that saw it was *sent*, so a slow answer never
   counts as fresh); otherwise, or when the link is down, or when the PLC
   answers with a Modbus exception, every input is reported open.
+
+Register values are reported as read, never clamped (`PlcSnapshot.registers`,
+with the documented ranges in `REGISTER_RANGES`): whether a fault code or a
+value outside its range forbids motion is decided by safety.interlocks.judge_plc.
 """
 
 from __future__ import annotations
@@ -29,8 +33,6 @@ from typing import Self
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
-
-from safety.interlocks import IMAGER_ARMS_PARKED, InterlockInput, InterlockSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,21 @@ class StatusRegister(IntEnum):
 
 
 STATUS_BLOCK_COUNT = len(StatusRegister)
-_ARM_POSITION_REGISTERS = (StatusRegister.KV_SOURCE_POSITION, StatusRegister.DETECTOR_POSITION)
+#: The inclusive range the register map documents for each status register.
+#: The driver reports raw values and never clamps them; what a value outside
+#: its range means is decided in safety.interlocks.judge_plc.
+REGISTER_RANGES: Mapping[StatusRegister, tuple[int, int]] = MappingProxyType({
+    StatusRegister.STATUS_BITS: (0, (1 << len(STATUS_BITS)) - 1),  # bits 8..15 reserved, read 0
+    StatusRegister.HEARTBEAT: (0, 0xFFFF),
+    StatusRegister.FAULT_CODE: (0, 0xFFFF),  # 0 = no fault, any other code is PLC-specific
+    StatusRegister.KV_SOURCE_POSITION: (0, POSITION_FULL_SCALE),
+    StatusRegister.DETECTOR_POSITION: (0, POSITION_FULL_SCALE),
+    StatusRegister.OUTPUT_ECHO: (0, (1 << len(COILS)) - 1),  # bits 4..15 reserved, read 0
+    StatusRegister.MAP_VERSION: (REGISTER_MAP_VERSION, REGISTER_MAP_VERSION),
+})
+ARM_POSITION_REGISTERS: Mapping[str, StatusRegister] = MappingProxyType(
+    dict(zip(ARMS, (StatusRegister.KV_SOURCE_POSITION, StatusRegister.DETECTOR_POSITION)))
+)
 _COIL_ADDRESS = {name: i for i, name in enumerate(COILS)}
 
 
@@ -106,8 +122,10 @@ class PlcSnapshot:
     """Everything the host knows about the PLC at `taken_at` (monotonic s).
 
     When `link_ok` is False every input is open, every arm counts as moving
-    and positions/outputs/fault code are unknown (None): nothing stale can
-    look safe.
+    and positions/outputs/fault code/registers are unknown (None): nothing
+    stale can look safe. Values are reported as read, never clamped: an arm
+    position register of 65535 is 6553.5 %, for safety.interlocks.judge_plc to
+    refuse.
     """
 
     inputs: Mapping[str, InputState]
@@ -121,6 +139,7 @@ class PlcSnapshot:
     link_reason: str
     read_at: float
     taken_at: float
+    registers: tuple[int, ...] | None = None  # the raw status block, StatusRegister order
 
     def open_inputs(self) -> tuple[str, ...]:
         return tuple(name for name, state in self.inputs.items() if not state.closed)
@@ -281,6 +300,11 @@ class RoomPlcClient:
         self._fast = fast
         if fast and self._sleep_waiter is not None and not self._sleep_waiter.done():
             self._sleep_waiter.set_result(None)  # cut an idle-length sleep short
+
+    @property
+    def heartbeat_stale_s(self) -> float:
+        """The staleness limit this client applies to the PLC heartbeat."""
+        return self._stale_s
 
     @property
     def poll_interval_s(self) -> float:
@@ -494,8 +518,8 @@ class RoomPlcClient:
                 arm: bool(word >> (len(INTERLOCK_INPUTS) + i) & 1) for i, arm in enumerate(ARMS)
             }
             positions: dict[str, float | None] = {
-                arm: min(regs[reg], POSITION_FULL_SCALE) * 100.0 / POSITION_FULL_SCALE
-                for arm, reg in zip(ARMS, _ARM_POSITION_REGISTERS)
+                arm: regs[reg] * 100.0 / POSITION_FULL_SCALE
+                for arm, reg in ARM_POSITION_REGISTERS.items()
             }
             out = regs[StatusRegister.OUTPUT_ECHO]
             outputs: dict[str, bool | None] = {n: bool(out >> i & 1) for i, n in enumerate(COILS)}
@@ -517,6 +541,7 @@ class RoomPlcClient:
             link_reason=pub.link_reason,
             read_at=self._read_at,
             taken_at=now,
+            registers=tuple(regs) if regs is not None else None,
         )
 
     def _notify(self, snap: PlcSnapshot) -> None:
@@ -563,24 +588,6 @@ class RoomPlcClient:
         if rr.isError():
             code = getattr(rr, "exception_code", "?")
             raise PlcWriteError(f"room PLC refused {what}: Modbus exception code {code}")
-
-
-def interlock_snapshot(snap: PlcSnapshot) -> InterlockSnapshot:
-    """The PLC picture in the terms of safety.interlocks (the MotionGate's input).
-
-    The two arm parked switches become the one `imager_arms_parked` input; each
-    input's age is the age of the read it came from, the source age is the
-    heartbeat age.
-    """
-    read_age = snap.taken_at - snap.read_at if snap.read_at else math.inf
-    inputs = [
-        InterlockInput(name, snap.inputs[name].closed, read_age)
-        for name in INTERLOCK_INPUTS
-        if not name.startswith("imager_")
-    ]
-    parked = all(snap.inputs[name].closed for name in INTERLOCK_INPUTS if name.startswith("imager_"))
-    inputs.append(InterlockInput(IMAGER_ARMS_PARKED, parked, read_age))
-    return InterlockSnapshot(tuple(inputs), snap.taken_at, snap.heartbeat_age_s, source="plc")
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -10,7 +10,7 @@ missing from the snapshot. Times are monotonic seconds.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 DOOR_CLOSED = "door_closed"
@@ -62,13 +62,10 @@ def open_text(name: str) -> str:
     return _OPEN_TEXT.get(name, f"{name} open")
 
 
-def open_interlocks(
-    snapshot: InterlockSnapshot,
-    now: float,
-    max_age_s: float,
-    required: Iterable[str] = (),
-) -> list[str]:
-    """Reasons motion is blocked; empty means every input is closed and fresh."""
+def _source_reasons(
+    snapshot: InterlockSnapshot, now: float, max_age_s: float
+) -> tuple[list[str], float]:
+    """Why the snapshot's source cannot be trusted now, and the time since it was taken."""
     reasons: list[str] = []
     elapsed = now - snapshot.taken_at
     if not elapsed >= 0:
@@ -78,6 +75,17 @@ def open_interlocks(
     source_age = snapshot.source_age_s + elapsed
     if not source_age <= max_age_s:
         reasons.append(f"{snapshot.source} heartbeat stale {source_age:.2f} s > {max_age_s:.2f} s")
+    return reasons, elapsed
+
+
+def open_interlocks(
+    snapshot: InterlockSnapshot,
+    now: float,
+    max_age_s: float,
+    required: Iterable[str] = (),
+) -> list[str]:
+    """Reasons motion is blocked; empty means every input is closed and fresh."""
+    reasons, elapsed = _source_reasons(snapshot, now, max_age_s)
     for item in snapshot.inputs:
         age = item.age_s + elapsed
         if not item.closed:
@@ -89,3 +97,166 @@ def open_interlocks(
         if name not in present:
             reasons.append(f"{name} missing from {snapshot.source} snapshot")
     return reasons
+
+
+# --------------------------------------------------------------------------
+# The room PLC reading, judged (docs/protocols/room-plc.md). The driver reports
+# raw values with the range the register map documents for each; this is the
+# one place that decides what they mean for motion, so that the daemon, the
+# diagnostics and the tests all see the same verdict and the same words.
+# --------------------------------------------------------------------------
+
+PLC_SOURCE = "room PLC"
+
+#: An arm whose parked switch reads closed must also report a position within
+#: this fraction of full travel of parked (0). Why 2 %: a parked switch trips
+#: within the last millimetres of travel; a position further out while the switch
+#: reads closed means the switch or the position sensor is lying, and we cannot
+#: tell which, so the arm is not parked.
+PARKED_POSITION_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterValue:
+    """One raw register as read, with the inclusive range its documentation allows."""
+
+    address: int
+    value: int
+    low: int
+    high: int
+
+    def in_range(self) -> bool:
+        return self.low <= self.value <= self.high
+
+    def out_of_range_text(self) -> str:
+        return (
+            f"{PLC_SOURCE} value out of range: register {self.address} = {self.value}, "
+            f"documented {self.low}..{self.high}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ArmReading:
+    """One imager arm as the PLC reports it; `position` counts from 0 (parked) to `high`."""
+
+    name: str
+    parked_switch_closed: bool
+    moving: bool
+    position: RegisterValue | None  # None: not read (link down)
+
+
+@dataclass(frozen=True, slots=True)
+class PlcReading:
+    """What the host read from the room PLC, not yet judged. Times are monotonic seconds."""
+
+    link_ok: bool
+    link_reason: str
+    taken_at: float
+    read_age_s: float  # age of the read the values come from, at `taken_at`
+    heartbeat_age_s: float  # since the heartbeat was last seen changing, at `taken_at`
+    interlocks: Mapping[str, bool]  # door, e-stop chain, pads: closed as the bit reads
+    motion_enable_pressed: bool  # as the bit reads
+    arms: tuple[ArmReading, ...]
+    fault_code: RegisterValue | None  # None: not read (link down)
+    registers: tuple[RegisterValue, ...]  # the rest of the block (status word, echo, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class PlcVerdict:
+    """What the room PLC reading allows.
+
+    `open_interlocks` are stop conditions in every state (motion refused before
+    it starts, stopped while it runs, a confirmation spent); hold-to-run and the
+    imager arms are separate because before a move they are legitimately
+    released / extended.
+    """
+
+    open_interlocks: tuple[str, ...]
+    motion_enable_pressed: bool
+    imager_arms_parked: bool
+    imager_arms_moving: bool
+    arm_reasons: tuple[str, ...]  # why the arms do not count as parked; empty when parked
+
+
+def judge_plc(reading: PlcReading, now: float, max_age_s: float) -> PlcVerdict:
+    """The one rule for the room PLC: anything the host cannot vouch for is open.
+
+    - link down or heartbeat not seen changing within `max_age_s`: every input open;
+    - a non-zero fault code: a stop condition (the PLC says something is wrong);
+    - a register outside its documented range: a stop condition, never clamped;
+      an arm position out of range makes that arm not parked, any other register
+      out of range means nothing in the block is vouched for (the PLC is confused);
+    - an arm whose parked switch reads closed while its position is far from
+      parked is not parked (one of the two sensors is wrong).
+    """
+    if not reading.link_ok:
+        reason = f"{PLC_SOURCE}: {reading.link_reason}"
+        return PlcVerdict((reason,), False, False, True, (reason,))
+
+    stops: list[str] = []
+    if reading.fault_code is None:
+        stops.append(f"{PLC_SOURCE} fault code not read")
+    elif reading.fault_code.value != 0:
+        stops.append(f"{PLC_SOURCE} fault code {reading.fault_code.value}")
+    confused = [r.out_of_range_text() for r in reading.registers if not r.in_range()]
+    if reading.fault_code is not None and not reading.fault_code.in_range():
+        confused.append(reading.fault_code.out_of_range_text())
+    stops.extend(confused)
+    vouched = not confused
+
+    # Freshness and the interlocks proper go through the generic rule, so the
+    # staleness arithmetic and the words exist once. A confused block already
+    # stops everything by the reasons above; its bits are not repeated as
+    # "door open" etc., which would be claims about the room it cannot make.
+    snap = InterlockSnapshot(
+        tuple(
+            InterlockInput(name, closed, reading.read_age_s)
+            for name, closed in reading.interlocks.items()
+        ) if vouched else (),
+        reading.taken_at,
+        reading.heartbeat_age_s,
+        source=PLC_SOURCE,
+    )
+    stops.extend(open_interlocks(snap, now, max_age_s))
+    source_reasons, elapsed = _source_reasons(snap, now, max_age_s)
+    fresh = not source_reasons and reading.read_age_s + elapsed <= max_age_s
+    trusted = vouched and fresh
+
+    arm_reasons: list[str] = []
+    if not trusted:
+        arm_reasons.append(f"{PLC_SOURCE} reading not vouched for")
+    for arm in reading.arms:
+        arm_reason = _arm_not_parked(arm)
+        if arm_reason is not None:
+            arm_reasons.append(arm_reason)
+        if arm.position is not None and not arm.position.in_range():
+            stops.append(arm.position.out_of_range_text())
+    if not reading.arms:
+        arm_reasons.append(f"no imager arms in the {PLC_SOURCE} reading")
+    return PlcVerdict(
+        open_interlocks=tuple(stops),
+        motion_enable_pressed=trusted and reading.motion_enable_pressed,
+        imager_arms_parked=not arm_reasons,
+        imager_arms_moving=not trusted or any(arm.moving for arm in reading.arms),
+        arm_reasons=tuple(arm_reasons),
+    )
+
+
+def _arm_not_parked(arm: ArmReading) -> str | None:
+    what = f"imager {arm.name} arm"
+    if not arm.parked_switch_closed:
+        return f"{what} not parked"
+    pos = arm.position
+    if pos is None:
+        return f"{what} position not read"
+    if not pos.in_range():
+        return f"{what} not parked: {pos.out_of_range_text()}"
+    span = pos.high - pos.low
+    if pos.value - pos.low > PARKED_POSITION_TOLERANCE * span:
+        pct = 100.0 * (pos.value - pos.low) / span
+        return (
+            f"{what} not parked: parked switch closed but position {pct:.1f} % "
+            f"(register {pos.address} = {pos.value}), more than "
+            f"{PARKED_POSITION_TOLERANCE * 100:.1f} % from parked"
+        )
+    return None

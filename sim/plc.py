@@ -95,6 +95,7 @@ class SimRoomPlc:
         self._response_delay_s = 0.0
         self._exception_code: ExcCodes | None = None
         self._refuse_connections = False
+        self._raw_registers: dict[int, int] = {}  # address -> value forced onto the wire
 
         #: (time.monotonic(), name, value) for every change visible on the wire.
         self.input_changes: list[tuple[float, str, bool]] = []
@@ -246,9 +247,37 @@ class SimRoomPlc:
         self._exception_code = code if on else None
 
     def set_fault_code(self, code: int) -> None:
+        """Report fault `code` in register 2 (0 clears it), as a PLC's own diagnostics would."""
         if not 0 <= code <= 0xFFFF:
             raise ValueError(f"PLC fault code {code} is out of range 0..65535")
         self.fault_code = code
+
+    def set_raw_register(self, address: int, value: int | None) -> None:
+        """Force status register `address` to the raw `value` on the wire (None: release it).
+
+        Any 16-bit value, including ones the register map does not allow (an arm
+        position of 65535, reserved bits set): a confused or corrupted PLC. The
+        simulated room itself is unchanged; a forced status word (register 0) is
+        also what the discrete inputs answer.
+        """
+        if not 0 <= address < STATUS_BLOCK_COUNT:
+            raise ValueError(
+                f"PLC status register {address} is out of range 0..{STATUS_BLOCK_COUNT - 1}"
+            )
+        if value is None:
+            self._raw_registers.pop(address, None)
+            return
+        if not 0 <= value <= 0xFFFF:
+            raise ValueError(f"register value {value} does not fit 16 bits (0..65535)")
+        self._raw_registers[address] = value
+
+    def raw_registers(self) -> dict[int, int]:
+        """The registers forced by set_raw_register: address -> value."""
+        return dict(self._raw_registers)
+
+    def clear_raw_registers(self) -> None:
+        """Release every register forced by set_raw_register."""
+        self._raw_registers.clear()
 
     # ------------------------------------------------------------- outputs
     def coil(self, name: str) -> bool:
@@ -296,6 +325,8 @@ class SimRoomPlc:
             block[reg] = round(self._arms[arm].position * POSITION_FULL_SCALE)
         block[StatusRegister.OUTPUT_ECHO] = self._output_word()
         block[StatusRegister.MAP_VERSION] = REGISTER_MAP_VERSION
+        for address, value in self._raw_registers.items():
+            block[address] = value
         return block
 
     async def _on_request(self, func_code: int, start_address: int, address: int, count: int,
@@ -310,7 +341,7 @@ class SimRoomPlc:
         if func_code in (_FC_READ_HR, _FC_READ_IR):
             registers[:STATUS_BLOCK_COUNT] = self.status_block()
         elif func_code == _FC_READ_DI:
-            registers[0] = self.status_word()
+            registers[0] = self._raw_registers.get(StatusRegister.STATUS_BITS, self.status_word())
         elif func_code == _FC_READ_COILS:
             registers[0] = self._output_word()
         elif func_code in (_FC_WRITE_COIL, _FC_WRITE_COILS) and values is not None:
@@ -386,6 +417,7 @@ _HELP = """commands:
   release NAME                stop forcing an arm sensor
   press | release-enable      hold / let go of the motion-enable control
   fault N                     set the PLC fault code (0 clears)
+  raw ADDR VALUE|-            force status register ADDR to a raw value (- releases it)
   freeze | thaw               stop / restart the heartbeat counter
   drop                        close all host connections
   refuse 0|1                  refuse new host connections
@@ -398,8 +430,10 @@ def _status_text(plc: SimRoomPlc) -> str:
     ins = " ".join(f"{n}={int(v)}" for n, v in plc.inputs().items())
     outs = " ".join(f"{n}={int(v)}" for n, v in plc.coils().items())
     arms = " ".join(f"{a}={plc.arm_position_pct(a):.1f}%" for a in ARMS)
+    raw = " ".join(f"{a}={v}" for a, v in sorted(plc.raw_registers().items()))
     return (f"inputs: {ins}\ncoils: {outs}\narms: {arms}\n"
-            f"heartbeat={plc.heartbeat} fault_code={plc.fault_code}")
+            f"heartbeat={plc.heartbeat} fault_code={plc.fault_code}"
+            + (f"\nforced registers: {raw}" if raw else ""))
 
 
 def _command(plc: SimRoomPlc, line: str) -> str | None:
@@ -425,6 +459,8 @@ def _command(plc: SimRoomPlc, line: str) -> str | None:
             plc.release_motion_enable()
         elif cmd == "fault" and len(args) == 1:
             plc.set_fault_code(int(args[0]))
+        elif cmd == "raw" and len(args) == 2:
+            plc.set_raw_register(int(args[0]), None if args[1] == "-" else int(args[1], 0))
         elif cmd == "freeze":
             plc.freeze_heartbeat()
         elif cmd == "thaw":

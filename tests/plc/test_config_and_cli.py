@@ -69,3 +69,17 @@ def test_standalone_simulator_prints_host_port_and_answers_commands() -> None:
     assert lines[1] == "error: unknown command 'bogus' (try 'help')"
     assert "door_closed=0" in lines[2]
     assert proc.returncode == 0
+
+
+def test_standalone_simulator_forces_and_releases_a_raw_register() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "sim.plc", "--port", "0"], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        proc.stdout.readline()
+        out, _ = proc.communicate("raw 3 65535\nstatus\nraw 3 -\nraw 9 1\nquit\n", timeout=20)
+    finally:
+        proc.kill()
+    assert out.splitlines()[0] == "ok"
+    assert "forced registers: 3=65535" in out
+    assert out.splitlines()[-2:] == ["ok", "error: PLC status register 9 is out of range 0..6"]

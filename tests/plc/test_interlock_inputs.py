@@ -8,8 +8,8 @@ from functools import partial
 
 import pytest
 
-from drivers.plc import INTERLOCK_INPUTS, PlcSnapshot, RoomPlcClient, interlock_snapshot
-from safety.interlocks import open_interlocks
+from daemon.plc_link import RoomInterlocks
+from drivers.plc import INTERLOCK_INPUTS, PlcSnapshot, RoomPlcClient
 from sim.plc import ROOM_INPUTS, SimRoomPlc
 
 from .conftest import STALE_S
@@ -104,18 +104,18 @@ async def test_fault_code_is_reported(plc: SimRoomPlc, client: RoomPlcClient) ->
     assert snap.link_ok
 
 
-async def test_snapshot_converts_to_safety_interlock_snapshot(
+async def test_snapshot_is_judged_by_the_one_safety_rule(
     plc: SimRoomPlc, client: RoomPlcClient
 ) -> None:
+    room = RoomInterlocks(client)
     plc.press_motion_enable()
     snap = await client.wait_until(lambda s: s.all_closed(), 2.0)
-    converted = interlock_snapshot(snap)
-    assert open_interlocks(converted, snap.taken_at, max_age_s=STALE_S) == []
+    verdict = room.verdict(snap)
+    assert (verdict.open_interlocks, verdict.motion_enable_pressed,
+            verdict.imager_arms_parked) == ((), True, True)
     plc.set_input("imager_detector_parked", False)
     snap = await client.wait_until(lambda s: not s.all_closed(), 2.0)
-    assert open_interlocks(interlock_snapshot(snap), snap.taken_at, STALE_S) == [
-        "imager arms not parked"
-    ]
+    assert room.verdict(snap).arm_reasons == ("imager detector arm not parked",)
 
 
 async def test_idle_polling_is_slower_and_fast_polling_resumes_on_request(

@@ -50,3 +50,13 @@ async def test_a_forced_arm_sensor_follows_the_arm_again_when_released(plc: SimR
     assert not plc.input("imager_kv_source_parked")
     plc.release_input("imager_kv_source_parked")
     assert plc.input("imager_kv_source_parked")
+
+
+async def test_raw_register_refuses_an_address_outside_the_status_block(plc: SimRoomPlc) -> None:
+    with pytest.raises(ValueError, match="PLC status register 7 is out of range 0..6"):
+        plc.set_raw_register(7, 0)
+
+
+async def test_raw_register_refuses_a_value_that_does_not_fit_16_bits(plc: SimRoomPlc) -> None:
+    with pytest.raises(ValueError, match="register value 65536 does not fit 16 bits"):
+        plc.set_raw_register(3, 65536)
