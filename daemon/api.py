@@ -4,6 +4,11 @@ The local socket API (`igrtctl` on the treatment-room machine) and the MQTT
 console API call exactly these methods on a `RoomCommands` implementation, so
 role checks, state checks and auditing happen in one place whichever way a
 command arrived. Front ends authenticate; RoomCommands authorises.
+
+Every request model refuses unknown fields and NaN/Infinity
+(`allow_inf_nan=False`): a non-finite number passes every comparison it
+meets (limits, ages, tolerances), so it must never get past the boundary,
+whichever front end it came through.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ class Actor(BaseModel):
 class Binding(BaseModel):
     """What a registration is bound to (R-BIND)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     patient_id: str
     plan_uid: str
     frame_of_reference_uid: str
@@ -42,7 +47,7 @@ class Binding(BaseModel):
 
 
 class ProposeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     matrix: list[list[float]] = Field(description="4x4 ITK fixed->moving rigid transform")
     iso: tuple[float, float, float]
     patient_position: str
@@ -58,7 +63,7 @@ class ProposeRequest(BaseModel):
 class SessionRequest(BaseModel):
     """The treatment session the room is set up for (from the record-and-verify system)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     patient_id: str = Field(min_length=1, max_length=64)
     plan_uid: str = Field(min_length=1, max_length=64)
     frame_of_reference_uid: str = Field(min_length=1, max_length=64)
@@ -69,7 +74,7 @@ class SessionRequest(BaseModel):
 class ImagingRequest(BaseModel):
     """An image was (or is being) acquired: the daemon records the couch pose now."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     imaging_session_uid: str = Field(min_length=1, max_length=64)
     modality: str = "CBCT"
 
@@ -77,7 +82,7 @@ class ImagingRequest(BaseModel):
 class RegisterRequest(BaseModel):
     """Register a daily image to the planning image (run by igrtd in a worker thread)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     fixed: str = Field(min_length=1, max_length=4096, description="planning CT (file or DICOM dir)")
     moving: str = Field(min_length=1, max_length=4096, description="daily image (file or DICOM dir)")
     iso: tuple[float, float, float] | None = None
@@ -86,7 +91,7 @@ class RegisterRequest(BaseModel):
 class JogRequest(BaseModel):
     """One hold-to-run jog step in service mode; the console repeats it while held."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     axis: Literal["lat", "long", "vert", "yaw", "pitch", "roll"]
     velocity: float = Field(description="mm/s or deg/s, signed")
     duration_ms: int = Field(default=200, gt=0, le=500)
@@ -100,7 +105,7 @@ class MonitorStartRequest(BaseModel):
     overrides may only tighten the site policy (smaller tolerance, shorter
     debounce, longer release delay)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     markers_mm: list[tuple[float, float, float]] = Field(min_length=1, max_length=10)
     target_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     tolerance_mm: float | None = None
@@ -112,7 +117,7 @@ class MonitorStopRequest(BaseModel):
     """Beam off: end monitoring. The beam-hold output is left as it is unless
     `release_hold` (the therapist's audited decision)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     release_hold: bool = False
     include_records: bool = Field(
         default=False, description="include every processed frame and hold event in the reply")
@@ -121,7 +126,7 @@ class MonitorStopRequest(BaseModel):
 class ArmsRequest(BaseModel):
     """Drive the kV source and detector arms out to imaging position or back to park."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     extend: bool
 
 
@@ -157,7 +162,7 @@ class RoomCommands(Protocol):
     async def monitor_start(self, actor: Actor, req: MonitorStartRequest) -> dict[str, Any]: ...
     async def monitor_stop(self, actor: Actor, req: MonitorStopRequest) -> dict[str, Any]: ...
     async def monitor_status(self, actor: Actor) -> dict[str, Any]: ...
-    async def arms(self, actor: Actor, req: "ArmsRequest") -> dict[str, Any]: ...
+    async def arms(self, actor: Actor, req: ArmsRequest) -> dict[str, Any]: ...
 
 
 CommandName = Literal[

@@ -34,7 +34,14 @@ class _Publisher:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        # A failed publish is logged here, once, instead of surfacing later as
+        # "Task exception was never retrieved"; it never reaches the service.
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("console publish failed: %r", task.exception())
 
     def on_state(self, snap: dict[str, Any]) -> None:
         prop = snap.get("proposal") or {}

@@ -9,7 +9,10 @@ what a lost link means for the beam, is RoomService's business.
 One imaging system at a time: a second connection while one is open is
 refused (logged, reported, closed), so two sources can never interleave.
 A message that breaks the protocol is logged as one line, reported, and the
-connection is closed (after bad bytes the framing cannot be trusted).
+connection is closed (after bad bytes the framing cannot be trusted). Any
+other exception while reading or handing over a frame (a decoder bug met by
+hostile bytes) is treated the same way: reported as a rejection, the
+connection dropped, igrtd goes on; no frame can take the daemon down.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from typing import Any, Protocol
 from drivers.kv_imager import KvProtocolError, WireFrame, encode_command, read_frame
 
 log = logging.getLogger("igrt.imager")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0][:200] if text else ""
 
 
 class ImagerListener(Protocol):
@@ -154,6 +162,11 @@ class ImagerLink:
         except asyncio.CancelledError:
             detail = "igrtd stopping"
             raise
+        except Exception as exc:  # hostile bytes must not reach the event loop
+            error = f"unexpected error reading a frame: {type(exc).__name__}: {_first_line(exc)}"
+            log.exception("kV imaging link: frame handling failed")
+            self._reject(error)
+            detail = f"dropped after a bad message: {error}"
         finally:
             self._writer = None
             writer.close()

@@ -71,6 +71,7 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
             sdnotify.ready()
             sdnotify.status(f"room {config.room}: {service.workflow.state}")
             log.info("igrtd ready (room %s)", config.room)
+            fault: str | None = None
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(service.run())
@@ -86,6 +87,27 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
                 service._stop_couch_now()
                 # Beam-on monitoring ends with the beam held, while the PLC link is still open.
                 await service.shutdown_monitoring()
+            except* Exception as group:
+                # Last line of defence: every outside input is guarded where it is
+                # handled, so reaching here is a bug. Supervision is gone with the
+                # task group, so the couch is stopped first (stop always wins),
+                # then the fault is audited, then igrtd exits non-zero and systemd
+                # restarts it (Restart=on-failure): it comes back stopped, with
+                # interrupted moves marked and never re-sent. Carrying on without
+                # supervision would be worse than a restart.
+                service._stop_couch_now()
+                fault = "; ".join(_one_line(e) for e in group.exceptions)
+                log.critical("igrtd task failed unexpectedly: %s", fault, exc_info=group)
+                sdnotify.stopping()
+                try:
+                    service.audit("fault", "system", what="igrtd task failed unexpectedly",
+                                  reason=fault, action="couch stopped; igrtd exits and restarts")
+                except Exception:  # e.g. audit disk full: the exit below must still happen
+                    log.exception("could not audit the fault")
+                with contextlib.suppress(Exception):
+                    await service.shutdown_monitoring()
+            if fault is not None:
+                raise DaemonFault(fault)
     finally:
         with contextlib.suppress(Exception):
             await couch.close()
@@ -95,6 +117,15 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
 
 class _Shutdown(Exception):
     pass
+
+
+class DaemonFault(RuntimeError):
+    """A task of igrtd failed unexpectedly; the couch was stopped and it was audited."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300]
 
 
 async def _until(event: asyncio.Event) -> None:
@@ -152,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_run())
     except OSError as exc:
         print(f"igrtd: {exc}", file=sys.stderr)
+        return 1
+    except DaemonFault as exc:  # already logged with its traceback, stopped and audited
+        print(f"igrtd: stopped the couch and exited after an internal fault: {exc}",
+              file=sys.stderr)
         return 1
     return 0
 

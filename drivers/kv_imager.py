@@ -38,6 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from imaging.drr import KIND_KV, META_ANGLE, META_KIND, META_SAD, META_SID, KvGeometry
+from safety import strict_json
 
 FRAME_MAGIC = b"IGKV"
 COMMAND_MAGIC = b"IGKC"
@@ -121,10 +122,13 @@ def _view_geometry(i: int, view: ViewHeader) -> KvGeometry:
 
 
 def _parse_json(raw: bytes, what: str) -> Any:
+    # The shared strict reader: a deeply nested header raised RecursionError
+    # from json.loads (issue 11); NaN/Infinity and duplicate keys are refused.
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KvProtocolError(f"{what} header is not UTF-8 JSON: {str(exc)[:80]}") from None
+        return strict_json.loads(raw, max_depth=8, max_bytes=MAX_HEADER_BYTES)
+    except strict_json.JsonInputError as exc:
+        raise KvProtocolError(f"{what} header is not UTF-8 JSON igrt accepts: "
+                              f"{str(exc)[:80]}") from None
 
 
 def decode_frame(header: bytes, payload: bytes) -> WireFrame:

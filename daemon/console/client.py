@@ -37,6 +37,7 @@ from daemon.console.schemas import (
 )
 from daemon.console.server import NODELAY
 from daemon.console.tokens import sign_command
+from safety import strict_json
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +191,10 @@ class ConsoleClient:
                     fut.set_exception(err)
 
     def _on_reply(self, raw: bytes) -> None:
+        # Read strictly like every JSON from outside: the broker is shared.
         try:
-            reply = ReplyMessage.model_validate_json(raw)
-        except ValidationError:
+            reply = ReplyMessage.model_validate(strict_json.loads(raw))
+        except (strict_json.JsonInputError, ValidationError):
             log.warning("ignoring a reply that does not fit the schema")
             return
         fut = self._pending.get(reply.jti or "")
@@ -201,8 +203,8 @@ class ConsoleClient:
 
     def _on_state(self, raw: bytes) -> None:
         try:
-            self.state = StateMessage.model_validate_json(raw)
-        except ValidationError:
+            self.state = StateMessage.model_validate(strict_json.loads(raw))
+        except (strict_json.JsonInputError, ValidationError):
             log.warning("ignoring a state message that does not fit the schema")
             return
         self._state_changed.set()
@@ -223,17 +225,20 @@ class ConsoleClient:
     def sign(self, cmd: str, args: dict[str, Any] | None = None, **kw: Any) -> tuple[str, str]:
         """(jti, compact JWS) for cmd; keyword args go to sign_command (tests)."""
         jti = kw.pop("jti", None) or uuid.uuid4().hex
-        token = sign_command(
-            self._key,
-            cmd=cmd,
-            sub=kw.pop("sub", self.user),
-            aud=kw.pop("aud", self.room),
-            reply_to=kw.pop("reply_to", self.console_id),
-            args=args,
-            lifetime_s=kw.pop("lifetime_s", self.lifetime_s),
-            jti=jti,
-            **kw,
-        )
+        try:
+            token = sign_command(
+                self._key,
+                cmd=cmd,
+                sub=kw.pop("sub", self.user),
+                aud=kw.pop("aud", self.room),
+                reply_to=kw.pop("reply_to", self.console_id),
+                args=args,
+                lifetime_s=kw.pop("lifetime_s", self.lifetime_s),
+                jti=jti,
+                **kw,
+            )
+        except ValueError as exc:  # NaN/Infinity in the arguments: one line, nothing sent
+            raise ConsoleError(str(exc)) from None
         return jti, token
 
     async def send_raw(self, payload: bytes | str, jti: str | None) -> asyncio.Future[ReplyMessage]:

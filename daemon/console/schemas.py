@@ -55,6 +55,10 @@ class _Message(BaseModel):
 class CommandClaims(_Message):
     """Claims of a signed console command (the payload of a compact JWS)."""
 
+    # NaN compares false with everything, so a NaN iat/exp would pass every
+    # lifetime check: only finite numbers are times.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     cmd: CommandName = Field(description="RoomCommands method to call")
     args: dict[str, Any] = Field(
         default_factory=dict, description="arguments of cmd, see the *-args schemas"
@@ -71,7 +75,7 @@ class CommandClaims(_Message):
 
 
 class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class NoArgs(_Args):

@@ -15,6 +15,19 @@ consoles, with a cap on how many are in flight.
 Losing the broker is reported through `on_link_change(False)`: with the link
 gone hold-to-run heartbeats cannot arrive, so the daemon stops any move
 rather than wait for the heartbeat timeout.
+
+No single message can take igrtd down: handling one message never raises.
+A message the verifier refuses is audited and answered; anything unexpected
+while handling it (a library bug met by a hostile payload) is audited as a
+rejection with code `internal`, answered when the reply topic is known, and
+the loop goes on. Tasks the console starts are guarded the same way, and an
+unexpected error in the connection itself reconnects like a broker loss.
+
+A command carrying the MQTT retain flag is refused before it is parsed (code
+`retained`): a retained message is a stored one, replayed by the broker to
+every new subscriber, never a person's live request. Mosquitto cannot forbid
+retain on one topic, so igrtd also clears the retained message it found
+(an empty retained publish on the command topic, which its ACL allows).
 """
 
 from __future__ import annotations
@@ -24,10 +37,11 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.api import Actor, CommandError, RoomCommands
 from daemon.console.schemas import (
@@ -60,6 +74,12 @@ class _Lane:
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.users = 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """`Type: message`, first line, bounded: audit text, never a traceback."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:200]
 
 
 def _log_audit(event: str, actor: str, details: dict[str, Any]) -> None:
@@ -155,7 +175,10 @@ class MqttConsole:
                     username=self._username,
                     password=self._password,
                     identifier=self._client_id,
-                    clean_session=True,  # nothing queued while away is delivered later
+                    # MQTT 5: only its subscription options show igrtd the retain
+                    # flag of a live message (retain as published), see _on_connected.
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    clean_start=True,  # nothing queued while away is delivered later
                     keepalive=self._keepalive,
                     tls_context=self._tls,
                     will=aiomqtt.Will(
@@ -173,13 +196,19 @@ class MqttConsole:
                     try:
                         async for message in client.messages:
                             if message.topic.matches(self.cmd_topic):
-                                self._on_command(bytes(message.payload))  # type: ignore[arg-type]
+                                self._on_message(message)
                     except asyncio.CancelledError:
                         # A clean disconnect does not fire the last will, so say it ourselves.
                         await self._say_offline(client)
                         raise
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT broker %s:%s: %s", self._host, self._port, exc)
+            except Exception as exc:  # a bug here must not end the console link
+                # Handled like a broker loss: the link-down callback stops a
+                # console-held move, then the loop reconnects.
+                log.exception("console link failed unexpectedly")
+                self._audit("console.fault", "system", {
+                    "what": "MQTT console link", "reason": _one_line(exc), "action": "reconnect"})
             finally:
                 self._client = None
                 if self._connected.is_set():
@@ -189,7 +218,14 @@ class MqttConsole:
             backoff = min(backoff * 2, self._reconnect_max)
 
     async def _on_connected(self, client: aiomqtt.Client) -> None:
-        await client.subscribe(self.cmd_topic, qos=1)
+        # retainAsPublished: a command published with the retain flag arrives
+        # with it, live or replayed, so it can be refused either way (MQTT
+        # 3.1.1 clears the flag on live delivery). noLocal: igrtd's own empty
+        # publish that clears a retained command does not come back to it.
+        await client.subscribe(
+            self.cmd_topic,
+            options=SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True),
+        )
         await client.publish(
             topic(self.room, "status"),
             dumps(StatusMessage(room=self.room, status="online")),
@@ -239,7 +275,25 @@ class MqttConsole:
         except aiomqtt.MqttError as exc:
             log.warning("publish to %s failed: %s", t, exc)
             return False
+        except Exception as exc:  # noqa: BLE001 - a failed publish is reported, never fatal
+            log.error("publish to %s failed unexpectedly: %s", t, _one_line(exc))
+            return False
         return True
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        """Run `coro` in the console's task group, guarded: an exception in one
+        task would otherwise cancel the whole group and end the console."""
+        if self._tg is None:
+            coro.close()
+            return
+        self._tg.create_task(self._guarded(coro, what))
+
+    async def _guarded(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        try:
+            await coro
+        except Exception as exc:  # see _spawn
+            log.exception("console task %s failed", what)
+            self._audit("console.fault", "system", {"what": what, "reason": _one_line(exc)})
 
     async def publish_state(self, snapshot: dict[str, Any]) -> bool:
         """Retained full state; remembered and republished after a reconnect."""
@@ -282,11 +336,13 @@ class MqttConsole:
             await self._flush_telemetry()
         elif not self._telemetry_flush_scheduled and self._tg is not None:
             self._telemetry_flush_scheduled = True
-            self._tg.create_task(self._flush_telemetry_later(wait))
+            self._spawn(self._flush_telemetry_later(wait), "telemetry")
 
     async def _flush_telemetry_later(self, wait: float) -> None:
-        await asyncio.sleep(wait)
-        self._telemetry_flush_scheduled = False
+        try:
+            await asyncio.sleep(wait)
+        finally:
+            self._telemetry_flush_scheduled = False
         await self._flush_telemetry()
 
     async def _flush_telemetry(self) -> None:
@@ -304,6 +360,41 @@ class MqttConsole:
 
     # --- inbound commands ---------------------------------------------------
 
+    def _on_message(self, message: aiomqtt.Message) -> None:
+        """One message from the command topic. Never raises (see module doc)."""
+        try:
+            payload = message.payload
+            if not isinstance(payload, (bytes, bytearray)):
+                raise TypeError(f"payload of type {type(payload).__name__}")
+            if message.retain:
+                self._refuse_retained(message.topic.value, bytes(payload))
+                return
+            self._on_command(bytes(payload))
+        except Exception as exc:  # one message must never end the loop
+            log.exception("console command handling failed unexpectedly")
+            self._audit("console.command_rejected", "unverified:?", {
+                "code": "internal", "reason": f"internal error while handling a command: "
+                f"{_one_line(exc)}; not run", "cmd": None, "jti": None, "console": None,
+                "claimed_user": None})
+
+    def _refuse_retained(self, topic_name: str, payload: bytes) -> None:
+        """Refused unread: nothing in a stored message is parsed or trusted."""
+        if not payload:
+            return  # an empty retained message only deletes one; nothing to refuse
+        self._audit("console.command_rejected", "unverified:?", {
+            "code": "retained",
+            "reason": "command carried the MQTT retain flag (a stored message replayed by the "
+                      "broker, not a live request); not run, retained copy cleared",
+            "bytes": len(payload), "cmd": None, "jti": None, "console": None,
+            "claimed_user": None})
+        self._spawn(self._clear_retained(topic_name), "clear retained command")
+
+    async def _clear_retained(self, topic_name: str) -> None:
+        if not await self._publish(topic_name, b"", qos=1, retain=True):
+            log.warning("could not clear the retained command on %s", topic_name)
+            return
+        self._audit("console.retained_cleared", "system", {"topic": topic_name})
+
     def _on_command(self, payload: bytes) -> None:
         """Verify inline (cheap, keeps arrival order), execute as a task."""
         try:
@@ -311,26 +402,35 @@ class MqttConsole:
         except CommandRejected as rej:
             self._reject(rej)
             return
+        try:
+            self._dispatch(vc)
+        except Exception as exc:  # answered and audited, the loop goes on
+            log.exception("console command %s could not be started", vc.cmd)
+            self._reject(CommandRejected(
+                "internal", f"internal error: {type(exc).__name__}; not run",
+                reply_to=vc.claims.reply_to, sub=vc.user.user, jti=vc.claims.jti, cmd=vc.cmd))
+
+    def _dispatch(self, vc: VerifiedCommand) -> None:
         if vc.cmd != "hold":  # heartbeats at 20 Hz would drown the audit trail
             self._audit(
                 "console.command_verified",
                 vc.user.user,
                 {"cmd": vc.cmd, "jti": vc.claims.jti, "console": vc.claims.reply_to},
             )
-        assert self._tg is not None  # only called from inside run()
         if vc.cmd == "stop":
-            self._tg.create_task(self._execute(vc))
+            self._spawn(self._execute(vc), "stop")
             return
         if self._inflight >= self._max_inflight:
-            self._tg.create_task(
+            self._spawn(
                 self._reply(vc.claims.reply_to, ReplyMessage(
                     room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=False, code="busy",
                     reason=f"{self._inflight} commands in progress; try again", ts=time.time(),
-                ))
+                )),
+                "reply",
             )
             return
         self._inflight += 1
-        self._tg.create_task(self._execute_in_order(vc))
+        self._spawn(self._execute_in_order(vc), vc.cmd)
 
     def _reject(self, rej: CommandRejected) -> None:
         details = {
@@ -343,12 +443,12 @@ class MqttConsole:
         }
         # Claimed, not authenticated: the actor is recorded as such.
         self._audit("console.command_rejected", f"unverified:{rej.sub or '?'}", details)
-        if rej.reply_to is not None and self._tg is not None:
+        if rej.reply_to is not None:
             msg = ReplyMessage(
                 room=self.room, jti=rej.jti, cmd=rej.cmd, ok=False, code=rej.code,
                 reason=rej.reason, ts=time.time(),
             )
-            self._tg.create_task(self._reply(rej.reply_to, msg))
+            self._spawn(self._reply(rej.reply_to, msg), "reply")
 
     async def _execute_in_order(self, vc: VerifiedCommand) -> None:
         key = f"{vc.user.user}@{vc.claims.reply_to}"
@@ -383,6 +483,9 @@ class MqttConsole:
             )
         except Exception as exc:  # the console must get an answer; the daemon keeps serving
             log.exception("console command %s failed", vc.cmd)
+            self._audit("console.command_fault", actor.user, {
+                "cmd": vc.cmd, "jti": vc.claims.jti, "console": vc.claims.reply_to,
+                "reason": _one_line(exc)})
             reply = ReplyMessage(
                 room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=False, code="internal",
                 reason=f"internal error: {type(exc).__name__}", ts=time.time(),

@@ -11,8 +11,10 @@ rejection is a `CommandRejected` with a machine code and a one-line reason.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -30,6 +32,13 @@ from daemon.api import CommandName
 from daemon.console import roles
 from daemon.console.schemas import ARGS_MODELS, CONSOLE_ID_PATTERN, CommandClaims
 from daemon.console.users import RegisteredUser
+from safety import strict_json
+
+# A command is a flat object with one level of args (a proposal's matrix is the
+# deepest: claims -> args -> matrix -> row). Far below anything that could reach
+# the interpreter's recursion limit; strict_json refuses deeper input unparsed.
+MAX_PAYLOAD_DEPTH = 8
+MAX_HEADER_DEPTH = 2
 
 # Consoles sign with "Ed25519", RFC 9864's fully-specified name for EdDSA
 # over Ed25519. The older polymorphic "EdDSA" (RFC 8037) is accepted too, for
@@ -142,7 +151,13 @@ def sign_command(
     if extra_claims:
         claims.update(extra_claims)
     header = {"alg": SIGNING_ALG, "typ": TOKEN_TYPE}
-    payload = json.dumps(claims, separators=(",", ":"))
+    try:
+        # igrtd refuses NaN/Infinity anywhere in a command; never sign one.
+        payload = json.dumps(claims, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise ValueError(
+            f"command {cmd}: every number must be finite (NaN and Infinity cannot be sent)"
+        ) from None
     return jws.serialize_compact(header, payload, key, registry=_JWS_REGISTRY)
 
 
@@ -177,6 +192,27 @@ class CommandVerifier:
         self.max_payload_bytes = max_payload_bytes
 
     def verify(self, payload: bytes) -> VerifiedCommand:
+        """The verified command, or CommandRejected; never any other exception.
+
+        Whatever goes wrong inside (a parser or library bug met by a hostile
+        token) becomes a rejection with code `internal`, carrying the reply
+        topic when it could already be read, so one message cannot take the
+        caller down.
+        """
+        ctx: dict[str, Any] = {}
+        try:
+            return self._verify(payload, ctx)
+        except CommandRejected:
+            raise
+        except Exception as exc:  # see docstring: refuse, never propagate
+            log.exception("command verification failed unexpectedly")
+            raise CommandRejected(
+                "internal",
+                f"internal error while verifying the command ({type(exc).__name__}); not run",
+                **ctx,
+            ) from None
+
+    def _verify(self, payload: bytes, ctx: dict[str, Any]) -> VerifiedCommand:
         size = len(payload)
         if size > self.max_payload_bytes:
             # Not parsed at all: nothing in an oversized message is looked at.
@@ -191,6 +227,18 @@ class CommandVerifier:
             ) from None
         if text.startswith("{"):
             self._reject_plain_json(text)
+        # The protected header is read strictly before joserfc parses it with
+        # the permissive json module (nesting, duplicate alg, NaN).
+        header_segment = text.split(".", 1)[0]
+        try:
+            header_json = base64.urlsafe_b64decode(header_segment + "=" * (-len(header_segment) % 4))
+            strict_json.loads(header_json, max_depth=MAX_HEADER_DEPTH, max_bytes=1024)
+        except strict_json.JsonInputError as exc:
+            raise CommandRejected("malformed", f"JWS header refused: {exc}") from None
+        except ValueError:
+            raise CommandRejected(
+                "malformed", "command is not a compact JWS (header.payload.signature, base64url)"
+            ) from None
         try:
             obj = jws.extract_compact(text.encode(), registry=_JWS_REGISTRY)
         except (JoseError, ValueError):
@@ -198,18 +246,20 @@ class CommandVerifier:
                 "malformed", "command is not a compact JWS (header.payload.signature, base64url)"
             ) from None
         try:
-            body = json.loads(obj.payload)
-        except ValueError:
-            body = None
+            body = strict_json.loads(
+                obj.payload, max_depth=MAX_PAYLOAD_DEPTH, max_bytes=self.max_payload_bytes
+            )
+        except strict_json.JsonInputError as exc:
+            raise CommandRejected("malformed", f"JWS payload refused: {exc}") from None
         if not isinstance(body, dict):
             raise CommandRejected("malformed", "JWS payload is not a JSON object")
         reply_to = _hint(body, "reply_to")
-        ctx = {
+        ctx.update({
             "reply_to": reply_to if reply_to and _CONSOLE_ID.match(reply_to) else None,
             "sub": _hint(body, "sub"),
             "jti": _hint(body, "jti"),
             "cmd": _hint(body, "cmd"),
-        }
+        })
         header = obj.headers()
         alg = header.get("alg")
         if not isinstance(alg, str) or alg.lower() == "none":
@@ -292,6 +342,15 @@ class CommandVerifier:
         return VerifiedCommand(claims=claims, user=user, args=args)
 
     def _check_time(self, claims: CommandClaims, ctx: dict[str, Any]) -> None:
+        # Every comparison with NaN is false, so a NaN iat or exp would pass
+        # each check below; the claims model refuses them, and so does this
+        # (the one place the lifetime rule is decided must not depend on it).
+        for name in ("iat", "exp"):
+            value = getattr(claims, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise CommandRejected(
+                    "malformed", f"claims: {name} is {value!r}, not a finite UNIX time", **ctx
+                )
         now = self.clock()
         skew = self.max_clock_skew_s
         if claims.iat > now + skew:
@@ -318,9 +377,13 @@ class CommandVerifier:
     def _reject_plain_json(self, text: str) -> None:
         ctx: dict[str, Any] = {}
         try:
-            body = json.loads(text)
-        except ValueError:
-            raise CommandRejected("malformed", "command is neither a compact JWS nor JSON") from None
+            body = strict_json.loads(
+                text, max_depth=MAX_PAYLOAD_DEPTH, max_bytes=self.max_payload_bytes
+            )
+        except strict_json.JsonInputError as exc:
+            raise CommandRejected(
+                "malformed", f"command is neither a compact JWS nor acceptable JSON: {exc}"
+            ) from None
         if isinstance(body, dict):
             reply_to = _hint(body, "reply_to")
             ctx = {
