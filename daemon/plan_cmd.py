@@ -22,8 +22,13 @@ from safety.couch_model import CouchModel
 from safety.geometry import PatientPosition, parse_patient_position
 from safety.policy import Verdict, VerdictPolicy
 from safety.pose import AXES, Pose
+from safety.strict_json import JsonInputError
+from safety.strict_json import loads as strict_loads
 
 PROG = "igrtctl plan"
+# A JSON registration is {"matrix": 4x4} and a few names: shallow and small.
+REGISTRATION_MAX_DEPTH = 8
+REGISTRATION_MAX_BYTES = 1 << 20
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_REFUSED = 3
@@ -117,16 +122,15 @@ def _read_matrix(path: str) -> np.ndarray:
     if _is_dicom(data):
         return _read_dicom_matrix(path)
     try:
-        doc = json.loads(data.decode("utf-8"))
+        data.decode("utf-8")
     except UnicodeDecodeError:
         raise BadInput(f"registration file {path} is neither DICOM nor UTF-8 JSON") from None
-    except RecursionError:
-        raise BadInput(f"registration file {path} is nested too deeply to be a registration") from None
-    except json.JSONDecodeError as exc:
-        raise BadInput(
-            f"registration file {path} is not valid JSON: line {exc.lineno} column {exc.colno}: "
-            f"{exc.msg}"
-        ) from None
+    try:
+        # Strict: NaN/Infinity, duplicate keys and deep nesting are refused, not parsed.
+        doc = strict_loads(data, max_depth=REGISTRATION_MAX_DEPTH, max_bytes=REGISTRATION_MAX_BYTES)
+    except JsonInputError as exc:
+        reason = str(exc).removeprefix("malformed JSON: ")
+        raise BadInput(f"registration file {path} is not valid JSON: {reason}") from None
     if not isinstance(doc, dict) or "matrix" not in doc:
         raise BadInput(f'registration file {path} must be a JSON object with a "matrix" key')
     rows = doc["matrix"]
@@ -162,8 +166,9 @@ def _read_couch_model(path: str) -> CouchModel:
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"cannot read couch model file {path}: {exc}") from None
     try:
-        return CouchModel.from_json_text(text)
-    except ValueError as exc:
+        return CouchModel.from_mapping(strict_loads(text, max_depth=REGISTRATION_MAX_DEPTH,
+                                                    max_bytes=REGISTRATION_MAX_BYTES))
+    except ValueError as exc:  # JsonInputError or the model's one-line refusal
         raise BadInput(f"{path}: {exc}") from None
 
 

@@ -13,6 +13,10 @@ and reads any REG as T = M_moving^-1 M_fixed, which is right whatever the
 order of the items and also when a writer gave the fixed item a non-identity
 matrix. Anything that is not exactly one rigid fixed/moving pair is a
 one-line ValueError.
+
+Files come from outside (a TPS export, a USB stick): they are read through
+imaging.dicom_safe, so hostile bytes give one DicomFileError (a ValueError)
+naming the file, never a pydicom traceback or warning.
 """
 
 from __future__ import annotations
@@ -23,16 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DSfloat
+
+from imaging.dicom_safe import DicomFileError, describe, one_line, quiet_pydicom, read_dataset
 
 SPATIAL_REGISTRATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.1"
 DEFORMABLE_REGISTRATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.3"
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.1"  # pydicom's root, as generate_uid uses
 RIGID_TOLERANCE = 1e-4
+# A REG is a few kilobytes; a file this large is not one.
+MAX_REG_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -181,19 +189,30 @@ def _item_matrix(item: Dataset, n: int) -> np.ndarray:
         for mi in ms_item.get("MatrixSequence") or []:
             kind = str(mi.get("FrameOfReferenceTransformationMatrixType", "")).strip()
             if kind != "RIGID":
+                shown = one_line(kind, 40) if kind else "missing"
                 raise ValueError(
-                    f"registration item {n} has a {kind or 'missing'} matrix type; only RIGID "
+                    f"registration item {n} has a {shown} matrix type; only RIGID "
                     "registrations can drive a couch correction"
                 )
             values = mi.get("FrameOfReferenceTransformationMatrix")
+            if values is not None and not isinstance(values, (list, tuple, MultiValue)):
+                values = [values]  # pydicom gives a single value unwrapped
             if values is None or len(values) != 16:
                 raise ValueError(f"registration item {n} matrix does not have 16 values")
-            m = np.array([float(v) for v in values], dtype=float).reshape(4, 4)
+            m = np.array([_matrix_value(v, n) for v in values], dtype=float).reshape(4, 4)
             _check_rigid(m, f"registration item {n} matrix")
             total = m @ total
         if not ms_item.get("MatrixSequence"):
             raise ValueError(f"registration item {n} has no MatrixSequence")
     return total
+
+
+def _matrix_value(v: Any, n: int) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"registration item {n} matrix value {one_line(str(v), 40)!r} is "
+                         "not a number") from None
 
 
 def _dicom_datetime(date: str, time: str) -> dt.datetime | None:
@@ -221,15 +240,27 @@ def read_registration(
     frame) the item with an identity matrix.
     """
     p = Path(path)
+    ds = read_dataset(p, max_bytes=MAX_REG_BYTES)
     try:
-        ds = pydicom.dcmread(str(p))
-    except (pydicom.errors.InvalidDicomError, OSError) as exc:
-        raise ValueError(f"cannot read DICOM file {p}: {str(exc).splitlines()[0]}") from None
+        with quiet_pydicom():
+            return _record(ds, p, fixed_frame_of_reference_uid)
+    except DicomFileError:
+        raise
+    except ValueError as exc:  # a refusal of ours, or a value pydicom cannot convert
+        raise DicomFileError(f"{p}: {one_line(str(exc))}") from None
+    # Decoded but malformed content (an item that is not a dataset, a value of the
+    # wrong type where a VR was altered): the file is unusable, said in one line.
+    except Exception as exc:  # noqa: BLE001
+        raise DicomFileError(f"{p}: unusable registration content: {describe(exc)}") from None
+
+
+def _record(ds: Dataset, p: Path, fixed_frame_of_reference_uid: str | None) -> RegistrationRecord:
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class == DEFORMABLE_REGISTRATION_SOP_CLASS:
         raise ValueError("deformable registrations cannot drive a couch correction")
     if sop_class != SPATIAL_REGISTRATION_SOP_CLASS:
-        raise ValueError(f"{p.name} is not a DICOM Spatial Registration (SOP class {sop_class!r})")
+        raise ValueError(f"not a DICOM Spatial Registration (SOP class "
+                         f"{one_line(sop_class, 70)!r})")
     items = list(ds.get("RegistrationSequence") or [])
     if len(items) != 2:
         raise ValueError(
@@ -244,14 +275,19 @@ def read_registration(
     moving_index = 1 - fixed_index
     m_fixed, m_moving = mats[fixed_index], mats[moving_index]
     t = np.linalg.inv(m_moving) @ m_fixed
+    when = _dicom_datetime(str(ds.get("ContentDate", "")), str(ds.get("ContentTime", "")))
+    if when is not None:
+        try:  # acquired_at is compared with the registration age limit: it must convert
+            when.timestamp()
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"content date/time {when.isoformat()} is out of range") from None
     return RegistrationRecord(
         matrix=t,
         patient_id=str(ds.get("PatientID", "")),
         patient_name=str(ds.get("PatientName", "")),
         fixed_frame_of_reference_uid=fors[fixed_index],
         moving_frame_of_reference_uid=fors[moving_index],
-        content_datetime=_dicom_datetime(str(ds.get("ContentDate", "")),
-                                         str(ds.get("ContentTime", ""))),
+        content_datetime=when,
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         study_uid=str(ds.get("StudyInstanceUID", "")),
         series_uid=str(ds.get("SeriesInstanceUID", "")),

@@ -4,13 +4,17 @@
 .nrrd, .nii.gz, ...) or a directory holding one DICOM CT/CBCT series. For DICOM
 the patient, study, series and frame-of-reference identity comes along
 (pydicom), so intake can check the images belong to the patient and plan they
-claim to. Unusable input is a one-line ValueError naming the problem.
+claim to. Unusable input is a one-line ValueError naming the problem: DICOM
+headers are read through imaging.dicom_safe (hostile bytes give one line, no
+pydicom warning), and ITK's own warning printout is off while reading.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from imaging.dicom_safe import DicomFileError, describe, quiet_pydicom, read_dataset
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +76,46 @@ def _first_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+@contextlib.contextmanager
+def _quiet_itk() -> Iterator[None]:
+    """ITK prints its warnings about odd files straight to stderr; the caller reports
+    a refusal in one line instead."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def read_image(path: str | Path) -> LoadedImage:
     """A 3D scalar image from a file or a DICOM series directory (ValueError if unusable)."""
     p = Path(path)
     if not p.exists():
         raise ValueError(f"image {p} does not exist")
-    if p.is_dir():
-        return _read_dicom_dir(p)
-    try:
-        img = sitk.ReadImage(str(p))
-    except RuntimeError as exc:
-        raise ValueError(f"cannot read image {p}: {_first_line(exc)}") from None
+    with _quiet_itk():
+        if p.is_dir():
+            return _read_dicom_dir(p)
+        try:
+            img = sitk.ReadImage(str(p))
+        except RuntimeError as exc:
+            raise ValueError(f"cannot read image {p}: {_first_line(exc)}") from None
     _check_volume(img, p)
     ident = ImageIdentity()
     if _is_dicom_file(p):
-        ident = _identity(pydicom.dcmread(str(p), stop_before_pixels=True))
+        ident = _header_identity(p)
     return LoadedImage(img, ident, p)
+
+
+def _header_identity(p: Path | str) -> ImageIdentity:
+    """The identity in a DICOM file's header; DicomFileError (one line) if unreadable."""
+    ds = read_dataset(p, stop_before_pixels=True)
+    try:
+        with quiet_pydicom():
+            return _identity(ds)
+    # Decoded values of an unexpected type (a VR altered in the file): one line.
+    except Exception as exc:  # noqa: BLE001
+        raise DicomFileError(f"cannot read DICOM header {p}: {describe(exc)}") from None
 
 
 def _check_volume(img: sitk.Image, p: Path) -> None:
@@ -126,11 +156,7 @@ def _read_dicom_dir(p: Path) -> LoadedImage:
     except RuntimeError as exc:
         raise ValueError(f"cannot read DICOM series in {p}: {_first_line(exc)}") from None
     _check_volume(img, p)
-    try:
-        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
-    except (pydicom.errors.InvalidDicomError, OSError) as exc:
-        raise ValueError(f"cannot read DICOM header {files[0]}: {_first_line(exc)}") from None
-    return LoadedImage(img, _identity(ds), p)
+    return LoadedImage(img, _header_identity(files[0]), p)
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str | None:

@@ -152,14 +152,14 @@ def test_missing_required_arguments_exit_2_with_one_line(capsys) -> None:
 
 
 BAD_FILES = {
-    "not JSON": ("{not json", "is not valid JSON: line 1 column 2"),
+    "not JSON": ("{not json", "is not valid JSON: Expecting property name"),
     "no matrix key": ('{"transform": []}', 'must be a JSON object with a "matrix" key'),
     "wrong shape": ('{"matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}', "matrix must be 4 rows of 4"),
     "string entry": ('{"matrix": [[1,0,0,"x"],[0,1,0,0],[0,0,1,0],[0,0,0,1]]}', "is not a number"),
     "scaled": ('{"matrix": [[1.1,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]}', "is not rigid"),
     "reflection": ('{"matrix": [[-1,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]}', "is a reflection"),
     "bad last row": ('{"matrix": [[1,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,1,1]]}', "last row"),
-    "NaN": ('{"matrix": [[1,0,0,NaN],[0,1,0,0],[0,0,1,0],[0,0,0,1]]}', "non-finite"),
+    "NaN": ('{"matrix": [[1,0,0,NaN],[0,1,0,0],[0,0,1,0],[0,0,0,1]]}', "only finite numbers"),
     "binary junk": (None, "neither DICOM nor UTF-8 JSON"),
 }
 
