@@ -2,7 +2,11 @@
 
 Offline tools (no daemon needed): plan, register, register2d, reg show, audit.
 Room commands over the local control socket: status, session, imaging,
-propose, confirm, approve, hold, stop, reset, interlocks, monitor.
+propose, confirm, approve, hold, stop, reset, interlocks, monitor, whoami.
+On the local socket a user name counts only with a proof: `--key FILE` (or
+$IGRT_KEY, or $IGRT_KEY_DIR/<user>.key) signs each command with the user's
+Ed25519 key; without a key igrtd takes the identity from this process's OS
+account (`local_uid` in the room config). See docs/operations.md.
 Console commands over MQTT with signed requests: `igrtctl --broker URL ...`
 (see docs/console-api.md), keygen, users.
 
@@ -80,7 +84,8 @@ def _offline(cmd: str) -> Callable[[list[str]], int] | None:
 def _registration_input(path: Path) -> dict[str, Any]:
     """Matrix and whatever identity the file carries (DICOM REG or JSON)."""
     try:
-        head = path.read_bytes()[:132]
+        with path.open("rb") as fh:
+            head = fh.read(132)
     except OSError as exc:
         raise UsageError(f"cannot read registration {path}: {exc.strerror}") from None
     if len(head) == 132 and head[128:132] == b"DICM":
@@ -88,8 +93,8 @@ def _registration_input(path: Path) -> dict[str, Any]:
 
         try:
             rec = read_registration(path)
-        except ValueError as exc:
-            raise UsageError(f"{path}: {exc}") from None
+        except ValueError as exc:  # one line naming the file (imaging.dicom_safe)
+            raise UsageError(str(exc)) from None
         out: dict[str, Any] = {"matrix": [list(map(float, r)) for r in rec.matrix],
                                "patient_id": rec.patient_id,
                                "frame_of_reference_uid": rec.fixed_frame_of_reference_uid}
@@ -97,9 +102,14 @@ def _registration_input(path: Path) -> dict[str, Any]:
         if acquired:
             out["acquired_at"] = acquired
         return out
+    from safety.strict_json import loads as strict_loads
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # A registration is a 4x4 matrix and a few names: shallow and small.
+        data = strict_loads(path.read_bytes(), max_depth=8, max_bytes=1 << 20)
+    except OSError as exc:
+        raise UsageError(f"cannot read registration {path}: {exc.strerror}") from None
+    except ValueError as exc:  # JsonInputError: NaN, duplicate keys, depth, not UTF-8
         raise UsageError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or "matrix" not in data:
         raise UsageError(f"{path}: expected a JSON object with a 'matrix' (4x4)")
@@ -109,16 +119,23 @@ def _registration_input(path: Path) -> dict[str, Any]:
 class Room:
     """The local control socket, with one-line errors for the CLI."""
 
-    def __init__(self, socket_path: Path, user: str) -> None:
-        from daemon.control import ControlClient
+    def __init__(self, socket_path: Path, user: str, key: Path | None = None) -> None:
+        from daemon.console.keys import KeyFileError
+        from daemon.control import FROM_ENVIRONMENT, ControlClient
 
         try:
-            self.client = ControlClient(socket_path, user)
+            self.client = ControlClient(socket_path, user,
+                                        key=FROM_ENVIRONMENT if key is None else key)
+        except KeyFileError as exc:
+            raise UsageError(str(exc)) from None
         except OSError as exc:
             raise ConnectionError(f"cannot reach igrtd at {socket_path}: {exc.strerror or exc}")
 
     def call(self, cmd: str, **args: Any) -> dict[str, Any]:
-        return self.client.call(cmd, **args)
+        try:
+            return self.client.call(cmd, **args)
+        except ValueError as exc:  # e.g. a NaN option: JSON for igrtd holds finite numbers only
+            raise UsageError(f"{cmd}: cannot send these arguments: {exc}") from None
 
 
 def _print(obj: Any, as_json: bool) -> None:
@@ -241,6 +258,9 @@ def _room_parser() -> _Args:
     ap.add_argument("--socket", type=Path,
                     default=Path(os.environ.get("IGRT_SOCKET", str(DEFAULT_SOCKET))))
     ap.add_argument("--user", default=os.environ.get("IGRT_USER") or getpass.getuser())
+    ap.add_argument("--key", type=Path, default=os.environ.get("IGRT_KEY"),
+                    help="sign as --user with this Ed25519 private JWK (igrtctl keygen); "
+                         "default $IGRT_KEY, else $IGRT_KEY_DIR/USER.key, else this OS account")
     ap.add_argument("--json", action="store_true")
     # --json may also follow the subcommand; SUPPRESS keeps the top-level value otherwise.
     common = _Args(add_help=False)
@@ -250,6 +270,7 @@ def _room_parser() -> _Args:
     sub.add_parser = lambda name, **kw: _add(name, parents=[common], **kw)  # type: ignore[method-assign]
     add_workflow_commands(sub, stop_reason="")
     sub.add_parser("reset")
+    sub.add_parser("whoami", help="how igrtd sees this connection (room, uid, user)")
     sv = sub.add_parser("service", help="service mode (service role)")
     sv.add_argument("action", choices=["enter", "exit"])
     jg = sub.add_parser("jog", help="jog one axis at reduced speed while this runs (hold-to-run)")
@@ -327,7 +348,10 @@ def _join_negative_vectors(argv: list[str]) -> list[str]:
 
 def run_room(argv: list[str]) -> int:
     a = _room_parser().parse_args(_join_negative_vectors(argv))
-    room = Room(a.socket, a.user)
+    # The registration file is read before igrtd is reached, so a bad file is the
+    # same one-line error with or without a running daemon.
+    proposal = _propose_args(a) if a.cmd == "propose" else {}
+    room = Room(a.socket, a.user, a.key)
 
     def show(reply: dict[str, Any]) -> int:
         if not reply["ok"]:
@@ -339,6 +363,11 @@ def run_room(argv: list[str]) -> int:
     match a.cmd:
         case "status" | "interlocks" | "reset" | "release":
             return show(room.call(a.cmd))
+        case "whoami":
+            who = room.client.whoami()
+            if who.get("ok"):
+                who["result"]["signing_as"] = a.user if room.client.signs else None
+            return show(who)
         case "stop":
             return show(room.call("stop", reason=a.reason))
         case "session":
@@ -352,7 +381,7 @@ def run_room(argv: list[str]) -> int:
             return show(room.call("record_imaging", imaging_session_uid=a.imaging_session,
                                   modality=a.modality))
         case "propose":
-            reply = room.call("propose", **_propose_args(a))
+            reply = room.call("propose", **proposal)
             if not reply["ok"]:
                 _err(reply["error"])
                 return EXIT_REFUSED

@@ -1,11 +1,29 @@
 """Local control API: JSON lines over a Unix socket on the treatment-room host.
 
-One request per line: {"cmd": "...", "user": "...", "args": {...}}; one reply
-per line: {"ok": true, "result": {...}} or {"ok": false, "error": "...",
-"code": "..."}. The socket file is created 0660 so that only members of the
-daemon's group (the room console account) can reach it; the user's role comes
-from the room configuration, never from the request. Consoles on the network
-use the signed MQTT API instead.
+One request per line, one reply per line: {"ok": true, "result": {...}} or
+{"ok": false, "error": "...", "code": "..."}. A request is either
+
+* plain, `{"cmd": "...", "user": "...", "args": {...}}`: the name in `user`
+  is only a claim. It counts for a command that changes something only when
+  the connection's peer credentials (SO_PEERCRED: the OS uid of the process
+  that connected) are mapped to exactly that user by `local_uid` in the room
+  configuration; or
+* signed, `{"jws": "<compact JWS>"}`: the same token an MQTT console sends
+  (cmd, args, sub, aud = this room, short lifetime, single-use jti), checked
+  by the same `CommandVerifier` against the same registered Ed25519 keys.
+
+So the second approval of a large correction always comes from a second
+authenticated person whichever front end it arrived through (docs/operations.md,
+"Who is who on each front end"). Read-only commands stay claim-based: every role
+may run them, so a false name gains nothing. Stop and release stay accepted from
+whoever can reach the socket (stop always wins); the audit record says what was
+proven about the sender. The socket file is created 0660 so only the daemon's
+group reaches it at all; roles come from the room configuration, never from the
+request.
+
+No request can end a connection or the daemon: unreadable JSON, a line over
+MAX_REQUEST_BYTES and any exception while handling one request are answered
+(code `bad_request` or `internal`), audited, and the connection goes on.
 """
 
 from __future__ import annotations
@@ -15,14 +33,18 @@ import json
 import logging
 import os
 import socket
+import struct
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Self
 
+from joserfc.jwk import OKPKey
 from pydantic import ValidationError
 
 from daemon.api import (
-    ArmsRequest,
     Actor,
+    ArmsRequest,
     CommandError,
     ImagingRequest,
     JogRequest,
@@ -30,13 +52,37 @@ from daemon.api import (
     MonitorStopRequest,
     ProposeRequest,
     RegisterRequest,
+    Role,
     SessionRequest,
 )
 from daemon.config import RoomConfig
+from daemon.console.tokens import (
+    CommandRejected,
+    CommandVerifier,
+    MemoryReplayCache,
+    ReplayCache,
+    sign_command,
+)
+from daemon.console.users import RegistryError, UserRegistry
+from safety import strict_json
 
 log = logging.getLogger("igrt.control")
 
 MAX_REQUEST_BYTES = 1 << 20
+# The deepest legitimate request is a proposal: request -> args -> matrix -> row.
+MAX_REQUEST_DEPTH = 8
+READ_CHUNK = 1 << 16
+
+# Commands that change nothing and that every role may run: the claimed name
+# changes only the audit text, so no proof is asked (a viewer display polls these).
+READ_ONLY: Final = frozenset({"status", "interlocks", "monitor_status"})
+# Commands that only ever take motion away. Stop always wins: accepted from
+# whoever can reach the socket, audited with what is proven about the sender.
+STOPPING: Final = frozenset({"stop", "release"})
+# Answered by the socket itself: the room name (a signed request's audience)
+# and how this connection is seen. Needs no user.
+WHOAMI: Final = "whoami"
+SIGNED_REPLY_TO: Final = "local"
 
 
 def _one_line(exc: ValidationError) -> str:
@@ -46,25 +92,170 @@ def _one_line(exc: ValidationError) -> str:
     return f"{loc}: {e['msg']}{more}"
 
 
-async def dispatch(service: Any, config: RoomConfig, msg: Any, via: str = "local") -> dict[str, Any]:
-    if not isinstance(msg, dict):
-        return {"ok": False, "error": "request must be a JSON object", "code": "bad_request"}
-    cmd, user, args = msg.get("cmd"), msg.get("user"), msg.get("args") or {}
-    if not isinstance(cmd, str) or not isinstance(user, str) or not isinstance(args, dict):
-        return {"ok": False, "error": "request needs string cmd and user, object args",
-                "code": "bad_request"}
-    role = config.role_of(user)
-    if role is None:
-        service.audit("reject", user, command=cmd, reason="unknown user", via=via)
-        return {"ok": False, "error": f"unknown user {user!r}", "code": "forbidden"}
-    actor = Actor(user=user, role=role, via=via)
+def _refusal(error: str, code: str) -> dict[str, Any]:
+    return {"ok": False, "error": error, "code": code}
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """What the kernel says about the process at the other end of a connection."""
+
+    pid: int | None
+    uid: int | None
+    gid: int | None
+    user: str | None  # igrt user whose local_uid is `uid`, if any
+
+    @property
+    def label(self) -> str:
+        uid = "unknown" if self.uid is None else str(self.uid)
+        return f"uid={uid}" + (f" ({self.user})" if self.user else "")
+
+
+def peer_credentials(sock: Any) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of a connected Unix socket's peer, or None where unavailable."""
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or opt is None:
+        return None
     try:
-        result = await _call(service, actor, cmd, args)
-    except CommandError as exc:
-        return {"ok": False, "error": exc.reason, "code": exc.code}
-    except ValidationError as exc:
-        return {"ok": False, "error": _one_line(exc), "code": "bad_request"}
-    return {"ok": True, "result": result}
+        raw = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def user_of_uid(config: RoomConfig, uid: int | None) -> str | None:
+    if uid is None:
+        return None
+    for u in config.users:
+        if getattr(u, "local_uid", None) == uid:
+            return u.name
+    return None
+
+
+class LocalFrontEnd:
+    """Authenticates local requests and calls RoomCommands (the service) with an Actor."""
+
+    def __init__(self, service: Any, config: RoomConfig,
+                 replay_cache: ReplayCache | None = None) -> None:
+        self._service = service
+        self._config = config
+        store = getattr(service, "store", None)
+        cache: ReplayCache
+        if replay_cache is not None:
+            cache = replay_cache
+        elif store is not None and callable(getattr(store, "remember_jti", None)):
+            cache = store  # the durable one the MQTT front end uses too
+        else:
+            # Only a stand-in service (tests, fuzzing) has no durable store; RoomService has.
+            log.warning("no durable replay cache: signed local requests are remembered in memory")
+            cache = MemoryReplayCache()
+        try:
+            registry = UserRegistry.from_config_users(config.users)
+        except RegistryError as exc:
+            # --check-config refuses this first; should one slip through, igrtd stays up
+            # (stop must work) and accepts no signature rather than exiting in a loop.
+            log.error("no signed local requests: %s", exc)
+            registry = UserRegistry([])
+        # The MQTT front end's verifier, keys and replay cache: one rule for a signature.
+        self.verifier = CommandVerifier(registry, config.room, cache)
+
+    def peer(self, sock: Any) -> Peer:
+        creds = peer_credentials(sock)
+        if creds is None:
+            return Peer(None, None, None, None)
+        pid, uid, gid = creds
+        return Peer(pid, uid, gid, user_of_uid(self._config, uid))
+
+    def _audit(self, event: str, actor: str, **details: Any) -> None:
+        try:
+            self._service.audit(event, actor, **details)
+        except Exception:  # an audit failure is logged; the reply still goes out
+            log.exception("audit of %s failed", event)
+
+    async def answer_line(self, line: bytes, peer: Peer) -> dict[str, Any]:
+        """The reply to one request line; never raises (except cancellation)."""
+        try:
+            msg = strict_json.loads(line, max_depth=MAX_REQUEST_DEPTH, max_bytes=MAX_REQUEST_BYTES)
+        except strict_json.JsonInputError as exc:
+            self._audit("reject", peer.user or f"uid:{peer.uid}", command=None,
+                        reason=f"unreadable request: {exc}", via=f"local:{peer.label}")
+            return _refusal(f"unreadable request: {exc}", "bad_request")
+        try:
+            return await self.answer(msg, peer)
+        except Exception as exc:  # one request must never end the connection
+            cmd = msg.get("cmd") if isinstance(msg, dict) else None
+            log.exception("local request %r failed", cmd)
+            self._audit("internal_error", peer.user or f"uid:{peer.uid}",
+                        command=cmd if isinstance(cmd, str) else None,
+                        error=f"{type(exc).__name__}: {str(exc)[:200]}", via=f"local:{peer.label}")
+            return _refusal(f"internal error while handling the request ({type(exc).__name__}); "
+                            "see the igrtd log", "internal")
+
+    async def answer(self, msg: Any, peer: Peer) -> dict[str, Any]:
+        if not isinstance(msg, dict):
+            return _refusal("request must be a JSON object", "bad_request")
+        if "jws" in msg:
+            return await self._signed(msg, peer)
+        cmd, user, args = msg.get("cmd"), msg.get("user"), msg.get("args") or {}
+        if cmd == WHOAMI:
+            return {"ok": True, "result": self._whoami(peer)}
+        if not isinstance(cmd, str) or not isinstance(user, str) or not isinstance(args, dict):
+            return _refusal("request needs string cmd and user, object args", "bad_request")
+        via = f"local:{peer.label}"
+        role = self._config.role_of(user)
+        if role is None:
+            self._audit("reject", user, command=cmd, reason="unknown user", via=via)
+            return _refusal(f"unknown user {user!r}", "forbidden")
+        if peer.user != user and cmd not in READ_ONLY and cmd not in STOPPING:
+            return self._unproven(cmd, user, peer)
+        if peer.user != user:
+            # Claimed, not proven: say so in every audit record this command writes.
+            via = f"local:claimed {user} by {peer.label}"
+        return await self._run(Actor(user=user, role=role, via=via), cmd, args)
+
+    def _unproven(self, cmd: str, user: str, peer: Peer) -> dict[str, Any]:
+        if peer.user is None:
+            reason = (f"{cmd} needs proof that you are {user!r}: sign it with your key "
+                      f"(igrtctl --key FILE) or connect from the OS account mapped to "
+                      f"{user!r} (local_uid); this connection is {peer.label}, mapped to no user")
+            code = "unauthenticated"
+        else:
+            reason = (f"this connection is {peer.label}, authenticated as {peer.user!r}; "
+                      f"it may not act as {user!r}")
+            code = "forbidden"
+        self._audit("reject", peer.user or f"uid:{peer.uid}", command=cmd, claimed_user=user,
+                    reason=reason, code=code, via=f"local:{peer.label}")
+        return _refusal(reason, code)
+
+    async def _signed(self, msg: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        token = msg.get("jws")
+        if set(msg) != {"jws"} or not isinstance(token, str):
+            return _refusal("a signed request is exactly {\"jws\": \"<compact JWS>\"}",
+                            "bad_request")
+        try:
+            verified = self.verifier.verify(token.encode("utf-8", "replace"))
+        except CommandRejected as exc:
+            self._audit("reject", exc.sub or f"uid:{peer.uid}", command=exc.cmd, reason=exc.reason,
+                        code=exc.code, jti=exc.jti, via=f"local:key by {peer.label}")
+            return _refusal(exc.reason, exc.code)
+        actor = Actor(user=verified.user.user, role=verified.user.role,
+                      via=f"local:key by {peer.label}")
+        return await self._run(actor, verified.cmd, dict(verified.claims.args))
+
+    async def _run(self, actor: Actor, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result = await _call(self._service, actor, cmd, args)
+        except CommandError as exc:
+            return _refusal(exc.reason, exc.code)
+        except ValidationError as exc:
+            return _refusal(_one_line(exc), "bad_request")
+        return {"ok": True, "result": result}
+
+    def _whoami(self, peer: Peer) -> dict[str, Any]:
+        role: Role | None = self._config.role_of(peer.user) if peer.user else None
+        return {"room": self._config.room, "uid": peer.uid, "user": peer.user,
+                "role": role.value if role else None}
 
 
 async def _call(service: Any, actor: Actor, cmd: str, args: dict[str, Any]) -> Any:
@@ -122,9 +313,10 @@ async def _call(service: Any, actor: Actor, cmd: str, args: dict[str, Any]) -> A
 
 
 class ControlServer:
-    def __init__(self, service: Any, config: RoomConfig) -> None:
-        self._service = service
+    def __init__(self, service: Any, config: RoomConfig,
+                 replay_cache: ReplayCache | None = None) -> None:
         self._config = config
+        self.front = LocalFrontEnd(service, config, replay_cache)
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -132,8 +324,7 @@ class ControlServer:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() or path.is_socket():
             path.unlink()
-        self._server = await asyncio.start_unix_server(self._handle, path=str(path),
-                                                       limit=MAX_REQUEST_BYTES)
+        self._server = await asyncio.start_unix_server(self._handle, path=str(path))
         os.chmod(path, 0o660)
         log.info("control socket at %s", path)
 
@@ -143,27 +334,46 @@ class ControlServer:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = self.front.peer(writer.get_extra_info("socket"))
+        buf = bytearray()
+        skipping = False  # inside a line already refused as too large
         try:
             while True:
-                try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    await self._reply(writer, {"ok": False, "error": "request too large",
-                                               "code": "bad_request"})
+                chunk = await reader.read(READ_CHUNK)
+                if not chunk:
+                    if buf and not skipping:  # a last request without its newline
+                        await self._reply(writer, await self.front.answer_line(bytes(buf), peer))
                     break
-                if not line:
-                    break
-                try:
-                    msg = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    reply = {"ok": False, "error": f"malformed JSON: {exc}", "code": "bad_request"}
-                else:
-                    reply = await dispatch(self._service, self._config, msg)
-                await self._reply(writer, reply)
+                buf += chunk
+                while True:
+                    nl = buf.find(b"\n")
+                    if nl < 0:
+                        if len(buf) > MAX_REQUEST_BYTES:
+                            if not skipping:
+                                await self._reply(writer, self._too_large(peer))
+                                skipping = True
+                            buf.clear()
+                        break
+                    line = bytes(buf[:nl])
+                    del buf[:nl + 1]
+                    if skipping:  # the end of the refused line: answered already
+                        skipping = False
+                        continue
+                    if len(line) > MAX_REQUEST_BYTES:
+                        reply = self._too_large(peer)
+                    else:
+                        reply = await self.front.answer_line(line, peer)
+                    await self._reply(writer, reply)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
+
+    def _too_large(self, peer: Peer) -> dict[str, Any]:
+        reason = f"request too large: limit {MAX_REQUEST_BYTES} bytes per line"
+        self.front._audit("reject", peer.user or f"uid:{peer.uid}", command=None, reason=reason,
+                          via=f"local:{peer.label}")
+        return _refusal(reason, "bad_request")
 
     @staticmethod
     async def _reply(writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
@@ -171,18 +381,56 @@ class ControlServer:
         await writer.drain()
 
 
-class ControlClient:
-    """Blocking client for igrtctl and tests (one request at a time)."""
+# ------------------------------------------------------------------ client
+class _FromEnvironment:
+    def __repr__(self) -> str:
+        return "FROM_ENVIRONMENT"
 
-    def __init__(self, path: Path, user: str, timeout_s: float = 10.0) -> None:
+
+FROM_ENVIRONMENT: Final = _FromEnvironment()
+KEY_DIR_ENV: Final = "IGRT_KEY_DIR"
+SIGNED_LIFETIME_S: Final = 10.0
+
+
+def key_from_environment(user: str) -> Path | None:
+    """$IGRT_KEY_DIR/<user>.key when that file exists: the user's private key."""
+    directory = os.environ.get(KEY_DIR_ENV)
+    if not directory:
+        return None
+    path = Path(directory) / f"{user}.key"
+    return path if path.is_file() else None
+
+
+class ControlClient:
+    """Blocking client for igrtctl and tests (one request at a time).
+
+    With a key (an Ed25519 private JWK file or key; by default the file
+    `$IGRT_KEY_DIR/<user>.key` if it exists) every command except the
+    read-only ones is signed as `user`. Without one, the daemon takes the
+    identity from this process's OS uid (`local_uid` in the room config).
+    """
+
+    def __init__(self, path: Path, user: str, timeout_s: float = 10.0, *,
+                 key: OKPKey | str | Path | _FromEnvironment | None = FROM_ENVIRONMENT,
+                 room: str | None = None) -> None:
+        from daemon.console.keys import load_private_key
+
+        if isinstance(key, _FromEnvironment):
+            key = key_from_environment(user)
+        self._key: OKPKey | None = load_private_key(key) if isinstance(key, (str, Path)) else key
+        self._room = room
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout_s)
         self._sock.connect(str(path))
         self._file = self._sock.makefile("rwb")
         self.user = user
 
-    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
-        self._file.write(json.dumps({"cmd": cmd, "user": self.user, "args": args}).encode() + b"\n")
+    @property
+    def signs(self) -> bool:
+        return self._key is not None
+
+    def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._file.write(json.dumps(request, allow_nan=False).encode() + b"\n")
         self._file.flush()
         line = self._file.readline()
         if not line:
@@ -190,11 +438,30 @@ class ControlClient:
         reply: dict[str, Any] = json.loads(line)
         return reply
 
+    def whoami(self) -> dict[str, Any]:
+        return self._exchange({"cmd": WHOAMI})
+
+    def _audience(self) -> str:
+        if self._room is None:
+            reply = self.whoami()
+            if not reply.get("ok"):
+                raise ConnectionError(f"igrtd did not name its room: {reply.get('error')}")
+            self._room = str(reply["result"]["room"])
+        return self._room
+
+    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        if self._key is None or cmd in READ_ONLY:
+            return self._exchange({"cmd": cmd, "user": self.user, "args": args})
+        token = sign_command(self._key, cmd=cmd, sub=self.user, aud=self._audience(),
+                             reply_to=SIGNED_REPLY_TO, args=args, lifetime_s=SIGNED_LIFETIME_S,
+                             now=time.time())
+        return self._exchange({"jws": token})
+
     def close(self) -> None:
         self._file.close()
         self._sock.close()
 
-    def __enter__(self) -> ControlClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:

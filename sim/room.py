@@ -22,15 +22,13 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
 from safety.pose import Pose
+from sim.identities import demo_users, install_demo_keys
 
 T = TypeVar("T")
 
-DEMO_USERS = [
-    {"name": "alice", "role": "therapist"},
-    {"name": "bob", "role": "approver"},
-    {"name": "sam", "role": "service"},
-    {"name": "vic", "role": "viewer"},
-]
+# alice is this OS account (peer credentials); bob, sam and vic sign with demo
+# keys (sim/identities.py): the local socket believes no name without a proof.
+DEMO_USERS = demo_users()
 
 
 class SimRoom:
@@ -99,6 +97,7 @@ class SimRoom:
             "couch": {"port": self.couch.device_path},
             "users": DEMO_USERS,
         }
+        install_demo_keys()  # the signing demo users' private keys, for this process's clients
         if self.plc is not None:
             cfg["plc"] = {"host": "127.0.0.1", "port": self.plc.port}
         cfg.update(overrides)

@@ -13,6 +13,11 @@ from pathlib import Path
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 
+from safety import strict_json
+
+# A JWK is one flat object of a few short strings.
+MAX_KEY_FILE_BYTES = 16384
+
 
 class KeyFileError(Exception):
     """A key file is missing, unreadable or not an Ed25519 private JWK."""
@@ -41,11 +46,11 @@ def generate_keypair(private_path: str | Path, public_jwk_path: str | Path) -> d
 def load_private_key(path: str | Path) -> OKPKey:
     p = Path(path)
     try:
-        obj = json.loads(p.read_text())
+        obj = strict_json.loads(p.read_bytes(), max_depth=1, max_bytes=MAX_KEY_FILE_BYTES)
     except OSError as exc:
         raise KeyFileError(f"cannot read key {p}: {exc.strerror}") from None
-    except ValueError:
-        raise KeyFileError(f"key {p} is not JSON (expected an Ed25519 private JWK)") from None
+    except strict_json.JsonInputError as exc:
+        raise KeyFileError(f"key {p} is not an Ed25519 private JWK: {exc}") from None
     if not isinstance(obj, dict) or obj.get("kty") != "OKP" or obj.get("crv") != "Ed25519":
         raise KeyFileError(f"key {p} is not an Ed25519 JWK (kty OKP, crv Ed25519)")
     if "d" not in obj:

@@ -10,7 +10,6 @@ one-line error rather than half-loaded.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Iterable
@@ -23,6 +22,7 @@ from joserfc.jwk import OKPKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from daemon.api import Role
+from safety import strict_json
 
 USER_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
 
@@ -125,7 +125,10 @@ def read_registry_file(path: str | Path) -> RegistryFile:
     except OSError as exc:
         raise RegistryError(f"cannot read user registry {p}: {exc.strerror}") from None
     try:
-        return RegistryFile.model_validate_json(raw)
+        # Strict reading first: NaN, duplicate keys (which entry counts?) and deep nesting out.
+        return RegistryFile.model_validate(strict_json.loads(raw, max_depth=8))
+    except strict_json.JsonInputError as exc:
+        raise RegistryError(f"invalid user registry {p}: {exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"]) or "file"
@@ -151,9 +154,11 @@ def _write_atomically(path: Path, data: RegistryFile) -> None:
 def load_public_jwk(path: str | Path) -> dict[str, str]:
     p = Path(path)
     try:
-        obj = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"cannot read public key {p}: {exc}") from None
+        obj = strict_json.loads(p.read_bytes(), max_depth=1, max_bytes=16384)
+    except OSError as exc:
+        raise RegistryError(f"cannot read public key {p}: {exc.strerror}") from None
+    except strict_json.JsonInputError as exc:
+        raise RegistryError(f"public key {p} is not a JWK: {exc}") from None
     if not isinstance(obj, dict):
         raise RegistryError(f"public key {p} is not a JWK object")
     if "d" in obj:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
-from daemon.control import ControlClient
+from daemon.control import FROM_ENVIRONMENT, ControlClient
 from safety.couch_model import CouchModel
 from safety.pose import Pose
 from sim.room import DaemonProcess, SimRoom
@@ -36,12 +37,18 @@ def daemon(room: SimRoom, tmp_path: Path) -> Iterator[DaemonProcess]:
 
 
 class Console:
-    """A therapist's console on the local socket, with hold-to-run in a thread."""
+    """A therapist's console on the local socket, with hold-to-run in a thread.
 
-    def __init__(self, sock: Path, user: str) -> None:
+    Its proof of identity (docs/operations.md): `key` signs every command; by
+    default the demo users' keys (sim/identities.py: bob, sam, vic) and, for
+    alice, this OS account's uid, which the demo room config maps to her.
+    """
+
+    def __init__(self, sock: Path, user: str, key: Any = FROM_ENVIRONMENT) -> None:
         self.sock = sock
         self.user = user
-        self.c = ControlClient(sock, user)
+        self.key = key
+        self.c = ControlClient(sock, user, key=key)
 
     def call(self, cmd: str, **args: Any) -> dict[str, Any]:
         return self.c.call(cmd, **args)
@@ -64,8 +71,8 @@ class Console:
         return self.call("propose", matrix=matrix, iso=list(ISO), patient_position="HFS",
                          binding=b)
 
-    def hold_in_background(self, pid: str, rate_hz: float = 20.0) -> "Holder":
-        return Holder(self.sock, self.user, pid, rate_hz).start()
+    def hold_in_background(self, pid: str, rate_hz: float = 20.0) -> Holder:
+        return Holder(self.sock, self.user, pid, rate_hz, self.key).start()
 
     def wait_state(self, *states: str, timeout: float = 20.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -78,15 +85,16 @@ class Console:
 
 
 class Holder:
-    def __init__(self, sock: Path, user: str, pid: str, rate_hz: float) -> None:
-        self.client = ControlClient(sock, user)
+    def __init__(self, sock: Path, user: str, pid: str, rate_hz: float,
+                 key: Any = FROM_ENVIRONMENT) -> None:
+        self.client = ControlClient(sock, user, key=key)
         self.pid = pid
         self.period = 1.0 / rate_hz
         self.replies: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "Holder":
+    def start(self) -> Holder:
         self._thread.start()
         return self
 
