@@ -31,14 +31,40 @@ Invariants (each violation is one line naming scenario, time and reason):
    ends (STOP or FAULT executed, or natural arrival) within the halt bound.
    For serial silence, where no STOP can cross the wire, the controller's own
    heartbeat watchdog must fault it within its timeout plus the halt bound.
+   Windows also open for a non-zero PLC fault code and for a PLC status
+   register forced outside the documented map (a value the host cannot vouch
+   for reads as open), and interlock openings as short as one PLC scan count.
+4. TRAVEL TIER: the travel of every GO, measured from the couch's *actual*
+   pose when the GO executed (the simulator's own pose, not igrtd's), and the
+   couch's excursion from its pose at imaging during the move, stay within
+   the tier the people actually approved: the confirmation tier (5 mm / 2 deg)
+   unless a second approval by another person than the confirmer was
+   answered before the GO, then the refusal limits (30 mm / 5 deg).
+5. NOT MOVED SINCE IMAGING: when a GO executes, the couch is where it was
+   imaged for that proposal, or on that proposal's own way to its target
+   (each axis between its imaged value and its target, within the clinical
+   tolerance 1 mm / 0.5 deg): a correction is never applied from elsewhere.
+6. NOTHING STALE: no GO for a registration older than
+   `max_registration_age_s` when the GO executes.
+7. AT MOST ONCE: after a proposal's move arrived, no GO for it moves the
+   couch again, and once the room reported DONE for it, no GO for it at all.
+8. RUNAWAY / POSITION JUMP: uncommanded motion (a runaway) or a reported
+   pose jump during a move (still commanded when the next STATUS carried the
+   jump) ends in STOP or FAULT executed by the couch within
+   two status pushes plus the halt bound; the room is FAULT when the scenario
+   settles (latched); igrtd wrote a `fault` audit record; and the couch
+   executes no GO after it before it executed a RESET.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from safety.pose import ROTATION_AXES, TRANSLATION_AXES, Pose
 
 INTERLOCK_INPUTS = (
     "door_closed", "estop_chain_ok", "collision_pads_clear", "motion_enable_pressed",
@@ -61,9 +87,26 @@ class Timing:
     reaction_s: float = 0.03
     # HALTING: from a window opening to the end of the commanded move.
     halt_s: float = 0.05
-    # Openings shorter than this may fall between two PLC polls; the PLC
-    # program, not the host, must latch such glitches (docs/motion-supervision.md).
-    min_observable_s: float = 0.015
+    # The shortest opening that must stop a move: one PLC scan (10 ms) less
+    # 1 ms of timer granularity. The host polls every 3 ms, so a one-scan pulse
+    # spans at least three polls (issue 11: pulses down to a single PLC scan).
+    min_observable_s: float = 0.009
+    # How long igrtd may need to learn of the couch's own misbehaviour
+    # (runaway, pose jump): two STATUS pushes of the controller (20 ms each).
+    couch_report_s: float = 0.04
+    # Travel tiers (safety.policy.VerdictPolicy defaults) and their slack.
+    confirm_shift_mm: float = 5.0
+    confirm_rotation_deg: float = 2.0
+    approved_shift_mm: float = 30.0
+    approved_rotation_deg: float = 5.0
+    travel_slack_mm: float = 0.5  # arrival tolerance: overshoot, reported noise
+    travel_slack_deg: float = 0.2
+    # Clinical tolerance (below it the couch has not "moved since imaging").
+    imaging_tolerance_mm: float = 1.0
+    imaging_tolerance_deg: float = 0.5
+    max_registration_age_s: float = 1800.0
+    # A latched FAULT must be audited within this of the runaway / jump.
+    audit_within_s: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +157,53 @@ def summary(rep: Report) -> dict[str, Any]:
             "halt_latency": lat}
 
 
+# Violation families, for the summary: (family, a phrase every such line contains).
+_FAMILY_MARKS: tuple[tuple[str, str], ...] = (
+    ("runaway not stopped", "runaway"),  # refined below
+    ("pose jump", "pose_jump"),
+    ("travel beyond the approved tier", " travels "),
+    ("travel beyond the approved tier", "from its pose at imaging"),
+    ("couch moved since imaging", "not where it was imaged"),
+    ("stale registration", "registration "),
+    ("applied twice", "applies proposal"),
+    ("GO without a fresh confirmation", "without a confirmation"),
+    ("JOG", "JOG executed"),
+)
+
+
+def family_of(violation: str) -> str:
+    """A short family name for one violation line (its second word is the scenario)."""
+    for name, mark in _FAMILY_MARKS:
+        if mark in violation:
+            if name in ("runaway not stopped", "pose jump"):
+                kind = "runaway" if mark == "runaway" else "pose jump"
+                if "no STOP/FAULT" in violation:
+                    return f"{kind}: not stopped in time"
+                if "settled in" in violation:
+                    return f"{kind}: no latched FAULT"
+                if "audit" in violation:
+                    return f"{kind}: no audit record"
+                return f"{kind}: GO without a reset"
+            return name
+    body = violation.split(": ", 1)[-1]
+    what = body.split(" at ")[0] if "during a move" in body else body.split(" while ")[-1]
+    what = what.split(" for ")[0].split(" (")[0]
+    for generic in ("PLC fault code", "PLC register", "PLC answers"):
+        if what.startswith(generic):
+            what = generic
+    return ("no stop in time: " if "during a move" in body else "GO while open: ") + what
+
+
+def families(rep: Report, seed: int) -> dict[str, dict[str, Any]]:
+    """{family: {"n": count, "replay": "<seed>:<scenario>" of the first one}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for v in rep.violations:
+        f = out.setdefault(family_of(v), {"n": 0, "replay": f"{seed}:{v.split()[1].rstrip(':')}",
+                                          "example": v})
+        f["n"] += 1
+    return out
+
+
 # ---------------------------------------------------------------- windows
 def _input_windows(initial: dict[str, bool], changes: Iterable[tuple[float, str, bool]],
                    t0: float) -> list[tuple[float, float, str]]:
@@ -157,6 +247,25 @@ def _paired(injections: Sequence[Any], kind: str, on: Any) -> list[tuple[float, 
     return out
 
 
+def _forced_registers(injections: Sequence[Any]) -> list[tuple[float, float, tuple[int, int]]]:
+    """(on_t, off_t, (address, value)) while a PLC status register was forced."""
+    out: list[tuple[float, float, tuple[int, int]]] = []
+    since: dict[int, tuple[float, int]] = {}
+    for inj in injections:
+        if inj.kind == "restore":
+            out.extend((t, inj.t, (a, v)) for a, (t, v) in since.items())
+            since.clear()
+        elif inj.kind == "plc_raw_register" and isinstance(inj.value, tuple):
+            addr, raw = inj.value
+            if addr in since:
+                t, v = since.pop(addr)
+                out.append((t, inj.t, (addr, v)))
+            if raw is not None:
+                since[addr] = (inj.t, raw)
+    out.extend((t, float("inf"), (a, v)) for a, (t, v) in since.items())
+    return out
+
+
 def plc_delay_at(injections: Sequence[Any], t: float) -> float:
     d = 0.0
     for a, b, v in _paired(injections, "plc_delay", lambda v: float(v) > 0):
@@ -187,6 +296,12 @@ def windows(initial: dict[str, bool], changes: Sequence[tuple[float, str, bool]]
         if float(v) >= timing.plc_stale_s and b - a > timing.plc_stale_s:
             out.append(Window(a + timing.plc_stale_s, b, f"PLC answers {v * 1e3:.0f} ms late",
                               0.0, "plc", "plc_delay", origin=a))
+    for a, b, v in _paired(injections, "plc_fault_code", lambda v: int(v) != 0):
+        out.append(Window(a, b, f"PLC fault code {int(v)}", plc_delay_at(injections, a), "plc",
+                          "plc_fault_code"))
+    for a, b, (addr, raw) in _forced_registers(injections):
+        out.append(Window(a, b, f"PLC register {addr} forced to {raw} (outside the map)",
+                          plc_delay_at(injections, a), "plc", "plc_raw_register"))
     hs = sorted(holds_sent)
     for h, nxt in zip(hs, hs[1:] + [float("inf")]):
         if nxt - h > timing.hold_timeout_s:
@@ -252,13 +367,25 @@ def check(
     initial_inputs: dict[str, bool],
     input_changes: Sequence[tuple[float, str, bool]],
     injections: Sequence[Any],
-    confirms: Sequence[tuple[float, float, int]],
+    confirms: Sequence[tuple[float, float, int] | tuple[float, float, int, str]],
     holds_sent: Sequence[float],
     t0: float,
     t_end: float,
     timing: Timing,
     scenario_of: Any = lambda t: -1,
+    approvals: Sequence[tuple[float, float, int, str]] = (),
+    proposals: Sequence[Any] = (),
+    observations: Sequence[Any] = (),
+    audit_fault_ts: Sequence[float] = (),
+    initial_pose: Pose | None = None,
+    wall_offset: float = 0.0,
 ) -> Report:
+    """Every violation of the invariants in the module docstring.
+
+    `proposals` (rig.ProposalRecord), `approvals` and `observations`
+    (rig.Observation) are the console's records; `audit_fault_ts` the UNIX times
+    of igrtd's `fault` audit records; `wall_offset` turns the shared monotonic
+    clock into UNIX time."""
     rep = Report()
     wins = windows(initial_inputs, input_changes, injections, holds_sent, t0, timing)
     spans = move_spans(executed, motion)
@@ -287,19 +414,21 @@ def check(
     # 2. fresh confirmation, one GO each
     stop_times = [e.t for e in executed if e.kind in ("STOP", "FAULT")]
     used: set[int] = set()
+    go_confirmation: dict[float, int] = {}  # GO time -> index into confirms
     for e in executed:
         if e.kind != "GO":
             continue
         k = bisect.bisect_left(stop_times, e.t)
         last_stop = stop_times[k - 1] if k else float("-inf")
-        eligible = [i for i, (sent, answered, _) in enumerate(confirms)
-                    if sent > last_stop and answered < e.t and i not in used]
+        eligible = [i for i, c in enumerate(confirms)
+                    if c[0] > last_stop and c[1] < e.t and i not in used]
         if not eligible:
             rep.add(f"scenario {scenario_of(e.t)}: GO executed at {e.t - t0:.3f} s without a "
                     f"confirmation of its own issued after the last STOP/FAULT "
                     f"({(e.t - last_stop) * 1e3:.1f} ms before)")
             continue
         used.add(eligible[-1])
+        go_confirmation[e.t] = eligible[-1]
 
     # 3. halting
     silences = [(w.start, w.end) for w in wins if w.kind == "silence"]
@@ -328,4 +457,158 @@ def check(
                 rep.add(f"scenario {scenario_of(w.start)}: {w.reason} at {w.start - t0:.3f} s "
                         f"during a move; move ended ({s.ended_by}) only after "
                         f"{latency * 1e3:.1f} ms (bound {bound * 1e3:.0f} ms)")
+
+    pose_at = pose_timeline(motion, injections, initial_pose)
+    gos = [e for e in executed if e.kind == "GO"]
+    span_of = {s.go_t: s for s in spans}
+    prop_times = [p.t for p in proposals]
+    motion_times = [m.t for m in motion]
+
+    def proposal_for(t: float) -> Any:
+        k = bisect.bisect_right(prop_times, t)
+        return proposals[k - 1] if k else None
+
+    arrived_for: dict[str, float] = {}  # proposal id -> when its move arrived
+    for e in gos:
+        where = f"scenario {scenario_of(e.t)}: GO at {e.t - t0:.3f} s"
+        p = proposal_for(e.t)
+        before = pose_at(e.t)
+        target = e.details.get("target")
+        if p is None or before is None or not isinstance(target, dict):
+            continue
+        tgt = Pose.from_dict(target)
+        # 7. at most once: after its move arrived, a proposal moves nothing again, and
+        # once the room said DONE for it, it is not even sent again.
+        if p.proposal_id in arrived_for:
+            arrived = arrived_for[p.proposal_id]
+            moves, _, turns = _travel(before, tgt)
+            done = [o for o in observations if arrived <= o.t <= e.t
+                    and o.scenario == p.scenario and o.state == "DONE"]
+            if done or moves > timing.imaging_tolerance_mm or turns > timing.imaging_tolerance_deg:
+                why = (f"after the room reported DONE at {done[0].t - t0:.3f} s" if done
+                       else f"moving the couch {moves:.1f} mm / {turns:.2f} deg")
+                rep.add(f"{where} applies proposal {p.proposal_id} again {why}; its move "
+                        f"arrived at {arrived - t0:.3f} s (a confirmed correction applies "
+                        "at most once)")
+        span = span_of.get(e.t)
+        if span is not None and span.ended_by == "arrived":
+            arrived_for.setdefault(p.proposal_id, span.end_t)
+        # 6. nothing stale
+        age = e.t + wall_offset - p.acquired_at
+        if not age <= timing.max_registration_age_s:
+            rep.add(f"{where} for a registration {age:.0f} s old (limit "
+                    f"{timing.max_registration_age_s:.0f} s)")
+        # 4. travel within the approved tier
+        ci = go_confirmation.get(e.t)
+        approved = ci is not None and any(
+            user != _confirmer(confirms[ci])
+            and confirms[ci][0] < answered < e.t and scenario == confirms[ci][2]
+            for _, answered, scenario, user in approvals)
+        lim_mm = timing.approved_shift_mm if approved else timing.confirm_shift_mm
+        lim_deg = timing.approved_rotation_deg if approved else timing.confirm_rotation_deg
+        tier = "second approval" if approved else "confirmation without a second approval"
+        shift, rot_axis, rot = _travel(before, tgt)
+        if shift > lim_mm + timing.travel_slack_mm or rot > lim_deg + timing.travel_slack_deg:
+            rep.add(f"{where} travels {shift:.1f} mm / {rot_axis} {rot:.2f} deg from the couch's "
+                    f"actual pose; the {tier} allows {lim_mm:g} mm / {lim_deg:g} deg "
+                    f"(proposal {p.proposal_id}, verdict {p.verdict})")
+        elif span is not None:
+            cut = min([i.t for i in injections if i.kind in ("runaway", "pose_jump", "set_pose")
+                       and span.go_t <= i.t < span.end_t], default=span.end_t)
+            far, far_axis, far_rot = 0.0, "", 0.0
+            for m in motion[bisect.bisect_right(motion_times, span.go_t):]:
+                if m.t > cut:
+                    break
+                sh, ax, r = _travel(p.pose_at_imaging, m.pose)
+                far, far_axis, far_rot = max((far, far_axis, far_rot), (sh, ax, r))
+            if far > lim_mm + timing.travel_slack_mm or far_rot > lim_deg + timing.travel_slack_deg:
+                rep.add(f"{where}: the couch went {far:.1f} mm / {far_axis} {far_rot:.2f} deg "
+                        f"from its pose at imaging; the {tier} allows {lim_mm:g} mm / "
+                        f"{lim_deg:g} deg")
+        # 5. not moved since imaging (or on this proposal's own way to its target)
+        off = _outside_path(before, p.pose_at_imaging, tgt, timing)
+        if off:
+            rep.add(f"{where} although the couch is not where it was imaged for proposal "
+                    f"{p.proposal_id} nor on its way to the target: {off}")
+
+    # 8. runaway / position jump: stop, latch FAULT, audit, reset before any GO
+    silences = [(w.start, w.end) for w in wins if w.kind == "silence"]
+    resets = [e.t for e in executed if e.kind == "RESET"]
+    halts = [e.t for e in executed if e.kind in ("STOP", "FAULT")]
+    obs_times = [o.t for o in observations]
+    audits = sorted(audit_fault_ts)
+    for inj in injections:
+        if inj.kind not in ("runaway", "pose_jump") or inj.value == "unavailable":
+            continue
+        # A jump shows in the next STATUS (pushed every couch_report_s / 2): it is
+        # judged when the move was still commanded then, not if a STOP beat it.
+        if inj.kind == "pose_jump" and not any(
+                s.go_t <= inj.t and inj.t + timing.couch_report_s / 2 < s.end_t for s in spans):
+            continue
+        where = f"scenario {inj.scenario}: {inj.kind} {inj.value} at {inj.t - t0:.3f} s"
+        bound = timing.couch_report_s + timing.halt_s
+        deadline = halt_deadline(inj.t, inj.t + bound, silences, timing)
+        k = bisect.bisect_left(halts, inj.t)
+        first_halt = halts[k] if k < len(halts) else float("inf")
+        rep.halts_checked += 1
+        rep.halt_latency_s.setdefault(inj.kind, []).append(first_halt - inj.t)
+        if first_halt > deadline and deadline < t_end:
+            rep.add(f"{where}: the couch executed no STOP/FAULT within "
+                    f"{(deadline - inj.t) * 1e3:.0f} ms (first after "
+                    f"{(first_halt - inj.t) * 1e3:.0f} ms)")
+        later_gos = [e.t for e in gos if e.t > inj.t]
+        if later_gos and not any(inj.t < r < later_gos[0] for r in resets):
+            rep.add(f"{where}: GO executed at {later_gos[0] - t0:.3f} s without a RESET "
+                    "of the couch in between (not latched)")
+        j = bisect.bisect_right(obs_times, inj.t)
+        seen = [o for o in observations[j:] if o.scenario == inj.scenario][:1]
+        if seen and seen[0].state != "FAULT":
+            rep.add(f"{where}: the room settled in {seen[0].state} ({seen[0].reason}), not a "
+                    "latched FAULT")
+        wall = inj.t + wall_offset
+        a = bisect.bisect_left(audits, wall - 0.05)
+        if not (a < len(audits) and audits[a] <= wall + timing.audit_within_s):
+            rep.add(f"{where}: no fault audit record within {timing.audit_within_s:g} s")
     return rep
+
+
+def _confirmer(c: tuple[Any, ...]) -> str:
+    return str(c[3]) if len(c) > 3 else "alice"
+
+
+def pose_timeline(motion: Sequence[Any], injections: Sequence[Any],
+                  initial: Pose | None) -> Callable[[float], Pose | None]:
+    """The couch's own (true) pose at any time: its motion samples and the poses
+    it was put at (`set_pose` injections), latest first."""
+    events = sorted([(m.t, m.pose) for m in motion]
+                    + [(i.t, i.value) for i in injections
+                       if i.kind == "set_pose" and isinstance(i.value, Pose)],
+                    key=lambda x: x[0])
+    times = [t for t, _ in events]
+
+    def at(t: float) -> Pose | None:
+        k = bisect.bisect_right(times, t)
+        return events[k - 1][1] if k else initial
+
+    return at
+
+
+def _travel(a: Pose, b: Pose) -> tuple[float, str, float]:
+    """(vector shift mm, axis of the largest rotation, its size deg) from a to b."""
+    shift = math.sqrt(sum((b.get(x) - a.get(x)) ** 2 for x in TRANSLATION_AXES))
+    rot, axis = max((abs(b.get(x) - a.get(x)), x) for x in ROTATION_AXES)
+    return shift, axis, rot
+
+
+def _outside_path(pose: Pose, imaged: Pose, target: Pose, timing: Timing) -> str:
+    """Axes on which `pose` is outside [imaged, target] beyond the clinical tolerance."""
+    out = []
+    for x in (*TRANSLATION_AXES, *ROTATION_AXES):
+        tol = timing.imaging_tolerance_deg if x in ROTATION_AXES else timing.imaging_tolerance_mm
+        lo, hi = sorted((imaged.get(x), target.get(x)))
+        v = pose.get(x)
+        if not lo - tol <= v <= hi + tol:
+            unit = "deg" if x in ROTATION_AXES else "mm"
+            out.append(f"{x} {v:+.2f} {unit} (imaged {imaged.get(x):+.2f}, target "
+                       f"{target.get(x):+.2f})")
+    return "; ".join(out)

@@ -5,12 +5,18 @@ Modbus TCP), each injection timestamped on the simulator's clock.
 Everything the invariant checker reads comes from the device side: the couch
 simulator's `executed_commands` and `motion_log`, the PLC simulator's
 `input_changes`, and this rig's own record of what it injected (`Injection`)
-and of what the console asked for (`ConsoleRecord`). The test process and the
-simulators share one `time.monotonic()` clock; igrtd's clock is never used.
+and of what the console asked for (`ConsoleRecord`: confirmations, second
+approvals, proposals with the couch's true pose at imaging). The test process
+and the simulators share one `time.monotonic()` clock; igrtd's clock is never
+used. igrtd's own word is read for two things only, because the requirement is
+about them: the room state once a scenario settled (a runaway must *latch*
+FAULT) and its `fault` audit records (it must be audited).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -20,9 +26,13 @@ from typing import Any, Self
 
 import numpy as np
 
+from daemon.cli import HOLD_RATE_HZ
+from daemon.config import BindingConfig, MotionConfig, PlcConfig
 from daemon.control import ControlClient
 from safety.couch_model import CouchModel
+from safety.policy import VerdictPolicy
 from safety.pose import Pose
+from sim.couch import DEFAULT_MAX_VELOCITY
 from sim.room import DaemonProcess, SimRoom
 from sim.world import PatientWorld
 
@@ -30,16 +40,22 @@ ISO = (8.0, -12.0, 20.0)
 PATIENT, PLAN, FOR = "PAT-C", "PLAN-C", "FOR-C"
 PIVOT = tuple(CouchModel.default().pivot)
 
-# Faster than the default couch: a 2-4 mm move lasts ~60-80 ms, 20-30 mm ~0.2 s.
-SPEED_SCALE = 8.0
-COUCH_HEARTBEAT_TIMEOUT_MS = 150  # the controller's own watchdog (default 250)
-# igrtd's timing in the rig. Production defaults except the hold-to-run
-# timeout, shortened so that heartbeat-loss scenarios stay short.
-HOLD_TIMEOUT_S = 0.15
-HOLD_PERIOD_S = 0.02
-PLC_STALE_S = 0.1  # PlcConfig.heartbeat_stale_s default
-PLC_POLL_S = 0.003  # PlcConfig.poll_interval_s default
+# The one shortening: the simulated couch runs 4x faster than the default model
+# (a 3 mm move lasts ~0.14 s, 30 mm on one axis ~0.5 s), so that 1,000 scenarios
+# fit in `make test`. Every time limit igrtd and the devices apply is the shipped
+# default: the bounds the invariants check are in time, not in distance.
+SPEED_SCALE = 4.0
+COUCH_HEARTBEAT_TIMEOUT_MS = 250  # the controller's own watchdog, its default
+# igrtd's timing and policy in the rig: the shipped defaults (nothing overridden).
+HOLD_TIMEOUT_S = MotionConfig().hold_timeout_s  # 0.25 s
+HOLD_PERIOD_S = 1.0 / HOLD_RATE_HZ  # igrtctl's hold-to-run rate (20 Hz)
+PLC_STALE_S = PlcConfig().heartbeat_stale_s  # 0.1 s
+PLC_POLL_S = PlcConfig().poll_interval_s  # 0.003 s
 PLC_RECONNECT_MIN_S = 0.05  # RoomPlcClient reconnect back-off, first step
+POLICY = VerdictPolicy()  # second approval above 5 mm / 2 deg, refused above 30 mm / 5 deg
+MAX_REGISTRATION_AGE_S = BindingConfig().max_registration_age_s  # 1800 s
+STATUS_PUSH_S = 0.02  # the couch controller pushes STATUS every 20 ms while moving
+CONFIRMER, APPROVER = "alice", "bob"
 TERMINAL = ("DONE", "STOPPED", "FAULT")
 
 
@@ -53,13 +69,40 @@ class Injection:
     scenario: int = -1
 
 
+@dataclass(frozen=True)
+class ProposalRecord:
+    """A correction the console proposed, with the device-side truth at imaging."""
+
+    t: float  # answered (monotonic)
+    scenario: int
+    proposal_id: str
+    pose_at_imaging: Pose  # the couch simulator's own pose when the proposal was made
+    claimed_at_imaging: Pose  # what the request said
+    verdict: str
+    acquired_at: float  # wall clock of the registration's acquisition
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The room state seen once a scenario (or a phase of it) settled."""
+
+    t: float
+    scenario: int
+    state: str
+    reason: str
+
+
 @dataclass
 class ConsoleRecord:
     """What the console did, timestamped on the same clock as the simulators."""
 
-    confirms: list[tuple[float, float, int]] = field(default_factory=list)  # sent, answered, scen.
+    # sent, answered, scenario, user
+    confirms: list[tuple[float, float, int, str]] = field(default_factory=list)
+    approvals: list[tuple[float, float, int, str]] = field(default_factory=list)
     holds_sent: list[float] = field(default_factory=list)
     hold_stops: list[tuple[float, int]] = field(default_factory=list)  # last hold sent, scenario
+    proposals: list[ProposalRecord] = field(default_factory=list)
+    observations: list[Observation] = field(default_factory=list)
 
 
 class Holder:
@@ -116,6 +159,7 @@ class Rig:
         self._overrides = daemon_overrides or {}
         self.daemon: DaemonProcess | None = None
         self.ctl: ControlClient | None = None
+        self.approver: ControlClient | None = None
         self.injections: list[Injection] = []
         self.console = ConsoleRecord()
         self.scenario = -1
@@ -125,18 +169,23 @@ class Rig:
         self.room.start()
         state = self.workdir / "state"
         cfg = self.room.room_config(state)
-        cfg["motion"] = {"hold_timeout_s": HOLD_TIMEOUT_S}
-        # Long moves (20-30 mm) need no second approval in the rig: the campaign
-        # is about supervision, not about the approval tiers.
-        cfg["policy"] = {"second_approval_shift_mm": 40.0, "refuse_shift_mm": 50.0}
+        # No "motion" or "policy" section: igrtd runs its shipped defaults, with the
+        # second-approval tier on (a second authenticated person approves). The
+        # couch model is the default one with this couch's commissioned speeds (the
+        # simulator's, scaled), which position plausibility uses.
+        model = json.loads(json.dumps(CouchModel.default().model_dump(mode="json")))
+        model["max_speed"] = {a: v * SPEED_SCALE for a, v in DEFAULT_MAX_VELOCITY.items()}
+        cfg["couch_model"] = model
         cfg.update(self._overrides)
         self.daemon = DaemonProcess(cfg, state, self.workdir / "igrtd.log").start()
-        self.ctl = ControlClient(self.daemon.socket_path, "alice")
+        self.ctl = ControlClient(self.daemon.socket_path, CONFIRMER)
+        self.approver = ControlClient(self.daemon.socket_path, APPROVER)
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self.ctl is not None:
-            self.ctl.close()
+        for client in (self.ctl, self.approver):
+            if client is not None:
+                client.close()
         if self.daemon is not None:
             self.daemon.stop()
         self.room.stop()
@@ -176,26 +225,64 @@ class Rig:
         self.ok("open_session", patient_id=PATIENT, plan_uid=PLAN, frame_of_reference_uid=FOR,
                 iso=list(ISO), patient_position="HFS")
 
-    def propose_to(self, target: Pose, at_imaging: Pose) -> dict[str, Any]:
-        """Propose the correction a perfect registration finds when `target` is right."""
+    def propose_to(self, target: Pose, at_imaging: Pose, *, age_s: float = 0.0,
+                   true_pose: Pose | None = None) -> dict[str, Any]:
+        """Propose the correction a perfect registration finds when `target` is right
+        and the couch was at `at_imaging` (the couch's real pose: `true_pose`)."""
         world = PatientWorld.with_setup_error(ISO, "HFS", PIVOT, target)  # type: ignore[arg-type]
         matrix = np.asarray(world.true_registration(at_imaging)).tolist()
-        return self.ok("propose", matrix=matrix, iso=list(ISO), patient_position="HFS",
-                       couch_at_imaging=at_imaging.as_dict(),
-                       binding={"patient_id": PATIENT, "plan_uid": PLAN,
-                                "frame_of_reference_uid": FOR,
-                                "imaging_session_uid": f"IMG-{time.monotonic_ns()}",
-                                "acquired_at": time.time()})
+        acquired_at = time.time() - age_s
+        result = self.ok("propose", matrix=matrix, iso=list(ISO), patient_position="HFS",
+                         couch_at_imaging=at_imaging.as_dict(),
+                         binding={"patient_id": PATIENT, "plan_uid": PLAN,
+                                  "frame_of_reference_uid": FOR,
+                                  "imaging_session_uid": f"IMG-{time.monotonic_ns()}",
+                                  "acquired_at": acquired_at})
+        self.console.proposals.append(ProposalRecord(
+            time.monotonic(), self.scenario, str(result.get("id")),
+            at_imaging if true_pose is None else true_pose, at_imaging,
+            str(result.get("verdict")), acquired_at))
+        return result
 
     def confirm(self, pid: str) -> dict[str, Any]:
+        reply = self.try_confirm(pid)
+        if not reply["ok"]:
+            raise AssertionError(f"confirm refused: {reply}")
+        return dict(reply["result"])
+
+    def try_confirm(self, pid: str) -> dict[str, Any]:
+        """confirm as the therapist; recorded (as a confirmation) only when accepted."""
         sent = time.monotonic()
-        result = self.ok("confirm", proposal_id=pid)
-        self.console.confirms.append((sent, time.monotonic(), self.scenario))
-        return result
+        reply = self.call("confirm", proposal_id=pid)
+        if reply["ok"]:
+            self.console.confirms.append((sent, time.monotonic(), self.scenario, CONFIRMER))
+        return reply
+
+    def try_approve(self, pid: str, *, as_confirmer: bool = False) -> dict[str, Any]:
+        """The second approval, on the approver's own connection (or, to test the
+        two-person rule, on the confirmer's); recorded when accepted."""
+        client, user = (self.ctl, CONFIRMER) if as_confirmer else (self.approver, APPROVER)
+        assert client is not None
+        sent = time.monotonic()
+        reply = client.call("approve", proposal_id=pid)
+        if reply["ok"]:
+            self.console.approvals.append((sent, time.monotonic(), self.scenario, user))
+        return reply
+
+    def observe(self) -> dict[str, Any]:
+        """Record the room state now (for the latched-FAULT invariant)."""
+        st = self.status()
+        self.console.observations.append(Observation(time.monotonic(), self.scenario,
+                                                     st["state"], str(st.get("reason"))))
+        return st
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.workdir / "state" / "audit"
 
     def hold(self, pid: str) -> Holder:
         assert self.daemon is not None
-        return Holder(self.daemon.socket_path, "alice", pid, self.console).start()
+        return Holder(self.daemon.socket_path, CONFIRMER, pid, self.console).start()
 
     # ------------------------------------------------------------ simulators
     def sim(self, fn: Callable[[Any, Any], Any]) -> Any:
@@ -230,6 +317,9 @@ class Rig:
             couch.clear_injections()
             plc.resume_heartbeat()
             plc.set_response_delay(0.0)
+            plc.set_fault_code(0)
+            if hasattr(plc, "clear_raw_registers"):
+                plc.clear_raw_registers()
             for name in ("imager_kv_source_parked", "imager_detector_parked"):
                 plc.release_input(name)
             for name in ("door_closed", "estop_chain_ok", "collision_pads_clear",
@@ -259,14 +349,63 @@ class Rig:
             if time.monotonic() > deadline:
                 raise AssertionError(f"room did not settle between scenarios: {state} "
                                      f"({st['reason']}), interlocks {st['interlocks']}")
-            time.sleep(0.003)
+            time.sleep(0.01)
 
 
 def _set(name: str) -> Callable[[Any, Any, Any], None]:
     return lambda couch, plc, closed: plc.set_input(name, bool(closed))
 
 
-# Named faults: (couch, plc, value) -> None, run on the simulator loop.
+UNAVAILABLE = "unavailable"  # a simulator hook this tree does not have (yet)
+
+
+def _interlock_pulse(couch: Any, plc: Any, value: Any) -> Any:
+    """Open an interlock for `duration` s, timed on the PLC's own loop (one scan = 10 ms)."""
+    name, duration = value
+    plc.set_input(name, False)
+    asyncio.get_running_loop().call_later(float(duration), plc.set_input, name, True)
+    return None
+
+
+def _raw_register(couch: Any, plc: Any, value: Any) -> Any:
+    addr, raw = value
+    if not hasattr(plc, "set_raw_register"):
+        return UNAVAILABLE
+    if raw is not None and raw < 0:  # a reserved status bit added to the live word
+        raw = plc.status_word() | -raw
+    plc.set_raw_register(addr, raw)
+    return (addr, raw)
+
+
+def _runaway(couch: Any, plc: Any, value: Any) -> Any:
+    if not hasattr(couch, "inject_runaway"):
+        return UNAVAILABLE
+    axis, speed = value
+    couch.inject_runaway(axis, float(speed))
+    return None
+
+
+def _pose_jump(couch: Any, plc: Any, value: Any) -> Any:
+    if not hasattr(couch, "inject_pose_jump"):
+        return UNAVAILABLE
+    axis, delta = value
+    couch.inject_pose_jump(axis, float(delta))
+    return None
+
+
+def _set_pose(couch: Any, plc: Any, value: Any) -> Any:
+    """Move the couch without igrtd (the simulator's set_pose); records the new pose."""
+    if couch.is_moving:
+        return "refused: moving"
+    d = couch.pose.as_dict()
+    for axis, delta in dict(value).items():
+        d[axis] += float(delta)
+    pose = Pose.from_dict(d)
+    couch.set_pose(pose)
+    return pose
+
+
+# Named faults: (couch, plc, value) -> recorded value or None, run on the simulator loop.
 ACTIONS: dict[str, Callable[[Any, Any, Any], Any]] = {
     "door_closed": _set("door_closed"),
     "estop_chain_ok": _set("estop_chain_ok"),
@@ -279,4 +418,10 @@ ACTIONS: dict[str, Callable[[Any, Any, Any], Any]] = {
     "plc_delay": lambda couch, plc, s: plc.set_response_delay(float(s)),
     "couch_silence": lambda couch, plc, s: couch.silence_link(float(s)),
     "couch_delay": lambda couch, plc, s: couch.delay_replies(float(s)),
+    "interlock_pulse": _interlock_pulse,
+    "plc_fault_code": lambda couch, plc, code: plc.set_fault_code(int(code)),
+    "plc_raw_register": _raw_register,
+    "runaway": _runaway,
+    "pose_jump": _pose_jump,
+    "set_pose": _set_pose,
 }

@@ -34,7 +34,8 @@ def _confirmed(rig: Rig, shift_mm: float) -> tuple[str, Pose]:
     cur = Pose.from_dict(st["couch"]["pose"])
     target = Pose(cur.lat + (shift_mm if cur.lat <= 0 else -shift_mm), cur.long, cur.vert)
     prop = rig.propose_to(target, cur)
-    rig.confirm(prop["id"])
+    if rig.confirm(prop["id"]).get("status") == "awaiting_approval":  # above 5 mm
+        assert rig.try_approve(prop["id"])["ok"]
     return prop["id"], target
 
 
