@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from daemon.config import PlcConfig
@@ -32,6 +32,8 @@ from drivers.plc import (
     ARM_POSITION_REGISTERS,
     ARMS,
     INTERLOCK_INPUTS,
+    OPENING_COUNTER_MASK,
+    OPENING_COUNTERS,
     REGISTER_RANGES,
     PlcSnapshot,
     RoomPlcClient,
@@ -40,6 +42,7 @@ from drivers.plc import (
 from safety.interlocks import (
     MOTION_ENABLE_PRESSED,
     ArmReading,
+    OpeningCounter,
     PlcReading,
     PlcVerdict,
     RegisterValue,
@@ -62,12 +65,25 @@ class RoomInterlocks:
     def __init__(self, client: RoomPlcClient) -> None:
         self.client = client
         self._judged: tuple[PlcSnapshot, float, PlcVerdict] | None = None
+        # Listeners hear every change of the verdict, not only input bits: a
+        # register leaving its range must stop motion as fast as a door opening.
+        client.set_change_key(block_verdict_key)
 
     def add_listener(self, cb: Callable[[PlcSnapshot], None]) -> None:
         self.client.add_listener(cb)
 
     def snapshot(self) -> PlcSnapshot:
         return self.client.snapshot()
+
+    async def fresh_snapshot(self) -> PlcSnapshot:
+        """A snapshot from a read *sent after* this call (listeners already told of it).
+
+        For a check just before motion is sent: on a loaded host the last poll
+        can be tens of milliseconds old, and an opening since then would not be
+        in `snapshot()`. PlcLinkError if no answer comes within the staleness
+        limit (then nothing may move anyway).
+        """
+        return await self.client.fresh_snapshot(self.client.heartbeat_stale_s)
 
     def verdict(self, snap: PlcSnapshot) -> PlcVerdict:
         """The snapshot judged by the one room PLC rule (safety.interlocks.judge_plc)."""
@@ -122,16 +138,54 @@ class RoomInterlocks:
         }
 
 
+def block_verdict_key(previous: tuple[int, ...] | None, regs: tuple[int, ...]) -> object:
+    """What a status block (after `previous`) means for motion, as a comparable value.
+
+    The driver calls listeners when this changes (RoomPlcClient.set_change_key):
+    the block judged as if just read on a healthy link, so only what the block
+    says counts here (link health and staleness reach listeners on their own).
+    """
+    closed = {name: bool(regs[StatusRegister.STATUS_BITS] >> bit & 1)
+              for bit, name in enumerate(INTERLOCK_INPUTS)}
+    moving = {arm: bool(regs[StatusRegister.STATUS_BITS] >> (len(INTERLOCK_INPUTS) + i) & 1)
+              for i, arm in enumerate(ARMS)}
+    reading = _block_reading(regs, previous, closed, moving, True, "", 0.0, 0.0, 0.0)
+    v = judge_plc(reading, 0.0, 1.0)
+    return (v.open_interlocks, v.motion_enable_pressed, v.imager_arms_parked,
+            v.imager_arms_moving)
+
+
 def plc_reading(snap: PlcSnapshot) -> PlcReading:
     """The driver's snapshot as the input of safety.interlocks.judge_plc: raw values with
     the ranges the register map documents, nothing decided yet."""
     regs = snap.registers if snap.link_ok else None
+    return _block_reading(
+        regs, snap.previous_registers, {name: st.closed for name, st in snap.inputs.items()},
+        snap.arms_moving, snap.link_ok and regs is not None,
+        snap.link_reason or "no status block read", snap.taken_at,
+        snap.taken_at - snap.read_at if snap.read_at else math.inf, snap.heartbeat_age_s,
+    )
 
+
+def _block_reading(
+    regs: tuple[int, ...] | None, previous: tuple[int, ...] | None,
+    closed: Mapping[str, bool], moving: Mapping[str, bool], link_ok: bool, link_reason: str,
+    taken_at: float, read_age_s: float, heartbeat_age_s: float,
+) -> PlcReading:
     def value(reg: StatusRegister) -> RegisterValue | None:
         if regs is None or len(regs) <= reg:
             return None
         low, high = REGISTER_RANGES[reg]
         return RegisterValue(int(reg), regs[reg], low, high)
+
+    def counter(name: str) -> OpeningCounter | None:
+        reg, shift = OPENING_COUNTERS[name]
+        if regs is None or len(regs) <= reg:
+            return None
+        before = previous[reg] >> shift & OPENING_COUNTER_MASK if (
+            previous is not None and len(previous) > reg) else None
+        return OpeningCounter(name, int(reg), before, regs[reg] >> shift & OPENING_COUNTER_MASK,
+                              OPENING_COUNTER_MASK + 1)
 
     others = tuple(
         v for reg in StatusRegister
@@ -139,20 +193,22 @@ def plc_reading(snap: PlcSnapshot) -> PlcReading:
         and (v := value(reg)) is not None
     )
     return PlcReading(
-        link_ok=snap.link_ok and regs is not None,
-        link_reason=snap.link_reason or "no status block read",
-        taken_at=snap.taken_at,
-        read_age_s=snap.taken_at - snap.read_at if snap.read_at else math.inf,
-        heartbeat_age_s=snap.heartbeat_age_s,
-        interlocks={name: snap.inputs[name].closed for name in _INTERLOCKS},
-        motion_enable_pressed=snap.inputs[HOLD_TO_RUN].closed,
+        link_ok=link_ok,
+        link_reason=link_reason,
+        taken_at=taken_at,
+        read_age_s=read_age_s,
+        heartbeat_age_s=heartbeat_age_s,
+        interlocks={name: closed[name] for name in _INTERLOCKS},
+        motion_enable_pressed=closed[HOLD_TO_RUN],
         arms=tuple(
-            ArmReading(arm, snap.inputs[PARKED_INPUTS[arm]].closed,
-                       bool(snap.arms_moving.get(arm, True)), value(ARM_POSITION_REGISTERS[arm]))
+            ArmReading(arm, closed[PARKED_INPUTS[arm]], bool(moving.get(arm, True)),
+                       value(ARM_POSITION_REGISTERS[arm]), counter(PARKED_INPUTS[arm]))
             for arm in ARMS
         ),
         fault_code=value(StatusRegister.FAULT_CODE),
         registers=others,
+        openings=tuple(c for name in (*_INTERLOCKS, HOLD_TO_RUN)
+                       if (c := counter(name)) is not None),
     )
 
 

@@ -14,6 +14,11 @@ Fail-safe rules (see the protocol document for why):
   counts as fresh); otherwise, or when the link is down, or when the PLC
   answers with a Modbus exception, every input is reported open.
 
+Short openings (an input open for less than a host poll) reach the host as a
+changed opening counter (registers 7-8): the driver reports the read before
+alongside the current one (`PlcSnapshot.previous_registers`) and publishes
+counter changes; judge_plc decides what they mean.
+
 Register values are reported as read, never clamped (`PlcSnapshot.registers`,
 with the documented ranges in `REGISTER_RANGES`): whether a fault code or a
 value outside its range forbids motion is decided by safety.interlocks.judge_plc.
@@ -41,7 +46,8 @@ log = logging.getLogger(__name__)
 # addresses as they appear on the wire.
 # --------------------------------------------------------------------------
 
-REGISTER_MAP_VERSION = 1
+#: 2: registers 7-8, the opening counters, added (map version 1 had none).
+REGISTER_MAP_VERSION = 2
 DEFAULT_DEVICE_ID = 1
 
 #: Interlock inputs, "closed = safe = 1". Bit n of the status word and
@@ -76,9 +82,28 @@ class StatusRegister(IntEnum):
     DETECTOR_POSITION = 4
     OUTPUT_ECHO = 5
     MAP_VERSION = 6
+    ROOM_OPENINGS = 7
+    ARM_OPENINGS = 8
 
 
 STATUS_BLOCK_COUNT = len(StatusRegister)
+#: Opening counters (docs/protocols/room-plc.md, "Short openings"): the PLC
+#: counts every opening (1 -> 0) of each interlock input in a 4-bit field that
+#: wraps 15 -> 0, so an opening that closed again before the host's next read is
+#: still seen, as a changed count, in the same answer as the heartbeat.
+OPENING_COUNTER_BITS = 4
+OPENING_COUNTER_MASK = (1 << OPENING_COUNTER_BITS) - 1
+#: input name -> (register, bit offset of its 4-bit opening counter).
+OPENING_COUNTERS: Mapping[str, tuple[StatusRegister, int]] = MappingProxyType({
+    name: (StatusRegister.ROOM_OPENINGS if i < 4 else StatusRegister.ARM_OPENINGS,
+           OPENING_COUNTER_BITS * (i % 4))
+    for i, name in enumerate(INTERLOCK_INPUTS)
+})
+#: The PLC program holds every opening of an interlock input visible on the
+#: wire for at least this long (pulse stretching), so several host polls see
+#: it even when they are late. A PLC guarantee the host does not rely on alone:
+#: the opening counters catch what a late poll still misses.
+MIN_OPEN_VISIBLE_S = 0.05
 #: The inclusive range the register map documents for each status register.
 #: The driver reports raw values and never clamps them; what a value outside
 #: its range means is decided in safety.interlocks.judge_plc.
@@ -90,7 +115,15 @@ REGISTER_RANGES: Mapping[StatusRegister, tuple[int, int]] = MappingProxyType({
     StatusRegister.DETECTOR_POSITION: (0, POSITION_FULL_SCALE),
     StatusRegister.OUTPUT_ECHO: (0, (1 << len(COILS)) - 1),  # bits 4..15 reserved, read 0
     StatusRegister.MAP_VERSION: (REGISTER_MAP_VERSION, REGISTER_MAP_VERSION),
+    StatusRegister.ROOM_OPENINGS: (0, 0xFFFF),  # four 4-bit counters
+    StatusRegister.ARM_OPENINGS: (0, 0xFF),  # two 4-bit counters; bits 8..15 reserved, read 0
 })
+
+
+def opening_count(registers: tuple[int, ...] | list[int], name: str) -> int:
+    """The raw 4-bit opening counter of interlock input `name` in a status block."""
+    reg, shift = OPENING_COUNTERS[name]
+    return registers[reg] >> shift & OPENING_COUNTER_MASK
 ARM_POSITION_REGISTERS: Mapping[str, StatusRegister] = MappingProxyType(
     dict(zip(ARMS, (StatusRegister.KV_SOURCE_POSITION, StatusRegister.DETECTOR_POSITION)))
 )
@@ -140,6 +173,10 @@ class PlcSnapshot:
     read_at: float
     taken_at: float
     registers: tuple[int, ...] | None = None  # the raw status block, StatusRegister order
+    # The raw block of the read before `registers` on the same link (None after a
+    # connect or link fault): comparing the opening counters of the two shows an
+    # opening that closed again between the reads.
+    previous_registers: tuple[int, ...] | None = None
 
     def open_inputs(self) -> tuple[str, ...]:
         return tuple(name for name, state in self.inputs.items() if not state.closed)
@@ -149,6 +186,9 @@ class PlcSnapshot:
 
 
 Listener = Callable[[PlcSnapshot], None]
+#: (previous block or None, block) -> a value that changes when what the block
+#: means changes; see RoomPlcClient.set_change_key.
+ChangeKey = Callable[[tuple[int, ...] | None, tuple[int, ...]], object]
 
 
 @dataclass(slots=True)
@@ -161,6 +201,8 @@ class _Published:
     fault_code: int | None = None
     output_word: int | None = None
     inputs: dict[str, InputState] = field(default_factory=dict)
+    openings: tuple[int, ...] | None = None  # the opening counter registers
+    block_key: object = None  # the change key of the block (see set_change_key)
 
 
 def _check_config(host: str, port: int, poll_interval_s: float, idle_poll_interval_s: float,
@@ -235,6 +277,10 @@ class RoomPlcClient:
 
         # Raw view of the last good read; fail-safe state is derived from it.
         self._regs: list[int] | None = None
+        self._prev_regs: list[int] | None = None  # the read before, on the same link
+        self._change_key: ChangeKey | None = None
+        self._block_key: object = None
+        self._key_dirty = False
         self._last_counter: int | None = None
         self._fresh_at = -math.inf  # send time of the read that last saw the heartbeat change
         self._read_at = 0.0
@@ -284,6 +330,19 @@ class RoomPlcClient:
 
     def remove_listener(self, listener: Listener) -> None:
         self._listeners.remove(listener)
+
+    def set_change_key(self, key: ChangeKey | None) -> None:
+        """Also tell listeners whenever `key(previous block, block)` changes.
+
+        The driver itself publishes changes of the inputs, link, fault code,
+        output echo and opening counters. What else in the block matters (a
+        register leaving its documented range, an arm position leaving parked)
+        is the caller's judgement: it passes it in as `key`, evaluated only
+        when the block (heartbeat aside) differs from the read before, so an
+        idle PLC costs nothing and a travelling arm one call per change.
+        """
+        self._change_key = key
+        self._key_dirty = True
 
     def snapshot(self) -> PlcSnapshot:
         """Current picture, fail-safe even if the event loop was late to notice staleness.
@@ -449,7 +508,16 @@ class RoomPlcClient:
             self._failures = 0  # a healthy link again: the next outage backs off from the start
             self._arm_watchdog()
         self._last_counter = counter
+        prev = self._prev_regs = self._regs
         self._regs = regs
+        key = self._change_key
+        if key is not None:
+            changed = prev is None or _without_heartbeat(prev) != _without_heartbeat(regs)
+            if changed or self._key_dirty:
+                # Re-evaluated on the read after a change too: the key of a pair of
+                # reads (opening counters) goes back once both reads agree again.
+                self._block_key = key(tuple(prev) if prev is not None else None, tuple(regs))
+            self._key_dirty = changed
         self._read_at = recv
         self._refresh(recv)
         if self._fresh_waiters:
@@ -468,6 +536,9 @@ class RoomPlcClient:
         self._fresh_at = -math.inf
         self._last_counter = None
         self._regs = None
+        self._prev_regs = None
+        self._block_key = None
+        self._key_dirty = True
         self._refresh(time.monotonic())
 
     def _link_state(self, now: float) -> tuple[bool, str]:
@@ -489,12 +560,19 @@ class RoomPlcClient:
         status_word = regs[StatusRegister.STATUS_BITS] if regs else None
         fault_code = regs[StatusRegister.FAULT_CODE] if regs else None
         output_word = regs[StatusRegister.OUTPUT_ECHO] if regs else None
+        openings = (
+            (regs[StatusRegister.ROOM_OPENINGS], regs[StatusRegister.ARM_OPENINGS])
+            if regs else None
+        )
+        block_key = self._block_key if regs else None
         pub = self._published
         if (
             link_ok == pub.link_ok
             and status_word == pub.status_word
             and fault_code == pub.fault_code
             and output_word == pub.output_word
+            and openings == pub.openings
+            and block_key == pub.block_key
             and (link_ok or reason == pub.link_reason)
         ):
             return
@@ -506,7 +584,8 @@ class RoomPlcClient:
             closed = bool(word >> bit & 1)
             if inputs[name].closed != closed:
                 inputs[name] = InputState(closed, now)
-        self._published = _Published(link_ok, reason, status_word, fault_code, output_word, inputs)
+        self._published = _Published(link_ok, reason, status_word, fault_code, output_word, inputs,
+                                     openings, block_key)
         self._notify(self._build_snapshot(now))
 
     def _build_snapshot(self, now: float) -> PlcSnapshot:
@@ -542,6 +621,10 @@ class RoomPlcClient:
             read_at=self._read_at,
             taken_at=now,
             registers=tuple(regs) if regs is not None else None,
+            previous_registers=(
+                tuple(self._prev_regs) if regs is not None and self._prev_regs is not None
+                else None
+            ),
         )
 
     def _notify(self, snap: PlcSnapshot) -> None:
@@ -588,6 +671,10 @@ class RoomPlcClient:
         if rr.isError():
             code = getattr(rr, "exception_code", "?")
             raise PlcWriteError(f"room PLC refused {what}: Modbus exception code {code}")
+
+
+def _without_heartbeat(regs: list[int]) -> list[int]:
+    return regs[:StatusRegister.HEARTBEAT] + regs[StatusRegister.HEARTBEAT + 1:]
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -136,6 +136,35 @@ class RegisterValue:
 
 
 @dataclass(frozen=True, slots=True)
+class OpeningCounter:
+    """One input's PLC opening counter in two consecutive reads (docs/protocols/room-plc.md).
+
+    The PLC counts every opening of the input, modulo `modulus`; a different
+    count than in the read before means the input opened since then, even if
+    it reads closed again now (an opening shorter than the host's poll).
+    """
+
+    name: str  # the input, as in PlcReading.interlocks ("door_closed", ...)
+    register: int
+    previous: int | None  # None: no read before this one on the link, nothing to compare
+    current: int
+    modulus: int = 16
+
+    def openings(self) -> int:
+        """Openings counted between the two reads (0 when there is no previous read)."""
+        if self.previous is None:
+            return 0
+        return (self.current - self.previous) % self.modulus
+
+    def opened_text(self) -> str:
+        return (
+            f"{open_text(self.name)} for a moment: opened {self.openings()} time(s) since the "
+            f"previous {PLC_SOURCE} read (opening counter in register {self.register}: "
+            f"{self.previous} -> {self.current})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ArmReading:
     """One imager arm as the PLC reports it; `position` counts from 0 (parked) to `high`."""
 
@@ -143,6 +172,7 @@ class ArmReading:
     parked_switch_closed: bool
     moving: bool
     position: RegisterValue | None  # None: not read (link down)
+    parked_openings: OpeningCounter | None = None  # the parked switch's opening counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +189,9 @@ class PlcReading:
     arms: tuple[ArmReading, ...]
     fault_code: RegisterValue | None  # None: not read (link down)
     registers: tuple[RegisterValue, ...]  # the rest of the block (status word, echo, ...)
+    # Opening counters of the interlocks proper and of hold-to-run (the arms'
+    # parked switches: ArmReading.parked_openings).
+    openings: tuple[OpeningCounter, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +220,10 @@ def judge_plc(reading: PlcReading, now: float, max_age_s: float) -> PlcVerdict:
       an arm position out of range makes that arm not parked, any other register
       out of range means nothing in the block is vouched for (the PLC is confused);
     - an arm whose parked switch reads closed while its position is far from
-      parked is not parked (one of the two sensors is wrong).
+      parked is not parked (one of the two sensors is wrong);
+    - an input whose opening counter changed since the previous read opened in
+      between, however briefly: an interlock is then a stop condition, hold-to-run
+      reads released, an arm's parked switch reads not parked, for this reading.
     """
     if not reading.link_ok:
         reason = f"{PLC_SOURCE}: {reading.link_reason}"
@@ -218,6 +254,15 @@ def judge_plc(reading: PlcReading, now: float, max_age_s: float) -> PlcVerdict:
         source=PLC_SOURCE,
     )
     stops.extend(open_interlocks(snap, now, max_age_s))
+    enable_opened = False
+    if vouched:
+        for counter in reading.openings:
+            if not counter.openings():
+                continue
+            if counter.name == MOTION_ENABLE_PRESSED:
+                enable_opened = True
+            else:
+                stops.append(counter.opened_text())
     source_reasons, elapsed = _source_reasons(snap, now, max_age_s)
     fresh = not source_reasons and reading.read_age_s + elapsed <= max_age_s
     trusted = vouched and fresh
@@ -229,13 +274,16 @@ def judge_plc(reading: PlcReading, now: float, max_age_s: float) -> PlcVerdict:
         arm_reason = _arm_not_parked(arm)
         if arm_reason is not None:
             arm_reasons.append(arm_reason)
+        elif vouched and arm.parked_openings is not None and arm.parked_openings.openings():
+            arm_reasons.append(f"imager {arm.name} arm not parked: "
+                               + arm.parked_openings.opened_text())
         if arm.position is not None and not arm.position.in_range():
             stops.append(arm.position.out_of_range_text())
     if not reading.arms:
         arm_reasons.append(f"no imager arms in the {PLC_SOURCE} reading")
     return PlcVerdict(
         open_interlocks=tuple(stops),
-        motion_enable_pressed=trusted and reading.motion_enable_pressed,
+        motion_enable_pressed=trusted and reading.motion_enable_pressed and not enable_opened,
         imager_arms_parked=not arm_reasons,
         imager_arms_moving=not trusted or any(arm.moving for arm in reading.arms),
         arm_reasons=tuple(arm_reasons),

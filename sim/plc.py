@@ -8,6 +8,10 @@ connections, delayed answers, Modbus exception answers, fault codes).
 Input changes take effect on the wire immediately (not at the next PLC
 cycle) and are timestamped in `input_changes`, so a benchmark can measure
 "input changed on the PLC" to "STOP arrived at the couch" from one clock.
+Like a real safety PLC program it makes short openings visible to the host
+(docs/protocols/room-plc.md, "Short openings"): every opening of an interlock
+input stays open on the wire for at least `min_open_s` (pulse stretching),
+and is counted in the opening counters (registers 7-8).
 
 Standalone, for service engineers: `python -m sim.plc [--port N]` prints
 `host:port` and accepts commands on stdin (`help` lists them).
@@ -33,7 +37,10 @@ from drivers.plc import (
     COILS,
     DEFAULT_DEVICE_ID,
     INTERLOCK_INPUTS,
+    MIN_OPEN_VISIBLE_S,
     MOVING_BITS,
+    OPENING_COUNTER_MASK,
+    OPENING_COUNTERS,
     POSITION_FULL_SCALE,
     REGISTER_MAP_VERSION,
     STATUS_BITS,
@@ -66,6 +73,7 @@ class SimRoomPlc:
         cycle_s: float = 0.01,
         arm_travel_s: float = 1.0,
         device_id: int = DEFAULT_DEVICE_ID,
+        min_open_s: float = MIN_OPEN_VISIBLE_S,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"simulated PLC port {port} is out of range 0..65535")
@@ -73,7 +81,12 @@ class SimRoomPlc:
             raise ValueError(f"simulated PLC cycle {cycle_s} s is out of range 0.001..1 s")
         if arm_travel_s <= 0:
             raise ValueError(f"imager arm travel time {arm_travel_s} s must be > 0 s")
+        if not 0.0 <= min_open_s <= 1.0:
+            raise ValueError(f"minimum visible opening {min_open_s} s is out of range 0..1 s")
         self.host = host
+        #: Pulse stretching: an opening stays visible on the wire at least this long
+        #: (0 turns it off, to prove the opening counters alone in tests).
+        self.min_open_s = min_open_s
         self._requested_port = port
         self.port = port
         self.cycle_s = cycle_s
@@ -87,6 +100,11 @@ class SimRoomPlc:
         self._bits["imager_kv_source_parked"] = True
         self._bits["imager_detector_parked"] = True
         self._forced: dict[str, bool] = {}  # stuck arm sensors
+        # Pulse stretching: the input as the room sets it, while the wire still
+        # shows it open (name -> closed), and when each input last opened on the wire.
+        self._held_open: dict[str, bool] = {}
+        self._opened_at: dict[str, float] = {}
+        self.openings: dict[str, int] = {name: 0 for name in INTERLOCK_INPUTS}
         self._coils: dict[str, bool] = {name: False for name in COILS}
         self._arms = {arm: _Arm() for arm in ARMS}
         self.heartbeat = 0
@@ -174,9 +192,12 @@ class SimRoomPlc:
         self._update_arm_bits()
 
     def input(self, name: str) -> bool:
+        """The input as the wire shows it (an opening held by pulse stretching reads open)."""
+        self._release_stretched(time.monotonic())
         return self._bits[name]
 
     def inputs(self) -> dict[str, bool]:
+        self._release_stretched(time.monotonic())
         return dict(self._bits)
 
     def press_motion_enable(self) -> None:
@@ -305,12 +326,41 @@ class SimRoomPlc:
 
     # ------------------------------------------------------------ internals
     def _set_bit(self, name: str, value: bool) -> None:
+        now = time.monotonic()
+        self._release_stretched(now)  # keeps input_changes in time order
+        if name in self.openings:
+            if (value and not self._bits[name]
+                    and now < self._opened_at.get(name, -1.0) + self.min_open_s):
+                self._held_open[name] = True  # closes on the wire when the hold ends
+                return
+            # Counted as the wire shows it: opening again while still held open
+            # is the same visible opening.
+            self._held_open.pop(name, None)
+            if not value and self._bits[name]:
+                self._opened_at[name] = now
+                self.openings[name] = (self.openings[name] + 1) & OPENING_COUNTER_MASK
         if self._bits[name] != value:
             self._bits[name] = value
-            self.input_changes.append((time.monotonic(), name, value))
+            self.input_changes.append((now, name, value))
+
+    def _release_stretched(self, now: float) -> None:
+        """Close on the wire the inputs that closed while their opening was held."""
+        for name in [n for n in self._held_open if now >= self._opened_at[n] + self.min_open_s]:
+            del self._held_open[name]
+            self._bits[name] = True
+            # Visible from the moment the hold ended: every read from then on shows it.
+            self.input_changes.append((self._opened_at[name] + self.min_open_s, name, True))
 
     def status_word(self) -> int:
+        self._release_stretched(time.monotonic())
         return sum(1 << i for i, name in enumerate(STATUS_BITS) if self._bits[name])
+
+    def opening_registers(self) -> dict[int, int]:
+        """Registers 7-8: each interlock input's 4-bit opening counter."""
+        regs = {int(StatusRegister.ROOM_OPENINGS): 0, int(StatusRegister.ARM_OPENINGS): 0}
+        for name, (reg, shift) in OPENING_COUNTERS.items():
+            regs[int(reg)] |= self.openings[name] << shift
+        return regs
 
     def _output_word(self) -> int:
         return sum(1 << i for i, name in enumerate(COILS) if self._coils[name])
@@ -325,6 +375,8 @@ class SimRoomPlc:
             block[reg] = round(self._arms[arm].position * POSITION_FULL_SCALE)
         block[StatusRegister.OUTPUT_ECHO] = self._output_word()
         block[StatusRegister.MAP_VERSION] = REGISTER_MAP_VERSION
+        for address, value in self.opening_registers().items():
+            block[address] = value
         for address, value in self._raw_registers.items():
             block[address] = value
         return block
@@ -373,6 +425,7 @@ class SimRoomPlc:
                 next_at = now  # fell behind (loaded machine): skip, do not burst
             if not self._heartbeat_frozen:
                 self.heartbeat = (self.heartbeat + 1) & 0xFFFF
+            self._release_stretched(time.monotonic())
             self._drive_arms(now - last)
             last = now
 

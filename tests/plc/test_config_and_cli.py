@@ -82,4 +82,4 @@ def test_standalone_simulator_forces_and_releases_a_raw_register() -> None:
         proc.kill()
     assert out.splitlines()[0] == "ok"
     assert "forced registers: 3=65535" in out
-    assert out.splitlines()[-2:] == ["ok", "error: PLC status register 9 is out of range 0..6"]
+    assert out.splitlines()[-2:] == ["ok", "error: PLC status register 9 is out of range 0..8"]

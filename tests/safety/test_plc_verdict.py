@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from safety.interlocks import (
     ArmReading,
+    OpeningCounter,
     PlcReading,
     RegisterValue,
     judge_plc,
@@ -184,3 +185,67 @@ def test_motion_is_possible_only_when_every_raw_value_is_documented_and_consiste
     assert couch_may_move == (
         fault == 0 and word <= 255 and echo <= 15 and all(switches) and kv <= 20 and det <= 20
     )
+
+
+# -------------------------------------------------- short openings (opening counters)
+# An opening shorter than the host poll is seen only as a changed opening counter
+# between two reads (docs/protocols/room-plc.md, "Short openings").
+
+
+def counter(name: str, previous: int | None, current: int, register: int = 7) -> OpeningCounter:
+    return OpeningCounter(name, register, previous, current)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("door_closed", "door open"),
+    ("estop_chain_ok", "emergency stop chain broken"),
+    ("collision_pads_clear", "collision pad pressed"),
+])
+def test_interlock_opened_since_the_previous_read_is_a_stop_condition_though_closed_now(
+        name: str, text: str) -> None:
+    v = judge_plc(reading(openings=(counter(name, 3, 4),)), NOW, MAX_AGE)
+    assert v.open_interlocks == (
+        (f"{text} for a moment: opened 1 time(s) since the previous room PLC read "
+        "(opening counter in register 7: 3 -> 4)"),)
+
+
+def test_opening_counter_wrapping_from_15_to_0_counts_as_one_opening() -> None:
+    v = judge_plc(reading(openings=(counter("door_closed", 15, 0),)), NOW, MAX_AGE)
+    assert "opened 1 time(s)" in v.open_interlocks[0]
+
+
+def test_unchanged_opening_counters_open_nothing() -> None:
+    v = judge_plc(reading(openings=(counter("door_closed", 9, 9),
+                                    counter("motion_enable_pressed", 2, 2))), NOW, MAX_AGE)
+    assert (v.open_interlocks, v.motion_enable_pressed) == ((), True)
+
+
+def test_opening_counter_without_a_previous_read_opens_nothing() -> None:
+    # The first read on a link: nothing to compare (the heartbeat must be seen
+    # changing before anything reads closed anyway).
+    v = judge_plc(reading(openings=(counter("door_closed", None, 5),)), NOW, MAX_AGE)
+    assert v.open_interlocks == ()
+
+
+def test_motion_enable_released_since_the_previous_read_reads_released() -> None:
+    v = judge_plc(reading(openings=(counter("motion_enable_pressed", 0, 1),)), NOW, MAX_AGE)
+    assert not v.motion_enable_pressed
+    assert v.open_interlocks == ()  # hold-to-run, not an interlock: released before a move is fine
+
+
+def test_arm_parked_switch_opened_since_the_previous_read_is_not_parked() -> None:
+    kv = ArmReading("kv_source", True, False, position(3),
+                    counter("imager_kv_source_parked", 4, 5, register=8))
+    v = judge_plc(reading(arms=(kv, ArmReading("detector", True, False, position(4)))),
+                  NOW, MAX_AGE)
+    assert not v.imager_arms_parked
+    assert v.arm_reasons[0].startswith("imager kv_source arm not parked: "
+                                       "imager_kv_source_parked open for a moment")
+
+
+def test_opening_counter_register_out_of_range_stops_and_vouches_for_nothing() -> None:
+    regs = (*reading().registers, RegisterValue(8, 0x0100, 0, 0xFF))
+    v = judge_plc(reading(registers=regs), NOW, MAX_AGE)
+    assert v.open_interlocks == (
+        "room PLC value out of range: register 8 = 256, documented 0..255",)
+    assert not v.motion_enable_pressed and not v.imager_arms_parked and v.imager_arms_moving
