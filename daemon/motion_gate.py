@@ -6,6 +6,16 @@ that. Each motion is authorised by the pure rule in `safety.motion` against a
 fresh snapshot of the room taken at the moment of sending, and once more just
 before GO, because time passes while the controller echoes the target.
 
+Couch moved since imaging (issue 11, item 2): a correction is relative to the
+couch pose at imaging, so the gate reads the couch afresh before TARGET and
+refuses (before TARGET, and again before GO) when the couch is no longer where
+it was imaged: it may have been jogged in service mode or pushed by hand
+between imaging and confirmation.
+
+Uncommanded motion (issue 11, item 4): `on_motion_sent` is called just before
+a GO or JOG is written, so the room can tell motion it commanded (still
+running, or winding down after a STOP) from motion nobody commanded.
+
 Apply-once (R-IDEMP): the move is claimed in the persistent store *before*
 any byte is sent, so a crash between claim and GO can never lead to a second
 GO for the same confirmation after restart.
@@ -19,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from drivers.couch import CouchRefused
 from safety.motion import MotionDecision, MotionRequest, authorize_motion
 from safety.pose import AXES, UNITS, Pose
 
@@ -31,12 +42,16 @@ ECHO_TOLERANCE = 0.002
 
 
 class MotionRefused(Exception):
-    def __init__(self, reasons: list[str]) -> None:
+    def __init__(self, reasons: list[str], *, go_unanswered: bool = False) -> None:
         super().__init__("; ".join(reasons))
         self.reasons = reasons
+        # GO was written and neither ACKed nor NAKed (timeout, link lost): the couch
+        # may be moving. The caller must treat it as a fault, not a refusal.
+        self.go_unanswered = go_unanswered
 
 
 class CouchMotion(Protocol):
+    async def status(self) -> Any: ...
     async def send_target(self, pose: Pose, validity_ms: int) -> Any: ...
     async def go(self, echo_id: int) -> None: ...
     async def jog(self, axis: str, velocity: float, duration_ms: int) -> None: ...
@@ -57,6 +72,10 @@ class ConfirmationTicket:
     target: Pose
     confirmed_at_mono: float
     deadline_mono: float
+    couch_at_imaging: Pose | None = None  # the correction is relative to it
+    # A GO of this correction already went out (the move was interrupted): the couch
+    # may be part of the way from couch_at_imaging to the target.
+    resumes_interrupted: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,7 @@ class StartedMove:
     echo_id: int
     target: Pose
     started_mono: float
+    start: Pose | None = None  # couch pose reported just before GO
 
 
 SnapshotFn = Callable[[str], dict[str, Any]]
@@ -83,8 +103,18 @@ class MotionGate:
         model: Any,
         target_validity_ms: int,
         arms: ArmsMotion | None = None,
+        imaging_tolerance_mm: float = 0.5,
+        imaging_tolerance_deg: float = 0.2,
+        on_motion_sent: Callable[[], None] | None = None,
     ) -> None:
         self._couch = couch
+        self._imaging_tol = (imaging_tolerance_mm, imaging_tolerance_deg)
+        self._on_motion_sent = on_motion_sent
+        # From the moment GO is written until move_couch returns: the controller
+        # reports the move (IDLE as the echo is used, then MOVING) before its ACK
+        # arrives; `in_flight` is (start, target) for the plausibility check.
+        self.go_in_flight = False
+        self.in_flight: tuple[Pose, Pose] | None = None
         self._arms = arms
         self._store = store
         self._audit = audit
@@ -94,6 +124,10 @@ class MotionGate:
 
     def _authorize(self, kind: str, ticket: ConfirmationTicket | None, target: Pose | None,
                    already_executed: bool = False) -> MotionDecision:
+        return authorize_motion(self._request(kind, ticket, target, already_executed))
+
+    def _request(self, kind: str, ticket: ConfirmationTicket | None, target: Pose | None,
+                 already_executed: bool = False) -> MotionRequest:
         facts = self._snapshot(kind)
         req = MotionRequest(
             kind=kind,
@@ -111,8 +145,16 @@ class MotionGate:
             imager_moving=facts["imager_moving"],
             hold_to_run_fresh=facts["hold_to_run_fresh"],
             model=self._model,
+            couch_at_imaging=ticket.couch_at_imaging if ticket else None,
+            imaging_path_end=ticket.target if ticket and ticket.resumes_interrupted else None,
+            imaging_tolerance_mm=self._imaging_tol[0],
+            imaging_tolerance_deg=self._imaging_tol[1],
         )
-        return authorize_motion(req)
+        return req
+
+    def _motion_sent(self) -> None:
+        if self._on_motion_sent is not None:
+            self._on_motion_sent()
 
     def _refuse(self, what: str, ticket: ConfirmationTicket | None, reasons: list[str]) -> None:
         self._audit("motion_refused", ticket.user if ticket else "system", what=what,
@@ -121,6 +163,19 @@ class MotionGate:
 
     async def move_couch(self, ticket: ConfirmationTicket) -> StartedMove:
         """TARGET -> echo check -> re-authorise -> GO. Returns once GO was accepted."""
+        try:
+            return await self._move_couch(ticket)
+        finally:
+            self.go_in_flight = False
+            self.in_flight = None
+
+    async def _move_couch(self, ticket: ConfirmationTicket) -> StartedMove:
+        # Where the couch is now, read afresh: an idle controller pushes no status, so
+        # the last one may predate a jog or a push by hand. Nothing is sent yet.
+        try:
+            await self._couch.status()
+        except Exception as exc:  # noqa: BLE001 - any failure: the pose is unknown, no motion
+            self._refuse("couch_move", ticket, [f"current couch pose could not be read: {exc}"])
         decision = self._authorize("couch_move", ticket, ticket.target)
         if not decision.allowed:
             self._refuse("couch_move", ticket, decision.reasons)
@@ -128,11 +183,12 @@ class MotionGate:
         if not self._store.claim_move(ticket.confirmation_id, ticket.proposal_id,
                                       ticket.target.as_dict()):
             self._refuse("couch_move", ticket,
-                         [f"confirmation {ticket.confirmation_id} was already executed; "
-                          "a confirmed correction applies at most once"])
+                         [(f"confirmation {ticket.confirmation_id} was already executed; "
+                           "a confirmed correction applies at most once")])
         self._audit("command", ticket.user, command="couch_target",
                     confirmation_id=ticket.confirmation_id, proposal_id=ticket.proposal_id,
                     target=ticket.target.as_dict(), validity_ms=self._validity_ms)
+        go_written = False
         try:
             echo = await self._couch.send_target(ticket.target, self._validity_ms)
             mismatch = [
@@ -144,9 +200,15 @@ class MotionGate:
             if mismatch:
                 raise MotionRefused(["controller echo differs from the confirmed target: "
                                      + ", ".join(mismatch)])
-            decision = self._authorize("couch_move", ticket, ticket.target)
+            req = self._request("couch_move", ticket, ticket.target)
+            decision = authorize_motion(req)
             if not decision.allowed:
                 raise MotionRefused(decision.reasons)
+            start = req.current
+            if start is not None:
+                self.in_flight = (start, ticket.target)
+            self.go_in_flight = go_written = True
+            self._motion_sent()
             await self._couch.go(echo.echo_id)
         except MotionRefused as exc:
             self._store.finish_move(ticket.confirmation_id, "failed", {"reasons": exc.reasons})
@@ -158,10 +220,12 @@ class MotionGate:
             self._store.finish_move(ticket.confirmation_id, "failed", {"error": str(exc)})
             self._audit("fault", ticket.user, what="couch_move", error=str(exc),
                         confirmation_id=ticket.confirmation_id)
-            raise MotionRefused([f"couch did not accept the move: {exc}"]) from exc
+            raise MotionRefused([f"couch did not accept the move: {exc}"],
+                                go_unanswered=go_written and not isinstance(exc, CouchRefused)
+                                ) from exc
         self._store.finish_move(ticket.confirmation_id, "sent", {"echo_id": echo.echo_id})
         started = StartedMove(ticket.confirmation_id, ticket.proposal_id, echo.echo_id,
-                              ticket.target, time.monotonic())
+                              ticket.target, time.monotonic(), start)
         self._audit("motion", ticket.user, motion="couch_go", echo_id=echo.echo_id,
                     confirmation_id=ticket.confirmation_id, target=ticket.target.as_dict())
         return started
@@ -174,6 +238,7 @@ class MotionGate:
             self._refuse("couch_jog", None, decision.reasons)
         self._audit("motion", user, motion="couch_jog", axis=axis, velocity=velocity,
                     duration_ms=duration_ms)
+        self._motion_sent()
         await self._couch.jog(axis, velocity, duration_ms)
 
     async def move_arms(self, user: str, extend: bool) -> None:

@@ -46,8 +46,10 @@ from safety.beam_hold import BeamHoldPolicy
 from safety.correction import plan_correction
 from safety.couch_model import CouchModel
 from safety.geometry import parse_patient_position
+from safety.plausibility import PlausibilityLimits, PoseReport, implausible_reasons
 from safety.policy import Verdict, VerdictPolicy
 from safety.pose import AXES, ROTATION_AXES, UNITS, Pose
+from safety.travel import couch_moved_reasons
 
 log = logging.getLogger("igrt.room")
 
@@ -55,6 +57,20 @@ S = RoomState
 
 # Room states in which the couch controller may legitimately report MOVING.
 _MAY_MOVE = frozenset({S.MOVING, S.CONFIRMED, S.SERVICE})
+# A status reporting the couch at rest counts as "settled" only when no GO is in
+# flight (the controller reports IDLE as a GO uses its echo, then MOVING, before
+# the ACK) and it arrived this long after igrtd last wrote GO or JOG: one made
+# before the controller acted on a command must not make the motion that follows
+# look uncommanded. While not settled outside motion, igrtd asks for a status
+# every _SETTLE_PROBE_S (an idle controller pushes none).
+_SETTLE_GRACE_S = 0.02
+_SETTLE_PROBE_S = 0.1
+_UPTIME_MOD = 1 << 32  # the controller's uptime is a 32-bit millisecond counter
+
+
+def _newer(a: int, b: int) -> bool:
+    """Controller uptime a is later than b (wrap-aware)."""
+    return 0 < (a - b) % _UPTIME_MOD < _UPTIME_MOD // 2
 
 # Which roles may issue which command: one table for every front end.
 PERMISSIONS = ALLOWED_ROLES
@@ -221,6 +237,20 @@ class RoomService:
         self._last_interlocks: dict[str, Any] = {}
         self._tripping = False
         self._restop_at = 0.0
+        # Uncommanded motion (issue 11, item 4): True once the couch was seen at rest
+        # after igrtd's last GO or JOG (and after any motion it reported); a GO or JOG
+        # written clears it. Controller uptimes order the reports (replies can be late).
+        self._couch_settled = False
+        self._motion_sent_mono = 0.0
+        self._rest_uptime: int | None = None
+        self._moving_uptime: int | None = None
+        # Proposals under which a GO may have gone out: resuming one after an
+        # interruption starts part of the way to the target (safety.travel).
+        self._moved_under: set[str] = set()
+        self._probe_at = 0.0
+        # Position plausibility during a move (issue 11, item 5): the previous report.
+        self._last_report: PoseReport | None = None
+        self.plausibility = self._plausibility_limits(config)
         self._state_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._wake = asyncio.Event()
@@ -235,7 +265,26 @@ class RoomService:
         self.gate = MotionGate(
             couch, store, self.audit, self._motion_facts, model=self.model,
             target_validity_ms=config.motion.target_validity_ms, arms=arms,
+            imaging_tolerance_mm=config.binding.couch_moved_tolerance_mm,
+            imaging_tolerance_deg=config.binding.couch_moved_tolerance_deg,
+            on_motion_sent=self._motion_commanded,
         )
+
+    def _plausibility_limits(self, config: RoomConfig) -> PlausibilityLimits:
+        m = config.motion
+        speeds = dict(self.model.max_speed or {})
+        for axis in AXES:
+            speeds.setdefault(axis, m.plausible_speed_deg_s if axis in ROTATION_AXES
+                              else m.plausible_speed_mm_s)
+        # A status may arrive this late (a delayed reply) and still be used.
+        delay = config.couch.reply_timeout_s + config.couch.link_timeout_s
+        return PlausibilityLimits(speeds, m.plausibility_margin_mm, m.plausibility_margin_deg,
+                                  m.path_tolerance_mm, m.path_tolerance_deg, delay)
+
+    def _motion_commanded(self) -> None:
+        """The MotionGate is about to write GO or JOG: motion from here on is ours."""
+        self._couch_settled = False
+        self._motion_sent_mono = time.monotonic()
 
     # ------------------------------------------------------------------ audit
     def audit(self, event: str, actor: str, **details: Any) -> None:
@@ -545,6 +594,15 @@ class RoomService:
         refusals = self._binding_refusals(req)
         uid = req.binding.imaging_session_uid
         rec = self.session.imaging.get(uid)
+        # Where the couch is now: the couch travels from here, whatever the imaging
+        # pose says (issue 11, item 2). Read afresh: an idle couch pushes no status.
+        try:
+            current = (await self.couch.status()).pose
+        except Exception as exc:  # noqa: BLE001 - no pose, no proposal
+            raise self._refuse(actor, "propose",
+                               f"current couch pose could not be read: {exc}") from None
+        tol_mm = self.config.binding.couch_moved_tolerance_mm
+        tol_deg = self.config.binding.couch_moved_tolerance_deg
         if req.couch_at_imaging is not None:
             try:
                 p_img = Pose.from_dict(req.couch_at_imaging)
@@ -553,16 +611,24 @@ class RoomService:
             if rec is not None and any(abs(p_img.get(a) - rec.couch.get(a)) > 0.05 for a in AXES):
                 refusals.append(f"couch pose at imaging in the registration ({p_img}) differs "
                                 f"from the pose recorded for {uid} ({rec.couch})")
+            if rec is None:
+                # igrtd did not see this imaging: the only pose it can vouch for is now.
+                refusals.extend(couch_moved_reasons(
+                    p_img, current, tol_mm, tol_deg,
+                    what=f"couch_at_imaging of imaging session {uid}, which igrtd did not "
+                         "record, differs from the current couch pose"))
         elif rec is not None:
             p_img = rec.couch
         else:
             # No pose recorded for this imaging session: read the couch now and bind it.
             await self.record_imaging(actor, ImagingRequest(imaging_session_uid=uid))
             p_img = self.session.imaging[uid].couch
+        if rec is not None or req.couch_at_imaging is None:
+            refusals.extend(couch_moved_reasons(p_img, current, tol_mm, tol_deg))
         axes = frozenset(req.axes) if req.axes else frozenset(AXES)
         try:
             plan = plan_correction(req.matrix, req.iso, req.patient_position, p_img, self.model,
-                                   self.policy, axes, extra_refusals=refusals)
+                                   self.policy, axes, extra_refusals=refusals, current=current)
         except ValueError as exc:
             raise self._refuse(actor, "propose", str(exc)) from None
         self._supersede_current("new proposal")
@@ -579,8 +645,9 @@ class RoomService:
         self.store.save_proposal(pid, p.record())
         self.audit("proposal", actor.user, proposal_id=pid, verdict=plan.verdict.value,
                    reasons=plan.reasons, target=plan.target.as_dict(), delta=plan.delta.as_dict(),
-                   couch_at_imaging=p_img.as_dict(), binding=req.binding.model_dump(),
-                   via=actor.via)
+                   couch_at_imaging=p_img.as_dict(), couch_now=current.as_dict(),
+                   travel=plan.travel.as_dict() if plan.travel else None,
+                   binding=req.binding.model_dump(), via=actor.via)
         if plan.verdict is Verdict.WITHIN_TOLERANCE:
             self.last_result = {"proposal_id": pid, "outcome": "within_tolerance",
                                 "delta": plan.delta.as_dict()}
@@ -668,20 +735,41 @@ class RoomService:
             self._to(S.PROPOSED, f"confirmation {c.id} expired; confirm again", actor.user)
             raise CommandError(f"confirmation {c.id} expired; confirm again")
         self._hold_mono, self._hold_user, self._hold_via = time.monotonic(), actor.user, actor.via
-        ticket = ConfirmationTicket(c.id, p.id, c.user, p.target, c.at_mono, c.expires_mono)
+        ticket = ConfirmationTicket(c.id, p.id, c.user, p.target, c.at_mono, c.expires_mono,
+                                    couch_at_imaging=p.couch_at_imaging,
+                                    resumes_interrupted=p.id in self._moved_under)
         try:
             started = await self.gate.move_couch(ticket)
         except MotionRefused as exc:
             self._hold_mono = None
             consumed = self.store.move_for_confirmation(c.id) is not None
+            if exc.go_unanswered:
+                # GO went out and was never answered: the couch may be moving. Not a
+                # refusal: STOP and latch, like any loss of control during motion.
+                self._moved_under.add(p.id)
+                self._trip(f"GO not acknowledged by the couch: {exc}", S.FAULT, actor.user,
+                           what="go not acknowledged")
+                raise CommandError(f"move not started: {exc}") from None
             if consumed:
+                self._moved_under.add(p.id)  # TARGET, maybe GO, went out
                 # TARGET (and maybe GO) went out: stop, and the confirmation is spent.
                 self._stop_couch_now()
-                p.status, p.confirmation = "proposed", None
-                self._to(S.PROPOSED, f"move not started: {exc}", actor.user)
+                if self.workflow.state == S.CONFIRMED:
+                    p.status, p.confirmation = "proposed", None
+                    self._to(S.PROPOSED, f"move not started: {exc}", actor.user)
+                # else a trip (STOPPED/FAULT) during the gate's awaits already latched
+                # the room and spent the confirmation: nothing more to change.
             # Refused before anything was sent: nothing to stop, and the confirmation
             # stays valid (a STOP here would make the next GO look like a resumption).
             raise CommandError(f"move not started: {exc}") from None
+        self._moved_under.add(p.id)
+        if self.workflow.state != S.CONFIRMED:
+            # Tripped (interlock, implausible report, ...) while the GO was on its way:
+            # the trip already wrote STOP and spent the confirmation.
+            self._stop_couch_now()
+            self.store.finish_move(c.id, "interrupted", {"reason": self.workflow.reason})
+            raise CommandError(f"move stopped as it started: room is {self.workflow.state} "
+                               f"({self.workflow.reason})")
         p.status = "moving"
         self.active = ActiveMove(started, actor.user)
         self._to(S.MOVING, f"moving to {p.target}", actor.user)
@@ -833,8 +921,9 @@ class RoomService:
         except Exception as exc:
             log.error("could not write STOP: %s", exc)
 
-    def _trip(self, reason: str, new_state: RoomState = S.FAULT, actor: str = "system") -> None:
-        """Stop motion now; then record why and latch the room."""
+    def _trip(self, reason: str, new_state: RoomState = S.FAULT, actor: str = "system",
+              **details: Any) -> None:
+        """Stop motion now; then record why (with `details`) and latch the room."""
         self._stop_couch_now()
         self._hold_mono = None
         if self._tripping:
@@ -855,7 +944,8 @@ class RoomService:
                 p.status, p.confirmation = "proposed", None
             self.audit("fault" if new_state == S.FAULT else "motion_stopped", actor,
                        reason=reason, state=str(self.workflow.state),
-                       confirmation_id=move.started.confirmation_id if move else None)
+                       confirmation_id=move.started.confirmation_id if move else None,
+                       **details)
             if self.workflow.can(new_state):
                 self._to(new_state, reason, actor)
         finally:
@@ -894,7 +984,8 @@ class RoomService:
         if snap is not None:
             view = {"link_ok": snap.link_ok, "link_reason": snap.link_reason,
                     **{n: st.closed for n, st in snap.inputs.items()},
-                    "arms_moving": any(snap.arms_moving.values())}
+                    "arms_moving": any(snap.arms_moving.values()),
+                    "fault_code": snap.fault_code}
             if view != self._last_interlocks:
                 changed = {k: v for k, v in view.items() if self._last_interlocks.get(k) != v}
                 self._last_interlocks = view
@@ -902,22 +993,104 @@ class RoomService:
         self._publish_state()
 
     def _on_couch_event(self, event: Any) -> None:
-        """The controller reports it is executing motion the room does not allow.
+        """Every status the controller sends (pushed or asked for), synchronously.
 
-        STOP is written once, without waiting for its ACK; a frame lost on the
-        line (noise, a silent cable shorter than the controller's watchdog) would
-        otherwise let the move run to its end. CONFIRMED is excluded because the
-        controller reports MOVING just before it ACKs the GO of a starting move.
+        * During a move, a reported pose that is impossible for the commanded
+          motion (too fast for the axis, or away from both start and target)
+          stops the couch and latches FAULT (issue 11, item 5).
+        * Motion reported (MOVING, or axes moving in any state) while the room
+          allows no motion: if igrtd commanded
+          motion that has not been seen at rest since (a move winding down, a STOP
+          lost on the line), STOP is written again on MOVING, at most every 20 ms; if
+          nothing was commanded since the couch was last seen at rest, it is a
+          runaway: STOP, then an audited FAULT that needs a reset (issue 11, item 4).
+        * In CONFIRMED the controller reports MOVING for a GO just written, before
+          it ACKs it; that GO cleared `_couch_settled`, so it is neither stopped
+          nor taken for a runaway. MOVING in CONFIRMED with nothing written is.
         """
-        if getattr(event, "state", None) != "MOVING" or self.workflow.state in _MAY_MOVE:
+        state = getattr(event, "state", None)
+        pose = getattr(event, "pose", None)
+        if state is None or not isinstance(pose, Pose):
+            return  # a link event: supervision handles link loss
+        room = self.workflow.state
+        uptime = int(getattr(event, "uptime_ms", 0))
+        report = PoseReport(pose, uptime, float(getattr(event, "received_at", time.monotonic())))
+        previous, self._last_report = self._last_report, report
+        active = self.active
+        if room == S.MOVING and active is not None:
+            if active.started.start is not None:
+                self._check_plausible(active.started.start, active.started.target, previous,
+                                      report)
+        elif self.gate.in_flight is not None:  # GO written, its ACK not processed yet
+            self._check_plausible(*self.gate.in_flight, previous, report)
+        moving_bits = tuple(getattr(event, "moving", ()))
+        if state != "MOVING" and not any(moving_bits):
+            if state != "STOPPING" and not self.gate.go_in_flight and (
+                    self._moving_uptime is None or _newer(uptime, self._moving_uptime)) and (
+                    time.monotonic() - self._motion_sent_mono > _SETTLE_GRACE_S):
+                self._couch_settled = True
+                self._rest_uptime = uptime
             return
+        if self._rest_uptime is not None and not _newer(uptime, self._rest_uptime):
+            return  # a late reply from before the couch was last seen at rest
+        if self._moving_uptime is None or _newer(uptime, self._moving_uptime):
+            self._moving_uptime = uptime
+        if room in (S.MOVING, S.SERVICE) or self.gate.go_in_flight:
+            return  # motion igrtd is commanding (the gate may not have seen the ACK yet)
+        if self._couch_settled:
+            # Any motion reported (MOVING, or axes moving in STOPPING / FAULT / IDLE)
+            # after the couch was at rest with nothing commanded since: a runaway.
+            self._uncommanded_motion(pose, moving_bits, room)
+            return
+        if state != "MOVING" or room == S.CONFIRMED:
+            return  # commanded motion winding down, or the GO just written starting
         now = time.monotonic()
         if now - self._restop_at < 0.02:  # at most one repeat per status push period
             return
         self._restop_at = now
-        log.warning("couch executing motion while the room is %s: STOP again",
-                    self.workflow.state)
+        log.warning("couch executing motion while the room is %s: STOP again", room)
         self._stop_couch_now()
+
+    def _probe_settled(self) -> None:
+        """Ask the couch for a status while igrtd has not seen it at rest since its last
+        motion command, so that a runaway afterwards is recognised as one."""
+        now = time.monotonic()
+        if (self._couch_settled or self.gate.go_in_flight or now - self._probe_at < _SETTLE_PROBE_S
+                or self.workflow.state in (S.MOVING, S.SERVICE) or not self._couch_link_ok()):
+            return
+        self._probe_at = now
+
+        async def probe() -> None:
+            with contextlib.suppress(Exception):  # a failed read is tried again later
+                await self.couch.status()
+
+        self._spawn(probe())
+
+    def _uncommanded_motion(self, pose: Pose, moving: tuple[bool, ...], room: RoomState) -> None:
+        """The couch moves and nothing was commanded: STOP, audit, latch FAULT."""
+        self._stop_couch_now()
+        self._restop_at = time.monotonic()
+        # The STOP is now the motion in progress: repeats of this episode only
+        # re-STOP; a new runaway after the couch was seen at rest is audited anew.
+        self._couch_settled = False
+        axes = [a for a, m in zip(AXES, moving) if m]
+        log.error("uncommanded couch motion (%s) while the room is %s: STOP, FAULT",
+                  ", ".join(axes) or "MOVING reported", room)
+        self._trip(f"uncommanded couch motion ({', '.join(axes) or 'controller reports MOVING'}) "
+                   f"while the room was {room}", S.FAULT, what="uncommanded motion",
+                   pose=pose.as_dict(), moving_axes=axes, room_state=str(room))
+
+    def _check_plausible(self, start: Pose, target: Pose, previous: PoseReport | None,
+                         report: PoseReport) -> None:
+        reasons = implausible_reasons(start, target, previous, report, self.plausibility)
+        if not reasons:
+            return
+        self._stop_couch_now()
+        log.error("implausible couch position during motion: %s", "; ".join(reasons))
+        self._trip("implausible couch position during motion: " + "; ".join(reasons),
+                   S.FAULT, what="implausible position", pose=report.pose.as_dict(),
+                   previous_pose=previous.pose.as_dict() if previous else None,
+                   start=start.as_dict(), target=target.as_dict(), details=reasons)
 
     def _check_plc_during_motion(self) -> bool:
         """Trip on anything the PLC reports that forbids motion; True if it tripped."""
@@ -968,6 +1141,7 @@ class RoomService:
                         self._to(S.OFFLINE, "couch link lost")
                 elif self.workflow.state == S.OFFLINE and self._couch_link_ok():
                     self._to(S.STANDBY, "couch link up")
+                self._probe_settled()
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), 0.05)

@@ -16,6 +16,8 @@ STOPPED or FAULT, from which only an explicit reset leads back.
     STANDBY | READY | DONE --enter_service--> SERVICE --exit_service--> STANDBY
     READY | DONE --monitor_start--> MONITORING --monitor_stop--> READY | DONE
     MONITORING --room PLC link lost--> FAULT
+    any state but FAULT --uncommanded couch motion--> FAULT (issue 11: a runaway
+          latches; MOVING --implausible reported position--> FAULT likewise)
 MONITORING is beam-on with intrafraction imaging: no couch or imager-arm
 motion is permitted in it (safety.motion.DEFAULT_MOTION_STATES omits it).
 """

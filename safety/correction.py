@@ -32,6 +32,7 @@ from safety.geometry import (
 )
 from safety.policy import Verdict, VerdictPolicy
 from safety.pose import AXES, Pose
+from safety.travel import evaluate_with_travel
 
 ALL_AXES: frozenset[str] = frozenset(AXES)
 
@@ -53,6 +54,9 @@ class CorrectionPlan:
     residual_iso_mm: dict[str, float]  # room X, Y, Z of the planned-iso anatomy after the move
     verdict: Verdict
     reasons: list[str] = field(default_factory=list)
+    # target minus the current couch pose, when the planner was told where the
+    # couch is now (the daemon always does; `igrtctl plan` has no couch to ask).
+    travel: Pose | None = None
 
     @property
     def refused(self) -> bool:
@@ -119,11 +123,14 @@ def plan_correction(
     policy: VerdictPolicy,
     axes: Iterable[str] = ALL_AXES,
     extra_refusals: Sequence[str] = (),
+    current: Pose | None = None,
 ) -> CorrectionPlan:
     """Plan the couch move for a registration. Raises ValueError for unusable input.
 
     `extra_refusals` carries refusals decided elsewhere (stale or mismatched
     registration); they force a refused verdict but the target is still computed.
+    `current`, the couch pose now: the verdict tiers are then applied to the
+    travel from it as well, and the stricter verdict wins (safety.travel).
     """
     enabled = frozenset(axes)
     unknown = sorted(enabled - ALL_AXES)
@@ -136,6 +143,8 @@ def plan_correction(
     if iso_v.shape != (3,) or not np.isfinite(iso_v).all():
         raise ValueError("isocentre must be 3 finite numbers in mm")
     _check_pose_finite(couch_at_imaging, "couch pose at imaging:")
+    if current is not None:
+        _check_pose_finite(current, "current couch pose:")
     m = orientation_matrix(patient_position)
     c = np.asarray(model.pivot, dtype=float)
     p_img = couch_at_imaging
@@ -180,14 +189,16 @@ def plan_correction(
     delta = target.minus(p_img)
     violations = model.check_pose(target)
     translations_disabled = not enabled >= {"lat", "long", "vert"}
-    verdict, reasons = policy.evaluate(
-        delta,
-        residual_rotation,
-        violations,
-        extra_refusals,
-        residual_iso=residual_iso_d if translations_disabled else None,
-    )
-    return CorrectionPlan(target, delta, residual_rotation, residual_iso_d, verdict, reasons)
+    iso_note = residual_iso_d if translations_disabled else None
+    if current is None:
+        verdict, reasons = policy.evaluate(
+            delta, residual_rotation, violations, extra_refusals, residual_iso=iso_note)
+        return CorrectionPlan(target, delta, residual_rotation, residual_iso_d, verdict, reasons)
+    travel = target.minus(current)
+    verdict, reasons = evaluate_with_travel(
+        policy, delta, travel, residual_rotation, violations, extra_refusals, iso_note)
+    return CorrectionPlan(target, delta, residual_rotation, residual_iso_d, verdict, reasons,
+                          travel)
 
 
 __all__ = [

@@ -15,6 +15,10 @@ Rules:
   confirmation; a confirmation that was already executed never moves
   anything again (a correction applies once);
 * the hold-to-run enable is fresh;
+* a correction move given the couch pose at imaging: the couch is still
+  there (within `imaging_tolerance_mm` / `_deg`), because the correction is
+  relative to that pose and the couch may have been jogged or pushed since
+  (issue 11, item 2);
 * the couch never moves while an imager arm is not parked or is moving;
   an imager arm never moves while the couch moves.
 """
@@ -29,6 +33,7 @@ from typing import Literal
 
 from safety.couch_model import CouchModel
 from safety.pose import AXES, Pose
+from safety.travel import couch_moved_reasons
 
 MotionKind = Literal["couch_move", "couch_jog", "imager_arm"]
 KINDS: frozenset[str] = frozenset({"couch_move", "couch_jog", "imager_arm"})
@@ -72,6 +77,13 @@ class MotionRequest:
     imager_moving: bool
     hold_to_run_fresh: bool
     model: CouchModel
+    # Where the couch was when the registered image was taken (correction moves).
+    couch_at_imaging: Pose | None = None
+    imaging_tolerance_mm: float = 0.5
+    imaging_tolerance_deg: float = 0.2
+    # Resuming an interrupted move of the same correction: the couch may also be
+    # anywhere between couch_at_imaging and this pose (its target).
+    imaging_path_end: Pose | None = None
     permitted_states: Mapping[str, frozenset[str]] = field(
         default_factory=lambda: DEFAULT_MOTION_STATES
     )
@@ -104,6 +116,11 @@ def authorize_motion(req: MotionRequest) -> MotionDecision:
 
     if couch:
         reasons.extend(_couch_target_reasons(req, target_required=correction))
+    if correction and req.couch_at_imaging is not None and req.current is not None:
+        # (An unknown current pose is already refused above.)
+        reasons.extend(couch_moved_reasons(
+            req.couch_at_imaging, req.current, req.imaging_tolerance_mm,
+            req.imaging_tolerance_deg, toward=req.imaging_path_end))
 
     if req.deadline is None:
         if correction:

@@ -122,6 +122,8 @@ class _Injections:
     overshoot_mm: float = 0.0
     echo_offset_mm: float = 0.0
     stalled: dict[int, bool] = field(default_factory=dict)  # axis -> detect
+    runaway: set[int] = field(default_factory=set)  # axes moving on their own
+    pose_jump: dict[int, float] = field(default_factory=dict)  # axis -> delta, next report
 
 
 def _clamp32(x: float) -> int:
@@ -213,6 +215,7 @@ class SimCouchController:
         self._tick_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._was_moving = False
+        self._last_tick_at = 0.0
         self._state_listeners: list[Callable[[str], None]] = []
 
     # ------------------------------------------------------------ lifecycle
@@ -364,15 +367,48 @@ class SimCouchController:
         """Later echoes (and so GO) name lat + mm instead of the requested lat."""
         self._inj.echo_offset_mm = mm
 
+    def inject_runaway(self, axis: str, speed: float) -> None:
+        """The controller starts moving `axis` on its own at `speed` (mm/s or deg/s,
+        signed) and reports MOVING, with nothing commanded: a controller bug, not a
+        broken drive, so STOP (or the controller's own faults) still stops it. It
+        runs until then, or until the axis reaches its travel limit."""
+        i = AXES.index(axis)
+        if not math.isfinite(speed) or speed == 0:
+            raise ValueError(f"runaway speed {speed!r} must be a finite non-zero number")
+        ax = self._axes[i]
+        self._inj.runaway.add(i)
+        ax.mode = "jog"
+        ax.jog_v = speed
+        ax.jog_until = math.inf
+        ax.stall_since = None
+        # Not an executed command (nothing was received): the motion_log records it.
+        log.info("injected runaway: %s at %g", axis, speed)
+        if self._state != cp.CtrlState.FAULT:
+            self._set_state(cp.CtrlState.MOVING)
+
+    def inject_pose_jump(self, axis: str, delta: float) -> None:
+        """The reported pose has `axis` off by `delta` (mm or deg), as a faulty encoder
+        would read, once: in every STATUS made until and including the next pushed one
+        (so the jump reaches the host within one push period even while replies are
+        delayed). The true pose is unchanged."""
+        i = AXES.index(axis)
+        if not math.isfinite(delta):
+            raise ValueError(f"pose jump {delta!r} must be a finite number")
+        self._inj.pose_jump[i] = self._inj.pose_jump.get(i, 0.0) + delta
+
     def force_fault(self, code: str = "internal") -> None:
         """Drive the controller into FAULT with the named code."""
         self._fault(cp.FaultCode[code.upper()], 0, time.monotonic())
 
     def clear_injections(self) -> None:
+        runaway = self._inj.runaway
         self._inj = _Injections()
-        for ax in self._axes:
+        for i, ax in enumerate(self._axes):
             ax.stalled = False
             ax.stall_since = None
+            if i in runaway and ax.mode == "jog" and math.isinf(ax.jog_until):
+                # The runaway ends: the axis decelerates as at the end of a jog.
+                ax.mode, ax.decel = "stopping", ax.amax
 
     # ------------------------------------------------------------ I/O
 
@@ -441,6 +477,7 @@ class SimCouchController:
 
     def _push_status(self, now: float) -> None:
         self._send(cp.encode(cp.UNSOLICITED_SEQ, self._status_msg(now)), is_reply=False)
+        self._inj.pose_jump = {}  # an injected jump lasts until it was pushed once
         self._next_push = now + self.status_push_s
 
     # ------------------------------------------------------------ protocol
@@ -659,11 +696,14 @@ class SimCouchController:
     def _status_msg(self, now: float) -> cp.Status:
         moving = 0
         positions = []
+        jump = self._inj.pose_jump
+        lag = max(0.0, now - self._last_tick_at)
         for i, ax in enumerate(self._axes):
             if ax.mode != "idle":
                 moving |= 1 << i
             sigma = self.noise_deg if ax.name in ROTATION_AXES else self.noise_mm
-            noisy = ax.pos + (self._rng.gauss(0.0, sigma) if sigma > 0 else 0.0)
+            noisy = (self._pose_at(ax, lag) + jump.get(i, 0.0)
+                     + (self._rng.gauss(0.0, sigma) if sigma > 0 else 0.0))
             positions.append(_clamp32(noisy * cp.AXIS_SCALE[i]))
         echo = self._echo
         remaining = 0 if echo is None else max(0, min(0xFFFF, round((echo.expires_at - now) * 1000)))
@@ -683,6 +723,36 @@ class SimCouchController:
 
     # ------------------------------------------------------------ physics
 
+    @staticmethod
+    def _pose_at(ax: _Axis, lag: float) -> float:
+        """The axis position a physics tick made now would give (nothing is changed).
+
+        A real controller samples positions when it builds a STATUS; the simulator
+        integrates motion in ticks that come late when the machine is loaded, and a
+        late tick moves the axis by a whole stall's worth at once. Without this, a
+        status made just before a late tick and one made just after it would show
+        the couch leaping, which the host's plausibility check rightly calls
+        impossible. Mirrors `_step_axis`, so the next tick agrees with the report.
+        """
+        if ax.mode == "idle" or lag <= 0 or (ax.stalled and ax.mode in ("position", "jog")):
+            return ax.pos
+        if ax.mode == "position":
+            d = ax.target - ax.pos
+            if abs(d) < 1e-9:
+                return ax.pos
+            v_des = math.copysign(min(ax.vmax, math.sqrt(2.0 * ax.amax * abs(d))), d)
+            dv = ax.amax * lag
+            step = min(max(v_des, ax.vel - dv), ax.vel + dv) * lag
+            return ax.target if abs(step) >= abs(d) else ax.pos + step
+        if ax.mode == "jog":
+            dv = ax.amax * lag
+            v = min(max(ax.jog_v, ax.vel - dv), ax.vel + dv)
+            return min(max(ax.pos + v * lag, ax.lo), ax.hi)
+        dv = ax.decel * lag  # stopping
+        if abs(ax.vel) <= dv:
+            return ax.pos
+        return ax.pos + (ax.vel - math.copysign(dv, ax.vel)) * lag
+
     async def _tick_loop(self) -> None:
         last = time.monotonic()
         while True:
@@ -692,6 +762,7 @@ class SimCouchController:
             last = now
 
     def _tick(self, now: float, dt: float) -> None:
+        self._last_tick_at = now
         if (self._partial_since is not None
                 and now - self._partial_since > self.partial_frame_timeout_s):
             # A frame that stopped half way is given up so the next one is seen.
