@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MODE ?= 3d
 
-.PHONY: setup system-packages demo test bench lint clean
+.PHONY: setup system-packages demo test campaign bench lint clean fuzz
 
 setup: $(STAMP) system-packages
 
@@ -34,6 +34,22 @@ demo: setup
 test: setup
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
+
+# Long fuzzing run (docs/fuzzing.md): hypothesis with the "fuzz" profile, then
+# atheris per target for FUZZ_SECONDS each when installed (pip install -e '.[fuzz]').
+# Failing inputs are written to tests/fuzz/corpus/<target>/ and replayed by `make test`.
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	@$(PY) -c 'import atheris' 2>/dev/null || $(PY) -m pip install --quiet 'atheris>=2.3' || \
+	  echo "warning: atheris does not install here; hypothesis fuzzing only"
+	IGRT_FUZZ_PROFILE=fuzz IGRT_FUZZ_SAVE_CORPUS=1 $(PY) -m pytest -p no:cacheprovider \
+	  --timeout=0 tests/fuzz; \
+	  rc=$$?; $(PY) tests/fuzz/atheris/run_all.py --seconds $(FUZZ_SECONDS) || rc=1; exit $$rc
+
+# The fault campaign at 10,000 scenarios (`make test` runs 1,000), IGRT_CAMPAIGN_ROOMS rooms side by side.
+campaign: setup
+	IGRT_CAMPAIGN_SCENARIOS=$${IGRT_CAMPAIGN_SCENARIOS:-10000} IGRT_CAMPAIGN_ROOMS=$${IGRT_CAMPAIGN_ROOMS:-2} \
+	  $(PY) -m pytest -p no:cacheprovider -s tests/campaign/test_fault_campaign.py
 
 bench: setup
 	$(PY) -m bench.run --out bench/results.json
