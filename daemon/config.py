@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from daemon.api import Role
+from daemon.errors import printable
 from safety.strict_json import JsonInputError
 from safety.strict_json import loads as strict_loads
 
@@ -511,29 +512,24 @@ def _check_policy(data: dict[str, Any]) -> None:
         raise _Located(*problems)
 
 
-def _printable(text: str) -> str:
-    """One printable line: a key or value from the file may hold control characters."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def parse_config(text: str | bytes, path: Path = Path("<config>")) -> RoomConfig:
     """The validated configuration, or ConfigError listing every problem found."""
     try:
         data = strict_loads(text, max_depth=CONFIG_MAX_DEPTH, max_bytes=CONFIG_MAX_BYTES)
     except JsonInputError as exc:
-        raise ConfigError(path, [_printable(f"not a valid configuration file: {exc}")]) from None
+        raise ConfigError(path, [printable(f"not a valid configuration file: {exc}")]) from None
     if not isinstance(data, dict):
         raise ConfigError(path, ["(top level): expected a JSON object"])
     try:
         return RoomConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [_printable(f"{w}: {' '.join(m.split())}") for w, m in _nested_problems(exc)]
+        problems = [printable(f"{w}: {' '.join(m.split())}") for w, m in _nested_problems(exc)]
         raise ConfigError(path, problems) from None
     # A validator of a nested model (KvGeometry, BeamHoldPolicy, CouchModel) failing
     # other than with ValueError is still a refused file, never a traceback at start.
     except Exception as exc:  # noqa: BLE001
         detail = " ".join(str(exc).split())[:200]
-        raise ConfigError(path, [_printable(f"(top level): cannot validate: "
+        raise ConfigError(path, [printable(f"(top level): cannot validate: "
                                             f"{type(exc).__name__}: {detail}")]) from None
 
 

@@ -64,6 +64,7 @@ from daemon.console.tokens import (
     sign_command,
 )
 from daemon.console.users import RegistryError, UserRegistry
+from daemon.errors import first_problem
 from safety import strict_json
 
 log = logging.getLogger("igrt.control")
@@ -83,13 +84,6 @@ STOPPING: Final = frozenset({"stop", "release"})
 # and how this connection is seen. Needs no user.
 WHOAMI: Final = "whoami"
 SIGNED_REPLY_TO: Final = "local"
-
-
-def _one_line(exc: ValidationError) -> str:
-    e = exc.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"]) or "request"
-    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{loc}: {e['msg']}{more}"
 
 
 def _refusal(error: str, code: str) -> dict[str, Any]:
@@ -249,7 +243,7 @@ class LocalFrontEnd:
         except CommandError as exc:
             return _refusal(exc.reason, exc.code)
         except ValidationError as exc:
-            return _refusal(_one_line(exc), "bad_request")
+            return _refusal(first_problem(exc, "request"), "bad_request")
         return {"ok": True, "result": result}
 
     def _whoami(self, peer: Peer) -> dict[str, Any]:

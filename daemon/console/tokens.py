@@ -32,6 +32,7 @@ from daemon.api import CommandName
 from daemon.console import roles
 from daemon.console.schemas import ARGS_MODELS, CONSOLE_ID_PATTERN, CommandClaims
 from daemon.console.users import RegisteredUser
+from daemon.errors import first_problem
 from safety import strict_json
 
 # A command is a flat object with one level of args (a proposal's matrix is the
@@ -296,9 +297,8 @@ class CommandVerifier:
         try:
             claims = CommandClaims.model_validate(body)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(x) for x in first["loc"]) or "claims"
-            raise CommandRejected("malformed", f"claims: {where}: {first['msg']}", **ctx) from None
+            raise CommandRejected("malformed", f"claims: {first_problem(exc, 'claims')}",
+                                  **ctx) from None
         if claims.aud != self.room:
             raise CommandRejected(
                 "wrong_room", f"command is for room {claims.aud!r}, this is room {self.room!r}", **ctx
@@ -319,10 +319,8 @@ class CommandVerifier:
         try:
             args = args_model.model_validate(claims.args)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(x) for x in first["loc"]) or "args"
             raise CommandRejected(
-                "bad_args", f"{claims.cmd} args: {where}: {first['msg']}", **ctx
+                "bad_args", f"{claims.cmd} args: {first_problem(exc, 'args')}", **ctx
             ) from None
         # Last, so only a command that would otherwise be accepted uses up its jti.
         try:

@@ -22,6 +22,7 @@ from joserfc.jwk import OKPKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from daemon.api import Role
+from daemon.errors import first_problem
 from safety import strict_json
 
 USER_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
@@ -130,11 +131,7 @@ def read_registry_file(path: str | Path) -> RegistryFile:
     except strict_json.JsonInputError as exc:
         raise RegistryError(f"invalid user registry {p}: {exc}") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "file"
-        raise RegistryError(
-            f"invalid user registry {p}: {where}: {first['msg']} ({exc.error_count()} error(s))"
-        ) from None
+        raise RegistryError(f"invalid user registry {p}: {first_problem(exc, 'file')}") from None
 
 
 def _write_atomically(path: Path, data: RegistryFile) -> None:
@@ -183,9 +180,7 @@ def add_user(
     try:
         entry = UserEntry.model_validate({"user": user, "role": role, "public_key": public_jwk})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise RegistryError(f"invalid user entry: {where}: {first['msg']}") from None
+        raise RegistryError(f"invalid user entry: {first_problem(exc, 'entry')}") from None
     others = [u for u in data.users if u.user != user]
     if len(others) != len(data.users) and not replace:
         raise RegistryError(f"user {user!r} already exists in {p} (use --replace)")

@@ -500,14 +500,16 @@ register = st.one_of(st.integers(0, 0xFFFF),
 
 @st.composite
 def plc_status_blocks(draw: st.DrawFn) -> list[int]:
-    """Status blocks (holding registers 0..6): a healthy block with fields replaced."""
+    """Status blocks (holding registers 0..8): a healthy block with fields replaced."""
     block = safe_block(draw(st.integers(0, 0xFFFF)))
     for _ in range(draw(st.integers(1, 4))):
-        field = draw(st.integers(0, 6))
+        field = draw(st.integers(0, len(block) - 1))
         if field == 0:
             block[0] = draw(st.one_of(st.integers(0, 0xFF), register))
         elif field == 6:
-            block[6] = draw(st.sampled_from([1, 1, 1, 0, 2, 0xFFFF]))
+            version = block[6]
+            block[6] = draw(st.sampled_from([version, version, version, 0, version - 1,
+                                             version + 1, 0xFFFF]))
         else:
             block[field] = draw(register)
     return block

@@ -622,7 +622,16 @@ def check_mutated_frame(frame: bytes, offset: int, value: int) -> None:
 
 # ----------------------------------------------------------------- PLC registers
 
-STATUS_BLOCK = 7
+def _map() -> tuple[int, int]:
+    from drivers.plc import REGISTER_MAP_VERSION, STATUS_BLOCK_COUNT
+
+    return STATUS_BLOCK_COUNT, REGISTER_MAP_VERSION
+
+
+# The register map the driver speaks (docs/protocols/room-plc.md): the status
+# block's length and map version come from the driver, so a map change cannot
+# leave this target fuzzing blocks that are all link faults.
+STATUS_BLOCK, MAP_VERSION = _map()
 
 
 @dataclass(frozen=True)
@@ -665,8 +674,9 @@ class _FakeModbus:
 
 
 def safe_block(heartbeat: int = 1) -> list[int]:
-    """A status block of a healthy room: every interlock closed, arms parked, no fault."""
-    return [0b00111111, heartbeat, 0, 0, 0, 0, 1]
+    """A status block of a healthy room: every interlock closed, arms parked, no fault,
+    no opening counted."""
+    return [0b00111111, heartbeat, 0, 0, 0, 0, MAP_VERSION, 0, 0]
 
 
 async def _judge(regs: list[int]) -> PlcJudgement:
@@ -706,12 +716,12 @@ def check_plc_registers(regs: list[int]) -> None:
     register map: fault code 0, arm positions within 0..1000.
     """
     if len(regs) != STATUS_BLOCK or not all(0 <= r <= 0xFFFF for r in regs):
-        raise ValueError("a status block is 7 registers of 0..65535")
+        raise ValueError(f"a status block is {STATUS_BLOCK} registers of 0..65535")
     try:
         j = judge_registers(regs)
     except Exception as exc:  # any other type is the finding
         raise _unexpected("PLC status decode", exc) from exc
-    if regs[6] != 1 and j.link_ok:
+    if regs[6] != MAP_VERSION and j.link_ok:
         raise FuzzFailure(f"map version {regs[6]} read as a healthy link")
     for arm, reg in (("kv_source", regs[3]), ("detector", regs[4])):
         pct = j.positions.get(arm)
@@ -721,6 +731,11 @@ def check_plc_registers(regs: list[int]) -> None:
         return
     if regs[2] != 0:
         raise FuzzFailure(f"fault code {regs[2]} judged safe for motion")
+    # The block before it counted no opening: any counted opening since then
+    # means an interlock opened between the two reads.
+    if regs[7] != 0 or regs[8] != 0:
+        raise FuzzFailure(f"opening counters {regs[7]:#06x}/{regs[8]:#06x} changed since the "
+                          "previous read, yet judged safe for motion")
     for arm, reg in (("kv_source", regs[3]), ("detector", regs[4])):
         if reg > 1000:
             raise FuzzFailure(f"{arm} position register {reg} (range 0..1000) judged safe")
@@ -735,7 +750,8 @@ def check_plc_reserved_bits(regs: list[int]) -> None:
 
 
 def plc_from_bytes(data: bytes) -> list[int]:
-    """Corpus files hold a JSON list of 7 registers; raw bytes are read as 7 big-endian words."""
+    """Corpus files hold a JSON list of the status block's registers; raw bytes are read as
+    big-endian words."""
     try:
         regs = json.loads(data)
         if isinstance(regs, list) and len(regs) == STATUS_BLOCK:

@@ -117,8 +117,9 @@ def test_couch_frame_with_one_byte_changed_is_never_accepted(
 
 @fuzz_settings(2.0)
 @given(s.plc_status_blocks())
-@example([0b00111111, 7, 0, 0xFFFF, 0, 0, 1])
-@example([0b00111111, 7, 5, 0, 0, 0, 1])
+@example([0b00111111, 7, 0, 0xFFFF, 0, 0, 2, 0, 0])
+@example([0b00111111, 7, 5, 0, 0, 0, 2, 0, 0])
+@example([0b00111111, 7, 0, 0, 0, 0, 2, 0x0100, 0])
 def test_plc_status_block_is_judged_consistent_or_unsafe_never_clamped(regs: list[int]) -> None:
     run_target("plc_registers", regs)
 
