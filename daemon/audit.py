@@ -36,6 +36,8 @@ from pathlib import Path, PurePath
 from types import TracebackType
 from typing import Any, Self
 
+from safety import strict_json
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -45,6 +47,8 @@ HEAD_FILE = "audit.head.json"
 LOCK_FILE = ".lock"
 # Evidence kept from a torn final line (a record is ~300 bytes).
 MAX_DISCARDED_EVIDENCE = 64 * 1024
+# One record is a few hundred bytes; a line far beyond this was not written by igrtd.
+AUDIT_LINE_MAX_BYTES = 4 << 20
 _FIELDS = ("v", "seq", "ts", "time", "event", "actor", "details", "prev_hash", "hash")
 
 
@@ -168,27 +172,19 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
 def parse_line(line: bytes) -> AuditRecord:
     """Parse and self-check one stored line (without its newline).
 
     Raises ValueError naming what is wrong; checks the record's own hash but
     not its link to the previous record.
     """
+    # A stored line is outside input to `audit verify` (the file may have been
+    # edited): read strictly, so a deep, duplicated or non-finite line is a bad
+    # record, never a crash of the verifier.
     try:
-        obj = json.loads(line.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys)
-    except UnicodeDecodeError:
-        raise ValueError("not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        obj = strict_json.loads(line, max_bytes=AUDIT_LINE_MAX_BYTES)
+    except strict_json.JsonInputError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")  # noqa: TRY004 - one error type for "bad line"
     if set(obj) != set(_FIELDS):
@@ -460,7 +456,8 @@ def verify(directory: Path) -> VerifyResult:
 
 def _read_head_anchor(directory: Path) -> tuple[int, str] | None:
     try:
-        obj = json.loads((directory / HEAD_FILE).read_text(encoding="utf-8"))
+        obj = strict_json.loads((directory / HEAD_FILE).read_bytes(), max_depth=4,
+                                max_bytes=4096)
         return int(obj["seq"]), str(obj["hash"])
     except FileNotFoundError:
         return None

@@ -102,6 +102,26 @@ def test_duplicated_json_key_is_rejected(log_dir: Path) -> None:
     assert result.first_bad == 2 and "duplicate key" in result.problem
 
 
+def test_a_line_nested_100000_deep_is_a_bad_record_not_a_crash(log_dir: Path) -> None:
+    seg = only_segment(log_dir)
+    lines = seg.read_bytes().splitlines(keepends=True)
+    lines[3] = b'{"details":' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    seg.write_bytes(b"".join(lines))
+    result = verify(log_dir)
+    assert result.first_bad == 4 and "nesting depth" in result.problem
+
+
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"1e400"])
+def test_a_non_finite_number_in_a_record_is_rejected(log_dir: Path, constant: bytes) -> None:
+    seg = only_segment(log_dir)
+    lines = seg.read_bytes().splitlines(keepends=True)
+    old = json.loads(lines[2])["ts"]
+    lines[2] = lines[2].replace(f'"ts":{old!r}'.encode(), b'"ts":' + constant)
+    seg.write_bytes(b"".join(lines))
+    result = verify(log_dir)
+    assert result.first_bad == 3 and "number" in result.problem
+
+
 def test_whitespace_only_reformatting_is_not_tampering(log_dir: Path) -> None:
     seg = only_segment(log_dir)
     lines = seg.read_bytes().splitlines()
