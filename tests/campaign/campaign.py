@@ -333,11 +333,42 @@ class Campaign:
             time.sleep(d)
 
 
-def audit_fault_times(directory: Path, since: float) -> list[float]:
-    """UNIX times of igrtd's `fault` audit records (read once, after the run)."""
-    from daemon.audit import read_records
+class AuditFaultTail:
+    """igrtd's `fault` audit records, read incrementally: each batch reads only
+    the lines appended since the previous batch. Reading the whole log every
+    batch made `make campaign` quadratic (the log grows to tens of MB)."""
 
-    return [r.ts for r in read_records(directory, since=since, event="fault")]
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.offsets: dict[Path, int] = {}
+        self.times: list[float] = []
+
+    def since(self, t: float) -> list[float]:
+        from daemon.audit import list_segments, parse_line
+
+        for _, path in list_segments(self.directory):
+            start = self.offsets.get(path, 0)
+            with path.open("rb") as f:
+                f.seek(start)
+                data = f.read()
+            end = data.rfind(b"\n") + 1  # only whole lines; a torn one is read next time
+            for raw in data[:end].splitlines():
+                # igrtd writes compact JSON: only these lines can be fault records.
+                if b'"event":"fault"' in raw:
+                    rec = parse_line(raw)
+                    if rec.event == "fault":
+                        self.times.append(rec.ts)
+            self.offsets[path] = start + end
+        return [x for x in self.times if x >= t]
+
+
+_FAULT_TAILS: dict[Path, AuditFaultTail] = {}
+
+
+def audit_fault_times(directory: Path, since: float) -> list[float]:
+    """UNIX times of igrtd's `fault` audit records at or after `since`."""
+    tail = _FAULT_TAILS.setdefault(directory, AuditFaultTail(directory))
+    return tail.since(since)
 
 
 def run_campaign(rig: Rig, n: int, seed: int) -> CampaignResult:
