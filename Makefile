@@ -31,7 +31,8 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m sim.demo --mode $(MODE) --out out/demo
 
-test: setup
+# lint (ruff + mypy) first: a finding fails `make test` like a failing test.
+test: setup lint
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 

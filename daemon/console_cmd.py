@@ -25,6 +25,14 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from daemon.cli_workflow import (
+    UsageError,
+    add_workflow_commands,
+    print_result,
+    progress_line,
+    propose_args,
+    triple,
+)
 from daemon.console.client import (
     BrokerUnavailable,
     CommandRefused,
@@ -66,8 +74,6 @@ def _broker_parser() -> _Parser:
     ap.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
     ap.add_argument("--json", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    from daemon.cli import add_workflow_commands
-
     add_workflow_commands(sub, stop_reason="console stop")
     return ap
 
@@ -161,15 +167,11 @@ def _client(a: argparse.Namespace) -> ConsoleClient:
 
 
 def _show(result: dict[str, Any], as_json: bool) -> int:
-    from daemon.cli import _print  # same rendering as the local-socket commands
-
-    _print(result, as_json)
+    print_result(result, as_json)  # same rendering as the local-socket commands
     return EXIT_OK
 
 
 async def _run_broker(a: argparse.Namespace) -> int:
-    from daemon import cli
-
     client = _client(a)
     async with client as c:
         match a.cmd:
@@ -191,8 +193,8 @@ async def _run_broker(a: argparse.Namespace) -> int:
                 }), a.json)
             case "propose":
                 try:
-                    args = cli._propose_args(a)
-                except cli.UsageError as exc:
+                    args = propose_args(a)
+                except UsageError as exc:
                     raise _Usage(str(exc)) from None
                 args["iso"] = list(args["iso"])
                 result = await c.propose(args)
@@ -216,18 +218,14 @@ async def _run_broker(a: argparse.Namespace) -> int:
 
 
 def _triple(text: str) -> tuple[float, float, float]:
-    from daemon import cli
-
     try:
-        return cli._triple(text, "--iso")
-    except cli.UsageError as exc:
+        return triple(text, "--iso")
+    except UsageError as exc:
         raise _Usage(str(exc)) from None
 
 
 async def _hold(c: ConsoleClient, proposal_id: str, rate_hz: float) -> int:
     """Interactive hold-to-run: progress on one line; Ctrl-C lets go (release)."""
-    from daemon.cli import _progress_line
-
     if rate_hz < 10.0:
         raise _Usage(f"--rate {rate_hz:g} Hz is below the 10 Hz hold-to-run minimum")
     loop = asyncio.get_running_loop()
@@ -237,7 +235,7 @@ async def _hold(c: ConsoleClient, proposal_id: str, rate_hz: float) -> int:
         nonlocal last_print
         now = loop.time()
         if reply.ok and reply.result and now - last_print > 0.2:
-            sys.stdout.write("\r" + _progress_line(reply.result))
+            sys.stdout.write("\r" + progress_line(reply.result))
             sys.stdout.flush()
             last_print = now
 
@@ -266,7 +264,7 @@ async def _hold(c: ConsoleClient, proposal_id: str, rate_hz: float) -> int:
     state = result.get("state")
     if state == "DONE" or result.get("done"):
         outcome = (result.get("result") or {}).get("outcome", "no move needed")
-        print("\r" + _progress_line(result) + f"\ndone: {outcome}")
+        print("\r" + progress_line(result) + f"\ndone: {outcome}")
         return EXIT_OK
     print(f"\nmove ended in {state}: {result.get('reason')}")
     return EXIT_REFUSED

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from daemon.api import (
-    ArmsRequest,
     Actor,
+    ArmsRequest,
     CommandError,
     ImagingRequest,
     JogRequest,
@@ -344,7 +344,7 @@ class RoomService:
         try:
             status = await self.couch.status()
             pose = status.pose
-        except Exception as exc:  # the couch may simply not be there yet
+        except Exception as exc:  # noqa: BLE001 - the couch may simply not be there yet
             log.warning("couch status at start-up failed: %s", exc)
         self.audit("startup", "system", couch_pose=pose.as_dict() if pose else None,
                    couch_state=status.state if status else None,
@@ -795,7 +795,7 @@ class RoomService:
             self._trip(why, S.STOPPED, actor.user)
         try:
             await self.couch.stop()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - stop must answer; any failure latches FAULT
             self.audit("fault", "system", what="stop acknowledgement", error=str(exc))
             if self.workflow.can(S.FAULT):
                 self._to(S.FAULT, f"stop not acknowledged by couch: {exc}")
@@ -810,7 +810,7 @@ class RoomService:
         try:
             await self.couch.reset()
             await self.couch.status()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any couch failure is a one-line refusal
             raise self._refuse(actor, "reset", f"couch did not reset: {exc}") from None
         self._hold_mono = self._hold_user = None
         self.audit("reset", actor.user, state=str(self.workflow.state))
@@ -834,7 +834,7 @@ class RoomService:
             await self.gate.move_arms(actor.user, req.extend)
         except MotionRefused as exc:
             raise CommandError(f"imager arms not moved: {exc}") from None
-        except Exception as exc:  # PLC write refused or link down: one line, nothing moved
+        except Exception as exc:  # noqa: BLE001 - PLC refused or link down: one line, no move
             raise self._refuse(actor, "arms", f"room PLC did not take the arm command: {exc}") \
                 from None
         return self.snapshot()
@@ -884,7 +884,7 @@ class RoomService:
                                 Pose.from_dict(end))
         except MotionRefused as exc:
             raise CommandError(f"jog refused: {exc}") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any couch failure is a one-line refusal
             raise self._refuse(actor, "jog", f"couch refused the jog: {exc}") from None
         return self._progress()
 
@@ -918,7 +918,7 @@ class RoomService:
     def _stop_couch_now(self) -> None:
         try:
             self.couch.stop_nowait()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the stop path never raises; trip goes on
             log.error("could not write STOP: %s", exc)
 
     def _trip(self, reason: str, new_state: RoomState = S.FAULT, actor: str = "system",
@@ -1161,7 +1161,7 @@ class RoomService:
             active = self.active
             try:
                 status = await self.couch.status()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - supervision must outlive any couch error
                 if self.workflow.state == S.MOVING:
                     self._trip(f"couch status failed during motion: {exc}")
                 continue

@@ -8,8 +8,8 @@ roll (about table-top Y).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 AXES: tuple[str, ...] = ("lat", "long", "vert", "yaw", "pitch", "roll")
 TRANSLATION_AXES: tuple[str, ...] = ("lat", "long", "vert")
@@ -34,13 +34,13 @@ class Pose:
     roll: float = 0.0
 
     @classmethod
-    def from_seq(cls, values: "tuple[float, ...] | list[float]") -> "Pose":
+    def from_seq(cls, values: tuple[float, ...] | list[float]) -> Pose:
         if len(values) != 6:
             raise ValueError(f"a couch pose has 6 axes, got {len(values)} values")
         return cls(*(float(v) for v in values))
 
     @classmethod
-    def from_dict(cls, d: "dict[str, float]") -> "Pose":
+    def from_dict(cls, d: dict[str, float]) -> Pose:
         missing = [a for a in AXES if a not in d]
         if missing:
             raise ValueError(f"couch pose is missing axes: {', '.join(missing)}")
@@ -55,10 +55,10 @@ class Pose:
     def __iter__(self) -> Iterator[float]:
         return iter(self.as_tuple())
 
-    def minus(self, other: "Pose") -> "Pose":
+    def minus(self, other: Pose) -> Pose:
         return Pose(*(a - b for a, b in zip(self.as_tuple(), other.as_tuple())))
 
-    def plus(self, other: "Pose") -> "Pose":
+    def plus(self, other: Pose) -> Pose:
         return Pose(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple())))
 
     def get(self, axis: str) -> float:

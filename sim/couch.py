@@ -20,7 +20,6 @@ prints the device path on stdout and runs until SIGINT/SIGTERM.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import asyncio
 import collections
 import contextlib
@@ -34,6 +33,7 @@ import time
 import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from safety.couch_model import CouchModel
 from safety.pose import Pose
-from sim.demo import (
+from sim.demo_steps import (
     POSITION,
     TOL_MM,
     igrtctl,
@@ -139,7 +139,8 @@ def run_4d(out: Path, seed: int) -> int:
 
 
 def run_monitor(out: Path, seed: int) -> int:
-    from sim.intrafraction import MARKERS_MM, TARGET_MM, demo_scenario, monitor_scenario_via_igrtd
+    from sim.intrafraction import MARKERS_MM, TARGET_MM, demo_scenario
+    from sim.kv_stream import monitor_scenario_via_igrtd
 
     if out.exists():
         shutil.rmtree(out)

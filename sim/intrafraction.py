@@ -16,8 +16,8 @@
 * `run_realtime()`: one scenario in real time against the simulated room PLC
   over Modbus TCP, the monitor in this process; `run_monitor_scenario()` runs
   the demo scenario that way (report.json + deviation plot).
-* `monitor_scenario_via_igrtd()`: the `make demo MODE=monitor` entry point: the
-  same scenario through igrtd as its own process (sim/kv_stream.py).
+* `sim.kv_stream.monitor_scenario_via_igrtd()`: the `make demo MODE=monitor`
+  entry point: the same scenario through igrtd as its own process.
 """
 
 from __future__ import annotations
@@ -605,7 +605,7 @@ def hold_intervals(result: RunResult) -> list[tuple[float, float]]:
     return out
 
 
-def _percentile_ms(values_s: Sequence[float], q: float) -> float | None:
+def percentile_ms(values_s: Sequence[float], q: float) -> float | None:
     a = np.asarray(values_s, dtype=float)
     return round(float(np.percentile(a * 1000.0, q)), 3) if a.size else None
 
@@ -628,8 +628,8 @@ def report(result: RunResult) -> dict[str, Any]:
         "frames_without_estimate": sum(r.deviation_mm is None for r in result.records),
         "estimate_error_mm_max": round(max(errs), 3) if errs else None,
         "estimate_error_mm_mean": round(float(np.mean(errs)), 3) if errs else None,
-        "tracking_estimate_ms_p50": _percentile_ms([x / 1000.0 for x in est], 50),
-        "tracking_estimate_ms_p99": _percentile_ms([x / 1000.0 for x in est], 99),
+        "tracking_estimate_ms_p50": percentile_ms([x / 1000.0 for x in est], 50),
+        "tracking_estimate_ms_p99": percentile_ms([x / 1000.0 for x in est], 99),
         "holds": sum(e.event == "beam_hold" for e in result.events),
         "releases": sum(e.event == "beam_release" for e in result.events),
         "required_holds": c.must_hold,
@@ -639,7 +639,7 @@ def report(result: RunResult) -> dict[str, Any]:
         "unexplained_stale_holds": c.unexplained_stale,
         "hold_latency_ms": [round(x * 1000, 3) for x in c.hold_latencies_s],
         "release_latency_ms": [round(x * 1000, 3) for x in c.release_latencies_s],
-        "monitor_hold_latency_p99_ms": _percentile_ms(c.hold_latencies_s, 99),
+        "monitor_hold_latency_p99_ms": percentile_ms(c.hold_latencies_s, 99),
         "onset_to_hold_ms": [round(x * 1000, 3) for x in c.onset_to_hold_s],
         "hold_intervals_s": [[round(a, 3), round(b, 3)] for a, b in hold_intervals(result)],
         "events": [
@@ -670,7 +670,7 @@ def demo_scenario() -> MotionScenario:
     )
 
 
-def _deviation_png(result: RunResult, out_dir: Path, title: str | None = None) -> Path:
+def deviation_png(result: RunResult, out_dir: Path, title: str | None = None) -> Path:
     from imaging.monitor_plot import deviation_plot
 
     times = [r.t_available - result.t0 for r in result.records]
@@ -689,45 +689,8 @@ async def monitor_scenario(out_dir: Path, seed: int = 0) -> dict[str, Any]:
     result = await run_realtime(demo_scenario(), policy, seed=seed)
     rep = report(result)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rep["plot"] = str(_deviation_png(result, out_dir))
+    rep["plot"] = str(deviation_png(result, out_dir))
     (out_dir / "report.json").write_text(json.dumps(rep, indent=2))
-    return rep
-
-
-LATENCY_TARGET_MS = 100.0
-
-
-def monitor_scenario_via_igrtd(out_dir: Path, seed: int = 0, *, begin: Any = None,
-                               end: Any = None) -> dict[str, Any]:
-    """`make demo MODE=monitor`: the demo scenario through igrtd itself. The
-    simulated imaging system streams 512 x 512 stereo frames to igrtd's imager
-    socket; igrtd holds the beam through the simulated room PLC. Writes
-    report.json and monitor_deviation.png to `out_dir`. `ok` needs no missed,
-    late, spurious or unexplained hold and a hold latency p99 (frame written by
-    the imaging system -> PLC coil set) within LATENCY_TARGET_MS."""
-    from sim.kv_stream import run_through_igrtd
-
-    policy = BeamHoldPolicy()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run = run_through_igrtd(demo_scenario(), policy, out_dir, seed=seed, begin=begin, end=end,
-                            latency_bound_s=LATENCY_TARGET_MS / 1000.0)
-    result = run.result
-    rep = report(result)
-    p50 = _percentile_ms(run.hold_latencies_s, 50)
-    p99 = _percentile_ms(run.hold_latencies_s, 99)
-    rep.update({
-        "via": "igrtd (imager socket -> igrtd -> room PLC over Modbus TCP)",
-        "monitor_hold_latency_via_daemon_ms": [round(x * 1000, 3) for x in run.hold_latencies_s],
-        "monitor_hold_latency_via_daemon_p50_ms": p50,
-        "monitor_hold_latency_via_daemon_p99_ms": p99,
-        "monitor_release_latency_via_daemon_p99_ms": _percentile_ms(run.release_latencies_s, 99),
-        "latency_target_ms": LATENCY_TARGET_MS,
-        "igrtd_summary": run.summary,
-        "igrtd_log": str(run.log_path),
-    })
-    rep["ok"] = bool(result.check.ok and (p99 is None or p99 <= LATENCY_TARGET_MS))
-    rep["plot"] = str(_deviation_png(result, out_dir, "Target deviation during beam-on (igrtd)"))
-    (out_dir / "report.json").write_text(json.dumps(rep, indent=2, default=float))
     return rep
 
 

@@ -17,9 +17,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Self, TypeVar
 
 from safety.pose import Pose
 from sim.identities import demo_users, install_demo_keys
@@ -50,7 +51,7 @@ class SimRoom:
         def _run() -> None:
             try:
                 fut.set_result(fn())
-            except BaseException as exc:  # handed back to the caller's thread
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread by fut.result()
                 fut.set_exception(exc)
 
         self._loop.call_soon_threadsafe(_run)
@@ -59,7 +60,7 @@ class SimRoom:
     def run(self, coro: Awaitable[T], timeout: float = 30.0) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
 
-    def start(self) -> "SimRoom":
+    def start(self) -> Self:
         from sim.couch import SimCouchController
 
         self._thread.start()
@@ -80,10 +81,10 @@ class SimRoom:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "SimRoom":
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *_: Any) -> None:
+    def __exit__(self, *_: object) -> None:
         self.stop()
 
     @property
@@ -118,17 +119,16 @@ class DaemonProcess:
     def socket_path(self) -> Path:
         return Path(self.config.get("socket_path") or self.state_dir / "igrtd.sock")
 
-    def start(self, timeout: float = 20.0) -> "DaemonProcess":
+    def start(self, timeout: float = 20.0) -> DaemonProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config, indent=2))
         if self.socket_path.exists():
             self.socket_path.unlink()
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.main", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "daemon.main", "--config", str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

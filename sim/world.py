@@ -68,7 +68,7 @@ class PatientWorld:
 
     @classmethod
     def with_setup_error(cls, iso: Vec3, patient_position: str, pivot: Vec3,
-                         correct_pose: Pose) -> "PatientWorld":
+                         correct_pose: Pose) -> PatientWorld:
         """The patient lies so that `correct_pose` is the couch pose that treats it
         exactly; a couch at any other pose carries a set-up error."""
         m = orientation_matrix(patient_position)

@@ -36,6 +36,22 @@ def daemon(room: SimRoom, tmp_path: Path) -> Iterator[DaemonProcess]:
     d.stop()
 
 
+# A room with the PLC on Modbus TCP, and igrtd connected to both (interlock and
+# imager-arm tests share them).
+@pytest.fixture
+def plc_room() -> Iterator[SimRoom]:
+    with SimRoom(with_plc=True, couch_kwargs={"seed": 5}) as r:
+        yield r
+
+
+@pytest.fixture
+def plc_daemon(plc_room: SimRoom, tmp_path: Path) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(plc_room.room_config(tmp_path / "state"), tmp_path / "state",
+                      tmp_path / "igrtd.log").start()
+    yield d
+    d.stop()
+
+
 class Console:
     """A therapist's console on the local socket, with hold-to-run in a thread.
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
+from support.mosquitto import running_mosquitto
 
 from daemon.console.client import CommandRefused, ConsoleClient, ConsoleTimeout
 from daemon.console.keys import generate_keypair
@@ -17,7 +19,6 @@ from safety.couch_model import CouchModel
 from safety.pose import Pose
 from sim.room import DEMO_USERS, DaemonProcess, SimRoom
 from sim.world import PatientWorld
-from support.mosquitto import running_mosquitto
 
 from .conftest import FOR, ISO, PATIENT, PLAN, Console, executed
 

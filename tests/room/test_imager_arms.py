@@ -8,7 +8,7 @@ import time
 from sim.room import DaemonProcess, SimRoom
 
 from .conftest import Console, executed
-from .test_interlocks import MOVE, _plc, _start_move, plc_daemon, plc_room  # noqa: F401
+from .test_interlocks import MOVE, _plc, _start_move
 
 
 def _wait(pred, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]

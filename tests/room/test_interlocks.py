@@ -4,8 +4,9 @@ does not resume when they close again."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -15,20 +16,6 @@ from sim.room import DaemonProcess, SimRoom
 from .conftest import Console, executed
 
 MOVE = Pose(20.0, 15.0, -10.0, 0.0, 0.0, 0.0)
-
-
-@pytest.fixture
-def plc_room() -> Iterator[SimRoom]:
-    with SimRoom(with_plc=True, couch_kwargs={"seed": 5}) as r:
-        yield r
-
-
-@pytest.fixture
-def plc_daemon(plc_room: SimRoom, tmp_path: Path) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(plc_room.room_config(tmp_path / "state"), tmp_path / "state",
-                      tmp_path / "igrtd.log").start()
-    yield d
-    d.stop()
 
 
 def _plc(room: SimRoom, fn: Callable[[Any], Any]) -> Any:
