@@ -29,6 +29,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -178,7 +179,9 @@ class Igrtd:
         assert self.pid is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.socket.exists():
+            # The socket file of the igrtd just killed is still there until the new
+            # one replaces it: ready means a connection is accepted, not a file.
+            if self.socket.exists() and _accepts(self.socket):
                 return
             if self.cold is not None and self.cold.proc is not None:
                 dead = self.cold.proc.poll() is not None
@@ -463,6 +466,15 @@ def check_after_restart(d: Igrtd, room: SimRoom, audit_dir: Path, db: Path, gos_
     assert result.ok, result.problem
     # No GO since the kill: nothing was re-sent without a fresh confirmation.
     assert go_count(room) == gos_at_kill
+
+
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+    return True
 
 
 @pytest.fixture
