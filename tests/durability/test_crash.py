@@ -54,6 +54,8 @@ def run_until_killed(audit_dir: Path, db: Path, rng: random.Random) -> list[str]
 
 def tear_last_segment(audit_dir: Path, rng: random.Random) -> None:
     """What power loss adds on top of kill -9: a half-written final line."""
+    if not audit_dir.is_dir():
+        return  # killed before its first start created the directory (a loaded machine)
     segments = list_segments(audit_dir)
     if segments:
         fake = b'{"seq":999999,"time":"2026-05-07T00:00:00Z","event":"motion","actor":"x"}'
