@@ -58,6 +58,7 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check daemon drivers safety sim imaging tests bench
 	$(VENV)/bin/mypy
+	$(PY) -m daemon.command_docs --check
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache

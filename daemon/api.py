@@ -3,7 +3,9 @@
 The local socket API (`igrtctl` on the treatment-room machine) and the MQTT
 console API call exactly these methods on a `RoomCommands` implementation, so
 role checks, state checks and auditing happen in one place whichever way a
-command arrived. Front ends authenticate; RoomCommands authorises.
+command arrived. Front ends authenticate; RoomCommands authorises. Which
+commands exist, their argument models, the roles that may send them and how
+each maps onto a RoomCommands method are declared once, in daemon/commands.py.
 
 Every request model refuses unknown fields and NaN/Infinity
 (`allow_inf_nan=False`): a non-finite number passes every comparison it
@@ -17,6 +19,8 @@ from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from daemon.errors import ErrorCode
 
 
 class Role(StrEnum):
@@ -131,12 +135,17 @@ class ArmsRequest(BaseModel):
 
 
 class CommandError(Exception):
-    """A command refused by the daemon; `reason` is the one-line answer to the user."""
+    """A command refused by the daemon; `reason` is the one-line answer to the user.
 
-    def __init__(self, reason: str, code: str = "refused") -> None:
+    `code` is one of `ErrorCode` (given as the enum or its text); any other
+    text is a programming error and raises ValueError here, which the
+    dispatcher answers as `internal`, so an invented code never reaches a user.
+    """
+
+    def __init__(self, reason: str, code: ErrorCode | str = ErrorCode.REFUSED) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.code = code
+        self.code = ErrorCode(code)
 
 
 class RoomCommands(Protocol):
@@ -158,16 +167,9 @@ class RoomCommands(Protocol):
     async def enter_service(self, actor: Actor) -> dict[str, Any]: ...
     async def exit_service(self, actor: Actor) -> dict[str, Any]: ...
     async def jog(self, actor: Actor, req: JogRequest) -> dict[str, Any]: ...
-    async def diag(self, actor: Actor) -> dict[str, Any]: ...
+    async def diag(self, actor: Actor, bundle: bool = False) -> dict[str, Any]: ...
     async def monitor_start(self, actor: Actor, req: MonitorStartRequest) -> dict[str, Any]: ...
     async def monitor_stop(self, actor: Actor, req: MonitorStopRequest) -> dict[str, Any]: ...
     async def monitor_status(self, actor: Actor) -> dict[str, Any]: ...
     async def arms(self, actor: Actor, req: ArmsRequest) -> dict[str, Any]: ...
 
-
-CommandName = Literal[
-    "status", "propose", "confirm", "approve", "hold", "release", "stop", "reset", "interlocks",
-    "open_session", "close_session", "record_imaging", "register",
-    "enter_service", "exit_service", "jog", "diag",
-    "monitor_start", "monitor_stop", "monitor_status", "arms",
-]

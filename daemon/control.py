@@ -21,9 +21,13 @@ proven about the sender. The socket file is created 0660 so only the daemon's
 group reaches it at all; roles come from the room configuration, never from the
 request.
 
-No request can end a connection or the daemon: unreadable JSON, a line over
-MAX_REQUEST_BYTES and any exception while handling one request are answered
-(code `bad_request` or `internal`), audited, and the connection goes on.
+Commands run through the registry's dispatcher (`daemon.commands.execute`,
+shared with the MQTT front end): roles checked, arguments validated by the
+command's model (`bad_args`), every refusal answered with a code of
+`daemon.errors.ErrorCode`. No request can end a connection or the daemon:
+unreadable JSON, a line over MAX_REQUEST_BYTES and any exception while
+handling one request are answered (code `bad_request` or `internal`),
+audited, and the connection goes on.
 """
 
 from __future__ import annotations
@@ -35,26 +39,17 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Self
 
 from joserfc.jwk import OKPKey
-from pydantic import ValidationError
+from pydantic import BaseModel
 
-from daemon.api import (
-    Actor,
-    ArmsRequest,
-    CommandError,
-    ImagingRequest,
-    JogRequest,
-    MonitorStartRequest,
-    MonitorStopRequest,
-    ProposeRequest,
-    RegisterRequest,
-    Role,
-    SessionRequest,
-)
+from daemon import commands
+from daemon.api import Actor, Role
+from daemon.commands import Access, Answer
 from daemon.config import RoomConfig
 from daemon.console.tokens import (
     CommandRejected,
@@ -64,7 +59,7 @@ from daemon.console.tokens import (
     sign_command,
 )
 from daemon.console.users import RegistryError, UserRegistry
-from daemon.errors import first_problem
+from daemon.errors import ErrorCode
 from safety import strict_json
 
 log = logging.getLogger("igrt.control")
@@ -74,20 +69,20 @@ MAX_REQUEST_BYTES = 1 << 20
 MAX_REQUEST_DEPTH = 8
 READ_CHUNK = 1 << 16
 
-# Commands that change nothing and that every role may run: the claimed name
-# changes only the audit text, so no proof is asked (a viewer display polls these).
-READ_ONLY: Final = frozenset({"status", "interlocks", "monitor_status"})
-# Commands that only ever take motion away. Stop always wins: accepted from
-# whoever can reach the socket, audited with what is proven about the sender.
-STOPPING: Final = frozenset({"stop", "release"})
+# What each command asks as proof of the sender is declared in the registry
+# (daemon/commands.py, `Access`): READ commands change nothing and every role
+# may run them, so the claimed name changes only the audit text (a viewer
+# display polls these); STOP commands only ever take motion away and stop
+# always wins, so they are accepted from whoever can reach the socket, audited
+# with what is proven about the sender; every other command needs a proof.
 # Answered by the socket itself: the room name (a signed request's audience)
 # and how this connection is seen. Needs no user.
 WHOAMI: Final = "whoami"
 SIGNED_REPLY_TO: Final = "local"
 
 
-def _refusal(error: str, code: str) -> dict[str, Any]:
-    return {"ok": False, "error": error, "code": code}
+def _refusal(error: str, code: ErrorCode) -> dict[str, Any]:
+    return Answer.refused(code, error).local_reply()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +169,7 @@ class LocalFrontEnd:
         except strict_json.JsonInputError as exc:
             self._audit("reject", peer.user or f"uid:{peer.uid}", command=None,
                         reason=f"unreadable request: {exc}", via=f"local:{peer.label}")
-            return _refusal(f"unreadable request: {exc}", "bad_request")
+            return _refusal(f"unreadable request: {exc}", ErrorCode.BAD_REQUEST)
         try:
             return await self.answer(msg, peer)
         except Exception as exc:  # one request must never end the connection
@@ -184,24 +179,24 @@ class LocalFrontEnd:
                         command=cmd if isinstance(cmd, str) else None,
                         error=f"{type(exc).__name__}: {str(exc)[:200]}", via=f"local:{peer.label}")
             return _refusal(f"internal error while handling the request ({type(exc).__name__}); "
-                            "see the igrtd log", "internal")
+                            "see the igrtd log", ErrorCode.INTERNAL)
 
     async def answer(self, msg: Any, peer: Peer) -> dict[str, Any]:
         if not isinstance(msg, dict):
-            return _refusal("request must be a JSON object", "bad_request")
+            return _refusal("request must be a JSON object", ErrorCode.BAD_REQUEST)
         if "jws" in msg:
             return await self._signed(msg, peer)
         cmd, user, args = msg.get("cmd"), msg.get("user"), msg.get("args") or {}
         if cmd == WHOAMI:
             return {"ok": True, "result": self._whoami(peer)}
         if not isinstance(cmd, str) or not isinstance(user, str) or not isinstance(args, dict):
-            return _refusal("request needs string cmd and user, object args", "bad_request")
+            return _refusal("request needs string cmd and user, object args", ErrorCode.BAD_REQUEST)
         via = f"local:{peer.label}"
         role = self._config.role_of(user)
         if role is None:
             self._audit("reject", user, command=cmd, reason="unknown user", via=via)
-            return _refusal(f"unknown user {user!r}", "forbidden")
-        if peer.user != user and cmd not in READ_ONLY and cmd not in STOPPING:
+            return _refusal(f"unknown user {user!r}", ErrorCode.FORBIDDEN)
+        if peer.user != user and commands.access(cmd) is Access.PROOF:
             return self._unproven(cmd, user, peer)
         if peer.user != user:
             # Claimed, not proven: say so in every audit record this command writes.
@@ -213,11 +208,11 @@ class LocalFrontEnd:
             reason = (f"{cmd} needs proof that you are {user!r}: sign it with your key "
                       f"(igrtctl --key FILE) or connect from the OS account mapped to "
                       f"{user!r} (local_uid); this connection is {peer.label}, mapped to no user")
-            code = "unauthenticated"
+            code = ErrorCode.UNAUTHENTICATED
         else:
             reason = (f"this connection is {peer.label}, authenticated as {peer.user!r}; "
                       f"it may not act as {user!r}")
-            code = "forbidden"
+            code = ErrorCode.FORBIDDEN
         self._audit("reject", peer.user or f"uid:{peer.uid}", command=cmd, claimed_user=user,
                     reason=reason, code=code, via=f"local:{peer.label}")
         return _refusal(reason, code)
@@ -226,7 +221,7 @@ class LocalFrontEnd:
         token = msg.get("jws")
         if set(msg) != {"jws"} or not isinstance(token, str):
             return _refusal("a signed request is exactly {\"jws\": \"<compact JWS>\"}",
-                            "bad_request")
+                            ErrorCode.BAD_REQUEST)
         try:
             verified = self.verifier.verify(token.encode("utf-8", "replace"))
         except CommandRejected as exc:
@@ -235,75 +230,25 @@ class LocalFrontEnd:
             return _refusal(exc.reason, exc.code)
         actor = Actor(user=verified.user.user, role=verified.user.role,
                       via=f"local:key by {peer.label}")
-        return await self._run(actor, verified.cmd, dict(verified.claims.args))
+        return await self._run(actor, verified.cmd, verified.args)
 
-    async def _run(self, actor: Actor, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
-        try:
-            result = await _call(self._service, actor, cmd, args)
-        except CommandError as exc:
-            return _refusal(exc.reason, exc.code)
-        except ValidationError as exc:
-            return _refusal(first_problem(exc, "request"), "bad_request")
-        return {"ok": True, "result": result}
+    async def _run(self, actor: Actor, cmd: str,
+                   args: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
+        def fault(exc: BaseException) -> None:
+            self._audit("internal_error", actor.user, command=cmd, via=actor.via,
+                        error=f"{type(exc).__name__}: {str(exc)[:200]}")
+
+        answer = await commands.execute(self._service, actor, cmd, args,
+                                        audit=self._audit_record, on_fault=fault)
+        return answer.local_reply()
+
+    def _audit_record(self, event: str, actor: str, details: dict[str, Any]) -> None:
+        self._audit(event, actor, **details)
 
     def _whoami(self, peer: Peer) -> dict[str, Any]:
         role: Role | None = self._config.role_of(peer.user) if peer.user else None
         return {"room": self._config.room, "uid": peer.uid, "user": peer.user,
                 "role": role.value if role else None}
-
-
-async def _call(service: Any, actor: Actor, cmd: str, args: dict[str, Any]) -> Any:
-    def pid() -> str:
-        v = args.get("proposal_id")
-        if not isinstance(v, str):
-            raise CommandError("proposal_id (string) is required", "bad_request")
-        return v
-
-    match cmd:
-        case "status":
-            return await service.status(actor)
-        case "interlocks":
-            return await service.interlocks(actor)
-        case "open_session":
-            return await service.open_session(actor, SessionRequest.model_validate(args))
-        case "close_session":
-            return await service.close_session(actor)
-        case "record_imaging":
-            return await service.record_imaging(actor, ImagingRequest.model_validate(args))
-        case "propose":
-            return await service.propose(actor, ProposeRequest.model_validate(args))
-        case "register":
-            return await service.register(actor, RegisterRequest.model_validate(args))
-        case "confirm":
-            return await service.confirm(actor, pid())
-        case "approve":
-            return await service.approve(actor, pid())
-        case "hold":
-            return await service.hold(actor, pid())
-        case "release":
-            return await service.release(actor)
-        case "stop":
-            return await service.stop(actor, str(args.get("reason", "")))
-        case "reset":
-            return await service.reset(actor)
-        case "enter_service":
-            return await service.enter_service(actor)
-        case "exit_service":
-            return await service.exit_service(actor)
-        case "jog":
-            return await service.jog(actor, JogRequest.model_validate(args))
-        case "diag":
-            return await service.diag(actor, bundle=bool(args.get("bundle", False)))
-        case "monitor_start":
-            return await service.monitor_start(actor, MonitorStartRequest.model_validate(args))
-        case "monitor_stop":
-            return await service.monitor_stop(actor, MonitorStopRequest.model_validate(args))
-        case "monitor_status":
-            return await service.monitor_status(actor)
-        case "arms":
-            return await service.arms(actor, ArmsRequest.model_validate(args))
-        case _:
-            raise CommandError(f"unknown command {cmd!r}", "bad_request")
 
 
 class ControlServer:
@@ -360,6 +305,11 @@ class ControlServer:
                     await self._reply(writer, reply)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # igrtd is stopping. The connection ends here and the handler returns
+            # normally: Python 3.11's stream callback logs a cancelled handler as an
+            # error with a traceback.
+            pass
         finally:
             writer.close()
 
@@ -367,7 +317,7 @@ class ControlServer:
         reason = f"request too large: limit {MAX_REQUEST_BYTES} bytes per line"
         self.front._audit("reject", peer.user or f"uid:{peer.uid}", command=None, reason=reason,
                           via=f"local:{peer.label}")
-        return _refusal(reason, "bad_request")
+        return _refusal(reason, ErrorCode.BAD_REQUEST)
 
     @staticmethod
     async def _reply(writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
@@ -444,7 +394,7 @@ class ControlClient:
         return self._room
 
     def call(self, cmd: str, **args: Any) -> dict[str, Any]:
-        if self._key is None or cmd in READ_ONLY:
+        if self._key is None or commands.access(cmd) is Access.READ:
             return self._exchange({"cmd": cmd, "user": self.user, "args": args})
         token = sign_command(self._key, cmd=cmd, sub=self.user, aud=self._audience(),
                              reply_to=SIGNED_REPLY_TO, args=args, lifetime_s=SIGNED_LIFETIME_S,

@@ -34,7 +34,7 @@ def step(n: int, text: str) -> None:
 
 
 def igrtctl(*args: str, user: str, socket: Path, capture: bool = False) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "daemon.cli", "--socket", str(socket), "--user", user, *args]
+    cmd = [sys.executable, "-m", "daemon.igrtctl", "--socket", str(socket), "--user", user, *args]
     say("   $ igrtctl --user " + user + " " + " ".join(args))
     return subprocess.run(cmd, text=True, capture_output=capture, timeout=120, check=False)
 

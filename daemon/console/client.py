@@ -281,6 +281,19 @@ class ConsoleClient:
             raise CommandRefused(reply)
         return reply.result or {}
 
+    async def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        """One command, answered in the shape `daemon.control.ControlClient.call` gives:
+        `{"ok": True, "result": {...}}` or `{"ok": False, "code": ..., "error": ...}`.
+
+        The same client protocol over either transport, so igrtctl runs every
+        room command the same way on the local socket and over MQTT.
+        """
+        jti, token = self.sign(cmd, args)
+        reply = await self.request_raw(token, jti)
+        if reply.ok:
+            return {"ok": True, "result": reply.result or {}}
+        return {"ok": False, "code": reply.code, "error": reply.reason}
+
     async def status(self) -> dict[str, Any]:
         return await self.command("status")
 

@@ -3,7 +3,8 @@
 Every JSON message on an `igrt/{room}/...` topic carries `v`, the schema
 version, so a console can refuse a message it does not understand instead of
 misreading it. The JSON Schema files in docs/schemas/ are generated from these
-models by `export_schemas` (a test keeps them in step).
+models by `export_schemas` (a test keeps them in step); the `*-args` schemas
+come from the command registry (daemon/commands.py).
 """
 
 from __future__ import annotations
@@ -14,17 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from daemon.api import (
-    ArmsRequest,
-    CommandName,
-    ImagingRequest,
-    JogRequest,
-    MonitorStartRequest,
-    MonitorStopRequest,
-    ProposeRequest,
-    RegisterRequest,
-    SessionRequest,
-)
+from daemon.commands import ARGS_MODELS, CommandName
 
 SCHEMA_VERSION = 1
 
@@ -72,49 +63,6 @@ class CommandClaims(_Message):
         pattern=CONSOLE_ID_PATTERN,
         description="console id: the reply goes to igrt/{room}/reply/{reply_to}",
     )
-
-
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class NoArgs(_Args):
-    """status, interlocks, release, reset take no arguments."""
-
-
-class ProposalArgs(_Args):
-    """confirm, approve and hold name the proposal they act on."""
-
-    proposal_id: str = Field(min_length=1, max_length=128)
-
-
-class StopArgs(_Args):
-    reason: str = Field(default="console stop", max_length=256)
-
-
-ARGS_MODELS: dict[str, type[BaseModel]] = {
-    "status": NoArgs,
-    "interlocks": NoArgs,
-    "propose": ProposeRequest,
-    "confirm": ProposalArgs,
-    "approve": ProposalArgs,
-    "hold": ProposalArgs,
-    "release": NoArgs,
-    "stop": StopArgs,
-    "reset": NoArgs,
-    "open_session": SessionRequest,
-    "close_session": NoArgs,
-    "record_imaging": ImagingRequest,
-    "register": RegisterRequest,
-    "enter_service": NoArgs,
-    "exit_service": NoArgs,
-    "jog": JogRequest,
-    "diag": NoArgs,
-    "monitor_start": MonitorStartRequest,
-    "monitor_stop": MonitorStopRequest,
-    "monitor_status": NoArgs,
-    "arms": ArmsRequest,
-}
 
 
 # --- daemon -> console ----------------------------------------------------

@@ -2,8 +2,10 @@
 
 `MqttConsole` keeps one broker connection for a room (reconnecting with
 back-off), verifies every message on `igrt/{room}/cmd` with a
-`CommandVerifier`, calls the matching `RoomCommands` method as the
-registered user, and answers on `igrt/{room}/reply/{console}`. It publishes
+`CommandVerifier`, runs the command through the registry's dispatcher
+(`daemon.commands.execute`, shared with the local socket) as the registered
+user, and answers on `igrt/{room}/reply/{console}` with a result or a code of
+`daemon.errors.ErrorCode`. It publishes
 the retained state snapshot, rate-limited telemetry, events, and presence
 (`online`, with `offline` as the broker-held last will).
 
@@ -43,21 +45,20 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from daemon.api import Actor, CommandError, RoomCommands
+from daemon.api import Actor, RoomCommands
+from daemon.commands import COMMANDS, execute
 from daemon.console.schemas import (
     EventMessage,
-    NoArgs,
-    ProposalArgs,
     ReplyMessage,
     StateMessage,
     StatusMessage,
-    StopArgs,
     TelemetryMessage,
     dumps,
     reply_topic,
     topic,
 )
 from daemon.console.tokens import CommandRejected, CommandVerifier, VerifiedCommand
+from daemon.errors import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +374,7 @@ class MqttConsole:
         except Exception as exc:  # one message must never end the loop
             log.exception("console command handling failed unexpectedly")
             self._audit("console.command_rejected", "unverified:?", {
-                "code": "internal", "reason": f"internal error while handling a command: "
+                "code": ErrorCode.INTERNAL, "reason": f"internal error while handling a command: "
                 f"{_one_line(exc)}; not run", "cmd": None, "jti": None, "console": None,
                 "claimed_user": None})
 
@@ -382,7 +383,7 @@ class MqttConsole:
         if not payload:
             return  # an empty retained message only deletes one; nothing to refuse
         self._audit("console.command_rejected", "unverified:?", {
-            "code": "retained",
+            "code": ErrorCode.RETAINED,
             "reason": "command carried the MQTT retain flag (a stored message replayed by the "
                       "broker, not a live request); not run, retained copy cleared",
             "bytes": len(payload), "cmd": None, "jti": None, "console": None,
@@ -407,23 +408,24 @@ class MqttConsole:
         except Exception as exc:  # answered and audited, the loop goes on
             log.exception("console command %s could not be started", vc.cmd)
             self._reject(CommandRejected(
-                "internal", f"internal error: {type(exc).__name__}; not run",
+                ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}; not run",
                 reply_to=vc.claims.reply_to, sub=vc.user.user, jti=vc.claims.jti, cmd=vc.cmd))
 
     def _dispatch(self, vc: VerifiedCommand) -> None:
-        if vc.cmd != "hold":  # heartbeats at 20 Hz would drown the audit trail
+        command = COMMANDS[vc.cmd]  # the verifier accepts registered commands only
+        if not command.heartbeat:  # heartbeats at 20 Hz would drown the audit trail
             self._audit(
                 "console.command_verified",
                 vc.user.user,
                 {"cmd": vc.cmd, "jti": vc.claims.jti, "console": vc.claims.reply_to},
             )
-        if vc.cmd == "stop":
-            self._spawn(self._execute(vc), "stop")
+        if command.immediate:
+            self._spawn(self._execute(vc), vc.cmd)
             return
         if self._inflight >= self._max_inflight:
             self._spawn(
                 self._reply(vc.claims.reply_to, ReplyMessage(
-                    room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=False, code="busy",
+                    room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=False, code=ErrorCode.BUSY,
                     reason=f"{self._inflight} commands in progress; try again", ts=time.time(),
                 )),
                 "reply",
@@ -469,39 +471,17 @@ class MqttConsole:
 
     async def _execute(self, vc: VerifiedCommand) -> None:
         actor = Actor(user=vc.user.user, role=vc.user.role, via=f"mqtt:{vc.claims.reply_to}")
-        reply: ReplyMessage
-        try:
-            result = await self._call(vc, actor)
-            reply = ReplyMessage(
-                room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=True,
-                result=result if isinstance(result, dict) else {"value": result}, ts=time.time(),
-            )
-        except CommandError as exc:
-            reply = ReplyMessage(
-                room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=False, code=exc.code,
-                reason=exc.reason, ts=time.time(),
-            )
-        except Exception as exc:  # the console must get an answer; the daemon keeps serving
-            log.exception("console command %s failed", vc.cmd)
+
+        def fault(exc: BaseException) -> None:
             self._audit("console.command_fault", actor.user, {
                 "cmd": vc.cmd, "jti": vc.claims.jti, "console": vc.claims.reply_to,
                 "reason": _one_line(exc)})
-            reply = ReplyMessage(
-                room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=False, code="internal",
-                reason=f"internal error: {type(exc).__name__}", ts=time.time(),
-            )
-        await self._reply(vc.claims.reply_to, reply)
 
-    async def _call(self, vc: VerifiedCommand, actor: Actor) -> Any:
-        method = getattr(self.commands, vc.cmd)
-        args = vc.args
-        if isinstance(args, NoArgs):
-            return await method(actor)
-        if isinstance(args, ProposalArgs):
-            return await method(actor, args.proposal_id)
-        if isinstance(args, StopArgs):
-            return await method(actor, args.reason)
-        return await method(actor, args)  # request models (propose, open_session, ...)
+        answer = await execute(self.commands, actor, vc.cmd, vc.args,
+                               audit=self._audit, on_fault=fault)
+        await self._reply(vc.claims.reply_to, ReplyMessage(
+            room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=answer.ok, result=answer.result,
+            code=answer.code, reason=answer.reason, ts=time.time()))
 
     async def _reply(self, console_id: str, msg: ReplyMessage) -> None:
         await self._publish(reply_topic(self.room, console_id), dumps(msg), qos=1)

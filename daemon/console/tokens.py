@@ -28,11 +28,11 @@ from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import OKPKey
 from pydantic import BaseModel, ValidationError
 
-from daemon.api import CommandName
-from daemon.console import roles
-from daemon.console.schemas import ARGS_MODELS, CONSOLE_ID_PATTERN, CommandClaims
+from daemon import commands
+from daemon.commands import CommandName
+from daemon.console.schemas import CONSOLE_ID_PATTERN, CommandClaims
 from daemon.console.users import RegisteredUser
-from daemon.errors import first_problem
+from daemon.errors import ErrorCode, first_problem
 from safety import strict_json
 
 # A command is a flat object with one level of args (a proposal's matrix is the
@@ -94,7 +94,7 @@ class CommandRejected(Exception):
 
     def __init__(
         self,
-        code: str,
+        code: ErrorCode,
         reason: str,
         *,
         reply_to: str | None = None,
@@ -208,7 +208,7 @@ class CommandVerifier:
         except Exception as exc:  # see docstring: refuse, never propagate
             log.exception("command verification failed unexpectedly")
             raise CommandRejected(
-                "internal",
+                ErrorCode.INTERNAL,
                 f"internal error while verifying the command ({type(exc).__name__}); not run",
                 **ctx,
             ) from None
@@ -218,13 +218,13 @@ class CommandVerifier:
         if size > self.max_payload_bytes:
             # Not parsed at all: nothing in an oversized message is looked at.
             raise CommandRejected(
-                "oversized", f"command is {size} bytes, limit is {self.max_payload_bytes} bytes"
+                ErrorCode.OVERSIZED, f"command is {size} bytes, limit is {self.max_payload_bytes} bytes"
             )
         try:
             text = payload.decode("ascii").strip()
         except UnicodeDecodeError:
             raise CommandRejected(
-                "malformed", "command is not a compact JWS (non-ASCII bytes)"
+                ErrorCode.MALFORMED, "command is not a compact JWS (non-ASCII bytes)"
             ) from None
         if text.startswith("{"):
             self._reject_plain_json(text)
@@ -235,25 +235,25 @@ class CommandVerifier:
             header_json = base64.urlsafe_b64decode(header_segment + "=" * (-len(header_segment) % 4))
             strict_json.loads(header_json, max_depth=MAX_HEADER_DEPTH, max_bytes=1024)
         except strict_json.JsonInputError as exc:
-            raise CommandRejected("malformed", f"JWS header refused: {exc}") from None
+            raise CommandRejected(ErrorCode.MALFORMED, f"JWS header refused: {exc}") from None
         except ValueError:
             raise CommandRejected(
-                "malformed", "command is not a compact JWS (header.payload.signature, base64url)"
+                ErrorCode.MALFORMED, "command is not a compact JWS (header.payload.signature, base64url)"
             ) from None
         try:
             obj = jws.extract_compact(text.encode(), registry=_JWS_REGISTRY)
         except (JoseError, ValueError):
             raise CommandRejected(
-                "malformed", "command is not a compact JWS (header.payload.signature, base64url)"
+                ErrorCode.MALFORMED, "command is not a compact JWS (header.payload.signature, base64url)"
             ) from None
         try:
             body = strict_json.loads(
                 obj.payload, max_depth=MAX_PAYLOAD_DEPTH, max_bytes=self.max_payload_bytes
             )
         except strict_json.JsonInputError as exc:
-            raise CommandRejected("malformed", f"JWS payload refused: {exc}") from None
+            raise CommandRejected(ErrorCode.MALFORMED, f"JWS payload refused: {exc}") from None
         if not isinstance(body, dict):
-            raise CommandRejected("malformed", "JWS payload is not a JSON object")
+            raise CommandRejected(ErrorCode.MALFORMED, "JWS payload is not a JSON object")
         reply_to = _hint(body, "reply_to")
         ctx.update({
             "reply_to": reply_to if reply_to and _CONSOLE_ID.match(reply_to) else None,
@@ -264,32 +264,32 @@ class CommandVerifier:
         header = obj.headers()
         alg = header.get("alg")
         if not isinstance(alg, str) or alg.lower() == "none":
-            raise CommandRejected("unsigned", "command is unsigned (alg none)", **ctx)
+            raise CommandRejected(ErrorCode.UNSIGNED, "command is unsigned (alg none)", **ctx)
         if alg not in ACCEPTED_ALGS:
             raise CommandRejected(
-                "bad_alg", f"signature algorithm {alg!r} is not accepted; use Ed25519 (EdDSA)", **ctx
+                ErrorCode.BAD_ALG, f"signature algorithm {alg!r} is not accepted; use Ed25519 (EdDSA)", **ctx
             )
         unexpected = set(header) - _ALLOWED_HEADER_KEYS
         if unexpected or header.get("typ", TOKEN_TYPE) != TOKEN_TYPE:
             raise CommandRejected(
-                "malformed",
+                ErrorCode.MALFORMED,
                 f"JWS header must hold only alg, typ={TOKEN_TYPE}, kid "
                 f"(got {', '.join(sorted(header))})",
                 **ctx,
             )
         sub = ctx["sub"]
         if sub is None:
-            raise CommandRejected("malformed", "claims: sub is missing", **ctx)
+            raise CommandRejected(ErrorCode.MALFORMED, "claims: sub is missing", **ctx)
         user = self.registry.lookup(sub)
         if user is None:
-            raise CommandRejected("unknown_user", f"unknown user {sub!r}", **ctx)
+            raise CommandRejected(ErrorCode.UNKNOWN_USER, f"unknown user {sub!r}", **ctx)
         try:
             genuine = jws.validate_compact(obj, user.key, registry=_JWS_REGISTRY)
         except JoseError:
             genuine = False
         if not genuine:
             raise CommandRejected(
-                "bad_signature",
+                ErrorCode.BAD_SIGNATURE,
                 f"signature does not verify with the registered key of user {sub!r}",
                 **ctx,
             )
@@ -297,30 +297,30 @@ class CommandVerifier:
         try:
             claims = CommandClaims.model_validate(body)
         except ValidationError as exc:
-            raise CommandRejected("malformed", f"claims: {first_problem(exc, 'claims')}",
+            raise CommandRejected(ErrorCode.MALFORMED, f"claims: {first_problem(exc, 'claims')}",
                                   **ctx) from None
         if claims.aud != self.room:
             raise CommandRejected(
-                "wrong_room", f"command is for room {claims.aud!r}, this is room {self.room!r}", **ctx
+                ErrorCode.WRONG_ROOM, f"command is for room {claims.aud!r}, this is room {self.room!r}", **ctx
             )
         self._check_time(claims, ctx)
-        if not roles.may(user.role, claims.cmd):
+        if not commands.may(user.role, claims.cmd):
             raise CommandRejected(
-                "forbidden",
+                ErrorCode.FORBIDDEN,
                 f"role {user.role.value} may not {claims.cmd} "
-                f"(allowed: {', '.join(roles.allowed_roles(claims.cmd))})",
+                f"(allowed: {', '.join(commands.allowed_roles(claims.cmd))})",
                 **ctx,
             )
-        args_model = ARGS_MODELS.get(claims.cmd)
+        args_model = commands.ARGS_MODELS.get(claims.cmd)
         if args_model is None:
             raise CommandRejected(
-                "unsupported", f"command {claims.cmd!r} is not offered over MQTT", **ctx
+                ErrorCode.UNSUPPORTED, f"command {claims.cmd!r} is not offered over MQTT", **ctx
             )
         try:
             args = args_model.model_validate(claims.args)
         except ValidationError as exc:
             raise CommandRejected(
-                "bad_args", f"{claims.cmd} args: {first_problem(exc, 'args')}", **ctx
+                ErrorCode.BAD_ARGS, f"{claims.cmd} args: {first_problem(exc, 'args')}", **ctx
             ) from None
         # Last, so only a command that would otherwise be accepted uses up its jti.
         try:
@@ -328,14 +328,14 @@ class CommandVerifier:
         except Exception as exc:  # noqa: BLE001 - any store failure: fail closed, except stop
             if claims.cmd != "stop":
                 raise CommandRejected(
-                    "unavailable", f"replay cache unavailable, command not run: {exc}", **ctx
+                    ErrorCode.UNAVAILABLE, f"replay cache unavailable, command not run: {exc}", **ctx
                 ) from None
             # Stopping twice is harmless; refusing a stop because a disk is full is not.
             log.error("replay cache failed (%s); accepting stop %s anyway", exc, claims.jti)
             fresh = True
         if not fresh:
             raise CommandRejected(
-                "replayed", f"command {claims.jti} was already received; not run again", **ctx
+                ErrorCode.REPLAYED, f"command {claims.jti} was already received; not run again", **ctx
             )
         return VerifiedCommand(claims=claims, user=user, args=args)
 
@@ -347,29 +347,29 @@ class CommandVerifier:
             value = getattr(claims, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise CommandRejected(
-                    "malformed", f"claims: {name} is {value!r}, not a finite UNIX time", **ctx
+                    ErrorCode.MALFORMED, f"claims: {name} is {value!r}, not a finite UNIX time", **ctx
                 )
         now = self.clock()
         skew = self.max_clock_skew_s
         if claims.iat > now + skew:
             raise CommandRejected(
-                "not_yet_valid",
+                ErrorCode.NOT_YET_VALID,
                 f"command issued {claims.iat - now:.1f} s in the future "
                 f"(clock skew limit {skew:g} s)",
                 **ctx,
             )
         lifetime = claims.exp - claims.iat
         if lifetime <= 0:
-            raise CommandRejected("malformed", "claims: exp is not after iat", **ctx)
+            raise CommandRejected(ErrorCode.MALFORMED, "claims: exp is not after iat", **ctx)
         if lifetime > self.max_lifetime_s:
             raise CommandRejected(
-                "lifetime_too_long",
+                ErrorCode.LIFETIME_TOO_LONG,
                 f"command lifetime {lifetime:.1f} s exceeds limit {self.max_lifetime_s:g} s",
                 **ctx,
             )
         if now > claims.exp + skew:
             raise CommandRejected(
-                "expired", f"command expired {now - claims.exp:.1f} s ago", **ctx
+                ErrorCode.EXPIRED, f"command expired {now - claims.exp:.1f} s ago", **ctx
             )
 
     def _reject_plain_json(self, text: str) -> None:
@@ -380,7 +380,7 @@ class CommandVerifier:
             )
         except strict_json.JsonInputError as exc:
             raise CommandRejected(
-                "malformed", f"command is neither a compact JWS nor acceptable JSON: {exc}"
+                ErrorCode.MALFORMED, f"command is neither a compact JWS nor acceptable JSON: {exc}"
             ) from None
         if isinstance(body, dict):
             reply_to = _hint(body, "reply_to")
@@ -391,5 +391,5 @@ class CommandVerifier:
                 "cmd": _hint(body, "cmd"),
             }
         raise CommandRejected(
-            "unsigned", "command is unsigned plain JSON; send a compact JWS signed with Ed25519", **ctx
+            ErrorCode.UNSIGNED, "command is unsigned plain JSON; send a compact JWS signed with Ed25519", **ctx
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.plan_cmd import run_plan
+from daemon.igrtctl.plan import run_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIFT = [[1, 0, 0, 1], [0, 1, 0, 2], [0, 0, 1, 3], [0, 0, 0, 1]]  # anatomy at +(1, 2, 3) mm
@@ -234,7 +234,7 @@ def test_help_exits_0(capsys) -> None:
 def test_a_real_process_shows_no_traceback_for_bad_input(tmp_path) -> None:
     bad = tmp_path / "reg.json"
     bad.write_text('{"matrix": "identity"}')
-    code = "import sys; from daemon.plan_cmd import run_plan; sys.exit(run_plan(sys.argv[1:]))"
+    code = "import sys; from daemon.igrtctl.plan import run_plan; sys.exit(run_plan(sys.argv[1:]))"
     proc = subprocess.run(
         [sys.executable, "-c", code, *args(str(bad))],
         capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,

@@ -69,7 +69,7 @@ class FakeRoom:
         # The real rule lives in RoomService; the fake mirrors its interface.
         if self.confirmed_by.get(proposal_id) == actor.user:
             raise CommandError(
-                f"second approval must come from a different user than {actor.user}", "same_user"
+                f"second approval must come from a different user than {actor.user}", "refused"
             )
         return {"proposal_id": proposal_id, "status": "approved"}
 

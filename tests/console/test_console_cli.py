@@ -8,11 +8,11 @@ import signal
 import sys
 from pathlib import Path
 
-from daemon.console_cmd import run_console
+from daemon.igrtctl.main import main as run_console
 
 from .conftest import ROOM, ConsoleHarness, Identities
 
-RUN = "import sys; from daemon.console_cmd import run_console; sys.exit(run_console(sys.argv[1:]))"
+RUN = "import sys; from daemon.igrtctl.main import main as run_console; sys.exit(run_console(sys.argv[1:]))"
 
 
 async def igrtctl(*args: str, sigint_after_holds: tuple[ConsoleHarness, int] | None = None

@@ -28,8 +28,7 @@ def test_committed_json_schemas_are_up_to_date() -> None:
     expected = schema_documents()
     committed = {p.name: p.read_text() for p in docs.glob("*.schema.json")}
     assert committed == expected, (
-        "docs/schemas is stale: run python -c 'from daemon.console.schemas import "
-        "export_schemas; export_schemas(\"docs/schemas\")'"
+        "docs/schemas is stale: run .venv/bin/python -m daemon.command_docs --write"
     )
 
 

@@ -185,7 +185,8 @@ async def test_second_approval_by_the_confirming_user_is_refused(
         await c.confirm("p1")
         with pytest.raises(CommandRefused) as refused:
             await c.approve("p1")
-    assert refused.value.code == "same_user"
+    assert refused.value.code == "refused"
+    assert "different user" in str(refused.value.reason)
 
 
 async def test_second_approval_by_another_approver_is_accepted(

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from daemon.audit import AuditLog, read_records
-from daemon.audit_cmd import parse_when, run_audit
+from daemon.igrtctl.audit import parse_when, run_audit
+from daemon.igrtctl.exits import ExitCode
 
 from .helpers import make_log, only_segment, read_lines, write_lines
 
@@ -39,13 +40,13 @@ def test_leading_audit_word_is_accepted(room_log: Path) -> None:
     assert run("audit", "verify", "--dir", str(room_log))[0] == 0
 
 
-def test_verify_tampered_exits_one_naming_the_first_bad_record(room_log: Path) -> None:
+def test_verify_tampered_exits_audit_damaged_naming_the_first_bad_record(room_log: Path) -> None:
     seg = only_segment(room_log)
     records = read_lines(seg)
     records[2]["details"]["cmd"] = "stop"
     write_lines(seg, records)
     code, out, _ = run("verify", "--dir", str(room_log))
-    assert code == 1
+    assert code == ExitCode.AUDIT_DAMAGED == 5
     assert out.startswith("audit TAMPERED: first bad record seq 3:")
     assert len(out.strip().splitlines()) == 1
 
@@ -118,7 +119,7 @@ def test_show_on_a_damaged_log_says_to_verify(tmp_path: Path) -> None:
     seg = only_segment(tmp_path)
     seg.write_bytes(seg.read_bytes().replace(b'"index":1', b'"index":7'))
     code, _, err = run("show", "--dir", str(tmp_path))
-    assert code == 1 and "audit verify" in err and len(err.strip().splitlines()) == 1
+    assert code == ExitCode.AUDIT_DAMAGED and "audit verify" in err and len(err.strip().splitlines()) == 1
 
 
 def test_show_does_not_repair_a_torn_final_line(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def test_check_config_answers_a_corpus_config_with_problems_or_valid_never_a_tra
 def test_reg_show_answers_a_corpus_file_with_the_matrix_or_one_line(
     path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from daemon.cli import main
+    from daemon.igrtctl.main import main
 
     caplog.set_level(logging.WARNING)
     try:

@@ -169,7 +169,7 @@ CLI_SAMPLE = 12  # subprocesses are slow (pydicom's import): 12 sampled + those 
 
 def test_igrtctl_reg_show_in_process_prints_one_line_or_the_registration_for_every_mutant(
         hostile: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from daemon.cli import main
+    from daemon.igrtctl.main import main
 
     for name, data in hostile.items():
         path = tmp_path / f"{name}.dcm"
@@ -187,7 +187,7 @@ def test_igrtctl_reg_show_in_process_prints_one_line_or_the_registration_for_eve
 
 def _igrtctl(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONWARNINGS": "always"}  # a warning would show
-    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "daemon.igrtctl", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -251,7 +251,7 @@ def test_propose_reads_a_json_registration_strictly(tmp_path: Path) -> None:
 ])
 def test_plan_reads_a_json_registration_strictly(
         text: str, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from daemon.plan_cmd import run_plan
+    from daemon.igrtctl.plan import run_plan
 
     path = tmp_path / "reg.json"
     path.write_text(text)

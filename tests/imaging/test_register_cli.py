@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from reg3d_support import ISO
 
-from daemon.register_cmd import run_reg_show, run_register
+from daemon.igrtctl.register import run_reg_show, run_register
 from imaging.dicom_reg import write_registration
 from imaging.volumes import ImageIdentity, write_dicom_series
 

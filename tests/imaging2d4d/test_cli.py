@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from daemon.register2d_cmd import run_register2d, run_register4d
+from daemon.igrtctl.register2d import run_register2d, run_register4d
 from safety.pose import Pose
 from sim.breathing import TUMOUR_CENTRE_MM, acquire_4d_cbct, breathing_phantom
 from sim.imager import planning_ct, setup_placement, true_registration_matrix

@@ -261,7 +261,7 @@ def test_read_only_commands_and_stop_take_a_claimed_name_and_audit_the_proven_on
 
 
 def _igrtctl(d: DaemonProcess, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon.cli", "--socket", str(d.socket_path),
+    return subprocess.run([sys.executable, "-m", "daemon.igrtctl", "--socket", str(d.socket_path),
                            *args], check=False, capture_output=True, text=True, env=env,
                           timeout=60)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from daemon.igrtctl.exits import UsageError
+
 
 def join_negative_values(argv: Sequence[str], options: Iterable[str]) -> list[str]:
     """`--iso -25,10,-15` -> `--iso=-25,10,-15`.
@@ -36,3 +38,11 @@ def parse_xyz(text: str, what: str) -> tuple[float, float, float]:
     if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
         raise ValueError(f"{what} must be 3 finite numbers X,Y,Z in mm, got {text!r}")
     return vals  # type: ignore[return-value]
+
+
+def triple(text: str, what: str) -> tuple[float, float, float]:
+    """parse_xyz for an option: UsageError (exit USAGE) naming `what` otherwise."""
+    try:
+        return parse_xyz(text, what)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None

@@ -5,9 +5,9 @@
     igrtctl reg show FILE [--json]
 
 PLAN / DAILY: any image SimpleITK reads (.mha, .nrrd, .nii.gz) or a DICOM
-series directory. Exit status: 0 converged, 3 registration refused (did not
-converge / poor match; the JSON says why), 2 unusable input (one line on
-stderr, no traceback).
+series directory. Exit status (daemon/igrtctl/exits.py): 0 converged, 3
+VERDICT_REFUSED (did not converge / poor match; the JSON says why), 2 USAGE
+(unusable input; one line on stderr, no traceback).
 """
 
 from __future__ import annotations
@@ -15,32 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
-from typing import Any, NoReturn
+from typing import Any
 
-from daemon.cli_args import join_negative_values, parse_xyz
-
-EXIT_OK, EXIT_INPUT, EXIT_NOT_CONVERGED = 0, 2, 3
-
-
-class _BadInput(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, no usage dump
-        raise _BadInput(message)
-
-
-def _err(msg: str) -> None:
-    print(f"igrtctl: {msg}", file=sys.stderr)
+from daemon.igrtctl.args import join_negative_values, triple
+from daemon.igrtctl.exits import ArgParser, ExitCode, UsageError, err
 
 
 def _iso(text: str) -> tuple[float, float, float]:
-    try:
-        return parse_xyz(text, "--iso")
-    except ValueError as exc:
-        raise _BadInput(str(exc)) from None
+    return triple(text, "--iso")
 
 
 def _join_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
@@ -57,7 +39,7 @@ def _quiet_itk() -> None:
 
 
 def run_register(argv: list[str]) -> int:
-    p = _Parser(prog="igrtctl register", description="Rigid CBCT-to-planning-CT registration.")
+    p = ArgParser(prog="igrtctl register", description="Rigid CBCT-to-planning-CT registration.")
     p.add_argument("--fixed", required=True, help="planning CT (file or DICOM series dir)")
     p.add_argument("--moving", required=True, help="daily image (file or DICOM series dir)")
     p.add_argument("--iso", help="isocentre X,Y,Z in planning mm (default: daily image centre)")
@@ -70,12 +52,12 @@ def run_register(argv: list[str]) -> int:
         args = p.parse_args(_join_values(list(argv), ("--iso",)))
         iso = _iso(args.iso) if args.iso else None
         return _register(args, iso)
-    except _BadInput as exc:
-        _err(str(exc))
-        return EXIT_INPUT
+    except UsageError as exc:
+        err(str(exc))
+        return ExitCode.USAGE
     except ValueError as exc:
-        _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return EXIT_INPUT
+        err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return ExitCode.USAGE
 
 
 def _register(args: argparse.Namespace, iso: tuple[float, float, float] | None) -> int:
@@ -86,7 +68,7 @@ def _register(args: argparse.Namespace, iso: tuple[float, float, float] | None) 
     fixed = read_image(args.fixed)
     moving = read_image(args.moving)
     if (fixed.patient_id and moving.patient_id and fixed.patient_id != moving.patient_id):
-        raise _BadInput(
+        raise UsageError(
             f"patient mismatch: planning image is {fixed.patient_id!r}, "
             f"daily image is {moving.patient_id!r}"
         )
@@ -95,8 +77,8 @@ def _register(args: argparse.Namespace, iso: tuple[float, float, float] | None) 
     except RegistrationFailed as exc:
         failed = {"matrix": None, "converged": False, "reason": str(exc)}
         print(json.dumps(failed) if args.json else f"REFUSED: {exc}")
-        _err(f"registration refused: {exc}")
-        return EXIT_NOT_CONVERGED
+        err(f"registration refused: {exc}")
+        return ExitCode.VERDICT_REFUSED
     out: dict[str, Any] = result.to_json_dict()
     if args.overlay:
         from imaging.overlay import write_overlay_png
@@ -106,7 +88,7 @@ def _register(args: argparse.Namespace, iso: tuple[float, float, float] | None) 
         try:
             write_overlay_png(fixed.image, moving.image, result.matrix, centre, args.overlay)
         except OSError as exc:
-            raise _BadInput(f"cannot write overlay {args.overlay}: {exc.strerror}") from None
+            raise UsageError(f"cannot write overlay {args.overlay}: {exc.strerror}") from None
         out["overlay"] = str(args.overlay)
     if args.reg_out:
         if not result.converged:
@@ -118,9 +100,9 @@ def _register(args: argparse.Namespace, iso: tuple[float, float, float] | None) 
     else:
         print(result.summary())
     if not result.converged:
-        _err(f"registration refused: {result.reason}")
-        return EXIT_NOT_CONVERGED
-    return EXIT_OK
+        err(f"registration refused: {result.reason}")
+        return ExitCode.VERDICT_REFUSED
+    return ExitCode.OK
 
 
 def _write_reg(args: argparse.Namespace, fixed: Any, moving: Any, matrix: Any) -> str:
@@ -128,9 +110,9 @@ def _write_reg(args: argparse.Namespace, fixed: Any, moving: Any, matrix: Any) -
 
     patient = args.patient_id or fixed.patient_id or moving.patient_id
     if not patient:
-        raise _BadInput("--reg-out needs --patient-id (the images carry no patient ID)")
+        raise UsageError("--reg-out needs --patient-id (the images carry no patient ID)")
     if not fixed.frame_of_reference_uid or not moving.frame_of_reference_uid:
-        raise _BadInput("--reg-out needs DICOM images with frame of reference UIDs")
+        raise UsageError("--reg-out needs DICOM images with frame of reference UIDs")
     try:
         write_registration(
             args.reg_out, matrix, patient_id=patient,
@@ -140,12 +122,12 @@ def _write_reg(args: argparse.Namespace, fixed: Any, moving: Any, matrix: Any) -
             study_uid=moving.study_uid,
         )
     except OSError as exc:
-        raise _BadInput(f"cannot write {args.reg_out}: {exc.strerror}") from None
+        raise UsageError(f"cannot write {args.reg_out}: {exc.strerror}") from None
     return str(args.reg_out)
 
 
 def run_reg_show(argv: list[str]) -> int:
-    p = _Parser(prog="igrtctl reg show", description="Show a DICOM spatial registration.")
+    p = ArgParser(prog="igrtctl reg show", description="Show a DICOM spatial registration.")
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
     try:
@@ -153,9 +135,9 @@ def run_reg_show(argv: list[str]) -> int:
         from imaging.dicom_reg import read_registration
 
         rec = read_registration(args.file)
-    except (_BadInput, ValueError) as exc:
-        _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return EXIT_INPUT
+    except (UsageError, ValueError) as exc:
+        err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return ExitCode.USAGE
     out = {
         "matrix": [[float(v) for v in row] for row in rec.matrix],
         "patient_id": rec.patient_id,
@@ -170,4 +152,4 @@ def run_reg_show(argv: list[str]) -> int:
               f"daily FoR {rec.moving_frame_of_reference_uid}")
         for row in rec.matrix:
             print("  " + " ".join(f"{v:+12.6f}" for v in row))
-    return EXIT_OK
+    return ExitCode.OK

@@ -1,8 +1,8 @@
 """`igrtctl plan`: plan a couch correction offline from a registration file.
 
-Exit status (docs/geometry.md): 0 a plan was made and not refused, 3 refused
-(the report still explains why), 2 unusable input, with one line on stderr
-and never a traceback.
+Exit status (docs/geometry.md, daemon/igrtctl/exits.py): 0 a plan was made
+and not refused, 3 VERDICT_REFUSED (the report still explains why), 2 USAGE
+(unusable input), with one line on stderr and never a traceback.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 import numpy as np
 
-from daemon.cli_args import join_negative_values
+from daemon.igrtctl.args import join_negative_values
+from daemon.igrtctl.exits import ArgParser, ExitCode, UsageError, err
 from safety.correction import CorrectionPlan, plan_correction
 from safety.couch_model import CouchModel
 from safety.geometry import PatientPosition, parse_patient_position
@@ -29,9 +29,6 @@ PROG = "igrtctl plan"
 # A JSON registration is {"matrix": 4x4} and a few names: shallow and small.
 REGISTRATION_MAX_DEPTH = 8
 REGISTRATION_MAX_BYTES = 1 << 20
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_REFUSED = 3
 
 # Options whose value may start with "-" (negative numbers): argparse would
 # otherwise take "-10,0,5" for an option.
@@ -39,51 +36,31 @@ _VALUE_OPTIONS = ("--iso", "--couch", "--pivot", "--axes", "--registration",
                   "--patient-position", "--couch-model")
 
 
-class BadInput(Exception):
-    """Input the planner cannot use; str() is the one-line message."""
-
-
-class _ArgParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise BadInput(message)
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            sys.stderr.write(message)
-        raise _Exit(status)
-
-
-class _Exit(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
 def _numbers(text: str, n: int, what: str, unit: str) -> tuple[float, ...]:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != n:
-        raise BadInput(f"{what} needs {n} comma-separated numbers in {unit}, got {text!r}")
+        raise UsageError(f"{what} needs {n} comma-separated numbers in {unit}, got {text!r}")
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:
-        raise BadInput(f"{what} needs {n} comma-separated numbers in {unit}, got {text!r}") from None
+        raise UsageError(f"{what} needs {n} comma-separated numbers in {unit}, got {text!r}") from None
     if not all(math.isfinite(v) for v in values):
-        raise BadInput(f"{what} values must be finite numbers, got {text!r}")
+        raise UsageError(f"{what} values must be finite numbers, got {text!r}")
     return values
 
 
 def _parse_axes(text: str) -> frozenset[str]:
     names = [p.strip() for p in text.split(",") if p.strip()]
     if not names:
-        raise BadInput("--axes needs at least one axis")
+        raise UsageError("--axes needs at least one axis")
     for name in names:
         if name not in AXES:
-            raise BadInput(f"--axes: unknown axis {name!r} (expected some of {', '.join(AXES)})")
+            raise UsageError(f"--axes: unknown axis {name!r} (expected some of {', '.join(AXES)})")
     return frozenset(names)
 
 
-def _build_parser() -> _ArgParser:
-    p = _ArgParser(
+def _build_parser() -> ArgParser:
+    p = ArgParser(
         prog=PROG,
         allow_abbrev=False,
         description="Plan a couch correction from a registration (docs/geometry.md).",
@@ -118,29 +95,29 @@ def _read_matrix(path: str) -> np.ndarray:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise BadInput(f"cannot read registration file {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read registration file {path}: {exc.strerror or exc}") from None
     if _is_dicom(data):
         return _read_dicom_matrix(path)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadInput(f"registration file {path} is neither DICOM nor UTF-8 JSON") from None
+        raise UsageError(f"registration file {path} is neither DICOM nor UTF-8 JSON") from None
     try:
         # Strict: NaN/Infinity, duplicate keys and deep nesting are refused, not parsed.
         doc = strict_loads(data, max_depth=REGISTRATION_MAX_DEPTH, max_bytes=REGISTRATION_MAX_BYTES)
     except JsonInputError as exc:
         reason = str(exc).removeprefix("malformed JSON: ")
-        raise BadInput(f"registration file {path} is not valid JSON: {reason}") from None
+        raise UsageError(f"registration file {path} is not valid JSON: {reason}") from None
     if not isinstance(doc, dict) or "matrix" not in doc:
-        raise BadInput(f'registration file {path} must be a JSON object with a "matrix" key')
+        raise UsageError(f'registration file {path} must be a JSON object with a "matrix" key')
     rows = doc["matrix"]
     if not (isinstance(rows, list) and len(rows) == 4
             and all(isinstance(r, list) and len(r) == 4 for r in rows)):
-        raise BadInput(f"registration file {path}: matrix must be 4 rows of 4 numbers")
+        raise UsageError(f"registration file {path}: matrix must be 4 rows of 4 numbers")
     for r in rows:
         for v in r:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise BadInput(f"registration file {path}: matrix entry {v!r} is not a number")
+                raise UsageError(f"registration file {path}: matrix entry {v!r} is not a number")
     return np.array(rows, dtype=float)
 
 
@@ -148,14 +125,14 @@ def _read_dicom_matrix(path: str) -> np.ndarray:
     try:
         from imaging.dicom_reg import read_registration_matrix
     except ImportError as exc:
-        raise BadInput(f"DICOM registration files are not supported here: {exc}") from None
+        raise UsageError(f"DICOM registration files are not supported here: {exc}") from None
     try:
         matrix = read_registration_matrix(path)
     # The DICOM reader is third-party-backed (pydicom); at this user boundary any
     # failure to read the file becomes one line rather than a traceback.
     except Exception as exc:  # noqa: BLE001
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadInput(f"cannot use DICOM registration {path}: {text}") from None
+        raise UsageError(f"cannot use DICOM registration {path}: {text}") from None
     return np.asarray(matrix, dtype=float)
 
 
@@ -164,12 +141,12 @@ def _read_couch_model(path: str) -> CouchModel:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"cannot read couch model file {path}: {exc}") from None
+        raise UsageError(f"cannot read couch model file {path}: {exc}") from None
     try:
         return CouchModel.from_mapping(strict_loads(text, max_depth=REGISTRATION_MAX_DEPTH,
                                                     max_bytes=REGISTRATION_MAX_BYTES))
     except ValueError as exc:  # JsonInputError or the model's one-line refusal
-        raise BadInput(f"{path}: {exc}") from None
+        raise UsageError(f"{path}: {exc}") from None
 
 
 def _make_plan(args: argparse.Namespace) -> CorrectionPlan:
@@ -179,7 +156,7 @@ def _make_plan(args: argparse.Namespace) -> CorrectionPlan:
     try:
         position = parse_patient_position(args.patient_position)
     except ValueError as exc:
-        raise BadInput(f"--patient-position: {exc}") from None
+        raise UsageError(f"--patient-position: {exc}") from None
     model = _read_couch_model(args.couch_model) if args.couch_model else CouchModel.default()
     if args.pivot is not None:
         model = model.with_pivot(_numbers(args.pivot, 3, "--pivot", "mm"))  # type: ignore[arg-type]
@@ -187,7 +164,7 @@ def _make_plan(args: argparse.Namespace) -> CorrectionPlan:
     try:
         return plan_correction(matrix, iso, position, couch, model, VerdictPolicy(), axes)
     except ValueError as exc:
-        raise BadInput(f"registration {args.registration}: {exc}") from None
+        raise UsageError(f"registration {args.registration}: {exc}") from None
 
 
 def _n(v: float) -> str:
@@ -226,14 +203,13 @@ def run_plan(argv: list[str]) -> int:
         text = (
             json.dumps(plan.to_json_dict(), allow_nan=False) if args.json else human_report(plan)
         )
-    except _Exit as exc:
-        return exc.status
-    except (BadInput, ValueError) as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the source said
-        sys.stderr.write(f"{PROG}: error: {message}\n")
-        return EXIT_BAD_INPUT
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    except (UsageError, ValueError) as exc:
+        err(f"error: {exc}", PROG)
+        return ExitCode.USAGE
     sys.stdout.write(text + "\n")
-    return EXIT_REFUSED if plan.verdict is Verdict.REFUSED else EXIT_OK
+    return ExitCode.VERDICT_REFUSED if plan.verdict is Verdict.REFUSED else ExitCode.OK
 
 
 if __name__ == "__main__":  # pragma: no cover

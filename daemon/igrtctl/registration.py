@@ -1,32 +1,13 @@
-"""The clinical workflow subcommands and their rendering, shared by igrtctl's two
-front ends: the local control socket (daemon/cli.py) and MQTT (daemon/console_cmd.py).
-
-Both import this module; neither imports the other's private names, so there is
-no import cycle between them (tests/test_import_cycles.py).
-"""
+"""The registration file of `igrtctl propose`: read it, and build the propose arguments."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from pathlib import Path
 from typing import Any
 
-from daemon.cli_args import parse_xyz
-
-HOLD_RATE_HZ = 20.0
-
-
-class UsageError(Exception):
-    pass
-
-
-def triple(text: str, what: str) -> tuple[float, float, float]:
-    try:
-        return parse_xyz(text, what)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+from daemon.igrtctl.args import triple
+from daemon.igrtctl.exits import UsageError
 
 
 def registration_input(path: Path) -> dict[str, Any]:
@@ -62,74 +43,6 @@ def registration_input(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "matrix" not in data:
         raise UsageError(f"{path}: expected a JSON object with a 'matrix' (4x4)")
     return data
-
-
-def print_result(obj: Any, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(obj, indent=2, default=str))
-    else:
-        _print_human(obj)
-
-
-def _print_human(obj: Any, indent: str = "") -> None:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if isinstance(v, dict) and v:
-                print(f"{indent}{k}:")
-                _print_human(v, indent + "  ")
-            elif isinstance(v, float):
-                print(f"{indent}{k}: {v:.3f}")
-            else:
-                print(f"{indent}{k}: {v}")
-    else:
-        print(f"{indent}{obj}")
-
-
-def progress_line(p: dict[str, Any]) -> str:
-    rem = p.get("remaining") or {}
-    t = math.sqrt(sum(rem.get(a, 0.0) ** 2 for a in ("lat", "long", "vert")))
-    r = max((abs(rem.get(a, 0.0)) for a in ("yaw", "pitch", "roll")), default=0.0)
-    return f"{p.get('state', '?'):<10} remaining {t:6.2f} mm, {r:5.2f} deg"
-
-
-def add_workflow_commands(sub: Any, *, stop_reason: str) -> None:
-    """The clinical workflow subcommands, the same on the local socket and over MQTT."""
-    sub.add_parser("status")
-    sub.add_parser("interlocks")
-    s = sub.add_parser("session")
-    s_sub = s.add_subparsers(dest="action", required=True)
-    so = s_sub.add_parser("open")
-    so.add_argument("--patient", required=True)
-    so.add_argument("--plan", required=True)
-    so.add_argument("--frame-of-reference", required=True)
-    so.add_argument("--iso", required=True)
-    so.add_argument("--patient-position", required=True)
-    s_sub.add_parser("close")
-    im = sub.add_parser("imaging", help="record that an image is acquired now (couch pose)")
-    im.add_argument("imaging_session")
-    im.add_argument("--modality", default="CBCT")
-    pr = sub.add_parser("propose")
-    pr.add_argument("registration", type=Path)
-    pr.add_argument("--iso", required=True)
-    pr.add_argument("--patient-position", required=True)
-    pr.add_argument("--patient")
-    pr.add_argument("--plan")
-    pr.add_argument("--frame-of-reference")
-    pr.add_argument("--imaging-session")
-    pr.add_argument("--acquired-at", type=float)
-    pr.add_argument("--axes")
-    pr.add_argument("--couch-at-imaging", help="LAT,LONG,VERT,YAW,PITCH,ROLL (default: recorded)")
-    c = sub.add_parser("confirm")
-    c.add_argument("proposal_id")
-    c.add_argument("--no-hold", action="store_true", help="confirm only; hold later")
-    a = sub.add_parser("approve")
-    a.add_argument("proposal_id")
-    h = sub.add_parser("hold")
-    h.add_argument("proposal_id")
-    h.add_argument("--rate", type=float, default=HOLD_RATE_HZ, help="heartbeats per second (>= 10)")
-    st = sub.add_parser("stop")
-    st.add_argument("--reason", default=stop_reason)
-    sub.add_parser("release")
 
 
 def propose_args(a: argparse.Namespace) -> dict[str, Any]:

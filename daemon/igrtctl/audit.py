@@ -2,7 +2,8 @@
 
 Reads the segment files directly and never writes, so it is safe while igrtd
 runs (a torn final line is reported, not repaired: igrtd repairs on start).
-Exit codes: 0 ok, 1 tampered/damaged log, 2 usage or I/O error.
+Exit codes (daemon/igrtctl/exits.py): 0 OK, 5 AUDIT_DAMAGED (tampered or
+damaged log), 2 USAGE (usage or I/O error).
 """
 
 from __future__ import annotations
@@ -24,19 +25,9 @@ from daemon.audit import (
     tail_records,
     verify,
 )
+from daemon.igrtctl.exits import ArgParser, ExitCode, UsageError
 
 DEFAULT_AUDIT_DIR = Path("/var/lib/igrt/audit")
-EXIT_OK, EXIT_TAMPERED, EXIT_USAGE = 0, 1, 2
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse prints usage and exits; we want one line and a return code.
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(message)
 
 
 def default_audit_dir() -> Path:
@@ -49,7 +40,7 @@ def parse_when(text: str) -> float:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise _UsageError(
+        raise UsageError(
             f"{text!r} is not an ISO 8601 time (e.g. 2026-05-09T14:30:00Z or 2026-05-09)"
         ) from None
     if when.tzinfo is None:
@@ -57,9 +48,9 @@ def parse_when(text: str) -> float:
     return when.timestamp()
 
 
-def _parser() -> _Parser:
-    p = _Parser(prog="igrtctl audit", description="Inspect the tamper-evident audit log.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _parser() -> ArgParser:
+    p = ArgParser(prog="igrtctl audit", description="Inspect the tamper-evident audit log.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgParser)
     v = sub.add_parser(
         "verify", help="check the whole hash chain; exit 1 naming the first bad record"
     )
@@ -90,7 +81,7 @@ def _verify(directory: Path, out: TextIO) -> int:
             f"head seq {result.head_seq} hash {result.head_hash[:16]}",
             file=out,
         )
-        return EXIT_OK
+        return ExitCode.OK
     if result.first_bad is None:  # not a chain problem (e.g. missing directory)
         raise AuditError(result.problem)
     print(
@@ -98,16 +89,16 @@ def _verify(directory: Path, out: TextIO) -> int:
         f"({result.records} records before it verified)",
         file=out,
     )
-    return EXIT_TAMPERED
+    return ExitCode.AUDIT_DAMAGED
 
 
 def _show(args: argparse.Namespace, directory: Path, out: TextIO) -> int:
     since = parse_when(args.since) if args.since else None
     until = parse_when(args.until) if args.until else None
     if since is not None and until is not None and since > until:
-        raise _UsageError(f"--since {args.since} is after --until {args.until}")
+        raise UsageError(f"--since {args.since} is after --until {args.until}")
     if args.last is not None and args.last < 0:
-        raise _UsageError(f"--last {args.last} must be >= 0")
+        raise UsageError(f"--last {args.last} must be >= 0")
     filtered = any(x is not None for x in (since, until, args.user, args.event))
     if args.last is not None and not filtered:
         records = iter(tail_records(directory, args.last))  # reads only the end
@@ -122,7 +113,7 @@ def _show(args: argparse.Namespace, directory: Path, out: TextIO) -> int:
             print(json.dumps(rec.to_dict(), ensure_ascii=False, separators=(",", ":")), file=out)
         else:
             print(_format(rec), file=out)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def run_audit(argv: list[str], *, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -137,23 +128,23 @@ def run_audit(argv: list[str], *, out: TextIO | None = None, err: TextIO | None 
         if args.command == "verify":
             return _verify(directory, out)
         return _show(args, directory, out)
-    except _UsageError as exc:
+    except UsageError as exc:
         print(f"igrtctl audit: {exc}", file=err)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except AuditCorruptError as exc:
         # A record that cannot be read during `show` is damage, like verify's.
         print(f"igrtctl audit: {exc}", file=err)
-        return EXIT_TAMPERED
+        return ExitCode.AUDIT_DAMAGED
     except AuditError as exc:
         print(f"igrtctl audit: {exc}", file=err)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except BrokenPipeError:  # `igrtctl audit show | head`
-        return EXIT_OK
+        return ExitCode.OK
     except OSError as exc:
         print(f"igrtctl audit: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=err)
-        return EXIT_USAGE
+        return ExitCode.USAGE
 
 
 def main() -> None:

@@ -8,36 +8,22 @@
 CT: any image SimpleITK reads or a DICOM series directory. kV images: 2D
 images carrying their geometry as IGRT_SAD / IGRT_SID / IGRT_ANGLE_DEG
 metadata (docs/imaging-2d-4d.md). --iso defaults to the centre of the
-planning CT. Exit status: 0 registered, 3 registration refused (the JSON
-says why), 2 unusable input (one line on stderr, no traceback).
+planning CT. Exit status (daemon/igrtctl/exits.py): 0 registered, 3
+VERDICT_REFUSED (the JSON says why), 2 USAGE (unusable input; one line on
+stderr, no traceback).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-from daemon.cli_args import join_negative_values, parse_xyz
+from daemon.igrtctl.args import join_negative_values, triple
+from daemon.igrtctl.exits import ArgParser, ExitCode, UsageError, err
 
-EXIT_OK, EXIT_INPUT, EXIT_REFUSED = 0, 2, 3
 _VALUE_OPTIONS = ("--iso",)
-
-
-class _BadInput(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _BadInput(message)
-
-
-def _err(msg: str) -> None:
-    print(f"igrtctl: {msg}", file=sys.stderr)
 
 
 def _join_negative_values(argv: list[str]) -> list[str]:
@@ -45,10 +31,7 @@ def _join_negative_values(argv: list[str]) -> list[str]:
 
 
 def _iso(text: str) -> tuple[float, float, float]:
-    try:
-        return parse_xyz(text, "--iso")
-    except ValueError as exc:
-        raise _BadInput(str(exc)) from None
+    return triple(text, "--iso")
 
 
 def _quiet() -> None:
@@ -69,12 +52,12 @@ def _read_2d(path: str, what: str) -> Any:
 
     p = Path(path)
     if not p.is_file():
-        raise _BadInput(f"{what} {path}: no such file")
+        raise UsageError(f"{what} {path}: no such file")
     try:
         return sitk.ReadImage(str(p))
     except RuntimeError as exc:
         first = (str(exc).strip().splitlines() or ["unreadable"])[-1]
-        raise _BadInput(f"{what} {path}: cannot read image ({first.strip()})") from None
+        raise UsageError(f"{what} {path}: cannot read image ({first.strip()})") from None
 
 
 def _plan_centre(img: Any) -> tuple[float, float, float]:
@@ -85,15 +68,15 @@ def _plan_centre(img: Any) -> tuple[float, float, float]:
 def _main(argv: list[str], body: Any) -> int:
     try:
         return int(body(_join_negative_values(list(argv))))
-    except _BadInput as exc:
-        _err(str(exc))
-        return EXIT_INPUT
+    except UsageError as exc:
+        err(str(exc))
+        return ExitCode.USAGE
     except ValueError as exc:
-        _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return EXIT_INPUT
+        err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return ExitCode.USAGE
     except OSError as exc:
-        _err(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
-        return EXIT_INPUT
+        err(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        return ExitCode.USAGE
 
 
 # ------------------------------------------------------------------ register2d
@@ -102,7 +85,7 @@ def run_register2d(argv: list[str]) -> int:
 
 
 def _register2d(argv: list[str]) -> int:
-    p = _Parser(prog="igrtctl register2d",
+    p = ArgParser(prog="igrtctl register2d",
                 description="Register a pair of kV radiographs to the planning CT (6 DoF).")
     p.add_argument("--plan", required=True, help="planning CT (file or DICOM series dir)")
     p.add_argument("--kv", action="append", required=True, help="kV image (.mha), twice or more")
@@ -112,7 +95,7 @@ def _register2d(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     if len(args.kv) < 2:
-        raise _BadInput(f"need at least 2 --kv images, got {len(args.kv)}")
+        raise UsageError(f"need at least 2 --kv images, got {len(args.kv)}")
     from safety.geometry import parse_patient_position
 
     pos = parse_patient_position(args.patient_position).value
@@ -125,7 +108,7 @@ def _register2d(argv: list[str]) -> int:
         try:
             views.append(KvView.from_sitk(img, f"kV image {path}"))
         except ValueError as exc:
-            raise _BadInput(str(exc)) from None
+            raise UsageError(str(exc)) from None
     plan = _read_plan(args.plan)
     iso = _iso(args.iso) if args.iso else _plan_centre(plan)
     result = register_2d3d(plan, views, iso, pos)
@@ -142,9 +125,9 @@ def _register2d(argv: list[str]) -> int:
     else:
         print(result.summary("NCC", 3))
     if not result.converged:
-        _err(f"registration refused: {result.reason}")
-        return EXIT_REFUSED
-    return EXIT_OK
+        err(f"registration refused: {result.reason}")
+        return ExitCode.VERDICT_REFUSED
+    return ExitCode.OK
 
 
 # ------------------------------------------------------------------ register4d
@@ -153,7 +136,7 @@ def run_register4d(argv: list[str]) -> int:
 
 
 def _register4d(argv: list[str]) -> int:
-    p = _Parser(prog="igrtctl register4d",
+    p = ArgParser(prog="igrtctl register4d",
                 description="Target trajectory and mean position from 4D CBCT phase volumes.")
     p.add_argument("--plan", required=True, help="planning CT (file or DICOM series dir)")
     p.add_argument("--phase", action="append", required=True, help="phase volume, one per phase")
@@ -168,7 +151,7 @@ def _register4d(argv: list[str]) -> int:
         try:
             use = int(args.use)
         except ValueError:
-            raise _BadInput(f"--use must be 'mean' or a phase number, got {args.use!r}") from None
+            raise UsageError(f"--use must be 'mean' or a phase number, got {args.use!r}") from None
     initial = _read_matrix(args.initial) if args.initial else None
     _quiet()
     from imaging.fourd import correction_matrix, register_4d
@@ -196,9 +179,9 @@ def _register4d(argv: list[str]) -> int:
               f"{result.principal_amplitude_mm:.2f} mm); {len(result.phases)} phases; "
               f"{result.seconds:.2f} s; {'ok' if result.converged else 'REFUSED: ' + result.reason}")
     if not result.converged:
-        _err(f"4D registration refused: {result.reason}")
-        return EXIT_REFUSED
-    return EXIT_OK
+        err(f"4D registration refused: {result.reason}")
+        return ExitCode.VERDICT_REFUSED
+    return ExitCode.OK
 
 
 def _read_matrix(path: str) -> Any:
@@ -207,13 +190,13 @@ def _read_matrix(path: str) -> Any:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise _BadInput(f"cannot read {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _BadInput(f"{path}: not valid JSON ({exc})") from None
+        raise UsageError(f"{path}: not valid JSON ({exc})") from None
     try:
         m = np.array(data["matrix"], dtype=float)
     except (KeyError, TypeError, ValueError):
-        raise _BadInput(f"{path}: expected a JSON object with a 4x4 'matrix'") from None
+        raise UsageError(f"{path}: expected a JSON object with a 4x4 'matrix'") from None
     if m.shape != (4, 4) or not np.all(np.isfinite(m)):
-        raise _BadInput(f"{path}: 'matrix' must be 4x4 finite numbers")
+        raise UsageError(f"{path}: 'matrix' must be 4x4 finite numbers")
     return m
