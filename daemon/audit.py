@@ -13,6 +13,11 @@ acknowledges. After a power loss only the final line can be torn (every
 earlier one was synced before the next was written); `AuditLog.open` cuts a
 torn final line away, keeps its bytes in a recovery record, and refuses to
 "repair" anything else.
+
+Why one module of ~850 lines: the record format, the writer, the recovery of
+a torn tail, the reader and the verifier must agree byte for byte on the
+canonical form and the chain; kept together, one change cannot update the
+writer and forget the verifier.
 """
 
 from __future__ import annotations

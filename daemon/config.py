@@ -12,6 +12,10 @@ has a physically plausible range and the timing rules between fields hold
 timeout vs heartbeat); user keys parse as Ed25519 and the couch model and
 verdict policy validate as RoomService builds them. A test builds igrtd's
 start-up objects from every configuration this module accepts.
+
+Why one module of ~570 lines: it is the schema of one file; the cross-field
+timing rules need the sections side by side, and --check-config must see
+every section to report every problem at once.
 """
 
 from __future__ import annotations

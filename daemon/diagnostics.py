@@ -19,6 +19,10 @@ content of any password file is scrubbed from every member, and a user
 Anything slow (verifying the audit chain, reading SQLite, building the tar)
 runs in a worker thread, so supervision on the event loop keeps its timing
 while a service engineer runs diagnostics.
+
+Why one module of ~800 lines: the report, the bundle and its redaction share
+one list of what is collected and one list of what is secret; split, a new
+report field could reach the bundle without passing the redaction.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from daemon.audit import (
     tail_records,
     verify,
 )
+from daemon.ports import CouchPort, RoomSafetyPort
 
 log = logging.getLogger("igrt.diag")
 
@@ -130,9 +135,9 @@ def install(service: Any | None = None) -> RecentLogs:
     return _ring
 
 
-def _anchor_couch(couch: Any) -> None:
+def _anchor_couch(couch: CouchPort) -> None:
     assert _anchor is not None
-    st = getattr(couch, "latest_status", None)
+    st = couch.latest_status
     if st is not None:
         _anchor.couch_uptime_ms = int(st.uptime_ms)
         _anchor.couch_rx_mono = float(st.received_at)
@@ -155,7 +160,7 @@ def _quantiles_us(samples: list[float]) -> dict[str, float]:
             "p95_us": round(p95, 1), "max_us": round(us[-1], 1)}
 
 
-async def _couch_rtt(couch: Any, samples: int) -> dict[str, Any]:
+async def _couch_rtt(couch: CouchPort, samples: int) -> dict[str, Any]:
     """Time `samples` STATUS requests; give up after 3 failures in a row."""
     rtts: list[float] = []
     failures: list[str] = []
@@ -163,10 +168,7 @@ async def _couch_rtt(couch: Any, samples: int) -> dict[str, Any]:
     for _ in range(samples):
         t0 = time.perf_counter()
         try:
-            try:
-                await couch.status(retries=0)  # a lost reply is a finding, not retried
-            except TypeError:
-                await couch.status()
+            await couch.status(retries=0)  # a lost reply is a finding, not retried
         except Exception as exc:  # noqa: BLE001 - timeouts, link loss: counted, reported
             failures.append(str(exc))
             consecutive += 1
@@ -182,13 +184,15 @@ async def _couch_rtt(couch: Any, samples: int) -> dict[str, Any]:
     return out
 
 
-def _controller(couch: Any) -> dict[str, Any]:
+def _controller(couch: CouchPort) -> dict[str, Any]:
     from safety.pose import AXES
 
-    st = getattr(couch, "latest_status", None)
+    st = couch.latest_status
+    # Port and timings are the serial driver's own settings, not part of the port
+    # Protocol: reported when the link has them.
     out: dict[str, Any] = {
         "port": getattr(couch, "port", None),
-        "link_ok": bool(getattr(couch, "link_ok", False)),
+        "link_ok": bool(couch.link_ok),
         "heartbeat_interval_ms": _ms(getattr(couch, "heartbeat_interval_s", None)),
         "reply_timeout_ms": _ms(getattr(couch, "reply_timeout_s", None)),
         "link_timeout_ms": _ms(getattr(couch, "link_timeout_s", None)),
@@ -245,7 +249,8 @@ def _axes(service: Any) -> dict[str, Any]:
     else:
         out["last_move"] = None
     active = getattr(service, "active", None)
-    st = getattr(getattr(service, "couch", None), "latest_status", None)
+    couch: CouchPort | None = getattr(service, "couch", None)
+    st = couch.latest_status if couch is not None else None
     if active is not None and st is not None:
         target = active.started.target
         out["moving"] = {
@@ -261,7 +266,7 @@ def _axes(service: Any) -> dict[str, Any]:
 
 
 def _plc(service: Any) -> dict[str, Any]:
-    plc = getattr(service, "plc", None)
+    plc: RoomSafetyPort | None = getattr(service, "plc", None)
     if plc is None:
         return {"configured": False}
     out: dict[str, Any] = {"configured": True}
@@ -270,24 +275,22 @@ def _plc(service: Any) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - adapter mid-reconnect: report, not fail
         out["error"] = f"snapshot failed: {exc}"
         return out
-    for name in ("link_ok", "link_reason", "heartbeat", "fault_code"):
-        value = getattr(snap, name, None)
-        if value is not None:
-            out[name] = jsonable(value)
-    age = getattr(snap, "heartbeat_age_s", None)
-    if age is not None:
-        out["heartbeat_age_ms"] = round(age * 1000, 1) if age != float("inf") else None
-    read_at = getattr(snap, "read_at", None)
-    if isinstance(read_at, (int, float)) and read_at > 0:
-        out["last_read_age_ms"] = round((time.monotonic() - read_at) * 1000, 1)
+    out["link_ok"] = bool(snap.link_ok)
+    out["link_reason"] = str(snap.link_reason)
+    if snap.heartbeat is not None:
+        out["heartbeat"] = int(snap.heartbeat)
+    if snap.fault_code is not None:
+        out["fault_code"] = int(snap.fault_code)
+    age = snap.heartbeat_age_s
+    out["heartbeat_age_ms"] = round(age * 1000, 1) if age != float("inf") else None
+    if snap.read_at > 0:
+        out["last_read_age_ms"] = round((time.monotonic() - snap.read_at) * 1000, 1)
+    # The polling period is the Modbus driver's setting, not part of the port Protocol.
     poll = getattr(plc, "poll_interval_s", None)
     if isinstance(poll, (int, float)):
         out["poll_interval_ms"] = round(poll * 1000, 3)
     try:
-        if hasattr(plc, "open_interlocks"):
-            out["open_interlocks"] = list(plc.open_interlocks(snap))
-        elif hasattr(snap, "open_inputs"):
-            out["open_interlocks"] = list(snap.open_inputs())
+        out["open_interlocks"] = list(plc.open_interlocks(snap))
     except Exception as exc:  # noqa: BLE001 - diag reports what it cannot read
         out["open_interlocks_error"] = str(exc)
     return out
@@ -306,9 +309,10 @@ def _clock(service: Any) -> dict[str, Any]:
         # related on the monotonic clock, so this is informational.
         "wall_minus_monotonic_ms": round(((now_wall - _anchor.wall) - elapsed) * 1000, 3),
     }
-    couch_link = getattr(service, "couch", None)
-    st = getattr(couch_link, "latest_status", None)
-    if st is None or _anchor.couch_uptime_ms is None or _anchor.couch_rx_mono is None:
+    couch_link: CouchPort | None = getattr(service, "couch", None)
+    st = couch_link.latest_status if couch_link is not None else None
+    if (couch_link is None or st is None or _anchor.couch_uptime_ms is None
+            or _anchor.couch_rx_mono is None):
         out["couch"] = None
         return out
     host_s = st.received_at - _anchor.couch_rx_mono
@@ -436,7 +440,11 @@ def _state_dir(service: Any) -> Path | None:
 
 
 async def collect(service: Any, *, rtt_samples: int = RTT_SAMPLES) -> dict[str, Any]:
-    """The self-test report for `igrtctl diag` (JSON-ready dict). Never commands motion."""
+    """The self-test report for `igrtctl diag` (JSON-ready dict). Never commands motion.
+
+    `service` is a RoomService or a stand-in with some of its attributes (what
+    is absent is reported absent); its couch and PLC are read through the
+    port Protocols of daemon/ports.py."""
     install(service)
     t0 = time.perf_counter()
     # Event-loop lag: how late a zero-length sleep comes back, i.e. how busy

@@ -84,7 +84,7 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
             except* _Shutdown:
                 sdnotify.stopping()
                 log.info("igrtd stopping")
-                service._stop_couch_now()
+                service.stop_couch_now()
                 # Beam-on monitoring ends with the beam held, while the PLC link is still open.
                 await service.shutdown_monitoring()
             except* Exception as group:
@@ -95,7 +95,7 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
                 # restarts it (Restart=on-failure): it comes back stopped, with
                 # interrupted moves marked and never re-sent. Carrying on without
                 # supervision would be worse than a restart.
-                service._stop_couch_now()
+                service.stop_couch_now()
                 fault = "; ".join(_one_line(e) for e in group.exceptions)
                 log.critical("igrtd task failed unexpectedly: %s", fault, exc_info=group)
                 sdnotify.stopping()

@@ -27,9 +27,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
 
+from daemon.ports import CorrectionStorePort, CouchPort, ImagerArmsPort
 from drivers.couch import CouchRefused
+from safety.couch_model import CouchModel
 from safety.motion import MotionDecision, MotionRequest, authorize_motion
 from safety.pose import AXES, UNITS, Pose
 
@@ -50,16 +51,19 @@ class MotionRefused(Exception):
         self.go_unanswered = go_unanswered
 
 
-class CouchMotion(Protocol):
-    async def status(self) -> Any: ...
-    async def send_target(self, pose: Pose, validity_ms: int) -> Any: ...
-    async def go(self, echo_id: int) -> None: ...
-    async def jog(self, axis: str, velocity: float, duration_ms: int) -> None: ...
+@dataclass(frozen=True, slots=True)
+class MotionFacts:
+    """The room as it is at the moment a motion is authorised (taken afresh each time)."""
 
-
-class ArmsMotion(Protocol):
-    async def extend(self) -> None: ...
-    async def retract(self) -> None: ...
+    # The gate is asked while the workflow is in the state that permits the kind of
+    # motion: CONFIRMED for a move, SERVICE for a jog.
+    room_state: str
+    current: Pose | None  # couch pose of the latest status; None: never reported
+    open_interlocks: tuple[str, ...]  # interlocks proper, PLC health, couch link
+    couch_moving: bool
+    imager_arms_parked: bool
+    imager_moving: bool
+    hold_to_run_fresh: bool
 
 
 @dataclass(frozen=True)
@@ -88,21 +92,21 @@ class StartedMove:
     start: Pose | None = None  # couch pose reported just before GO
 
 
-SnapshotFn = Callable[[str], dict[str, Any]]
+FactsFn = Callable[[str], MotionFacts]
 AuditFn = Callable[..., None]
 
 
 class MotionGate:
     def __init__(
         self,
-        couch: CouchMotion,
-        store: Any,
+        couch: CouchPort,
+        store: CorrectionStorePort,
         audit: AuditFn,
-        snapshot: SnapshotFn,
+        facts: FactsFn,
         *,
-        model: Any,
+        model: CouchModel,
         target_validity_ms: int,
-        arms: ArmsMotion | None = None,
+        arms: ImagerArmsPort | None = None,
         imaging_tolerance_mm: float = 0.5,
         imaging_tolerance_deg: float = 0.2,
         on_motion_sent: Callable[[], None] | None = None,
@@ -118,7 +122,7 @@ class MotionGate:
         self._arms = arms
         self._store = store
         self._audit = audit
-        self._snapshot = snapshot
+        self._facts = facts
         self._model = model
         self._validity_ms = target_validity_ms
 
@@ -128,22 +132,22 @@ class MotionGate:
 
     def _request(self, kind: str, ticket: ConfirmationTicket | None, target: Pose | None,
                  already_executed: bool = False) -> MotionRequest:
-        facts = self._snapshot(kind)
+        facts = self._facts(kind)
         req = MotionRequest(
             kind=kind,
-            room_state=facts["room_state"],
+            room_state=facts.room_state,
             target=target,
-            current=facts.get("current"),
+            current=facts.current,
             confirmation_id=ticket.confirmation_id if ticket else None,
             confirmed_at=ticket.confirmed_at_mono if ticket else None,
             already_executed=already_executed,
             deadline=ticket.deadline_mono if ticket else None,
             now=time.monotonic(),
-            open_interlocks=facts["open_interlocks"],
-            couch_moving=facts["couch_moving"],
-            imager_arms_parked=facts["imager_arms_parked"],
-            imager_moving=facts["imager_moving"],
-            hold_to_run_fresh=facts["hold_to_run_fresh"],
+            open_interlocks=facts.open_interlocks,
+            couch_moving=facts.couch_moving,
+            imager_arms_parked=facts.imager_arms_parked,
+            imager_moving=facts.imager_moving,
+            hold_to_run_fresh=facts.hold_to_run_fresh,
             model=self._model,
             couch_at_imaging=ticket.couch_at_imaging if ticket else None,
             imaging_path_end=ticket.target if ticket and ticket.resumes_interrupted else None,

@@ -1,9 +1,24 @@
-"""Proposals and confirmations as the daemon holds them in memory.
+"""Sessions, proposals and confirmations as the daemon holds them in memory.
 
-A proposal is one registration turned into a planned couch target, bound to
-patient, plan, frame of reference, imaging session and the couch pose at
-imaging. A confirmation is one person's go-ahead for one proposal; each has
-its own id, and a confirmation id is executed at most once.
+A treatment session is what the room is set up for (patient, plan, frame of
+reference, isocentre) and the imaging recorded in it. A proposal is one
+registration turned into a planned couch target, bound to patient, plan,
+frame of reference, imaging session and the couch pose at imaging. A
+confirmation is one person's go-ahead for one proposal; each has its own id,
+and a confirmation id is executed at most once.
+
+`Proposal.status` is a second, smaller state machine next to the room's
+(daemon/workflow.py): every change goes through `Proposal.to()`, which
+refuses a transition that is not in `PROPOSAL_TRANSITIONS`.
+
+    proposed --confirm--> awaiting_approval --approve--> confirmed
+    proposed --confirm--> confirmed --first hold, GO accepted--> moving
+    confirmed | awaiting_approval --stop / trip / expiry / move not started--> proposed
+    moving --stop / trip--> interrupted --confirm afresh--> confirmed | awaiting_approval
+    moving --arrived within deadband--> completed;  --missed target--> failed
+    proposed | confirmed | awaiting_approval --new proposal, session change--> superseded
+A proposal is made `proposed`, `refused` or `within_tolerance` (its verdict);
+the last two, `completed`, `failed` and `superseded` are final.
 """
 
 from __future__ import annotations
@@ -11,6 +26,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from daemon.api import Binding
@@ -21,6 +37,77 @@ from safety.pose import Pose
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class ProposalStatus(StrEnum):
+    PROPOSED = "proposed"
+    AWAITING_APPROVAL = "awaiting_approval"
+    CONFIRMED = "confirmed"
+    MOVING = "moving"
+    INTERRUPTED = "interrupted"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    REFUSED = "refused"
+    WITHIN_TOLERANCE = "within_tolerance"
+    SUPERSEDED = "superseded"
+
+
+P = ProposalStatus
+PROPOSAL_TRANSITIONS: dict[ProposalStatus, frozenset[ProposalStatus]] = {
+    P.PROPOSED: frozenset({P.AWAITING_APPROVAL, P.CONFIRMED, P.SUPERSEDED}),
+    P.AWAITING_APPROVAL: frozenset({P.CONFIRMED, P.PROPOSED, P.SUPERSEDED}),
+    # Back to PROPOSED: the confirmation expired, was spent by a stop or a trip before
+    # the move, or the move was not started after TARGET went out.
+    P.CONFIRMED: frozenset({P.MOVING, P.PROPOSED, P.SUPERSEDED}),
+    P.MOVING: frozenset({P.INTERRUPTED, P.COMPLETED, P.FAILED}),
+    # An interrupted move is only ever continued under a fresh confirmation.
+    P.INTERRUPTED: frozenset({P.AWAITING_APPROVAL, P.CONFIRMED}),
+    P.COMPLETED: frozenset(),
+    P.FAILED: frozenset(),
+    P.REFUSED: frozenset(),
+    P.WITHIN_TOLERANCE: frozenset(),
+    P.SUPERSEDED: frozenset(),
+}
+# What a proposal may be made as (by its verdict).
+INITIAL_STATUSES = frozenset({P.PROPOSED, P.REFUSED, P.WITHIN_TOLERANCE})
+# A new proposal or a session change supersedes a proposal in these.
+SUPERSEDABLE = frozenset({P.PROPOSED, P.CONFIRMED, P.AWAITING_APPROVAL})
+
+
+class ProposalTransitionRefused(Exception):
+    """A proposal status change that is not in PROPOSAL_TRANSITIONS (a bug, never a user error)."""
+
+
+@dataclass
+class ImagingRecord:
+    uid: str
+    modality: str
+    acquired_at: float
+    couch: Pose
+
+
+@dataclass
+class TreatmentSession:
+    patient_id: str
+    plan_uid: str
+    frame_of_reference_uid: str
+    iso: tuple[float, float, float]
+    patient_position: str
+    opened_by: str
+    opened_at: float
+    imaging: dict[str, ImagingRecord] = field(default_factory=dict)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "patient_id": self.patient_id,
+            "plan_uid": self.plan_uid,
+            "frame_of_reference_uid": self.frame_of_reference_uid,
+            "iso": list(self.iso),
+            "patient_position": self.patient_position,
+            "opened_by": self.opened_by,
+            "opened_at": self.opened_at,
+            "imaging_sessions": sorted(self.imaging),
+        }
 
 
 @dataclass
@@ -48,10 +135,23 @@ class Proposal:
     couch_at_imaging: Pose
     plan: CorrectionPlan
     source: str
-    status: str = "proposed"  # proposed|confirmed|awaiting_approval|moving|completed|interrupted|
-    #                           refused|within_tolerance|superseded|expired|failed
+    status: ProposalStatus = ProposalStatus.PROPOSED
     confirmation: Confirmation | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.status not in INITIAL_STATUSES:
+            raise ProposalTransitionRefused(f"a proposal cannot be made {self.status}")
+
+    def can(self, new: ProposalStatus) -> bool:
+        return new in PROPOSAL_TRANSITIONS[self.status]
+
+    def to(self, new: ProposalStatus) -> None:
+        """Change the status; a change not in the table is refused (nothing changes)."""
+        if new not in PROPOSAL_TRANSITIONS[self.status]:
+            raise ProposalTransitionRefused(f"proposal {self.id} cannot go from {self.status} "
+                                            f"to {new}")
+        self.status = new
 
     @property
     def verdict(self) -> Verdict:
@@ -68,7 +168,7 @@ class Proposal:
         c = self.confirmation
         return {
             "id": self.id,
-            "status": self.status,
+            "status": str(self.status),
             "created_at": self.created_at,
             "user": self.user,
             "binding": self.binding.model_dump(),

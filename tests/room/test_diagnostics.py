@@ -191,6 +191,7 @@ class _StatusOnlyCouch:
 
     def __init__(self, uptime_ms: int) -> None:
         self.latest_status = self._status(uptime_ms, time.monotonic())
+        self.link_ok = True
 
     @staticmethod
     def _status(uptime_ms: int, at: float) -> CouchStatus:

@@ -318,7 +318,7 @@ def test_igrtctl_monitor_start_status_stop(
     _ready(alice)
 
     def igrtctl(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "daemon.cli", "--socket",
+        return subprocess.run([sys.executable, "-m", "daemon.igrtctl", "--socket",
                                str(daemon.socket_path), "--user", "alice", *args],
                               check=False, text=True, capture_output=True, timeout=30)
 

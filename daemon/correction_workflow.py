@@ -1,0 +1,273 @@
+"""The correction workflow: sessions, imaging, registration, propose, confirm, approve.
+
+A registration becomes a proposal bound to the open session (patient, plan,
+frame of reference, isocentre, patient position), to an imaging session and
+to the couch pose at imaging (R-BIND); the verdict tiers apply to the
+correction and to the travel from where the couch is now, the stricter
+winning. A proposal that needs it is confirmed by one person and, above the
+second tier, approved by another. Nothing here moves anything: the first
+hold-to-run heartbeat after confirmation starts the move
+(daemon/supervision.py). Roles are checked by the RoomService facade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+from daemon.api import (
+    Actor,
+    ImagingRequest,
+    ProposeRequest,
+    RegisterRequest,
+    SessionRequest,
+)
+from daemon.proposals import (
+    Confirmation,
+    ImagingRecord,
+    Proposal,
+    TreatmentSession,
+    new_id,
+)
+from daemon.proposals import ProposalStatus as PS
+from daemon.room import Room
+from daemon.workflow import LATCHED, PROPOSABLE, RoomState
+from safety.correction import plan_correction
+from safety.geometry import parse_patient_position
+from safety.policy import Verdict
+from safety.pose import AXES, Pose
+from safety.travel import couch_moved_reasons
+
+S = RoomState
+
+
+class CorrectionWorkflow:
+    def __init__(self, room: Room) -> None:
+        self.room = room
+
+    async def open_session(self, actor: Actor, req: SessionRequest) -> dict[str, Any]:
+        if self.room.workflow.state not in (S.STANDBY, S.READY, S.DONE, S.PROPOSED):
+            raise self.room.refuse(actor, "open_session",
+                                   f"cannot open a session in state {self.room.workflow.state}")
+        try:
+            position = parse_patient_position(req.patient_position).value
+        except ValueError as exc:
+            raise self.room.refuse(actor, "open_session", str(exc)) from None
+        if not all(math.isfinite(v) for v in req.iso):
+            raise self.room.refuse(actor, "open_session",
+                                   "isocentre must be 3 finite numbers in mm")
+        self.room.session = TreatmentSession(req.patient_id, req.plan_uid,
+                                             req.frame_of_reference_uid,
+                                             req.iso, position, actor.user, time.time())
+        self.room.supersede_current("session opened")
+        self.room.audit("session", actor.user, action="open", **self.room.session.view())
+        if self.room.workflow.state != S.READY:
+            self.room.to(S.READY, f"session open for patient {req.patient_id}", actor.user)
+        return self.room.snapshot()
+
+    async def close_session(self, actor: Actor) -> dict[str, Any]:
+        if self.room.workflow.state in (S.MOVING, S.VERIFYING, S.MONITORING, *LATCHED):
+            raise self.room.refuse(actor, "close_session",
+                                   f"cannot close the session in state {self.room.workflow.state}")
+        self.room.supersede_current("session closed")
+        self.room.audit("session", actor.user, action="close")
+        self.room.session = None
+        self.room.to(S.STANDBY, "session closed", actor.user)
+        return self.room.snapshot()
+
+    async def record_imaging(self, actor: Actor, req: ImagingRequest) -> dict[str, Any]:
+        if self.room.session is None:
+            raise self.room.refuse(actor, "record_imaging", "no treatment session is open")
+        if self.room.workflow.state in (S.MOVING, S.VERIFYING):
+            raise self.room.refuse(actor, "record_imaging", "the couch is moving")
+        if req.imaging_session_uid in self.room.session.imaging:
+            raise self.room.refuse(actor, "record_imaging",
+                                   f"imaging session {req.imaging_session_uid} already recorded")
+        status = await self.room.couch.status()
+        rec = ImagingRecord(req.imaging_session_uid, req.modality, time.time(), status.pose)
+        self.room.session.imaging[rec.uid] = rec
+        self.room.audit("imaging", actor.user, imaging_session_uid=rec.uid, modality=rec.modality,
+                        couch_pose=rec.couch.as_dict())
+        return {"imaging_session_uid": rec.uid, "acquired_at": rec.acquired_at,
+                "couch": rec.couch.as_dict()}
+
+    async def register(self, actor: Actor, req: RegisterRequest) -> dict[str, Any]:
+        """Rigid registration in a worker thread: motion supervision keeps running."""
+        from imaging.registration import register_rigid
+        from imaging.volumes import read_image
+
+        def work() -> Any:
+            fixed = read_image(req.fixed)
+            moving = read_image(req.moving)
+            return register_rigid(fixed.image, moving.image, iso_mm=req.iso)
+
+        try:
+            result = await asyncio.to_thread(work)
+        except ValueError as exc:
+            raise self.room.refuse(actor, "register", str(exc)) from None
+        out: dict[str, Any] = result.to_json_dict()
+        self.room.audit("registration", actor.user, fixed=req.fixed, moving=req.moving,
+                        converged=out.get("converged"), metric=out.get("metric"),
+                        translation_mm=out.get("translation_mm"),
+                        rotation_deg=out.get("rotation_deg"),
+                        seconds=out.get("seconds"), via=actor.via)
+        return out
+
+    def _binding_refusals(self, req: ProposeRequest) -> list[str]:
+        s = self.room.session
+        assert s is not None
+        b = req.binding
+        out: list[str] = []
+        if b.patient_id != s.patient_id:
+            out.append(f"registration is for patient {b.patient_id}, session is for {s.patient_id}")
+        if b.plan_uid != s.plan_uid:
+            out.append(f"registration names plan {b.plan_uid}, session plan is {s.plan_uid}")
+        if b.frame_of_reference_uid != s.frame_of_reference_uid:
+            out.append(f"registration frame of reference {b.frame_of_reference_uid} is not the "
+                       f"plan's {s.frame_of_reference_uid}")
+        if any(abs(a - c) > 1e-6 for a, c in zip(req.iso, s.iso)):
+            out.append(f"isocentre {list(req.iso)} mm differs from the plan's {list(s.iso)} mm")
+        try:
+            if parse_patient_position(req.patient_position).value != s.patient_position:
+                out.append(f"patient position {req.patient_position} differs from the plan's "
+                           f"{s.patient_position}")
+        except ValueError as exc:
+            out.append(str(exc))
+        age = time.time() - b.acquired_at
+        limit = self.room.config.binding.max_registration_age_s
+        if age > limit:
+            out.append(f"registration is {age:.0f} s old, limit {limit:.0f} s")
+        if age < -5.0:
+            out.append(f"registration acquisition time is {-age:.0f} s in the future")
+        return out
+
+    async def propose(self, actor: Actor, req: ProposeRequest) -> dict[str, Any]:
+        if self.room.session is None:
+            raise self.room.refuse(actor, "propose", "no treatment session is open")
+        if self.room.workflow.state not in PROPOSABLE:
+            raise self.room.refuse(actor, "propose",
+                                   f"cannot propose in state {self.room.workflow.state}")
+        refusals = self._binding_refusals(req)
+        uid = req.binding.imaging_session_uid
+        rec = self.room.session.imaging.get(uid)
+        # Where the couch is now: the couch travels from here, whatever the imaging
+        # pose says (issue 11, item 2). Read afresh: an idle couch pushes no status.
+        try:
+            current = (await self.room.couch.status()).pose
+        except Exception as exc:  # noqa: BLE001 - no pose, no proposal
+            raise self.room.refuse(actor, "propose",
+                                   f"current couch pose could not be read: {exc}") from None
+        tol_mm = self.room.config.binding.couch_moved_tolerance_mm
+        tol_deg = self.room.config.binding.couch_moved_tolerance_deg
+        if req.couch_at_imaging is not None:
+            try:
+                p_img = Pose.from_dict(req.couch_at_imaging)
+            except (ValueError, TypeError) as exc:
+                raise self.room.refuse(actor, "propose", f"couch_at_imaging: {exc}") from None
+            if rec is not None and any(abs(p_img.get(a) - rec.couch.get(a)) > 0.05 for a in AXES):
+                refusals.append(f"couch pose at imaging in the registration ({p_img}) differs "
+                                f"from the pose recorded for {uid} ({rec.couch})")
+            if rec is None:
+                # igrtd did not see this imaging: the only pose it can vouch for is now.
+                refusals.extend(couch_moved_reasons(
+                    p_img, current, tol_mm, tol_deg,
+                    what=f"couch_at_imaging of imaging session {uid}, which igrtd did not "
+                         "record, differs from the current couch pose"))
+        elif rec is not None:
+            p_img = rec.couch
+        else:
+            # No pose recorded for this imaging session: read the couch now and bind it.
+            # (Part of propose: whoever may propose may record imaging, see the role table.)
+            await self.record_imaging(actor, ImagingRequest(imaging_session_uid=uid))
+            p_img = self.room.session.imaging[uid].couch
+        if rec is not None or req.couch_at_imaging is None:
+            refusals.extend(couch_moved_reasons(p_img, current, tol_mm, tol_deg))
+        axes = frozenset(req.axes) if req.axes else frozenset(AXES)
+        try:
+            plan = plan_correction(req.matrix, req.iso, req.patient_position, p_img,
+                                   self.room.model,
+                                   self.room.policy, axes, extra_refusals=refusals, current=current)
+        except ValueError as exc:
+            raise self.room.refuse(actor, "propose", str(exc)) from None
+        self.room.supersede_current("new proposal")
+        pid = new_id("prop")
+        now = time.time()
+        status = (PS.REFUSED if plan.verdict is Verdict.REFUSED
+                  else PS.WITHIN_TOLERANCE if plan.verdict is Verdict.WITHIN_TOLERANCE
+                  else PS.PROPOSED)
+        p = Proposal(pid, now, time.monotonic(), actor.user, req.binding, req.iso,
+                     req.patient_position, req.matrix, p_img, plan, req.source, status)
+        self.room.proposals[pid] = p
+        self.room.current = p
+        self.room.store.save_proposal(pid, p.record())
+        self.room.audit("proposal", actor.user, proposal_id=pid, verdict=plan.verdict.value,
+                        reasons=plan.reasons, target=plan.target.as_dict(),
+                        delta=plan.delta.as_dict(),
+                        couch_at_imaging=p_img.as_dict(), couch_now=current.as_dict(),
+                        travel=plan.travel.as_dict() if plan.travel else None,
+                        binding=req.binding.model_dump(), via=actor.via)
+        if plan.verdict is Verdict.WITHIN_TOLERANCE:
+            self.room.last_result = {"proposal_id": pid, "outcome": "within_tolerance",
+                                     "delta": plan.delta.as_dict()}
+            self.room.to(S.DONE, f"proposal {pid} within tolerance: no move", actor.user)
+        elif plan.verdict is Verdict.REFUSED:
+            if self.room.workflow.state == S.READY:
+                self.room.publish_state()
+            else:
+                self.room.to(S.READY, f"proposal {pid} refused", actor.user)
+        else:
+            self.room.to(S.PROPOSED, f"proposal {pid}: {plan.verdict.value}", actor.user)
+        return p.view()
+
+    async def confirm(self, actor: Actor, proposal_id: str) -> dict[str, Any]:
+        p = self.room.proposal(actor, "confirm", proposal_id)
+        if self.room.workflow.state != S.PROPOSED or p.status not in (PS.PROPOSED, PS.INTERRUPTED):
+            raise self.room.refuse(actor, "confirm", f"proposal {proposal_id} is {p.status}; "
+                                   f"room is {self.room.workflow.state}; nothing to confirm",
+                                   proposal_id=proposal_id)
+        if p.verdict not in (Verdict.NEEDS_CONFIRMATION, Verdict.NEEDS_SECOND_APPROVAL):
+            raise self.room.refuse(actor, "confirm", f"proposal {proposal_id} verdict is "
+                                   f"{p.verdict.value}; it cannot be confirmed",
+                                   proposal_id=proposal_id)
+        if self.room.store.proposal_completed(proposal_id):
+            raise self.room.refuse(actor, "confirm", f"proposal {proposal_id} was already applied")
+        age = time.time() - p.binding.acquired_at
+        if age > self.room.config.binding.max_registration_age_s:
+            raise self.room.refuse(actor, "confirm", f"registration is {age:.0f} s old, limit "
+                                   f"{self.room.config.binding.max_registration_age_s:.0f} s; "
+                                   "re-image")
+        now_m = time.monotonic()
+        c = Confirmation(new_id("conf"), p.id, actor.user, time.time(), now_m,
+                         now_m + self.room.config.motion.confirmation_validity_s)
+        self.room.store.record_confirmation(c.id, p.id, actor.user, c.at)
+        p.confirmation = c
+        self.room.audit("confirmation", actor.user, proposal_id=p.id, confirmation_id=c.id,
+                        verdict=p.verdict.value, target=p.target.as_dict(), via=actor.via)
+        if p.verdict is Verdict.NEEDS_SECOND_APPROVAL:
+            p.to(PS.AWAITING_APPROVAL)
+            self.room.to(S.AWAITING_APPROVAL, f"{p.id} needs a second approval", actor.user)
+        else:
+            p.to(PS.CONFIRMED)
+            self.room.to(S.CONFIRMED, f"{p.id} confirmed by {actor.user}", actor.user)
+        return p.view()
+
+    async def approve(self, actor: Actor, proposal_id: str) -> dict[str, Any]:
+        p = self.room.proposal(actor, "approve", proposal_id)
+        c = p.confirmation
+        if self.room.workflow.state != S.AWAITING_APPROVAL or c is None:
+            raise self.room.refuse(actor, "approve", f"proposal {proposal_id} is not awaiting a "
+                                   "second approval", proposal_id=proposal_id)
+        if actor.user == c.user:
+            raise self.room.refuse(actor, "approve", "second approval must come from another "
+                                   f"person than {c.user}, who confirmed",
+                                   proposal_id=proposal_id)
+        c.approver, c.approved_at = actor.user, time.time()
+        self.room.store.record_confirmation(c.id, p.id, c.user, c.at, approver=actor.user)
+        p.to(PS.CONFIRMED)
+        self.room.audit("approval", actor.user, proposal_id=p.id, confirmation_id=c.id,
+                        confirmed_by=c.user, via=actor.via)
+        self.room.to(S.CONFIRMED, f"{p.id} approved by {actor.user}", actor.user)
+        return p.view()
+

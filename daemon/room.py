@@ -1,0 +1,235 @@
+"""What the parts of RoomService share: the state of one treatment room.
+
+The room's workflow state, the open session, the current proposal, the move
+under way, the hold-to-run heartbeat and the last result live here, with the
+few operations every part needs: audit (and fan out to consoles), change
+state (the one place that calls `Workflow.to`), the status snapshot, the
+motion facts the MotionGate authorises against, and STOP.
+
+The parts (daemon/correction_workflow.py, daemon/supervision.py,
+daemon/beam_monitoring.py, daemon/service_mode.py, daemon/arms_control.py)
+each take this object and import no other part (supervision uses its own
+daemon/couch_watch.py); supervision owns the MotionGate, which the facade
+hands to service mode and the arms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.api import Actor, CommandError
+from daemon.config import RoomConfig
+from daemon.motion_gate import MotionFacts, StartedMove
+from daemon.ports import AuditPort, CorrectionStorePort, CouchPort, RoomSafetyPort
+from daemon.proposals import SUPERSEDABLE, Proposal, ProposalStatus, TreatmentSession
+from daemon.workflow import RoomState, Workflow
+from safety.couch_model import CouchModel
+from safety.policy import VerdictPolicy
+
+log = logging.getLogger("igrt.room")
+
+S = RoomState
+
+
+@dataclass
+class ActiveMove:
+    started: StartedMove
+    user: str
+    status_after_go: bool = False
+
+
+@dataclass
+class HoldToRun:
+    """The last hold-to-run heartbeat: a console's `hold`, a jog step or an arms command."""
+
+    mono: float | None = None
+    user: str | None = None
+    via: str | None = None
+
+    def beat(self, actor: Actor) -> None:
+        self.mono, self.user, self.via = time.monotonic(), actor.user, actor.via
+
+
+class Room:
+    def __init__(self, config: RoomConfig, couch: CouchPort, audit: AuditPort,
+                 store: CorrectionStorePort, plc: RoomSafetyPort | None) -> None:
+        self.config = config
+        self.couch = couch
+        self.plc = plc
+        self.audit_log = audit
+        self.store = store
+        self.model = (
+            CouchModel.from_mapping(config.couch_model) if config.couch_model
+            else CouchModel.default()
+        )
+        self.policy = VerdictPolicy.model_validate(config.policy or {})
+        self.workflow = Workflow()
+        self.session: TreatmentSession | None = None
+        self.proposals: dict[str, Proposal] = {}
+        self.current: Proposal | None = None
+        self.active: ActiveMove | None = None
+        self.last_result: dict[str, Any] | None = None
+        self.hold = HoldToRun()
+        self.state_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.event_listeners: list[Callable[[dict[str, Any]], None]] = []
+        # Wakes the supervision loops at once when a move starts.
+        self.wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Beam-on monitoring's line of the snapshot (set by RoomService).
+        self.monitoring_brief: Callable[[], dict[str, Any] | None] = lambda: None
+
+    # ------------------------------------------------------------------ audit
+    def audit(self, event: str, actor: str, **details: Any) -> None:
+        self.audit_log.append(event, actor, **details)
+        payload = {"event": event, "actor": actor, "at": time.time(), **details}
+        for cb in list(self.event_listeners):
+            try:
+                cb(payload)
+            except Exception:  # a broken listener must never break the workflow
+                log.exception("event listener failed")
+
+    def refuse(self, actor: Actor, cmd: str, reason: str, **details: Any) -> CommandError:
+        """Audit a refusal and return the error to raise."""
+        self.audit("reject", actor.user, command=cmd, reason=reason, via=actor.via, **details)
+        return CommandError(reason)
+
+    def to(self, new: RoomState, reason: str, actor: str = "system") -> None:
+        if self.workflow.state == new and new not in (S.PROPOSED, S.DONE):
+            return
+        old = self.workflow.to(new, reason)
+        log.info("state %s -> %s (%s)", old, new, reason)
+        if self.plc is not None:
+            self.plc.on_room_state(str(new))
+        self.audit("state", actor, old=str(old), new=str(new), reason=reason)
+        self.publish_state()
+
+    def publish_state(self) -> None:
+        if not self.state_listeners:
+            return
+        snap = self.snapshot()
+        for cb in list(self.state_listeners):
+            try:
+                cb(snap)
+            except Exception:
+                log.exception("state listener failed")
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------- proposals
+    def proposal(self, actor: Actor, cmd: str, proposal_id: str) -> Proposal:
+        """The current proposal by id, or a refusal naming why it is not."""
+        p = self.proposals.get(proposal_id)
+        if p is None:
+            if self.store.proposal_completed(proposal_id):
+                raise self.refuse(actor, cmd, f"proposal {proposal_id} was already applied; "
+                                  "a confirmed correction applies at most once")
+            raise self.refuse(actor, cmd, f"unknown proposal {proposal_id}")
+        if p is not self.current:
+            raise self.refuse(actor, cmd, f"proposal {proposal_id} is {p.status}, not the "
+                              "current proposal")
+        return p
+
+    def supersede_current(self, why: str) -> None:
+        p = self.current
+        if p is not None and p.status in SUPERSEDABLE:
+            p.to(ProposalStatus.SUPERSEDED)
+            p.note("superseded", why=why)
+        self.current = None
+
+    # ------------------------------------------------------------- facts
+    def plc_interlocks(self) -> tuple[list[str], bool | None]:
+        """(open interlocks other than hold-to-run, motion-enable pressed or None)."""
+        if self.plc is None:
+            return [], None
+        snap = self.plc.snapshot()
+        return self.plc.open_interlocks(snap), self.plc.motion_enable_pressed(snap)
+
+    def hold_fresh(self) -> bool:
+        if self.hold.mono is None:
+            return False
+        if time.monotonic() - self.hold.mono > self.config.motion.hold_timeout_s:
+            return False
+        if self.plc is not None and self.config.motion.require_plc_motion_enable:
+            _, pressed = self.plc_interlocks()
+            return bool(pressed)
+        return True
+
+    def couch_link_ok(self) -> bool:
+        return bool(self.couch.link_ok)
+
+    def motion_facts(self, kind: str) -> MotionFacts:
+        open_il, _ = self.plc_interlocks()
+        if not self.couch_link_ok():
+            open_il = [*open_il, "couch link lost"]
+        status = self.couch.latest_status
+        arms_parked, arms_moving = True, False
+        if self.plc is not None:
+            arms_parked, arms_moving = self.plc.arms_state(self.plc.snapshot())
+        return MotionFacts(
+            room_state=str(self.workflow.state),
+            current=status.pose if status is not None else None,
+            open_interlocks=tuple(open_il),
+            couch_moving=bool(status is not None and any(status.moving)),
+            imager_arms_parked=arms_parked,
+            imager_moving=arms_moving,
+            hold_to_run_fresh=self.hold_fresh(),
+        )
+
+    def stop_couch_now(self) -> None:
+        """Write STOP in this event-loop step; never raises (the trip goes on)."""
+        try:
+            self.couch.stop_nowait()
+        except Exception as exc:  # noqa: BLE001 - the stop path never raises; trip goes on
+            log.error("could not write STOP: %s", exc)
+
+    # ------------------------------------------------------------- views
+    def snapshot(self) -> dict[str, Any]:
+        status = self.couch.latest_status
+        open_il, pressed = self.plc_interlocks()
+        return {
+            "v": 1,
+            "room": self.config.room,
+            "state": str(self.workflow.state),
+            "reason": self.workflow.reason,
+            "since": self.workflow.since,
+            "session": self.session.view() if self.session else None,
+            "proposal": self.current.view() if self.current else None,
+            "couch": None if status is None else {
+                "pose": status.pose.as_dict(),
+                "state": str(status.state),
+                "moving": list(status.moving),
+                "link_ok": self.couch_link_ok(),
+            },
+            "interlocks": {
+                "monitored": self.plc is not None,
+                "open": open_il,
+                "motion_enable_pressed": pressed,
+            },
+            "hold": {"user": self.hold.user, "fresh": self.hold_fresh()},
+            "last_result": self.last_result,
+            "monitoring": self.monitoring_brief(),
+        }
+
+    def progress(self) -> dict[str, Any]:
+        status = self.couch.latest_status
+        out: dict[str, Any] = {"state": str(self.workflow.state), "reason": self.workflow.reason,
+                               "running": self.workflow.state == S.MOVING}
+        if status is not None:
+            out["pose"] = status.pose.as_dict()
+        if self.current is not None:
+            out["proposal_id"] = self.current.id
+            out["target"] = self.current.target.as_dict()
+            if status is not None:
+                rem = self.current.target.minus(status.pose)
+                out["remaining"] = rem.as_dict()
+        if self.last_result is not None:
+            out["result"] = self.last_result
+        return out

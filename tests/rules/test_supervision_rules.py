@@ -1,0 +1,116 @@
+"""Motion supervision rules (hold-to-run, interlocks, trips, runaway) on in-memory fakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fakes import fake_room
+
+from daemon.api import CommandError
+from daemon.proposals import ProposalStatus
+
+from .helpers import ALICE, LARGE, SMALL, propose, start_move, supervised, until
+
+
+async def test_a_move_stops_when_hold_to_run_heartbeats_stop(tmp_path: Path) -> None:
+    room = await fake_room(tmp_path, hold_timeout_s=0.1)
+    async with supervised(room):
+        await start_move(room)
+        await until(lambda: str(room.service.workflow.state) == "STOPPED")
+    assert room.journal.count("STOP") >= 1
+    assert room.service.current is not None
+    assert room.service.current.status is ProposalStatus.INTERRUPTED
+
+
+async def test_an_interlock_opening_during_a_move_latches_fault_at_once(tmp_path: Path) -> None:
+    room = await fake_room(tmp_path)
+    await start_move(room)
+    room.plc.change(open_=["door"])  # the PLC listener runs synchronously
+    assert str(room.service.workflow.state) == "FAULT"
+    assert room.service.active is None
+
+
+async def test_a_trip_writes_stop_before_it_audits_or_changes_state(tmp_path: Path) -> None:
+    room = await fake_room(tmp_path)
+    await start_move(room)
+    stops_before = room.journal.count("STOP")
+    room.plc.change(open_=["collision pads"])
+    first_stop = [i for i, (w, _) in enumerate(room.journal.entries) if w == "STOP"][stops_before]
+    assert first_stop < room.journal.index("audit:fault")
+    assert first_stop < room.journal.index("audit:state", lambda d: d["new"] == "FAULT")
+
+
+async def test_an_interlock_opening_while_confirmed_spends_the_confirmation(
+        tmp_path: Path) -> None:
+    room = await fake_room(tmp_path)
+    pid = await propose(room, SMALL)
+    await room.service.confirm(ALICE, pid)
+    room.plc.change(open_=["door"])
+    assert str(room.service.workflow.state) == "STOPPED"
+    p = room.service.current
+    assert p is not None and p.status is ProposalStatus.PROPOSED and p.confirmation is None
+
+
+async def test_a_move_without_the_motion_enable_pressed_sends_nothing(tmp_path: Path) -> None:
+    room = await fake_room(tmp_path)
+    pid = await propose(room, SMALL)
+    await room.service.confirm(ALICE, pid)
+    room.plc.enable_pressed = False
+    with pytest.raises(CommandError, match="move not started"):
+        await room.service.hold(ALICE, pid)
+    assert room.journal.count("TARGET") == room.journal.count("GO") == 0
+    assert str(room.service.workflow.state) == "CONFIRMED"  # nothing sent: still confirmed
+
+
+async def test_couch_motion_with_nothing_commanded_latches_fault(tmp_path: Path) -> None:
+    room = await fake_room(tmp_path)
+    room.couch.push()  # seen at rest, nothing commanded since
+    room.couch.state = "MOVING"
+    room.couch.push()
+    assert str(room.service.workflow.state) == "FAULT"
+    assert [f["what"] for f in room.audit.events("fault")] == ["uncommanded motion"]
+    assert room.journal.count("STOP") >= 2  # at start-up, and for the runaway
+
+
+async def test_stop_during_a_move_latches_stopped_and_interrupts_the_proposal(
+        tmp_path: Path) -> None:
+    room = await fake_room(tmp_path)
+    async with supervised(room):
+        await start_move(room)
+        await room.service.stop(ALICE, "test")
+    assert str(room.service.workflow.state) == "STOPPED"
+    assert room.service.current is not None
+    assert room.service.current.status is ProposalStatus.INTERRUPTED
+
+
+async def test_a_proposal_superseded_while_its_go_is_on_its_way_stops_the_couch(
+        tmp_path: Path) -> None:
+    room = await fake_room(tmp_path)
+    pid = await propose(room, SMALL)
+    await room.service.confirm(ALICE, pid)
+    old = room.service.current
+    new_ids: list[str] = []
+
+    async def new_proposal() -> None:
+        new_ids.append(await propose(room, LARGE, open_session=False))
+
+    room.couch.while_go_in_flight = new_proposal
+    with pytest.raises(CommandError, match="move stopped as it started"):
+        await room.service.hold(ALICE, pid)
+    assert room.journal.index("GO") < [i for i, (w, _) in enumerate(room.journal.entries)
+                                       if w == "STOP"][-1]
+    assert old is not None and old.status is ProposalStatus.SUPERSEDED
+    assert room.service.active is None and str(room.service.workflow.state) == "PROPOSED"
+    assert room.service.current is not None and room.service.current.id == new_ids[0]
+
+
+async def test_a_confirmed_move_does_not_start_on_a_lost_couch_link(tmp_path: Path) -> None:
+    room = await fake_room(tmp_path)
+    pid = await propose(room, SMALL)
+    await room.service.confirm(ALICE, pid)
+    room.couch.link_ok = False
+    assert "couch link lost" in room.service.room.motion_facts("couch_move").open_interlocks
+    with pytest.raises(CommandError, match="interlock open: couch link lost"):
+        await room.service.hold(ALICE, pid)
+    assert room.journal.count("TARGET") == 0
