@@ -193,6 +193,9 @@ class SimCouchController:
         self.executed_commands: list[Executed] = []
         self.refused_commands: list[Refused] = []
         self.motion_log: collections.deque[MotionSample] = collections.deque(maxlen=100_000)
+        # When a pushed STATUS carrying an injected pose jump actually left on the
+        # wire (a jump made while the line is cut waits for the line to come back).
+        self.pose_jumps_reported: list[float] = []
         self.frames_received: collections.deque[Received] = collections.deque(maxlen=10_000)
 
         self._state = cp.CtrlState.IDLE
@@ -389,8 +392,9 @@ class SimCouchController:
     def inject_pose_jump(self, axis: str, delta: float) -> None:
         """The reported pose has `axis` off by `delta` (mm or deg), as a faulty encoder
         would read, once: in every STATUS made until and including the next pushed one
-        (so the jump reaches the host within one push period even while replies are
-        delayed). The true pose is unchanged."""
+        that reaches the host intact (so the jump reaches the host within one push
+        period even while replies are delayed, and as soon as a cut line is back);
+        `pose_jumps_reported` records when. The true pose is unchanged."""
         i = AXES.index(axis)
         if not math.isfinite(delta):
             raise ValueError(f"pose jump {delta!r} must be a finite number")
@@ -451,18 +455,23 @@ class SimCouchController:
         dec = cp.FrameDecoder()
         return dec.feed(raw) + dec.flush()
 
-    def _send(self, frame: bytes, is_reply: bool) -> None:
+    def _send(self, frame: bytes, is_reply: bool) -> bool:
+        """Put a frame on the wire; False if the host cannot read it (the cable cut
+        by a silence injection, or the frame corrupted)."""
         if time.monotonic() < self._inj.silence_until:
-            return
+            return False
+        intact = True
         if self._inj.corrupt_tx > 0:
             self._inj.corrupt_tx -= 1
             b = bytearray(frame)
             b[-1] ^= 0x10
             frame = bytes(b)
+            intact = False
         if is_reply and self._inj.reply_delay_s > 0 and self._loop is not None:
             self._loop.call_later(self._inj.reply_delay_s, self._write, frame)
         else:
             self._write(frame)
+        return intact
 
     def _write(self, frame: bytes) -> None:
         if self._master < 0:
@@ -476,8 +485,11 @@ class SimCouchController:
         self._send(cp.encode(seq, msg), is_reply=True)
 
     def _push_status(self, now: float) -> None:
-        self._send(cp.encode(cp.UNSOLICITED_SEQ, self._status_msg(now)), is_reply=False)
-        self._inj.pose_jump = {}  # an injected jump lasts until it was pushed once
+        sent = self._send(cp.encode(cp.UNSOLICITED_SEQ, self._status_msg(now)), is_reply=False)
+        if sent and self._inj.pose_jump:
+            # An injected jump lasts until a push carrying it reached the wire.
+            self._inj.pose_jump = {}
+            self.pose_jumps_reported.append(now)
         self._next_push = now + self.status_push_s
 
     # ------------------------------------------------------------ protocol

@@ -134,9 +134,10 @@ class Campaign:
             self._one(make_scenario(self.rng, i))
         rig.ready_for_next()
         t_end = time.monotonic()
-        executed, motion, changes = rig.sim(lambda couch, plc: (
+        executed, motion, changes, jumps = rig.sim(lambda couch, plc: (
             list(couch.executed_commands[n_exec:]), [m for m in couch.motion_log if m.t >= t0],
-            list(plc.input_changes[n_changes:])))
+            list(plc.input_changes[n_changes:]),
+            [t for t in getattr(couch, "pose_jumps_reported", ()) if t >= t0]))
         c = rig.console
         report = check(executed=executed, motion=motion,
                        initial_inputs=initial, input_changes=changes,
@@ -148,7 +149,7 @@ class Campaign:
                        proposals=[p for p in c.proposals if p.t >= t0],
                        observations=[o for o in c.observations if o.t >= t0],
                        audit_fault_ts=audit_fault_times(rig.audit_dir, t0 + wall_offset - 1.0),
-                       initial_pose=pose0, wall_offset=wall_offset)
+                       initial_pose=pose0, wall_offset=wall_offset, jump_reports=jumps)
         return report, executed, changes
 
     def timeline(self, k: int, executed: list[Any], changes: list[Any]) -> list[str]:

@@ -49,11 +49,20 @@ Invariants (each violation is one line naming scenario, time and reason):
 7. AT MOST ONCE: after a proposal's move arrived, no GO for it moves the
    couch again, and once the room reported DONE for it, no GO for it at all.
 8. RUNAWAY / POSITION JUMP: uncommanded motion (a runaway) or a reported
-   pose jump during a move (still commanded when the next STATUS carried the
-   jump) ends in STOP or FAULT executed by the couch within
+   pose jump during a move (still commanded when a STATUS carrying the jump
+   reached the wire intact: a jump made while the line is cut is judged from
+   when the line is back) ends in STOP or FAULT executed by the couch within
    two status pushes plus the halt bound; the room is FAULT when the scenario
    settles (latched); igrtd wrote a `fault` audit record; and the couch
-   executes no GO after it before it executed a RESET.
+   executes no GO after it before it executed a RESET. What no host can know
+   sooner extends the bound, never the rule: a runaway during a commanded move
+   counts from when its axis left that move's path by more than igrtd's path
+   tolerance; while the serial line is cut, from when the line is back (or the
+   controller's own watchdog, unless it already faulted). A runaway that begins
+   while the line is cut, and either ended by the couch's watchdog before the
+   line is back or begun while a commanded move was running (igrtd cannot tell
+   it from that move's end), must halt and be RESET before any GO, but igrtd's
+   own FAULT and audit are not required.
 """
 
 from __future__ import annotations
@@ -104,6 +113,10 @@ class Timing:
     # Clinical tolerance (below it the couch has not "moved since imaging").
     imaging_tolerance_mm: float = 1.0
     imaging_tolerance_deg: float = 0.5
+    # igrtd's commanded-path tolerance (config motion.path_tolerance_*): a runaway
+    # during a move is evidence only once its axis leaves the path by this much.
+    path_tolerance_mm: float = 1.0
+    path_tolerance_deg: float = 0.2
     max_registration_age_s: float = 1800.0
     # A latched FAULT must be audited within this of the runaway / jump.
     audit_within_s: float = 3.0
@@ -266,10 +279,12 @@ def _forced_registers(injections: Sequence[Any]) -> list[tuple[float, float, tup
     return out
 
 
-def plc_delay_at(injections: Sequence[Any], t: float) -> float:
+def plc_delay_at(injections: Sequence[Any], t: float, reaction_s: float = 0.0) -> float:
     d = 0.0
     for a, b, v in _paired(injections, "plc_delay", lambda v: float(v) > 0):
-        if a <= t < b + float(v):  # answers in flight when cleared still arrive late
+        # Answers in flight when cleared still arrive late; a delay set within the
+        # reaction time after t delays the first answers that could show t's change.
+        if a <= t + reaction_s and t < b + float(v):
             d = max(d, float(v))
     return d
 
@@ -280,7 +295,7 @@ def windows(initial: dict[str, bool], changes: Sequence[tuple[float, str, bool]]
     out: list[Window] = []
     for s, e, name in _input_windows(initial, changes, t0):
         out.append(Window(s, e, f"{name} open" if name in INTERLOCK_INPUTS else name,
-                          plc_delay_at(injections, s), "plc", name))
+                          plc_delay_at(injections, s, timing.reaction_s), "plc", name))
     for a, b, _ in _paired(injections, "plc_heartbeat_frozen", bool):
         if b - a > timing.plc_stale_s:
             out.append(Window(a + timing.plc_stale_s, b, "PLC heartbeat frozen", 0.0, "plc",
@@ -297,11 +312,11 @@ def windows(initial: dict[str, bool], changes: Sequence[tuple[float, str, bool]]
             out.append(Window(a + timing.plc_stale_s, b, f"PLC answers {v * 1e3:.0f} ms late",
                               0.0, "plc", "plc_delay", origin=a))
     for a, b, v in _paired(injections, "plc_fault_code", lambda v: int(v) != 0):
-        out.append(Window(a, b, f"PLC fault code {int(v)}", plc_delay_at(injections, a), "plc",
-                          "plc_fault_code"))
+        out.append(Window(a, b, f"PLC fault code {int(v)}",
+                          plc_delay_at(injections, a, timing.reaction_s), "plc", "plc_fault_code"))
     for a, b, (addr, raw) in _forced_registers(injections):
         out.append(Window(a, b, f"PLC register {addr} forced to {raw} (outside the map)",
-                          plc_delay_at(injections, a), "plc", "plc_raw_register"))
+                          plc_delay_at(injections, a, timing.reaction_s), "plc", "plc_raw_register"))
     hs = sorted(holds_sent)
     for h, nxt in zip(hs, hs[1:] + [float("inf")]):
         if nxt - h > timing.hold_timeout_s:
@@ -379,13 +394,16 @@ def check(
     audit_fault_ts: Sequence[float] = (),
     initial_pose: Pose | None = None,
     wall_offset: float = 0.0,
+    jump_reports: Sequence[float] | None = None,
 ) -> Report:
     """Every violation of the invariants in the module docstring.
 
     `proposals` (rig.ProposalRecord), `approvals` and `observations`
     (rig.Observation) are the console's records; `audit_fault_ts` the UNIX times
     of igrtd's `fault` audit records; `wall_offset` turns the shared monotonic
-    clock into UNIX time."""
+    clock into UNIX time. `jump_reports` are the times a STATUS carrying an
+    injected pose jump reached the wire (the couch simulator's record); None:
+    at the injection."""
     rep = Report()
     wins = windows(initial_inputs, input_changes, injections, holds_sent, t0, timing)
     spans = move_spans(executed, motion)
@@ -537,35 +555,98 @@ def check(
     halts = [e.t for e in executed if e.kind in ("STOP", "FAULT")]
     obs_times = [o.t for o in observations]
     audits = sorted(audit_fault_ts)
+    restores = sorted(i.t for i in injections if i.kind == "restore")
+    faults = [e.t for e in executed if e.kind == "FAULT"]
+
+    def off_path_at(inj: Any) -> float:
+        """When a runaway during a commanded move first took its axis outside that
+        move's path by more than igrtd's path tolerance: before then the motion
+        is indistinguishable from the move (a slow runaway on an axis the move
+        also drives, or within the tolerance). inj.t if no move was running."""
+        axis = str(inj.value[0])
+        move = [sp for sp in spans if sp.go_t <= inj.t < sp.end_t]
+        go = [e for e in gos if move and e.t == move[0].go_t]
+        before = pose_at(move[0].go_t) if move else None
+        target = go[0].details.get("target") if go else None
+        if before is None or not isinstance(target, dict):
+            return inj.t
+        lo, hi = sorted((before.get(axis), float(target[axis])))
+        tol = (timing.path_tolerance_deg if axis in ROTATION_AXES
+               else timing.path_tolerance_mm)
+        k = bisect.bisect_left(motion_times, inj.t)
+        for m in motion[k:]:
+            v = m.pose.get(axis)
+            if not lo - tol <= v <= hi + tol:
+                return float(m.t)
+        return math.inf
+
+    def faulted_at(t: float) -> bool:
+        """The couch controller is in FAULT at t (faulted, no RESET executed since)."""
+        f = bisect.bisect_left(faults, t)
+        r = bisect.bisect_left(resets, t)
+        return f > 0 and (r == 0 or resets[r - 1] < faults[f - 1])
     for inj in injections:
         if inj.kind not in ("runaway", "pose_jump") or inj.value == "unavailable":
             continue
-        # A jump shows in the next STATUS (pushed every couch_report_s / 2): it is
-        # judged when the move was still commanded then, not if a STOP beat it.
-        if inj.kind == "pose_jump" and not any(
-                s.go_t <= inj.t and inj.t + timing.couch_report_s / 2 < s.end_t for s in spans):
-            continue
+        # A jump shows in the next STATUS pushed that reaches the wire intact (every
+        # couch_report_s / 2 while moving; once the line is back after a silence):
+        # it is judged from then, when the move was still commanded then, not if a
+        # STOP beat it, nor if it never reached the host before the room was restored.
+        start = inj.t
+        if inj.kind == "pose_jump":
+            seen_t = inj.t + timing.couch_report_s / 2
+            if jump_reports is not None:
+                r = bisect.bisect_left(restores, inj.t)
+                until = restores[r] if r < len(restores) else math.inf
+                shown = [x for x in jump_reports if inj.t <= x < until][:1]
+                if not shown:
+                    continue
+                seen_t = start = shown[0]
+            if not any(s.go_t <= inj.t and seen_t < s.end_t for s in spans):
+                continue
         where = f"scenario {inj.scenario}: {inj.kind} {inj.value} at {inj.t - t0:.3f} s"
+        if start > inj.t:
+            where += f" (on the wire at {start - t0:.3f} s)"
         bound = timing.couch_report_s + timing.halt_s
-        deadline = halt_deadline(inj.t, inj.t + bound, silences, timing)
+        deadline = halt_deadline(start, start + bound, silences, timing)
+        if inj.kind == "runaway":
+            deadline = max(deadline, off_path_at(inj) + bound)
+        cut = [(a, b) for a, b in silences if a <= start < b]
+        if cut and faulted_at(start):
+            # A controller already in FAULT has no watchdog left to trip: only igrtd's
+            # STOP ends the motion, once the line is back.
+            deadline = max(deadline, cut[0][1] + timing.halt_s)
         k = bisect.bisect_left(halts, inj.t)
         first_halt = halts[k] if k < len(halts) else float("inf")
         rep.halts_checked += 1
-        rep.halt_latency_s.setdefault(inj.kind, []).append(first_halt - inj.t)
+        rep.halt_latency_s.setdefault(inj.kind, []).append(first_halt - start)
         if first_halt > deadline and deadline < t_end:
             rep.add(f"{where}: the couch executed no STOP/FAULT within "
-                    f"{(deadline - inj.t) * 1e3:.0f} ms (first after "
-                    f"{(first_halt - inj.t) * 1e3:.0f} ms)")
-        later_gos = [e.t for e in gos if e.t > inj.t]
+                    f"{(deadline - start) * 1e3:.0f} ms (first after "
+                    f"{(first_halt - start) * 1e3:.0f} ms)")
+        later_gos = [e.t for e in gos if e.t > start]
         if later_gos and not any(inj.t < r < later_gos[0] for r in resets):
             rep.add(f"{where}: GO executed at {later_gos[0] - t0:.3f} s without a RESET "
                     "of the couch in between (not latched)")
-        j = bisect.bisect_right(obs_times, inj.t)
+        # A runaway that begins while the serial line is cut reaches igrtd as a
+        # runaway only if igrtd saw the couch at rest (or giving up its commanded
+        # move) before the cut and the motion is still going when the line is back.
+        # If the couch's own watchdog ended it first, igrtd finds a faulted
+        # controller (heartbeat lost) that needs a RESET; if the line was cut while
+        # a commanded move ran, the motion looks like that move's end and igrtd
+        # STOPs it. Either way the couch-moved-since-imaging rule refuses any GO
+        # from where the runaway left it (invariant 5), and halting and the RESET
+        # before any GO are checked above; igrtd's own FAULT and audit are not.
+        if inj.kind == "runaway" and cut and (
+                first_halt < cut[0][1]
+                or any(sp.go_t < cut[0][0] <= sp.end_t for sp in spans)):
+            continue
+        j = bisect.bisect_right(obs_times, start)
         seen = [o for o in observations[j:] if o.scenario == inj.scenario][:1]
         if seen and seen[0].state != "FAULT":
             rep.add(f"{where}: the room settled in {seen[0].state} ({seen[0].reason}), not a "
                     "latched FAULT")
-        wall = inj.t + wall_offset
+        wall = start + wall_offset
         a = bisect.bisect_left(audits, wall - 0.05)
         if not (a < len(audits) and audits[a] <= wall + timing.audit_within_s):
             rep.add(f"{where}: no fault audit record within {timing.audit_within_s:g} s")

@@ -26,9 +26,9 @@ from typing import Any, Self
 
 import numpy as np
 
-from daemon.cli import HOLD_RATE_HZ
 from daemon.config import BindingConfig, MotionConfig, PlcConfig
 from daemon.control import ControlClient
+from daemon.igrtctl.room_cli import HOLD_RATE_HZ
 from safety.couch_model import CouchModel
 from safety.policy import VerdictPolicy
 from safety.pose import Pose

@@ -391,6 +391,48 @@ def test_another_axis_running_away_during_a_move_stops_and_faults(rig: Rig) -> N
     assert abs(rig.couch_pose().vert - here.vert) < 3.0
 
 
+def test_a_runaway_while_a_stop_winds_down_is_caught_as_one(rig: Rig) -> None:
+    """The controller reports MOVING after it reported STOPPING for igrtd's STOP:
+    nothing was commanded since, although igrtd never saw the couch at rest."""
+    _, _, holder = _moving(rig, 20.0)
+    holder.stop()  # hold-to-run released: igrtd STOPs the move
+    _wait_couch(rig, lambda couch: couch.state == "STOPPING")
+    # A few controller milliseconds later: reports stamped with the same uptime
+    # cannot be ordered, so a MOVING in the STOPPING report's millisecond is
+    # stopped again rather than taken for a runaway.
+    time.sleep(0.005)
+    t0 = _runaway(rig, "long", 15.0)
+    st = rig.wait_until(lambda s: s["state"] == "FAULT", timeout=2.0)
+    # lat may still be winding down from the move when the runaway is reported.
+    assert re.search(r"uncommanded couch motion \((lat, )?long\)", st["reason"]), st["reason"]
+    assert _first(rig, "STOP", t0) is not None
+    assert _halted(rig)
+    assert len(_faults(rig, "uncommanded motion")) == 1
+
+
+def test_a_faulted_controller_still_moving_when_the_line_is_back_is_stopped_again(
+        rig: Rig) -> None:
+    """The line is cut mid-move; the couch's own watchdog faults it, then an axis runs
+    away while the controller is in FAULT. igrtd cannot tell this from its move
+    winding down, but motion in FAULT is never left alone: STOP once the line is back."""
+    _, _, holder = _moving(rig, 20.0)
+    rig.sim(lambda couch, plc: couch.silence_link(0.5))
+    _wait_couch(rig, lambda couch: couch.state == "FAULT" and not couch.is_moving)
+    t0 = _runaway(rig, "vert", 10.0)
+    back = t0 + 0.5
+    assert _halted(rig, timeout=1.5)
+    stop_at = _first(rig, "STOP", t0)
+    holder.stop()
+    assert stop_at is not None and stop_at - back < 0.1, "no STOP once the line was back"
+
+
+def _wait_couch(rig: Rig, pred: Any, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not rig.sim(lambda couch, plc: pred(couch)):
+        assert time.monotonic() < deadline, "the couch never got there"
+        time.sleep(0.001)
+
+
 # ------------------------------------------------------------------ helpers
 
 
