@@ -646,8 +646,11 @@ class PlcJudgement:
 
     @property
     def judged_safe(self) -> bool:
-        """Would igrtd let the couch move on this picture?"""
-        return self.link_ok and not self.open and self.parked and not self.arms_moving
+        """Would igrtd let the couch move on this picture? (the MotionGate also needs
+        the motion enable pressed: hold-to-run at the PLC, whose opening counter
+        counts its releases)"""
+        return (self.link_ok and not self.open and self.parked and not self.arms_moving
+                and self.motion_enable)
 
 
 class _Resp:

@@ -120,6 +120,7 @@ def test_couch_frame_with_one_byte_changed_is_never_accepted(
 @example([0b00111111, 7, 0, 0xFFFF, 0, 0, 2, 0, 0])
 @example([0b00111111, 7, 5, 0, 0, 0, 2, 0, 0])
 @example([0b00111111, 7, 0, 0, 0, 0, 2, 0x0100, 0])
+@example([0b00111111, 0, 0, 0, 0, 0, 2, 0x1000, 0])  # the motion enable released for a moment
 def test_plc_status_block_is_judged_consistent_or_unsafe_never_clamped(regs: list[int]) -> None:
     run_target("plc_registers", regs)
 

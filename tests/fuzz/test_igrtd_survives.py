@@ -20,7 +20,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given
-from paho.mqtt import publish
 from support.mosquitto import Mosquitto, running_mosquitto
 
 from daemon.control import ControlClient
@@ -123,12 +122,29 @@ class MqttRig:
                                  "username": "igrtd", "password_file": str(pw)})
         self.daemon = DaemonProcess(cfg, tmp / "state", tmp / "igrtd.log")
 
-    def publish(self, payloads: list[bytes], retain: bool = False) -> None:
-        publish.multiple(
-            [{"topic": CMD_TOPIC, "payload": p, "qos": 1, "retain": retain} for p in payloads],
-            hostname=self.broker.host, port=self.broker.port,
-            auth={"username": "console1", "password": self.broker.creds["console1"]},
-        )
+    def publish(self, payloads: list[bytes], retain: bool = False,
+                timeout_s: float = 5.0) -> None:
+        """Publish as a console account, in bounded time: the broker drops a client
+        whose message it refuses (over its size limit), and paho's
+        `publish.multiple` would then reconnect and resend forever. A message the
+        broker did not take never reaches igrtd; the survival check that follows
+        is the same."""
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        client.username_pw_set("console1", self.broker.creds["console1"])
+        client.connect(self.broker.host, self.broker.port)
+        client.loop_start()
+        try:
+            for p in payloads:
+                info = client.publish(CMD_TOPIC, p, qos=1, retain=retain)
+                try:
+                    info.wait_for_publish(timeout_s)
+                except (RuntimeError, ValueError):
+                    return  # dropped by the broker
+                if not info.is_published():
+                    return
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
     def close(self) -> None:
         try:
