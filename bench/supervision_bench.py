@@ -58,6 +58,10 @@ def _start_move(rig: Rig, rng: random.Random) -> Any:
     target = Pose(cur.lat + sign * rng.uniform(15.0, 20.0), cur.long, cur.vert)
     prop = rig.propose_to(target, cur)
     rig.confirm(prop["id"])
+    if prop["verdict"] == "needs_second_approval":  # 15-20 mm: over the 5 mm tier
+        reply = rig.try_approve(prop["id"])
+        if not reply["ok"]:
+            raise RuntimeError(f"second approval refused: {reply}")
     holder = rig.hold(prop["id"])
     deadline = time.monotonic() + 2.0
     while not rig.couch_moving():
@@ -169,8 +173,8 @@ def run() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         fixed, moving = write_images(work)
-        # Production motion timing (hold_timeout_s 0.25 s); the rig only widens the
-        # second-approval threshold so that long moves need one confirmation.
+        # Production motion timing (hold_timeout_s 0.25 s) and verdict tiers: the
+        # 15-20 mm moves are confirmed and given their second approval.
         with Rig(work / "room", daemon_overrides={"motion": {}},
                  couch_kwargs={"speed_scale": SPEED_SCALE, "heartbeat_timeout_ms": 250}) as rig:
             timeout_s = 0.25
