@@ -4,13 +4,16 @@ The simulator runs as its own process (`python -m sim.couch`), so the client
 and the controller do not share an event loop, as on a real serial line.
 
 `run()` returns:
-- couch_rtt_p50_us / couch_rtt_p99_us / couch_rtt_max_us: `CouchClient.status()`
+- couch_rtt_p50_us / _p99_us / _max_us / _samples: `CouchClient.status()`
   call to return over the pty, 2000 samples after a warm-up (heartbeats
   running alongside, as in service).
-- couch_stop_ack_p99_us: `stop()` call to its ACK, during a move.
-- couch_stop_latency_p50_ms / _p99_ms: `stop()` call during a ~20 mm/s move to
-  the controller's STATUS saying no axis moves (includes the controller's
-  emergency deceleration, ~0.1 s at the default limits).
+- couch_stop_ack_p50_us / _max_us / _samples: `stop()` call to its ACK, during
+  a move; 20 moves under `make bench`, 1,000 (and a `_p99_us`) under
+  `make bench-long` (each move cruises 0.6 s first, so ~15 min).
+- couch_stop_latency_p50_ms / _max_ms / _samples (same moves): `stop()` call
+  during a ~20 mm/s move to the controller's STATUS saying no axis moves
+  (includes the controller's emergency deceleration, ~0.1 s at the default
+  limits).
 """
 
 from __future__ import annotations
@@ -18,23 +21,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bench.stats import samples, tail_figures
 from drivers.couch import CouchClient, CouchEvent, CouchStatus
 from safety.pose import Pose
 
 _ROOT = Path(__file__).resolve().parent.parent
 RTT_SAMPLES = 2000
 STOP_TRIALS = 20
-
-
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q / 100.0 * (len(s) - 1)))]
 
 
 async def _measure(path: str) -> dict[str, float]:
@@ -47,9 +45,7 @@ async def _measure(path: str) -> dict[str, float]:
             t0 = time.perf_counter_ns()
             await couch.status()
             rtt.append((time.perf_counter_ns() - t0) / 1000.0)
-        out["couch_rtt_p50_us"] = statistics.median(rtt)
-        out["couch_rtt_p99_us"] = _pct(rtt, 99)
-        out["couch_rtt_max_us"] = max(rtt)
+        out.update(tail_figures("couch_rtt", "us", rtt))
 
         halted = asyncio.Event()
 
@@ -60,7 +56,7 @@ async def _measure(path: str) -> dict[str, float]:
         couch.add_listener(on_event)
         ack: list[float] = []
         stop_ms: list[float] = []
-        for i in range(STOP_TRIALS):
+        for i in range(samples(STOP_TRIALS)):
             start = (await couch.status()).pose
             target = start.plus(Pose(lat=30.0 if i % 2 == 0 else -30.0))
             echo = await couch.send_target(target, validity_ms=1000)
@@ -72,9 +68,8 @@ async def _measure(path: str) -> dict[str, float]:
             ack.append((time.perf_counter() - t1) * 1e6)
             await asyncio.wait_for(halted.wait(), 2.0)
             stop_ms.append((time.perf_counter() - t1) * 1e3)
-        out["couch_stop_ack_p99_us"] = _pct(ack, 99)
-        out["couch_stop_latency_p50_ms"] = statistics.median(stop_ms)
-        out["couch_stop_latency_p99_ms"] = _pct(stop_ms, 99)
+        out.update(tail_figures("couch_stop_ack", "us", ack))
+        out.update(tail_figures("couch_stop_latency", "ms", stop_ms))
     return out
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import random
 import time
 
 import numpy as np
 
+from bench.stats import tail_figures
 from safety.correction import plan_correction
 from safety.couch_model import CouchModel
 from safety.geometry import PatientPosition, rotation_from_angles
@@ -28,11 +28,6 @@ def _random_inputs(rng: random.Random) -> tuple[np.ndarray, tuple[float, float, 
     return t, iso, position, p_img
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    i = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
-    return sorted_values[i]
-
-
 def run() -> dict[str, float]:
     rng = random.Random(61217)
     model = CouchModel.default()
@@ -46,11 +41,7 @@ def run() -> dict[str, float]:
         start = clock()
         plan_correction(t, iso, pos, p_img, model, policy)
         times.append((clock() - start) / 1000.0)
-    times.sort()
-    return {
-        "plan_p50_us": _percentile(times, 0.50),
-        "plan_p99_us": _percentile(times, 0.99),
-    }
+    return tail_figures("plan", "us", times)
 
 
 if __name__ == "__main__":  # pragma: no cover

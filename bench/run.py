@@ -1,8 +1,11 @@
 """`make bench`: run every benchmark and write one flat JSON object.
 
 Each module in BENCHES exposes `run() -> dict[str, float]` with units in the
-key names. A benchmark that fails is reported as `<module>_error` (text) and
-the others still run, so one broken figure does not hide the rest.
+key names; tail figures come from bench.stats.tail_figures, which names a
+percentile no higher than its sample count supports and adds `<name>_samples`.
+`--long` (make bench-long) gives every p99 figure its 1,000 samples. A
+benchmark that fails is reported as `<module>_error` (text) and the others
+still run, so one broken figure does not hide the rest.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from bench.stats import LONG_ENV, long_run
 
 BENCHES = [
     "bench.plan_bench",
@@ -36,7 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run")
     ap.add_argument("--out", type=Path, default=Path("bench/results.json"))
     ap.add_argument("--only", nargs="*", help="module names (e.g. plan_bench)")
+    ap.add_argument("--long", action="store_true",
+                    help="take >= 1,000 samples for every p99 figure (make bench-long; "
+                         "about 2 hours)")
     a = ap.parse_args(argv)
+    if a.long:
+        # Read by each module through bench.stats.long_run(), also when one is run alone.
+        os.environ[LONG_ENV] = "1"
     results: dict[str, Any] = {}
     for name in BENCHES:
         short = name.rsplit(".", 1)[1]
@@ -61,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             results[k] = v
             print(f"  {k} = {v}", flush=True)
         print(f"  ({time.monotonic() - t0:.1f} s)", flush=True)
-    results["machine_cpus"] = __import__("os").cpu_count()
+    results["machine_cpus"] = os.cpu_count()
+    results["bench_long"] = float(long_run())
     results["python_version"] = platform.python_version()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")

@@ -3,6 +3,11 @@ simulated couch (pty) and PLC (Modbus TCP), all times on the simulators' clock.
 
     python -m bench.supervision_bench
 
+Sample counts: 200 interlock openings per condition and 50 heartbeat losses
+under `make bench` (so `_p50_ms`, `_max_ms` and, from 100 samples, `_p90_ms`;
+no p99); 1,000 each under `make bench-long`, which adds the `_p99_ms` keys.
+Every series reports `<name>_samples`.
+
 - interlock_to_stop_p50_ms / _p99_ms / _max_ms: a PLC input opening on the
   simulator (door, e-stop chain, collision pads, motion enable, imager arm
   parked; its `input_changes` timestamp) to the STOP frame executed by the
@@ -20,7 +25,6 @@ simulated couch (pty) and PLC (Modbus TCP), all times on the simulators' clock.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import sys
@@ -36,6 +40,7 @@ if str(REPO / "tests") not in sys.path:
 
 from campaign.rig import Rig
 
+from bench.stats import samples, tail_figures
 from safety.pose import Pose
 
 INTERLOCKS = ("door_closed", "estop_chain_ok", "collision_pads_clear", "motion_enable_pressed",
@@ -44,11 +49,6 @@ N_INTERLOCK = 200
 N_HEARTBEAT = 50
 IDLE_S = 8.0
 SPEED_SCALE = 3.0  # a 20 mm move lasts ~0.5 s: long enough to outlive a 0.25 s hold timeout
-
-
-def _pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
 
 
 def _start_move(rig: Rig, rng: random.Random) -> Any:
@@ -181,25 +181,19 @@ def run() -> dict[str, float]:
             rig.ready_for_next()
             time.sleep(1.0)
             idle = idle_cpu_percent(rig.pid, IDLE_S)
-            plain = interlock_samples(rig, N_INTERLOCK, rng)
-            hb = heartbeat_samples(rig, N_HEARTBEAT, rng, timeout_s)
+            plain = interlock_samples(rig, samples(N_INTERLOCK), rng)
+            hb = heartbeat_samples(rig, samples(N_HEARTBEAT), rng, timeout_s)
             with Registrations(rig, fixed, moving) as regs:
                 time.sleep(0.5)  # the first registration is under way (reading, pyramid)
-                during = interlock_samples(rig, N_INTERLOCK, rng)
+                during = interlock_samples(rig, samples(N_INTERLOCK), rng)
                 n_regs = regs.done
     over = [x - timeout_s * 1e3 for x in hb]
     return {
-        "interlock_to_stop_p50_ms": _pct(plain, 0.5),
-        "interlock_to_stop_p99_ms": _pct(plain, 0.99),
-        "interlock_to_stop_max_ms": max(plain),
-        "interlock_to_stop_samples": float(len(plain)),
-        "interlock_to_stop_during_registration_p50_ms": _pct(during, 0.5),
-        "interlock_to_stop_during_registration_p99_ms": _pct(during, 0.99),
-        "interlock_to_stop_during_registration_max_ms": max(during),
+        **tail_figures("interlock_to_stop", "ms", plain),
+        **tail_figures("interlock_to_stop_during_registration", "ms", during),
         "registrations_during_measurement": float(n_regs),
-        "heartbeat_loss_to_stop_p50_ms": _pct(hb, 0.5),
-        "heartbeat_loss_to_stop_p99_ms": _pct(hb, 0.99),
-        "heartbeat_loss_to_stop_over_timeout_p99_ms": _pct(over, 0.99),
+        **tail_figures("heartbeat_loss_to_stop", "ms", hb),
+        **tail_figures("heartbeat_loss_to_stop_over_timeout", "ms", over),
         "hold_timeout_ms": timeout_s * 1e3,
         "idle_cpu_percent": idle,
     }
