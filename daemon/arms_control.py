@@ -8,9 +8,7 @@ the RoomService facade.
 
 from __future__ import annotations
 
-from typing import Any
-
-from daemon.api import Actor, ArmsRequest, CommandError
+from daemon.api import Actor, ArmsRequest, CommandError, Reply
 from daemon.motion_gate import MotionGate, MotionRefused
 from daemon.room import Room
 
@@ -20,7 +18,7 @@ class ArmsControl:
         self.room = room
         self.gate = gate
 
-    async def arms(self, actor: Actor, req: ArmsRequest) -> dict[str, Any]:
+    async def arms(self, actor: Actor, req: ArmsRequest) -> Reply:
         """Extend the kV arms for imaging or park them; through the motion gate, which
         refuses while the couch moves (and the couch refuses while they are out)."""
         # The command is its own console heartbeat; the PLC's motion-enable pendant must

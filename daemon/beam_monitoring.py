@@ -19,9 +19,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
 
-from daemon.api import Actor, MonitorStartRequest, MonitorStopRequest
+from daemon.api import Actor, MonitorStartRequest, MonitorStopRequest, Reply
+from daemon.jsontypes import JsonObject
 from daemon.monitoring import HoldEvent, IntrafractionMonitor
 from daemon.monitoring_run import (
     BEAM_HOLD_RETRY_S,
@@ -48,8 +48,8 @@ class BeamMonitoring:
         self.room = room
         self.imager: ImagerLinkPort | None = None  # attached by serve()
         self._mon: MonitoringRun | None = None
-        self._mon_last: dict[str, Any] | None = None
-        self._fault_hold: asyncio.Task[Any] | None = None
+        self._mon_last: JsonObject | None = None
+        self._fault_hold: asyncio.Task[None] | None = None
         # What igrtd last wrote to the beam-hold output (the PLC's echo lags a poll).
         self._beam_hold_written: bool | None = None
 
@@ -58,7 +58,7 @@ class BeamMonitoring:
         self.imager = link
         link.set_listener(self)
 
-    async def monitor_start(self, actor: Actor, req: MonitorStartRequest) -> dict[str, Any]:
+    async def monitor_start(self, actor: Actor, req: MonitorStartRequest) -> Reply:
         cfg = self.room.config.monitoring
         if cfg is None:
             raise self.room.refuse(actor, "monitor_start", "intrafraction monitoring is not "
@@ -118,7 +118,7 @@ class BeamMonitoring:
                                                           name="monitoring")
         return self.view()
 
-    async def monitor_stop(self, actor: Actor, req: MonitorStopRequest) -> dict[str, Any]:
+    async def monitor_stop(self, actor: Actor, req: MonitorStopRequest) -> Reply:
         run = self._mon
         if run is None or self.room.workflow.state != S.MONITORING:
             raise self.room.refuse(actor, "monitor_stop", f"monitoring is not running (room is "
@@ -157,7 +157,7 @@ class BeamMonitoring:
             out["events"] = [asdict(e) for e in run.events]
         return out
 
-    async def monitor_status(self, actor: Actor) -> dict[str, Any]:
+    async def monitor_status(self, actor: Actor) -> Reply:
         return self.view()
 
     async def shutdown(self) -> None:
@@ -370,11 +370,11 @@ class BeamMonitoring:
         run.coil_held = True
         self._mon_last = run_view(run)
 
-    def view(self) -> dict[str, Any]:
+    def view(self) -> JsonObject:
         coil = None
         if self.room.plc is not None:
             coil = self.room.plc.snapshot().outputs.get("beam_hold")
-        out: dict[str, Any] = {
+        out: JsonObject = {
             "configured": self.room.config.monitoring is not None,
             "active": self._mon is not None,
             "room_state": str(self.room.workflow.state),
@@ -387,7 +387,7 @@ class BeamMonitoring:
             out["last_run"] = self._mon_last
         return out
 
-    def brief(self) -> dict[str, Any] | None:
+    def brief(self) -> JsonObject | None:
         if self.room.config.monitoring is None:
             return None
         run = self._mon

@@ -17,7 +17,8 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from pydantic import BaseModel
 
 from daemon.commands import COMMANDS, Access, Command
 from daemon.console.schemas import schema_documents
@@ -29,7 +30,7 @@ CONSOLE_API = Path("docs/console-api.md")
 OPERATIONS = Path("docs/operations.md")
 
 
-def _args_cell(c: Command[Any]) -> str:
+def _args_cell(c: Command[BaseModel]) -> str:
     fields = list(c.args.model_fields)
     names = ", ".join(f"`{f}`" for f in fields) if fields else "none"
     return f"{names} ([schema](schemas/{c.name}-args.schema.json))"

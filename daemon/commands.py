@@ -28,10 +28,11 @@ arguments are audited.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -45,11 +46,13 @@ from daemon.api import (
     MonitorStopRequest,
     ProposeRequest,
     RegisterRequest,
+    Reply,
     Role,
     RoomCommands,
     SessionRequest,
 )
 from daemon.errors import ErrorCode, first_problem, printable
+from daemon.jsontypes import JsonMapping, JsonObject
 from daemon.workflow import TransitionRefused
 
 log = logging.getLogger("igrt.commands")
@@ -89,18 +92,24 @@ class Access(StrEnum):
 
 
 A = TypeVar("A", bound=BaseModel)
-Handler = Callable[[RoomCommands, Actor, A], Awaitable[dict[str, Any]]]
+# Covariant so that the registry holds every command as a `Command[BaseModel]`
+# whatever its argument model. Strictly, a handler taking a ProposalArgs does not
+# take any BaseModel; it is sound here because the handler is only ever called by
+# `execute` with `parse_args(command, ...)` (or `command.args()`), which is always
+# an instance of that same command's `args`.
+A_co = TypeVar("A_co", bound=BaseModel, covariant=True)
+Handler = Callable[[RoomCommands, Actor, A_co], Awaitable[Reply]]
 
 
 @dataclass(frozen=True, slots=True)
-class Command(Generic[A]):
+class Command(Generic[A_co]):
     name: str
-    args: type[A]
+    args: type[A_co]
     roles: frozenset[Role]
     access: Access
     help: str
     cli: str  # the igrtctl words that send it, e.g. "session open"
-    handler: Handler[A]
+    handler: Handler[A_co]
     moves: bool = False  # may start or continue motion of the couch or the imager arms
     # A hold-to-run heartbeat (20 per second): the MQTT front end does not audit
     # each verified one, or they would drown the audit trail.
@@ -116,7 +125,9 @@ _OPERATORS = frozenset({Role.THERAPIST, Role.APPROVER})
 _STOPPERS = frozenset({Role.THERAPIST, Role.APPROVER, Role.SERVICE})
 _SERVICE = frozenset({Role.SERVICE})
 
-_DECLARED: tuple[Command[Any], ...] = (
+# Not annotated: each entry keeps its own argument model (Command[ProposalArgs], ...),
+# so mypy checks each handler against its model; COMMANDS widens them.
+_DECLARED = (
     Command("status", NoArgs, _ALL, Access.READ,
             "room state, session, proposal and couch pose", "status",
             lambda service, a, _x: service.status(a)),
@@ -185,7 +196,7 @@ _DECLARED: tuple[Command[Any], ...] = (
             lambda service, a, x: service.arms(a, x), moves=True),
 )
 
-COMMANDS: Mapping[str, Command[Any]] = {c.name: c for c in _DECLARED}
+COMMANDS: Mapping[str, Command[BaseModel]] = {c.name: c for c in _DECLARED}
 if len(COMMANDS) != len(_DECLARED):  # pragma: no cover - a declaration error, caught at import
     raise RuntimeError("a command is declared twice in daemon/commands.py")
 
@@ -226,7 +237,7 @@ class Answer:
     """The outcome of one command: a result, or a code from ErrorCode and one line."""
 
     ok: bool
-    result: dict[str, Any] | None = None
+    result: Reply | None = None
     code: ErrorCode | None = None
     reason: str | None = None
 
@@ -234,14 +245,14 @@ class Answer:
     def refused(cls, code: ErrorCode, reason: str) -> Answer:
         return cls(ok=False, code=code, reason=printable(reason))
 
-    def local_reply(self) -> dict[str, Any]:
+    def local_reply(self) -> JsonObject:
         """The local socket's reply line (and what every igrtctl client's `call` returns)."""
         if self.ok:
             return {"ok": True, "result": self.result}
         return {"ok": False, "error": self.reason, "code": self.code}
 
 
-AuditFn = Callable[[str, str, dict[str, Any]], None]
+AuditFn = Callable[[str, str, JsonObject], None]
 FaultFn = Callable[[BaseException], None]
 
 
@@ -250,7 +261,7 @@ def _one_line(exc: BaseException) -> str:
     return printable(f"{type(exc).__name__}: {text}")[:200]
 
 
-def parse_args(command: Command[A], raw: Mapping[str, Any] | BaseModel) -> A:
+def parse_args(command: Command[A], raw: JsonMapping | BaseModel) -> A:
     """`raw` as the command's argument model; ValidationError when it does not fit."""
     if isinstance(raw, command.args):
         return raw
@@ -259,14 +270,53 @@ def parse_args(command: Command[A], raw: Mapping[str, Any] | BaseModel) -> A:
     return command.args.model_validate(raw)
 
 
+@dataclass(frozen=True, slots=True)
+class CommandRun:
+    """One command as the dispatcher ran it (any front end), for its listeners."""
+
+    started: float  # time.monotonic() when the handler was called
+    actor: Actor
+    name: str
+    access: Access
+    args: JsonObject  # the validated arguments, as the argument model spells them
+    answer: Answer
+
+
+CommandListener = Callable[[CommandRun], None]
+
+
+class CommandListeners:
+    """Who hears of every command that reached a handler, on every front end.
+
+    igrtd's session recorder listens here, so that a recording holds each command
+    with the arguments and the answer the room gave. A listener runs after the
+    answer is decided and cannot change it; one that fails is logged and skipped.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: list[CommandListener] = []
+
+    def add(self, listener: CommandListener) -> None:
+        self._listeners.append(listener)
+
+    def notify(self, run: CommandRun) -> None:
+        for listener in self._listeners:
+            try:
+                listener(run)
+            except Exception:  # a listener must never change or lose the answer
+                log.exception("command listener failed for %s", run.name)
+
+
 async def execute(service: RoomCommands, actor: Actor, name: str,
-                  raw_args: Mapping[str, Any] | BaseModel, *,
-                  audit: AuditFn, on_fault: FaultFn) -> Answer:
+                  raw_args: JsonMapping | BaseModel, *,
+                  audit: AuditFn, on_fault: FaultFn,
+                  listeners: CommandListeners | None = None) -> Answer:
     """Run one command for `actor` on either front end; never raises (but cancellation).
 
     The front end has authenticated `actor`; this checks the role (defence in
     depth: RoomService authorises again), validates the arguments, runs the
-    handler and turns every way it can end into an `Answer`.
+    handler and turns every way it can end into an `Answer`. `listeners` hear
+    of every command that reached its handler, with its answer.
     """
     command = COMMANDS.get(name)
     if command is None:
@@ -289,6 +339,21 @@ async def execute(service: RoomCommands, actor: Actor, name: str,
         _audit(audit, "reject", actor.user, {"command": name, "via": actor.via,
                                             "reason": f"{problem}; run without them"})
         args = command.args()
+    started = time.monotonic()
+    answer = await _run_handler(service, actor, name, command, args, audit, on_fault)
+    if listeners is not None:
+        listeners.notify(CommandRun(started, actor, name, command.access,
+                                    _as_json(args.model_dump(mode="json")), answer))
+    return answer
+
+
+def _as_json(value: object) -> JsonObject:
+    # model_dump(mode="json") gives JSON-compatible values; the check only satisfies the type
+    return value if isinstance(value, dict) else {}
+
+
+async def _run_handler(service: RoomCommands, actor: Actor, name: str, command: Command[A],
+                       args: A, audit: AuditFn, on_fault: FaultFn) -> Answer:
     try:
         result = await command.handler(service, actor, args)
     except CommandError as exc:  # RoomService refused, and audited why
@@ -311,7 +376,7 @@ async def execute(service: RoomCommands, actor: Actor, name: str,
     return Answer(ok=True, result=result if isinstance(result, dict) else {"value": result})
 
 
-def _audit(audit: AuditFn, event: str, actor: str, details: dict[str, Any]) -> None:
+def _audit(audit: AuditFn, event: str, actor: str, details: JsonObject) -> None:
     try:
         audit(event, actor, details)
     except Exception:  # auditing failure is logged loudly, the verdict stands

@@ -12,15 +12,29 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Protocol
 
+from daemon.api import RoomCommands
+from daemon.commands import CommandListeners
 from daemon.config import RoomConfig
 from daemon.console.server import MqttConsole
-from daemon.console.tokens import CommandVerifier
+from daemon.console.tokens import CommandVerifier, ReplayCache
 from daemon.console.users import UserRegistry
+from daemon.jsontypes import JsonMapping, JsonObject, JsonValue, as_object, as_str
 
 log = logging.getLogger("igrt.console")
+
+
+class ConsoleService(RoomCommands, Protocol):
+    """What the console needs of the RoomService: its commands, its audit trail,
+    its state and event listeners and the console link's health."""
+
+    def audit(self, event: str, actor: str, **details: object) -> None: ...
+    def snapshot(self) -> JsonObject: ...
+    def on_console_link(self, connected: bool) -> None: ...
+    def add_state_listener(self, cb: Callable[[JsonObject], None]) -> None: ...
+    def add_event_listener(self, cb: Callable[[JsonMapping], None]) -> None: ...
 
 
 class _Publisher:
@@ -28,30 +42,29 @@ class _Publisher:
 
     def __init__(self, console: MqttConsole) -> None:
         self.console = console
-        self._last_key: tuple[Any, ...] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_key: tuple[JsonValue, ...] | None = None
+        self._tasks: set[asyncio.Task[object]] = set()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[object, object, object]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[Any]) -> None:
+    def _done(self, task: asyncio.Task[object]) -> None:
         # A failed publish is logged here, once, instead of surfacing later as
         # "Task exception was never retrieved"; it never reaches the service.
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("console publish failed: %r", task.exception())
 
-    def on_state(self, snap: dict[str, Any]) -> None:
-        prop = snap.get("proposal") or {}
+    def on_state(self, snap: JsonObject) -> None:
+        prop = as_object(snap.get("proposal") or {}, "proposal")
         key = (snap.get("state"), snap.get("reason"), prop.get("id"), prop.get("status"))
         if key != self._last_key:
             self._last_key = key
             self._spawn(self.console.publish_state(snap))
         else:
-            couch = snap.get("couch") or {}
-            prop = snap.get("proposal") or {}
+            couch = as_object(snap.get("couch") or {}, "couch")
             self._spawn(self.console.publish_telemetry({
                 "couch": couch.get("pose"),
                 "interlocks": snap.get("interlocks"),
@@ -60,13 +73,17 @@ class _Publisher:
                            "target": prop.get("target")},
             }))
 
-    def on_event(self, ev: dict[str, Any]) -> None:
+    def on_event(self, ev: JsonMapping) -> None:
         details = {k: v for k, v in ev.items() if k not in ("event", "actor")}
-        self._spawn(self.console.publish_event(ev["event"], ev.get("actor"), details))
+        actor = ev.get("actor")
+        self._spawn(self.console.publish_event(
+            as_str(ev["event"], "event"), None if actor is None else as_str(actor, "actor"),
+            details))
 
 
 @contextlib.asynccontextmanager
-async def open_console(config: RoomConfig, service: Any, store: Any) -> AsyncIterator[MqttConsole]:
+async def open_console(config: RoomConfig, service: ConsoleService, store: ReplayCache,
+                       listeners: CommandListeners | None = None) -> AsyncIterator[MqttConsole]:
     m = config.mqtt
     assert m is not None
     password = m.password_file.read_text().strip() if m.password_file else None
@@ -78,6 +95,7 @@ async def open_console(config: RoomConfig, service: Any, store: Any) -> AsyncIte
         audit=lambda event, actor, details: service.audit(event, actor, **details),
         state_provider=service.snapshot,
         on_link_change=service.on_console_link,
+        listeners=listeners,
     )
     pub = _Publisher(console)
     service.add_state_listener(pub.on_state)

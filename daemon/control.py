@@ -39,16 +39,16 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Mapping
+from asyncio.trsock import TransportSocket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Final, Protocol, Self
 
 from joserfc.jwk import OKPKey
 from pydantic import BaseModel
 
 from daemon import commands
-from daemon.api import Actor, Role
+from daemon.api import Actor, Role, RoomCommands
 from daemon.commands import Access, Answer
 from daemon.config import RoomConfig
 from daemon.console.tokens import (
@@ -60,6 +60,7 @@ from daemon.console.tokens import (
 )
 from daemon.console.users import RegistryError, UserRegistry
 from daemon.errors import ErrorCode
+from daemon.jsontypes import JsonMapping, JsonObject, JsonValue, as_object
 from safety import strict_json
 
 log = logging.getLogger("igrt.control")
@@ -81,7 +82,14 @@ WHOAMI: Final = "whoami"
 SIGNED_REPLY_TO: Final = "local"
 
 
-def _refusal(error: str, code: ErrorCode) -> dict[str, Any]:
+class LocalService(RoomCommands, Protocol):
+    """What the local socket needs of the service: the commands, and the audit log
+    for what it refuses or fails on itself (RoomService; a stand-in in tests)."""
+
+    def audit(self, event: str, actor: str, **details: object) -> None: ...
+
+
+def _refusal(error: str, code: ErrorCode) -> JsonObject:
     return Answer.refused(code, error).local_reply()
 
 
@@ -100,7 +108,7 @@ class Peer:
         return f"uid={uid}" + (f" ({self.user})" if self.user else "")
 
 
-def peer_credentials(sock: Any) -> tuple[int, int, int] | None:
+def peer_credentials(sock: socket.socket | TransportSocket | None) -> tuple[int, int, int] | None:
     """(pid, uid, gid) of a connected Unix socket's peer, or None where unavailable."""
     opt = getattr(socket, "SO_PEERCRED", None)
     if sock is None or opt is None:
@@ -125,10 +133,12 @@ def user_of_uid(config: RoomConfig, uid: int | None) -> str | None:
 class LocalFrontEnd:
     """Authenticates local requests and calls RoomCommands (the service) with an Actor."""
 
-    def __init__(self, service: Any, config: RoomConfig,
-                 replay_cache: ReplayCache | None = None) -> None:
+    def __init__(self, service: LocalService, config: RoomConfig,
+                 replay_cache: ReplayCache | None = None,
+                 listeners: commands.CommandListeners | None = None) -> None:
         self._service = service
         self._config = config
+        self._listeners = listeners
         store = getattr(service, "store", None)
         cache: ReplayCache
         if replay_cache is not None:
@@ -149,23 +159,26 @@ class LocalFrontEnd:
         # The MQTT front end's verifier, keys and replay cache: one rule for a signature.
         self.verifier = CommandVerifier(registry, config.room, cache)
 
-    def peer(self, sock: Any) -> Peer:
+    def peer(self, sock: socket.socket | TransportSocket | None) -> Peer:
+        """`sock`: what the stream gives as its "socket" extra info (asyncio's wrapper)."""
         creds = peer_credentials(sock)
         if creds is None:
             return Peer(None, None, None, None)
         pid, uid, gid = creds
         return Peer(pid, uid, gid, user_of_uid(self._config, uid))
 
-    def _audit(self, event: str, actor: str, **details: Any) -> None:
+    def _audit(self, event: str, actor: str, **details: object) -> None:
         try:
             self._service.audit(event, actor, **details)
         except Exception:  # an audit failure is logged; the reply still goes out
             log.exception("audit of %s failed", event)
 
-    async def answer_line(self, line: bytes, peer: Peer) -> dict[str, Any]:
+    async def answer_line(self, line: bytes, peer: Peer) -> JsonObject:
         """The reply to one request line; never raises (except cancellation)."""
         try:
-            msg = strict_json.loads(line, max_depth=MAX_REQUEST_DEPTH, max_bytes=MAX_REQUEST_BYTES)
+            # Outside input: an object, until `answer` has checked what it is.
+            msg: object = strict_json.loads(line, max_depth=MAX_REQUEST_DEPTH,
+                                            max_bytes=MAX_REQUEST_BYTES)
         except strict_json.JsonInputError as exc:
             self._audit("reject", peer.user or f"uid:{peer.uid}", command=None,
                         reason=f"unreadable request: {exc}", via=f"local:{peer.label}")
@@ -181,7 +194,7 @@ class LocalFrontEnd:
             return _refusal(f"internal error while handling the request ({type(exc).__name__}); "
                             "see the igrtd log", ErrorCode.INTERNAL)
 
-    async def answer(self, msg: Any, peer: Peer) -> dict[str, Any]:
+    async def answer(self, msg: object, peer: Peer) -> JsonObject:
         if not isinstance(msg, dict):
             return _refusal("request must be a JSON object", ErrorCode.BAD_REQUEST)
         if "jws" in msg:
@@ -203,7 +216,7 @@ class LocalFrontEnd:
             via = f"local:claimed {user} by {peer.label}"
         return await self._run(Actor(user=user, role=role, via=via), cmd, args)
 
-    def _unproven(self, cmd: str, user: str, peer: Peer) -> dict[str, Any]:
+    def _unproven(self, cmd: str, user: str, peer: Peer) -> JsonObject:
         if peer.user is None:
             reason = (f"{cmd} needs proof that you are {user!r}: sign it with your key "
                       f"(igrtctl --key FILE) or connect from the OS account mapped to "
@@ -217,7 +230,7 @@ class LocalFrontEnd:
                     reason=reason, code=code, via=f"local:{peer.label}")
         return _refusal(reason, code)
 
-    async def _signed(self, msg: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    async def _signed(self, msg: JsonMapping, peer: Peer) -> JsonObject:
         token = msg.get("jws")
         if set(msg) != {"jws"} or not isinstance(token, str):
             return _refusal("a signed request is exactly {\"jws\": \"<compact JWS>\"}",
@@ -233,29 +246,31 @@ class LocalFrontEnd:
         return await self._run(actor, verified.cmd, verified.args)
 
     async def _run(self, actor: Actor, cmd: str,
-                   args: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
+                   args: JsonMapping | BaseModel) -> JsonObject:
         def fault(exc: BaseException) -> None:
             self._audit("internal_error", actor.user, command=cmd, via=actor.via,
                         error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
         answer = await commands.execute(self._service, actor, cmd, args,
-                                        audit=self._audit_record, on_fault=fault)
+                                        audit=self._audit_record, on_fault=fault,
+                                        listeners=self._listeners)
         return answer.local_reply()
 
-    def _audit_record(self, event: str, actor: str, details: dict[str, Any]) -> None:
+    def _audit_record(self, event: str, actor: str, details: JsonMapping) -> None:
         self._audit(event, actor, **details)
 
-    def _whoami(self, peer: Peer) -> dict[str, Any]:
+    def _whoami(self, peer: Peer) -> JsonObject:
         role: Role | None = self._config.role_of(peer.user) if peer.user else None
         return {"room": self._config.room, "uid": peer.uid, "user": peer.user,
                 "role": role.value if role else None}
 
 
 class ControlServer:
-    def __init__(self, service: Any, config: RoomConfig,
-                 replay_cache: ReplayCache | None = None) -> None:
+    def __init__(self, service: LocalService, config: RoomConfig,
+                 replay_cache: ReplayCache | None = None,
+                 listeners: commands.CommandListeners | None = None) -> None:
         self._config = config
-        self.front = LocalFrontEnd(service, config, replay_cache)
+        self.front = LocalFrontEnd(service, config, replay_cache, listeners)
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -313,14 +328,14 @@ class ControlServer:
         finally:
             writer.close()
 
-    def _too_large(self, peer: Peer) -> dict[str, Any]:
+    def _too_large(self, peer: Peer) -> JsonObject:
         reason = f"request too large: limit {MAX_REQUEST_BYTES} bytes per line"
         self.front._audit("reject", peer.user or f"uid:{peer.uid}", command=None, reason=reason,
                           via=f"local:{peer.label}")
         return _refusal(reason, ErrorCode.BAD_REQUEST)
 
     @staticmethod
-    async def _reply(writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
+    async def _reply(writer: asyncio.StreamWriter, reply: JsonObject) -> None:
         writer.write(json.dumps(reply, default=str).encode() + b"\n")
         await writer.drain()
 
@@ -373,16 +388,15 @@ class ControlClient:
     def signs(self) -> bool:
         return self._key is not None
 
-    def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _exchange(self, request: JsonObject) -> JsonObject:
         self._file.write(json.dumps(request, allow_nan=False).encode() + b"\n")
         self._file.flush()
         line = self._file.readline()
         if not line:
             raise ConnectionError("igrtd closed the control connection")
-        reply: dict[str, Any] = json.loads(line)
-        return reply
+        return as_object(json.loads(line), "igrtd's reply")
 
-    def whoami(self) -> dict[str, Any]:
+    def whoami(self) -> JsonObject:
         return self._exchange({"cmd": WHOAMI})
 
     def _audience(self) -> str:
@@ -390,10 +404,10 @@ class ControlClient:
             reply = self.whoami()
             if not reply.get("ok"):
                 raise ConnectionError(f"igrtd did not name its room: {reply.get('error')}")
-            self._room = str(reply["result"]["room"])
+            self._room = str(as_object(reply["result"], "whoami result")["room"])
         return self._room
 
-    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+    def call(self, cmd: str, **args: JsonValue) -> JsonObject:
         if self._key is None or commands.access(cmd) is Access.READ:
             return self._exchange({"cmd": cmd, "user": self.user, "args": args})
         token = sign_command(self._key, cmd=cmd, sub=self.user, aud=self._audience(),

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from daemon.api import (
     Actor,
     ImagingRequest,
     ProposeRequest,
     RegisterRequest,
+    Reply,
     SessionRequest,
 )
 from daemon.proposals import (
@@ -32,13 +33,16 @@ from daemon.proposals import (
     new_id,
 )
 from daemon.proposals import ProposalStatus as PS
-from daemon.room import Room
+from daemon.room import Room, pose_json
 from daemon.workflow import LATCHED, PROPOSABLE, RoomState
 from safety.correction import plan_correction
 from safety.geometry import parse_patient_position
 from safety.policy import Verdict
 from safety.pose import AXES, Pose
 from safety.travel import couch_moved_reasons
+
+if TYPE_CHECKING:  # at run time imaging is imported inside `register` only, as before
+    from imaging.registration import RegistrationResult
 
 S = RoomState
 
@@ -47,7 +51,7 @@ class CorrectionWorkflow:
     def __init__(self, room: Room) -> None:
         self.room = room
 
-    async def open_session(self, actor: Actor, req: SessionRequest) -> dict[str, Any]:
+    async def open_session(self, actor: Actor, req: SessionRequest) -> Reply:
         if self.room.workflow.state not in (S.STANDBY, S.READY, S.DONE, S.PROPOSED):
             raise self.room.refuse(actor, "open_session",
                                    f"cannot open a session in state {self.room.workflow.state}")
@@ -67,7 +71,7 @@ class CorrectionWorkflow:
             self.room.to(S.READY, f"session open for patient {req.patient_id}", actor.user)
         return self.room.snapshot()
 
-    async def close_session(self, actor: Actor) -> dict[str, Any]:
+    async def close_session(self, actor: Actor) -> Reply:
         if self.room.workflow.state in (S.MOVING, S.VERIFYING, S.MONITORING, *LATCHED):
             raise self.room.refuse(actor, "close_session",
                                    f"cannot close the session in state {self.room.workflow.state}")
@@ -77,7 +81,7 @@ class CorrectionWorkflow:
         self.room.to(S.STANDBY, "session closed", actor.user)
         return self.room.snapshot()
 
-    async def record_imaging(self, actor: Actor, req: ImagingRequest) -> dict[str, Any]:
+    async def record_imaging(self, actor: Actor, req: ImagingRequest) -> Reply:
         if self.room.session is None:
             raise self.room.refuse(actor, "record_imaging", "no treatment session is open")
         if self.room.workflow.state in (S.MOVING, S.VERIFYING):
@@ -91,14 +95,14 @@ class CorrectionWorkflow:
         self.room.audit("imaging", actor.user, imaging_session_uid=rec.uid, modality=rec.modality,
                         couch_pose=rec.couch.as_dict())
         return {"imaging_session_uid": rec.uid, "acquired_at": rec.acquired_at,
-                "couch": rec.couch.as_dict()}
+                "couch": pose_json(rec.couch)}
 
-    async def register(self, actor: Actor, req: RegisterRequest) -> dict[str, Any]:
+    async def register(self, actor: Actor, req: RegisterRequest) -> Reply:
         """Rigid registration in a worker thread: motion supervision keeps running."""
         from imaging.registration import register_rigid
         from imaging.volumes import read_image
 
-        def work() -> Any:
+        def work() -> RegistrationResult:
             fixed = read_image(req.fixed)
             moving = read_image(req.moving)
             return register_rigid(fixed.image, moving.image, iso_mm=req.iso)
@@ -107,7 +111,7 @@ class CorrectionWorkflow:
             result = await asyncio.to_thread(work)
         except ValueError as exc:
             raise self.room.refuse(actor, "register", str(exc)) from None
-        out: dict[str, Any] = result.to_json_dict()
+        out: Reply = result.to_json_dict()
         self.room.audit("registration", actor.user, fixed=req.fixed, moving=req.moving,
                         converged=out.get("converged"), metric=out.get("metric"),
                         translation_mm=out.get("translation_mm"),
@@ -143,7 +147,7 @@ class CorrectionWorkflow:
             out.append(f"registration acquisition time is {-age:.0f} s in the future")
         return out
 
-    async def propose(self, actor: Actor, req: ProposeRequest) -> dict[str, Any]:
+    async def propose(self, actor: Actor, req: ProposeRequest) -> Reply:
         if self.room.session is None:
             raise self.room.refuse(actor, "propose", "no treatment session is open")
         if self.room.workflow.state not in PROPOSABLE:
@@ -210,7 +214,7 @@ class CorrectionWorkflow:
                         binding=req.binding.model_dump(), via=actor.via)
         if plan.verdict is Verdict.WITHIN_TOLERANCE:
             self.room.last_result = {"proposal_id": pid, "outcome": "within_tolerance",
-                                     "delta": plan.delta.as_dict()}
+                                     "delta": pose_json(plan.delta)}
             self.room.to(S.DONE, f"proposal {pid} within tolerance: no move", actor.user)
         elif plan.verdict is Verdict.REFUSED:
             if self.room.workflow.state == S.READY:
@@ -221,7 +225,7 @@ class CorrectionWorkflow:
             self.room.to(S.PROPOSED, f"proposal {pid}: {plan.verdict.value}", actor.user)
         return p.view()
 
-    async def confirm(self, actor: Actor, proposal_id: str) -> dict[str, Any]:
+    async def confirm(self, actor: Actor, proposal_id: str) -> Reply:
         p = self.room.proposal(actor, "confirm", proposal_id)
         if self.room.workflow.state != S.PROPOSED or p.status not in (PS.PROPOSED, PS.INTERRUPTED):
             raise self.room.refuse(actor, "confirm", f"proposal {proposal_id} is {p.status}; "
@@ -253,7 +257,7 @@ class CorrectionWorkflow:
             self.room.to(S.CONFIRMED, f"{p.id} confirmed by {actor.user}", actor.user)
         return p.view()
 
-    async def approve(self, actor: Actor, proposal_id: str) -> dict[str, Any]:
+    async def approve(self, actor: Actor, proposal_id: str) -> Reply:
         p = self.room.proposal(actor, "approve", proposal_id)
         c = p.confirmation
         if self.room.workflow.state != S.AWAITING_APPROVAL or c is None:

@@ -145,7 +145,7 @@ class CouchWatch:
             return  # motion igrtd is commanding (the gate may not have seen the ACK yet)
         if self._couch_settled or (state == "MOVING" and self._halted_uptime is not None
                                    and _newer(uptime, self._halted_uptime)):
-            # Any motion reported (MOVING, or axes moving in STOPPING / FAULT / IDLE)
+            # Motion of any kind reported (MOVING, or axes moving in STOPPING / FAULT / IDLE)
             # after the couch was at rest with nothing commanded since, or MOVING
             # after the controller gave up the commanded motion: a runaway.
             self._uncommanded_motion(pose, moving_bits, room)

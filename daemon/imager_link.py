@@ -9,7 +9,7 @@ what a lost link means for the beam, is RoomService's business.
 One imaging system at a time: a second connection while one is open is
 refused (logged, reported, closed), so two sources can never interleave.
 A message that breaks the protocol is logged as one line, reported, and the
-connection is closed (after bad bytes the framing cannot be trusted). Any
+connection is closed (after bad bytes the framing cannot be trusted). Every
 other exception while reading or handing over a frame (a decoder bug met by
 hostile bytes) is treated the same way: reported as a rejection, the
 connection dropped, igrtd goes on; no frame can take the daemon down.
@@ -22,8 +22,9 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
+from daemon.jsontypes import JsonObject
 from drivers.kv_imager import KvProtocolError, WireFrame, encode_command, read_frame
 
 log = logging.getLogger("igrt.imager")
@@ -101,7 +102,7 @@ class ImagerLink:
             return False
         return True
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> JsonObject:
         now = time.monotonic()
         rate = None
         if len(self._recent) >= 2 and now - self._recent[-1] < 1.0:
@@ -119,7 +120,7 @@ class ImagerLink:
         }
 
     # ------------------------------------------------------------ connection
-    def _notify(self, method: str, *args: Any) -> None:
+    def _notify(self, method: str, *args: object) -> None:
         if self._listener is None:
             return
         try:

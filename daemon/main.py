@@ -29,7 +29,9 @@ class _Args(argparse.ArgumentParser):
 async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> None:
     from daemon import diagnostics, sdnotify
     from daemon.audit import AuditLog
+    from daemon.commands import CommandListeners
     from daemon.control import ControlServer
+    from daemon.recording import attach_recorder, attach_room
     from daemon.service import RoomService
     from daemon.store import CorrectionStore
     from drivers.couch import CouchClient
@@ -42,6 +44,7 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
     c = config.couch
     couch = CouchClient(c.port, baudrate=c.baudrate, heartbeat_interval_s=c.heartbeat_interval_s,
                         reply_timeout_s=c.reply_timeout_s, link_timeout_s=c.link_timeout_s)
+    recorder = attach_recorder(config, couch)  # None unless the config has `record`
     try:
         await couch.connect()
         async with contextlib.AsyncExitStack() as stack:
@@ -51,6 +54,8 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
 
                 plc, arms = await stack.enter_async_context(open_plc(config.plc))
             service = RoomService(config, couch, audit, store, plc=plc, arms=arms)
+            listeners = CommandListeners()
+            attach_room(recorder, plc.client if plc is not None else None, service, listeners)
             await service.start()
             if config.monitoring is not None:
                 from daemon.imager_link import ImagerLink
@@ -60,14 +65,15 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
                 await imager.start()
                 stack.push_async_callback(imager.close)
             diagnostics.install(service)
-            control = ControlServer(service, config)
+            control = ControlServer(service, config, listeners=listeners)
             await control.start()
             stack.push_async_callback(control.close)
             console = None
             if config.mqtt is not None:
                 from daemon.console_link import open_console
 
-                console = await stack.enter_async_context(open_console(config, service, store))
+                console = await stack.enter_async_context(open_console(config, service, store,
+                                                                         listeners))
             sdnotify.ready()
             sdnotify.status(f"room {config.room}: {service.workflow.state}")
             log.info("igrtd ready (room %s)", config.room)
@@ -84,6 +90,8 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
             except* _Shutdown:
                 sdnotify.stopping()
                 log.info("igrtd stopping")
+                if recorder is not None:
+                    recorder.igrtd_stopping()
                 service.stop_couch_now()
                 # Beam-on monitoring ends with the beam held, while the PLC link is still open.
                 await service.shutdown_monitoring()
@@ -111,6 +119,8 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
     finally:
         with contextlib.suppress(Exception):
             await couch.close()
+        if recorder is not None:
+            await asyncio.to_thread(recorder.close)
         store.close()
         audit.close()
 

@@ -29,10 +29,10 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from daemon.jsontypes import JsonObject
 from imaging.tracking import KvFrame, TargetEstimate
 from safety.beam_hold import (
     BeamHoldMonitor,
@@ -98,7 +98,7 @@ class IntrafractionMonitor:
         audit: Audit,
         reference_position_mm: Sequence[float],
         *,
-        publish: Callable[[dict[str, Any]], None] | None = None,
+        publish: Callable[[JsonObject], None] | None = None,
         actor: str = "monitor",
         estimate_in_thread: bool = True,
         couch_tracking: CouchTrackingLimits | None = None,
@@ -282,7 +282,7 @@ class IntrafractionMonitor:
             None if frame is None else frame.frame_id, None if frame is None else frame.t_acquired,
             self._clock() if frame is None else self.records[-1].t_decided, t_cmd, dev)
         self.events.append(event)
-        details: dict[str, Any] = {
+        details: JsonObject = {
             "cause": event.cause, "reason": event.reason, "frame_id": event.frame_id,
             "deviation_mm": None if dev is None else [round(v, 3) for v in dev],
             "deviation_norm_mm": decision.deviation_mm,

@@ -12,12 +12,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TypedDict
 
 from daemon.api import MonitorStartRequest
+from daemon.jsontypes import JsonObject
 from daemon.monitoring import FrameRecord, HoldEvent, IntrafractionMonitor
 from daemon.workflow import RoomState
-from drivers.kv_imager import WireFrame
+from drivers.kv_imager import KvGeometry, WireFrame
 from imaging.tracking import KvFrame, MarkerTracker
 from safety.beam_hold import BeamHoldPolicy
 
@@ -46,7 +47,7 @@ class MonitoringRun:
     user: str
     policy: BeamHoldPolicy
     tracker: MarkerTracker
-    geometries: tuple[Any, ...]
+    geometries: tuple[KvGeometry, ...]
     markers_mm: list[list[float]]
     target_mm: tuple[float, float, float]
     return_state: RoomState
@@ -57,7 +58,7 @@ class MonitoringRun:
     monitor: IntrafractionMonitor | None = None
     frames: asyncio.Queue[KvFrame | None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[Any] | None = None
+    task: asyncio.Task[None] | None = None
     segments: int = 0
     records: list[FrameRecord] = field(default_factory=list)
     events: list[HoldEvent] = field(default_factory=list)
@@ -76,10 +77,18 @@ async def queued_frames(queue: asyncio.Queue[KvFrame | None]) -> AsyncIterator[K
         yield frame
 
 
+class _Overrides(TypedDict, total=False):
+    """The policy fields a request may tighten (keywords of `replace`)."""
+
+    tolerance_mm: float
+    debounce_s: float
+    release_after_s: float
+
+
 def tightened(site: BeamHoldPolicy, req: MonitorStartRequest) -> BeamHoldPolicy:
     """The site policy with the request's overrides; only tighter values are accepted."""
     problems = []
-    changes: dict[str, Any] = {}
+    changes: _Overrides = {}
     if req.tolerance_mm is not None:
         if not req.tolerance_mm <= site.tolerance_mm:
             problems.append(f"tolerance {req.tolerance_mm} mm is looser than the site's "
@@ -136,7 +145,7 @@ def geometry_problem(run: MonitoringRun, frame: WireFrame) -> str:
 
 
 
-def run_view(run: MonitoringRun) -> dict[str, Any]:
+def run_view(run: MonitoringRun) -> JsonObject:
     m = run.monitor
     records = run.records + (m.records if m is not None else [])
     events = run.events + (m.events if m is not None else [])
@@ -147,7 +156,7 @@ def run_view(run: MonitoringRun) -> dict[str, Any]:
         "seconds": round(time.monotonic() - run.started_mono, 3),
         "ended": run.ended,
         "policy": asdict(run.policy),
-        "markers_mm": run.markers_mm,
+        "markers_mm": [list(p) for p in run.markers_mm],  # list[JsonValue] for mypy
         "target_mm": list(run.target_mm),
         "segments": run.segments,
         "frames_processed": len(records),

@@ -24,9 +24,9 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
 
 from daemon.config import PlcConfig
+from daemon.jsontypes import JsonObject
 from drivers.imager_arms import PARKED_INPUTS, ImagerArms
 from drivers.plc import (
     ARM_POSITION_REGISTERS,
@@ -113,7 +113,12 @@ class RoomInterlocks:
     async def set_beam_hold(self, hold: bool) -> None:
         await self.client.set_beam_hold(hold)
 
-    def describe(self) -> dict[str, Any]:
+    @property
+    def poll_interval_s(self) -> float:
+        """The PLC poll period now in force (diagnostics reports it)."""
+        return self.client.poll_interval_s
+
+    def describe(self) -> JsonObject:
         snap = self.snapshot()
         verdict = self.verdict(snap)
         now = time.monotonic()

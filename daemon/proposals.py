@@ -27,9 +27,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 from daemon.api import Binding
+from daemon.jsontypes import JsonObject, JsonValue
 from safety.correction import CorrectionPlan
 from safety.policy import Verdict
 from safety.pose import Pose
@@ -97,7 +97,7 @@ class TreatmentSession:
     opened_at: float
     imaging: dict[str, ImagingRecord] = field(default_factory=dict)
 
-    def view(self) -> dict[str, Any]:
+    def view(self) -> JsonObject:
         return {
             "patient_id": self.patient_id,
             "plan_uid": self.plan_uid,
@@ -106,7 +106,7 @@ class TreatmentSession:
             "patient_position": self.patient_position,
             "opened_by": self.opened_by,
             "opened_at": self.opened_at,
-            "imaging_sessions": sorted(self.imaging),
+            "imaging_sessions": [*sorted(self.imaging)],  # a list[JsonValue] for mypy
         }
 
 
@@ -137,7 +137,7 @@ class Proposal:
     source: str
     status: ProposalStatus = ProposalStatus.PROPOSED
     confirmation: Confirmation | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[JsonObject] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.status not in INITIAL_STATUSES:
@@ -161,10 +161,10 @@ class Proposal:
     def target(self) -> Pose:
         return self.plan.target
 
-    def note(self, what: str, **details: Any) -> None:
+    def note(self, what: str, **details: JsonValue) -> None:
         self.history.append({"at": time.time(), "what": what, **details})
 
-    def view(self) -> dict[str, Any]:
+    def view(self) -> JsonObject:
         c = self.confirmation
         return {
             "id": self.id,
@@ -174,7 +174,7 @@ class Proposal:
             "binding": self.binding.model_dump(),
             "iso": list(self.iso),
             "patient_position": self.patient_position,
-            "couch_at_imaging": self.couch_at_imaging.as_dict(),
+            "couch_at_imaging": dict(self.couch_at_imaging.as_dict()),  # JSON for mypy
             "source": self.source,
             **self.plan.to_json_dict(),
             "confirmation": None if c is None else {
@@ -183,6 +183,6 @@ class Proposal:
             },
         }
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> JsonObject:
         """What the persistent store keeps (enough to explain it after a restart)."""
-        return {**self.view(), "matrix": self.matrix}
+        return {**self.view(), "matrix": [list(row) for row in self.matrix]}  # JSON for mypy

@@ -20,20 +20,30 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
 
 from daemon.api import Actor, CommandError
 from daemon.config import RoomConfig
+from daemon.jsontypes import JsonMapping, JsonObject
 from daemon.motion_gate import MotionFacts, StartedMove
 from daemon.ports import AuditPort, CorrectionStorePort, CouchPort, RoomSafetyPort
 from daemon.proposals import SUPERSEDABLE, Proposal, ProposalStatus, TreatmentSession
 from daemon.workflow import RoomState, Workflow
 from safety.couch_model import CouchModel
 from safety.policy import VerdictPolicy
+from safety.pose import Pose
 
 log = logging.getLogger("igrt.room")
 
 S = RoomState
+
+
+def pose_json(pose: Pose) -> JsonObject:
+    """A pose as a JSON object of a reply or snapshot (the same dict `as_dict` gives).
+
+    `as_dict` is typed dict[str, float], which mypy will not put where a
+    dict[str, JsonValue] goes (dict is invariant), so the values are re-collected.
+    """
+    return dict(pose.as_dict())
 
 
 @dataclass
@@ -73,27 +83,30 @@ class Room:
         self.proposals: dict[str, Proposal] = {}
         self.current: Proposal | None = None
         self.active: ActiveMove | None = None
-        self.last_result: dict[str, Any] | None = None
+        self.last_result: JsonObject | None = None
         self.hold = HoldToRun()
-        self.state_listeners: list[Callable[[dict[str, Any]], None]] = []
-        self.event_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.state_listeners: list[Callable[[JsonObject], None]] = []
+        # An event is an audit record's event, actor and details as the parts passed
+        # them (poses as dicts, enums, lists): readable as a mapping; the audit log
+        # and the console's message model turn the details into JSON.
+        self.event_listeners: list[Callable[[JsonMapping], None]] = []
         # Wakes the supervision loops at once when a move starts.
         self.wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         # Beam-on monitoring's line of the snapshot (set by RoomService).
-        self.monitoring_brief: Callable[[], dict[str, Any] | None] = lambda: None
+        self.monitoring_brief: Callable[[], JsonObject | None] = lambda: None
 
     # ------------------------------------------------------------------ audit
-    def audit(self, event: str, actor: str, **details: Any) -> None:
+    def audit(self, event: str, actor: str, **details: object) -> None:
         self.audit_log.append(event, actor, **details)
-        payload = {"event": event, "actor": actor, "at": time.time(), **details}
+        payload: JsonMapping = {"event": event, "actor": actor, "at": time.time(), **details}
         for cb in list(self.event_listeners):
             try:
                 cb(payload)
             except Exception:  # a broken listener must never break the workflow
                 log.exception("event listener failed")
 
-    def refuse(self, actor: Actor, cmd: str, reason: str, **details: Any) -> CommandError:
+    def refuse(self, actor: Actor, cmd: str, reason: str, **details: object) -> CommandError:
         """Audit a refusal and return the error to raise."""
         self.audit("reject", actor.user, command=cmd, reason=reason, via=actor.via, **details)
         return CommandError(reason)
@@ -118,7 +131,7 @@ class Room:
             except Exception:
                 log.exception("state listener failed")
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[object, object, object]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -191,7 +204,7 @@ class Room:
             log.error("could not write STOP: %s", exc)
 
     # ------------------------------------------------------------- views
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> JsonObject:
         status = self.couch.latest_status
         open_il, pressed = self.plc_interlocks()
         return {
@@ -203,14 +216,14 @@ class Room:
             "session": self.session.view() if self.session else None,
             "proposal": self.current.view() if self.current else None,
             "couch": None if status is None else {
-                "pose": status.pose.as_dict(),
+                "pose": pose_json(status.pose),
                 "state": str(status.state),
                 "moving": list(status.moving),
                 "link_ok": self.couch_link_ok(),
             },
             "interlocks": {
                 "monitored": self.plc is not None,
-                "open": open_il,
+                "open": list(open_il),  # a list[JsonValue] for mypy: list is invariant
                 "motion_enable_pressed": pressed,
             },
             "hold": {"user": self.hold.user, "fresh": self.hold_fresh()},
@@ -218,18 +231,18 @@ class Room:
             "monitoring": self.monitoring_brief(),
         }
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self) -> JsonObject:
         status = self.couch.latest_status
-        out: dict[str, Any] = {"state": str(self.workflow.state), "reason": self.workflow.reason,
+        out: JsonObject = {"state": str(self.workflow.state), "reason": self.workflow.reason,
                                "running": self.workflow.state == S.MOVING}
         if status is not None:
-            out["pose"] = status.pose.as_dict()
+            out["pose"] = pose_json(status.pose)
         if self.current is not None:
             out["proposal_id"] = self.current.id
-            out["target"] = self.current.target.as_dict()
+            out["target"] = pose_json(self.current.target)
             if status is not None:
                 rem = self.current.target.minus(status.pose)
-                out["remaining"] = rem.as_dict()
+                out["remaining"] = pose_json(rem)
         if self.last_result is not None:
             out["result"] = self.last_result
         return out

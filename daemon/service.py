@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from daemon.api import (
     Actor,
@@ -38,6 +37,7 @@ from daemon.api import (
     MonitorStopRequest,
     ProposeRequest,
     RegisterRequest,
+    Reply,
     Role,
     SessionRequest,
 )
@@ -46,6 +46,7 @@ from daemon.beam_monitoring import BeamMonitoring
 from daemon.commands import ALLOWED_ROLES
 from daemon.config import RoomConfig
 from daemon.correction_workflow import CorrectionWorkflow
+from daemon.jsontypes import JsonMapping, JsonObject
 from daemon.motion_gate import MotionGate
 from daemon.ports import (
     AuditPort,
@@ -129,7 +130,7 @@ class RoomService:
         return self.room.active
 
     @property
-    def last_result(self) -> dict[str, Any] | None:
+    def last_result(self) -> JsonObject | None:
         return self.room.last_result
 
     @property
@@ -141,16 +142,17 @@ class RoomService:
         return self.monitoring.imager
 
     # ------------------------------------------------------------ plumbing
-    def audit(self, event: str, actor: str, **details: Any) -> None:
+    def audit(self, event: str, actor: str, **details: object) -> None:
         self.room.audit(event, actor, **details)
 
-    def add_state_listener(self, cb: Callable[[dict[str, Any]], None]) -> None:
+    def add_state_listener(self, cb: Callable[[JsonObject], None]) -> None:
         self.room.state_listeners.append(cb)
 
-    def add_event_listener(self, cb: Callable[[dict[str, Any]], None]) -> None:
+    def add_event_listener(self, cb: Callable[[JsonMapping], None]) -> None:
+        """`cb` gets each audit record's event, actor, time and details (see Room.audit)."""
         self.room.event_listeners.append(cb)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> JsonObject:
         return self.room.snapshot()
 
     def stop_couch_now(self) -> None:
@@ -187,95 +189,95 @@ class RoomService:
                                "forbidden")
 
     # ------------------------------------------------------------ commands
-    async def status(self, actor: Actor) -> dict[str, Any]:
+    async def status(self, actor: Actor) -> Reply:
         self._require(actor, "status")
         return self.room.snapshot()
 
-    async def interlocks(self, actor: Actor) -> dict[str, Any]:
+    async def interlocks(self, actor: Actor) -> Reply:
         self._require(actor, "interlocks")
         if self.room.plc is None:
             return {"monitored": False, "inputs": [], "open": []}
         return self.room.plc.describe()
 
-    async def open_session(self, actor: Actor, req: SessionRequest) -> dict[str, Any]:
+    async def open_session(self, actor: Actor, req: SessionRequest) -> Reply:
         self._require(actor, "open_session")
         return await self.corrections.open_session(actor, req)
 
-    async def close_session(self, actor: Actor) -> dict[str, Any]:
+    async def close_session(self, actor: Actor) -> Reply:
         self._require(actor, "close_session")
         return await self.corrections.close_session(actor)
 
-    async def record_imaging(self, actor: Actor, req: ImagingRequest) -> dict[str, Any]:
+    async def record_imaging(self, actor: Actor, req: ImagingRequest) -> Reply:
         self._require(actor, "record_imaging")
         return await self.corrections.record_imaging(actor, req)
 
-    async def register(self, actor: Actor, req: RegisterRequest) -> dict[str, Any]:
+    async def register(self, actor: Actor, req: RegisterRequest) -> Reply:
         """Rigid registration in a worker thread: motion supervision keeps running."""
         self._require(actor, "register")
         return await self.corrections.register(actor, req)
 
-    async def propose(self, actor: Actor, req: ProposeRequest) -> dict[str, Any]:
+    async def propose(self, actor: Actor, req: ProposeRequest) -> Reply:
         self._require(actor, "propose")
         return await self.corrections.propose(actor, req)
 
-    async def confirm(self, actor: Actor, proposal_id: str) -> dict[str, Any]:
+    async def confirm(self, actor: Actor, proposal_id: str) -> Reply:
         self._require(actor, "confirm")
         return await self.corrections.confirm(actor, proposal_id)
 
-    async def approve(self, actor: Actor, proposal_id: str) -> dict[str, Any]:
+    async def approve(self, actor: Actor, proposal_id: str) -> Reply:
         self._require(actor, "approve")
         return await self.corrections.approve(actor, proposal_id)
 
-    async def hold(self, actor: Actor, proposal_id: str) -> dict[str, Any]:
+    async def hold(self, actor: Actor, proposal_id: str) -> Reply:
         """Hold-to-run heartbeat. The first one after confirmation starts the move."""
         self._require(actor, "hold")
         return await self.motion.hold(actor, proposal_id)
 
-    async def release(self, actor: Actor) -> dict[str, Any]:
+    async def release(self, actor: Actor) -> Reply:
         self._require(actor, "release")
         return await self.motion.release(actor)
 
-    async def stop(self, actor: Actor, reason: str = "") -> dict[str, Any]:
+    async def stop(self, actor: Actor, reason: str = "") -> Reply:
         # Stop is accepted in every state, from every role but viewer, before anything else.
         if actor.role == Role.VIEWER:
             self._require(actor, "stop")
         return await self.motion.stop(actor, reason)
 
-    async def reset(self, actor: Actor) -> dict[str, Any]:
+    async def reset(self, actor: Actor) -> Reply:
         self._require(actor, "reset")
         return await self.motion.reset(actor)
 
-    async def arms(self, actor: Actor, req: ArmsRequest) -> dict[str, Any]:
+    async def arms(self, actor: Actor, req: ArmsRequest) -> Reply:
         """Extend the kV arms for imaging or park them, through the motion gate."""
         self._require(actor, "arms")
         return await self.arms_control.arms(actor, req)
 
-    async def enter_service(self, actor: Actor) -> dict[str, Any]:
+    async def enter_service(self, actor: Actor) -> Reply:
         self._require(actor, "enter_service")
         return await self.service_mode.enter_service(actor)
 
-    async def exit_service(self, actor: Actor) -> dict[str, Any]:
+    async def exit_service(self, actor: Actor) -> Reply:
         self._require(actor, "exit_service")
         return await self.service_mode.exit_service(actor)
 
-    async def jog(self, actor: Actor, req: JogRequest) -> dict[str, Any]:
+    async def jog(self, actor: Actor, req: JogRequest) -> Reply:
         """One jog step at reduced speed; each step is itself the hold-to-run heartbeat."""
         self._require(actor, "jog")
         return await self.service_mode.jog_step(actor, req)
 
-    async def diag(self, actor: Actor, bundle: bool = False) -> dict[str, Any]:
+    async def diag(self, actor: Actor, bundle: bool = False) -> Reply:
         """Device self-test for service engineers; optionally a diagnostics bundle."""
         self._require(actor, "diag")
         return await self.service_mode.diag(actor, self, bundle)
 
-    async def monitor_start(self, actor: Actor, req: MonitorStartRequest) -> dict[str, Any]:
+    async def monitor_start(self, actor: Actor, req: MonitorStartRequest) -> Reply:
         self._require(actor, "monitor_start")
         return await self.monitoring.monitor_start(actor, req)
 
-    async def monitor_stop(self, actor: Actor, req: MonitorStopRequest) -> dict[str, Any]:
+    async def monitor_stop(self, actor: Actor, req: MonitorStopRequest) -> Reply:
         self._require(actor, "monitor_stop")
         return await self.monitoring.monitor_stop(actor, req)
 
-    async def monitor_status(self, actor: Actor) -> dict[str, Any]:
+    async def monitor_status(self, actor: Actor) -> Reply:
         self._require(actor, "monitor_status")
         return await self.monitoring.monitor_status(actor)

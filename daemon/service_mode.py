@@ -10,9 +10,8 @@ MotionGate, which checks interlocks, limits and the pendant like any motion
 from __future__ import annotations
 
 import math
-from typing import Any
 
-from daemon.api import Actor, CommandError, JogRequest
+from daemon.api import Actor, CommandError, JogRequest, Reply
 from daemon.motion_gate import MotionGate, MotionRefused
 from daemon.room import Room
 from daemon.workflow import RoomState
@@ -26,7 +25,7 @@ class ServiceMode:
         self.room = room
         self.gate = gate
 
-    async def enter_service(self, actor: Actor) -> dict[str, Any]:
+    async def enter_service(self, actor: Actor) -> Reply:
         if self.room.workflow.state not in (S.STANDBY, S.READY, S.DONE):
             raise self.room.refuse(actor, "enter_service",
                                    f"cannot enter service mode in state {self.room.workflow.state}")
@@ -39,7 +38,7 @@ class ServiceMode:
                      actor.user)
         return self.room.snapshot()
 
-    async def exit_service(self, actor: Actor) -> dict[str, Any]:
+    async def exit_service(self, actor: Actor) -> Reply:
         if self.room.workflow.state != S.SERVICE:
             raise self.room.refuse(actor, "exit_service", "the room is not in service mode")
         self.room.stop_couch_now()
@@ -47,7 +46,7 @@ class ServiceMode:
         self.room.to(S.STANDBY, f"service mode ended by {actor.user}", actor.user)
         return self.room.snapshot()
 
-    async def jog_step(self, actor: Actor, req: JogRequest) -> dict[str, Any]:
+    async def jog_step(self, actor: Actor, req: JogRequest) -> Reply:
         """One jog step at reduced speed; each step is itself the hold-to-run heartbeat."""
         if self.room.workflow.state != S.SERVICE:
             raise self.room.refuse(actor, "jog",
@@ -72,15 +71,16 @@ class ServiceMode:
             raise self.room.refuse(actor, "jog", f"couch refused the jog: {exc}") from None
         return self.room.progress()
 
-    async def diag(self, actor: Actor, subject: object, bundle: bool = False) -> dict[str, Any]:
+    async def diag(self, actor: Actor, subject: object, bundle: bool = False) -> Reply:
         """Device self-test for service engineers; optionally a diagnostics bundle.
 
         `subject` is the RoomService the report describes (its couch, PLC, audit,
         store, configuration and last move)."""
         from daemon import diagnostics
 
-        result: dict[str, Any] = await diagnostics.diag_command(subject, bundle=bundle)
+        result: Reply = await diagnostics.diag_command(subject, bundle=bundle)
+        packed = result.get("bundle")  # the bundle's object, or None when not asked for
         self.room.audit("diag", actor.user, bundle=bundle, via=actor.via,
-                        sha256=(result.get("bundle") or {}).get("sha256"))
+                        sha256=packed.get("sha256") if isinstance(packed, dict) else None)
         return result
 

@@ -16,9 +16,10 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import Self, TypeAlias
 
 from daemon.audit import jsonable
+from daemon.jsontypes import JsonMapping, JsonObject, as_object
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ TERMINAL = frozenset({"completed", "interrupted", "stopped", "failed"})
 # accepted thanks to clock-skew leeway is still recognised as a replay.
 JTI_LEEWAY_S = 300.0
 SCHEMA_VERSION = 1
+# What the store binds into its SQL: ids, times, states and JSON text.
+_SqlParam: TypeAlias = "str | int | float | None"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS proposals (
@@ -119,28 +122,28 @@ class CorrectionStore:
 
     # -- helpers
 
-    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+    def _write(self, sql: str, params: tuple[_SqlParam, ...]) -> int:
         with self._lock:
             try:
                 return self._db.execute(sql, params).rowcount
             except sqlite3.Error as exc:
                 raise StoreError(f"state store write failed: {exc}") from exc
 
-    def _one(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Row | None:
+    def _one(self, sql: str, params: tuple[_SqlParam, ...]) -> sqlite3.Row | None:
         with self._lock:
             row: sqlite3.Row | None = self._db.execute(sql, params).fetchone()
             return row
 
-    def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _all(self, sql: str, params: tuple[_SqlParam, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return list(self._db.execute(sql, params).fetchall())
 
     @staticmethod
-    def _dumps(value: Any) -> str:
+    def _dumps(value: object) -> str:
         return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"))
 
     @staticmethod
-    def _move(row: sqlite3.Row) -> dict[str, Any]:
+    def _move(row: sqlite3.Row) -> JsonObject:
         return {
             "confirmation_id": row["confirmation_id"],
             "proposal_id": row["proposal_id"],
@@ -153,7 +156,7 @@ class CorrectionStore:
 
     # -- proposals and confirmations
 
-    def save_proposal(self, proposal_id: str, record: dict[str, Any]) -> None:
+    def save_proposal(self, proposal_id: str, record: JsonMapping) -> None:
         """Insert or update a proposal; created_at is kept from the first save."""
         self._write(
             "INSERT INTO proposals (id, created_at, json) VALUES (?, ?, ?) "
@@ -161,9 +164,10 @@ class CorrectionStore:
             (proposal_id, time.time(), self._dumps(record)),
         )
 
-    def get_proposal(self, proposal_id: str) -> dict[str, Any] | None:
+    def get_proposal(self, proposal_id: str) -> JsonObject | None:
         row = self._one("SELECT json FROM proposals WHERE id = ?", (proposal_id,))
-        return json.loads(row["json"]) if row else None
+        # save_proposal only ever stores an object; anything else is a damaged row.
+        return as_object(json.loads(row["json"]), f"proposal {proposal_id}") if row else None
 
     def record_confirmation(
         self,
@@ -183,13 +187,13 @@ class CorrectionStore:
             == 1
         )
 
-    def get_confirmation(self, confirmation_id: str) -> dict[str, Any] | None:
+    def get_confirmation(self, confirmation_id: str) -> JsonObject | None:
         row = self._one("SELECT * FROM confirmations WHERE confirmation_id = ?", (confirmation_id,))
         return dict(row) if row else None
 
     # -- moves
 
-    def claim_move(self, confirmation_id: str, proposal_id: str, target: dict[str, Any]) -> bool:
+    def claim_move(self, confirmation_id: str, proposal_id: str, target: JsonMapping) -> bool:
         """Durably record a move as 'sending' before GO is sent.
 
         False, with nothing written, if this confirmation already has a move
@@ -226,7 +230,7 @@ class CorrectionStore:
                 raise StoreError(f"state store write failed: {exc}") from exc
 
     def finish_move(
-        self, confirmation_id: str, state: str, detail: dict[str, Any] | None = None
+        self, confirmation_id: str, state: str, detail: JsonMapping | None = None
     ) -> bool:
         """Advance a move: 'sent' from 'sending', or a terminal state from either.
 
@@ -260,7 +264,7 @@ class CorrectionStore:
             return False
         return True
 
-    def mark_interrupted(self, confirmation_id: str, detail: dict[str, Any] | None = None) -> bool:
+    def mark_interrupted(self, confirmation_id: str, detail: JsonMapping | None = None) -> bool:
         return self.finish_move(confirmation_id, "interrupted", detail)
 
     def proposal_completed(self, proposal_id: str) -> bool:
@@ -271,17 +275,17 @@ class CorrectionStore:
             is not None
         )
 
-    def move_for_confirmation(self, confirmation_id: str) -> dict[str, Any] | None:
+    def move_for_confirmation(self, confirmation_id: str) -> JsonObject | None:
         row = self._one("SELECT * FROM moves WHERE confirmation_id = ?", (confirmation_id,))
         return self._move(row) if row else None
 
-    def moves_for_proposal(self, proposal_id: str) -> list[dict[str, Any]]:
+    def moves_for_proposal(self, proposal_id: str) -> list[JsonObject]:
         rows = self._all(
             "SELECT * FROM moves WHERE proposal_id = ? ORDER BY started_at", (proposal_id,)
         )
         return [self._move(r) for r in rows]
 
-    def unfinished_moves(self) -> list[dict[str, Any]]:
+    def unfinished_moves(self) -> list[JsonObject]:
         """Moves left 'sending' or 'sent' by a crash, oldest first."""
         rows = self._all(
             "SELECT * FROM moves WHERE state IN ('sending', 'sent') ORDER BY started_at"

@@ -22,14 +22,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
-from daemon.api import Actor, CommandError
+from daemon.api import Actor, CommandError, Reply
 from daemon.couch_watch import SETTLE_PROBE_S, CouchWatch
+from daemon.jsontypes import JsonObject, as_str
 from daemon.motion_gate import ConfirmationTicket, MotionGate, MotionRefused
 from daemon.ports import ImagerArmsPort
 from daemon.proposals import ProposalStatus as PS
-from daemon.room import ActiveMove, Room
+from daemon.room import ActiveMove, Room, pose_json
 from daemon.workflow import LATCHED, RoomState
 from drivers.couch import CouchStatus
 from drivers.plc import PlcSnapshot
@@ -52,7 +52,7 @@ class MotionSupervisor:
             on_motion_sent=self._motion_commanded,
         )
         self.watch = CouchWatch(room, self.gate, self.trip)
-        self._last_interlocks: dict[str, Any] = {}
+        self._last_interlocks: JsonObject = {}
         self._tripping = False
         # Proposals under which a GO may have gone out: resuming one after an
         # interruption starts part of the way to the target (safety.travel).
@@ -75,8 +75,10 @@ class MotionSupervisor:
             log.warning("no room PLC configured: interlocks are not monitored "
                         "(acceptable only for simulation and bench work)")
         for move in self.room.store.unfinished_moves():
-            self.room.store.mark_interrupted(move["confirmation_id"], {"by": "restart"})
-            self.room.audit("recovery", "system", confirmation_id=move["confirmation_id"],
+            # Read back from the store: narrowed, a malformed row is a named error.
+            confirmation_id = as_str(move["confirmation_id"], "unfinished move confirmation_id")
+            self.room.store.mark_interrupted(confirmation_id, {"by": "restart"})
+            self.room.audit("recovery", "system", confirmation_id=confirmation_id,
                             proposal_id=move.get("proposal_id"),
                             outcome="interrupted move marked interrupted; it is never re-sent")
         pose = None
@@ -112,7 +114,7 @@ class MotionSupervisor:
             tg.create_task(self._track_motion())
 
     # ------------------------------------------------------------ commands
-    async def hold(self, actor: Actor, proposal_id: str) -> dict[str, Any]:
+    async def hold(self, actor: Actor, proposal_id: str) -> Reply:
         """Hold-to-run heartbeat. The first one after confirmation starts the move."""
         state = self.room.workflow.state
         if state == S.MONITORING:
@@ -189,13 +191,13 @@ class MotionSupervisor:
         self.room.wake.set()
         return self.room.progress()
 
-    async def release(self, actor: Actor) -> dict[str, Any]:
+    async def release(self, actor: Actor) -> Reply:
         self.room.hold.mono = None
         if self.room.workflow.state == S.MOVING:
             self.trip("hold-to-run released by " + actor.user, S.STOPPED, actor.user)
         return self.room.progress()
 
-    async def stop(self, actor: Actor, reason: str = "") -> dict[str, Any]:
+    async def stop(self, actor: Actor, reason: str = "") -> Reply:
         # Stop is accepted in every state, from every role but viewer (checked by the
         # facade), before anything else.
         self.room.stop_couch_now()
@@ -212,7 +214,7 @@ class MotionSupervisor:
                 self.room.to(S.FAULT, f"stop not acknowledged by couch: {exc}")
         return self.room.snapshot()
 
-    async def reset(self, actor: Actor) -> dict[str, Any]:
+    async def reset(self, actor: Actor) -> Reply:
         if self.room.workflow.state not in LATCHED:
             raise self.room.refuse(actor, "reset",
                                    f"nothing to reset in state {self.room.workflow.state}")
@@ -236,7 +238,7 @@ class MotionSupervisor:
 
     # ---------------------------------------------------------------- trips
     def trip(self, reason: str, new_state: RoomState = S.FAULT, actor: str = "system",
-              **details: Any) -> None:
+              **details: object) -> None:
         """Stop motion now; then record why (with `details`) and latch the room."""
         self.room.stop_couch_now()
         self.room.hold.mono = None
@@ -300,7 +302,7 @@ class MotionSupervisor:
             self.monitoring_plc_check()
         # Then record the change (after any STOP went out).
         if snap is not None:
-            view = {"link_ok": snap.link_ok, "link_reason": snap.link_reason,
+            view: JsonObject = {"link_ok": snap.link_ok, "link_reason": snap.link_reason,
                     **{n: st.closed for n, st in snap.inputs.items()},
                     "arms_moving": any(snap.arms_moving.values()),
                     "fault_code": snap.fault_code}
@@ -415,12 +417,12 @@ class MotionSupervisor:
             if abs(err.get(a)) > (tol_deg if a in ROTATION_AXES else tol_mm)
         ]
         p = self.room.current
-        result = {
+        result: JsonObject = {
             "proposal_id": active.started.proposal_id,
             "confirmation_id": active.started.confirmation_id,
-            "target": target.as_dict(),
-            "reached": pose.as_dict(),
-            "error": err.as_dict(),
+            "target": pose_json(target),
+            "reached": pose_json(pose),
+            "error": pose_json(err),
             "outcome": "missed_target" if missed else "reached",
         }
         self.room.last_result = result

@@ -25,89 +25,34 @@ from typing import Any, Self
 import serial_asyncio_fast
 
 from drivers import couch_protocol as cp
+from drivers.couch_messages import (
+    AXIS_COUNT,
+    FAULT_NAMES,
+    STATE_NAMES,
+    CouchError,
+    CouchEvent,
+    CouchLinkLost,
+    CouchRefused,
+    CouchStatus,
+    CouchTimeout,
+    FrameTap,
+    LinkEvent,
+    Listener,
+    TargetEcho,
+    bits,
+    name_of,
+    pose_from_wire,
+    pose_to_wire,
+    refusal_from_nak,
+)
 from safety.pose import AXES, UNITS, Pose
 
 log = logging.getLogger("igrt.couch")
 
-AXIS_COUNT = cp.N_AXES
-
-
-class CouchError(Exception):
-    """Base class of everything the couch driver raises."""
-
-
-class CouchLinkLost(CouchError):
-    """The serial link is down: port closed, unreadable, or silent too long."""
-
-
-class CouchTimeout(CouchLinkLost):
-    """A request got no reply within reply_timeout_s (treat as a link problem)."""
-
-
-class CouchRefused(CouchError):
-    """The controller answered NAK: the command was not acted on."""
-
-    def __init__(
-        self,
-        request: str,
-        reason: str,
-        *,
-        field: str | None = None,
-        value: float | None = None,
-        limit: float | None = None,
-        unit: str = "",
-    ) -> None:
-        self.request = request
-        self.reason = reason
-        self.field = field
-        self.value = value
-        self.limit = limit
-        self.unit = unit
-        msg = f"couch controller refused {request}: {reason}"
-        if field is not None and value is not None and limit is not None:
-            u = f" {unit}" if unit else ""
-            msg += f" ({field} {value:.3f}{u}, controller limit {limit:.3f}{u})"
-        super().__init__(msg)
-
-
-@dataclass(frozen=True, slots=True)
-class CouchStatus:
-    state: str  # IDLE / ARMED / MOVING / STOPPING / FAULT
-    pose: Pose
-    moving: tuple[bool, ...]
-    faults: tuple[bool, ...]
-    fault_code: str  # none / heartbeat_lost / following_error / travel_limit / internal
-    echo_id: int  # outstanding echo, 0 if none
-    echo_remaining_ms: int
-    crc_errors: int
-    framing_errors: int
-    heartbeat_timeout_ms: int
-    uptime_ms: int
-    received_at: float  # time.monotonic() when the frame was decoded
-
-    @property
-    def any_moving(self) -> bool:
-        return any(self.moving)
-
-
-@dataclass(frozen=True, slots=True)
-class TargetEcho:
-    echo_id: int
-    target: Pose
-    validity_ms: int
-    received_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class LinkEvent:
-    ok: bool
-    reason: str
-    at: float
-
-
-CouchEvent = CouchStatus | LinkEvent
-Listener = Callable[[CouchEvent], None]
-
+# The names callers import from here (drivers.couch stays the one import for the couch).
+__all__ = ["AXIS_COUNT", "CouchClient", "CouchError", "CouchEvent", "CouchLinkLost",
+           "CouchRefused", "CouchStatus", "CouchTimeout", "FrameTap", "LinkEvent", "Listener",
+           "TargetEcho", "refusal_from_nak"]
 
 @dataclass(slots=True)
 class _Pending:
@@ -117,64 +62,6 @@ class _Pending:
 
 class _PortGone(Exception):
     """Internal: ends the task group when the serial port goes away."""
-
-
-def _name(code: int, enum: type[Any]) -> str:
-    try:
-        return str(enum(code).name)
-    except ValueError:
-        return f"unknown({code})"
-
-
-_AXIS_UNITS = tuple(UNITS[a] for a in AXES)
-
-
-def _pose_from_wire(positions: tuple[int, ...]) -> Pose:
-    return Pose(*cp.positions_from_wire(positions))
-
-
-def _pose_to_wire(pose: Pose) -> cp.Positions:
-    return cp.positions_to_wire(pose.as_tuple(), AXES, _AXIS_UNITS)
-
-
-# Lookup tables keep the per-STATUS cost low (it arrives every 20 ms while moving).
-_BITS: tuple[tuple[bool, ...], ...] = tuple(
-    tuple(bool(m >> i & 1) for i in range(AXIS_COUNT)) for m in range(1 << AXIS_COUNT)
-)
-_STATE_NAMES = {int(s): s.name for s in cp.CtrlState}
-_FAULT_NAMES = {int(f): f.name.lower() for f in cp.FaultCode}
-
-
-def _bits(mask: int) -> tuple[bool, ...]:
-    return _BITS[mask & ((1 << AXIS_COUNT) - 1)]
-
-
-def _describe_field(field: int) -> tuple[str | None, str, float]:
-    """NAK field code -> (name, unit, wire integers per unit)."""
-    if field < AXIS_COUNT:
-        axis = AXES[field]
-        return axis, UNITS[axis], cp.AXIS_SCALE[field]
-    if cp.NakField.JOG_VELOCITY_0 <= field < cp.NakField.JOG_VELOCITY_0 + AXIS_COUNT:
-        i = field - cp.NakField.JOG_VELOCITY_0
-        return f"{AXES[i]} jog velocity", f"{UNITS[AXES[i]]}/s", cp.AXIS_SCALE[i]
-    if field == cp.NakField.VALIDITY_MS:
-        return "validity", "ms", 1.0
-    if field == cp.NakField.DURATION_MS:
-        return "jog duration", "ms", 1.0
-    if field == cp.NakField.AXIS_INDEX:
-        return "axis index", "", 1.0
-    return None, "", 1.0
-
-
-def refusal_from_nak(nak: cp.Nak) -> CouchRefused:
-    request = _name(nak.nacked_type, cp.MsgType)
-    reason = _name(nak.reason, cp.NakReason).lower()
-    name, unit, k = _describe_field(nak.field)
-    if name is None:
-        return CouchRefused(request, reason)
-    return CouchRefused(
-        request, reason, field=name, value=nak.value / k, limit=nak.limit / k, unit=unit
-    )
 
 
 class CouchClient:
@@ -190,10 +77,14 @@ class CouchClient:
         link_timeout_s: float | None = None,
         status_retries: int = 1,
         stop_retries: int = 2,
+        tap: FrameTap | None = None,
     ) -> None:
         """heartbeat_interval_s=0 sends no heartbeat (diagnostics and tests only:
         the controller will fault). link_timeout_s defaults to max(0.25 s,
-        5 heartbeat intervals) and is off when heartbeats are off."""
+        5 heartbeat intervals) and is off when heartbeats are off. `tap` (also
+        settable later as `.tap`) is called with every frame written and every
+        good frame received; it must be quick and must not block (a session
+        recorder's queue), and it is never allowed to break the link."""
         self.port = port
         self.baudrate = baudrate
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -216,6 +107,7 @@ class CouchClient:
         self._seq = 0
         self._listeners: list[Listener] = []
         self._closed = True
+        self.tap = tap
 
     # ------------------------------------------------------------ lifecycle
 
@@ -304,7 +196,7 @@ class CouchClient:
         """TARGET -> TARGET_ECHO. Never retransmitted; compare the echo before GO."""
         if not isinstance(validity_ms, int) or not 1 <= validity_ms <= 0xFFFF:
             raise ValueError(f"validity {validity_ms!r} ms is outside 1..65535 ms")
-        echo: TargetEcho = await self._request(cp.Target(_pose_to_wire(pose), validity_ms))
+        echo: TargetEcho = await self._request(cp.Target(pose_to_wire(pose), validity_ms))
         return echo
 
     async def go(self, echo_id: int) -> None:
@@ -336,7 +228,9 @@ class CouchClient:
         if self._writer is None or self._writer.transport.is_closing():
             log.error("STOP not sent: couch serial port %s is not open", self.port)
             return False
-        self._writer.write(cp.encode(self._next_seq(), cp.Stop()))
+        frame = cp.encode(self._next_seq(), cp.Stop())
+        self._writer.write(frame)  # the frame first: a tap never delays a STOP
+        self._tapped("tx", frame)
         log.info("STOP written to couch controller (no wait)")
         return True
 
@@ -374,6 +268,16 @@ class CouchClient:
         if self._writer is None or self._writer.transport.is_closing():
             raise CouchLinkLost(f"couch serial port {self.port} is not open")
         self._writer.write(frame)
+        self._tapped("tx", frame)
+
+    def _tapped(self, direction: str, frame: bytes) -> None:
+        tap = self.tap
+        if tap is None:
+            return
+        try:
+            tap(direction, frame)
+        except Exception:  # an observer's bug must not kill the link
+            log.exception("couch frame tap failed")
 
     async def _request(self, msg: cp.Message) -> Any:
         seq = self._next_seq()
@@ -432,7 +336,9 @@ class CouchClient:
         while True:
             writer = self._writer
             if writer is not None and not writer.transport.is_closing():
-                writer.write(frame_for(self._next_seq(), hb))
+                frame = frame_for(self._next_seq(), hb)
+                writer.write(frame)
+                self._tapped("tx", frame)
             await asyncio.sleep(self.heartbeat_interval_s)
 
     async def _link_watch_loop(self) -> None:
@@ -473,6 +379,8 @@ class CouchClient:
                 log.debug("couch rx: dropped %d byte(s): %s", item.nbytes, item.kind)
                 continue
             self.last_rx = now
+            if self.tap is not None:
+                self._tapped("rx", cp.encode_raw(item.seq, item.type, item.payload))
             if not self.link_ok:
                 self._set_link(True, "frames from couch controller")
             try:
@@ -496,11 +404,11 @@ class CouchClient:
     def _dispatch(self, seq: int, msg: cp.Message, now: float) -> None:
         if isinstance(msg, cp.Status):
             st = CouchStatus(
-                state=_STATE_NAMES.get(msg.state) or _name(msg.state, cp.CtrlState),
-                pose=_pose_from_wire(msg.positions),
-                moving=_bits(msg.moving_bits),
-                faults=_bits(msg.fault_bits),
-                fault_code=_FAULT_NAMES.get(msg.fault_code) or f"unknown({msg.fault_code})",
+                state=STATE_NAMES.get(msg.state) or name_of(msg.state, cp.CtrlState),
+                pose=pose_from_wire(msg.positions),
+                moving=bits(msg.moving_bits),
+                faults=bits(msg.fault_bits),
+                fault_code=FAULT_NAMES.get(msg.fault_code) or f"unknown({msg.fault_code})",
                 echo_id=msg.echo_id,
                 echo_remaining_ms=msg.echo_remaining_ms,
                 crc_errors=msg.crc_errors,
@@ -516,9 +424,9 @@ class CouchClient:
         elif isinstance(msg, cp.Ack):
             if not self._resolve(seq, msg.acked_type) and msg.acked_type != cp.MsgType.HEARTBEAT:
                 log.info("couch rx: ACK of %s seq %d matches no waiting request",
-                         _name(msg.acked_type, cp.MsgType), seq)
+                         name_of(msg.acked_type, cp.MsgType), seq)
         elif isinstance(msg, cp.TargetEchoMsg):
-            echo = TargetEcho(msg.echo_id, _pose_from_wire(msg.positions), msg.validity_ms, now)
+            echo = TargetEcho(msg.echo_id, pose_from_wire(msg.positions), msg.validity_ms, now)
             if not self._resolve(seq, cp.MsgType.TARGET, echo):
                 log.warning("couch rx: late TARGET_ECHO %d (seq %d) discarded; "
                             "it will expire unused", msg.echo_id, seq)

@@ -119,6 +119,7 @@ class _Injections:
     reply_delay_s: float = 0.0
     corrupt_tx: int = 0
     corrupt_rx: int = 0
+    drop_tx: int = 0
     overshoot_mm: float = 0.0
     echo_offset_mm: float = 0.0
     stalled: dict[int, bool] = field(default_factory=dict)  # axis -> detect
@@ -357,6 +358,11 @@ class SimCouchController:
         """Flip one bit in each of the next n frames sent to the host."""
         self._inj.corrupt_tx = n
 
+    def drop_next_replies(self, n: int) -> None:
+        """Lose the next n frames sent to the host (replies and pushed STATUS) whole,
+        as a UART overrun would: unlike a corrupted frame, the host sees nothing."""
+        self._inj.drop_tx = n
+
     def corrupt_next_received(self, n: int) -> None:
         """Flip one bit in each of the next n frames received from the host
         (line noise); they then go through the real CRC check."""
@@ -459,6 +465,9 @@ class SimCouchController:
         """Put a frame on the wire; False if the host cannot read it (the cable cut
         by a silence injection, or the frame corrupted)."""
         if time.monotonic() < self._inj.silence_until:
+            return False
+        if self._inj.drop_tx > 0:
+            self._inj.drop_tx -= 1
             return False
         intact = True
         if self._inj.corrupt_tx > 0:

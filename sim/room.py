@@ -24,6 +24,7 @@ from typing import Any, Self, TypeVar
 
 from safety.pose import Pose
 from sim.identities import demo_users, install_demo_keys
+from sim.parent_death import die_with_parent
 
 T = TypeVar("T")
 
@@ -128,6 +129,8 @@ class DaemonProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "daemon.main", "--config", str(self.config_path)],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                # SIGTERM when the simulator dies, SIGKILL included: no orphaned igrtd.
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - only prctl, see sim/parent_death.py
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

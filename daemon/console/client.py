@@ -20,7 +20,7 @@ import ssl
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -37,6 +37,7 @@ from daemon.console.schemas import (
 )
 from daemon.console.server import NODELAY
 from daemon.console.tokens import sign_command
+from daemon.jsontypes import JsonMapping, JsonObject, JsonValue, as_object
 from safety import strict_json
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,22 @@ PASSWORD_ENV = "IGRT_MQTT_PASSWORD"
 ACTIVE_MOVE_STATES = frozenset({"CONFIRMED", "MOVING", "VERIFYING"})
 
 
-def move_over(result: dict[str, Any]) -> bool:
+def move_over(result: JsonMapping) -> bool:
     """Default end of a hold: the proposal left the active states (DONE, FAULT, ...)."""
     if result.get("done"):
         return True
     state = result.get("state")
     return state is not None and state not in ACTIVE_MOVE_STATES
+
+
+def _result(reply: ReplyMessage) -> JsonObject:
+    """The reply's result as a JSON object ({} when it carries none).
+
+    The schema already holds it to an object with string keys (read strictly
+    from JSON), so this only names that for mypy; it cannot fail on a reply
+    that passed ReplyMessage.
+    """
+    return as_object(reply.result or {}, "result")
 
 
 class ConsoleError(Exception):
@@ -210,8 +221,8 @@ class ConsoleClient:
         self._state_changed.set()
 
     async def wait_state(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float | None = None
-    ) -> dict[str, Any]:
+        self, predicate: Callable[[JsonMapping], bool], timeout: float | None = None
+    ) -> JsonMapping:
         """Wait until the retained/latest state satisfies predicate; returns it."""
         async with asyncio.timeout(timeout if timeout is not None else self.timeout_s):
             while True:
@@ -222,20 +233,34 @@ class ConsoleClient:
 
     # --- commands -------------------------------------------------------------
 
-    def sign(self, cmd: str, args: dict[str, Any] | None = None, **kw: Any) -> tuple[str, str]:
-        """(jti, compact JWS) for cmd; keyword args go to sign_command (tests)."""
-        jti = kw.pop("jti", None) or uuid.uuid4().hex
+    def sign(
+        self,
+        cmd: str,
+        args: JsonObject | None = None,
+        *,
+        jti: str | None = None,
+        sub: str | None = None,
+        aud: str | None = None,
+        reply_to: str | None = None,
+        lifetime_s: float | None = None,
+        now: float | None = None,
+        extra_claims: JsonObject | None = None,
+    ) -> tuple[str, str]:
+        """(jti, compact JWS) for cmd; the keyword arguments override this
+        client's own (tests forge odd tokens with them), see sign_command."""
+        jti = jti or uuid.uuid4().hex
         try:
             token = sign_command(
                 self._key,
                 cmd=cmd,
-                sub=kw.pop("sub", self.user),
-                aud=kw.pop("aud", self.room),
-                reply_to=kw.pop("reply_to", self.console_id),
+                sub=self.user if sub is None else sub,
+                aud=self.room if aud is None else aud,
+                reply_to=self.console_id if reply_to is None else reply_to,
                 args=args,
-                lifetime_s=kw.pop("lifetime_s", self.lifetime_s),
+                lifetime_s=self.lifetime_s if lifetime_s is None else lifetime_s,
+                now=now,
                 jti=jti,
-                **kw,
+                extra_claims=extra_claims,
             )
         except ValueError as exc:  # NaN/Infinity in the arguments: one line, nothing sent
             raise ConsoleError(str(exc)) from None
@@ -267,21 +292,21 @@ class ConsoleClient:
                 f"no reply from igrtd in room {self.room!r} within {timeout or self.timeout_s:g} s"
             ) from None
 
-    async def send(self, cmd: str, args: dict[str, Any] | None = None) -> asyncio.Future[ReplyMessage]:
+    async def send(self, cmd: str, args: JsonObject | None = None) -> asyncio.Future[ReplyMessage]:
         jti, token = self.sign(cmd, args)
         return await self.send_raw(token, jti)
 
     async def command(
-        self, cmd: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
-    ) -> dict[str, Any]:
+        self, cmd: str, args: JsonObject | None = None, *, timeout: float | None = None
+    ) -> JsonObject:
         """Sign, publish, await the reply; returns its result or raises CommandRefused."""
         jti, token = self.sign(cmd, args)
         reply = await self.request_raw(token, jti, timeout)
         if not reply.ok:
             raise CommandRefused(reply)
-        return reply.result or {}
+        return _result(reply)
 
-    async def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+    async def call(self, cmd: str, **args: JsonValue) -> JsonObject:
         """One command, answered in the shape `daemon.control.ControlClient.call` gives:
         `{"ok": True, "result": {...}}` or `{"ok": False, "code": ..., "error": ...}`.
 
@@ -291,32 +316,32 @@ class ConsoleClient:
         jti, token = self.sign(cmd, args)
         reply = await self.request_raw(token, jti)
         if reply.ok:
-            return {"ok": True, "result": reply.result or {}}
+            return {"ok": True, "result": _result(reply)}
         return {"ok": False, "code": reply.code, "error": reply.reason}
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> JsonObject:
         return await self.command("status")
 
-    async def interlocks(self) -> dict[str, Any]:
+    async def interlocks(self) -> JsonObject:
         return await self.command("interlocks")
 
-    async def propose(self, request: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    async def propose(self, request: BaseModel | JsonObject) -> JsonObject:
         args = request.model_dump(mode="json") if isinstance(request, BaseModel) else request
         return await self.command("propose", args)
 
-    async def confirm(self, proposal_id: str) -> dict[str, Any]:
+    async def confirm(self, proposal_id: str) -> JsonObject:
         return await self.command("confirm", {"proposal_id": proposal_id})
 
-    async def approve(self, proposal_id: str) -> dict[str, Any]:
+    async def approve(self, proposal_id: str) -> JsonObject:
         return await self.command("approve", {"proposal_id": proposal_id})
 
-    async def release(self) -> dict[str, Any]:
+    async def release(self) -> JsonObject:
         return await self.command("release")
 
-    async def stop(self, reason: str = "console stop") -> dict[str, Any]:
+    async def stop(self, reason: str = "console stop") -> JsonObject:
         return await self.command("stop", {"reason": reason})
 
-    async def reset(self) -> dict[str, Any]:
+    async def reset(self) -> JsonObject:
         return await self.command("reset")
 
     async def hold(
@@ -325,8 +350,8 @@ class ConsoleClient:
         *,
         rate_hz: float = 20.0,
         on_reply: Callable[[ReplyMessage], None] | None = None,
-        until: Callable[[dict[str, Any]], bool] = move_over,
-    ) -> dict[str, Any]:
+        until: Callable[[JsonObject], bool] = move_over,
+    ) -> JsonObject:
         """Hold-to-run: send `hold` heartbeats at rate_hz until cancelled, until a
         reply's result satisfies `until` (default: the move is over; that result
         is returned), a hold is refused (CommandRefused), or the daemon stops
@@ -361,8 +386,9 @@ class ConsoleClient:
                         on_reply(reply)
                     if not reply.ok:
                         raise CommandRefused(reply)
-                    if until(reply.result or {}):
-                        return reply.result or {}
+                    result = _result(reply)
+                    if until(result):
+                        return result
                 if outstanding and loop.time() - max(last_answer, min(outstanding.values())) > self.timeout_s:
                     raise ConsoleTimeout(
                         f"igrtd stopped answering hold heartbeats for {self.timeout_s:g} s"

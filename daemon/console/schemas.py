@@ -10,8 +10,9 @@ come from the command registry (daemon/commands.py).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +36,13 @@ def reply_topic(room: str, console_id: str) -> str:
     return f"igrt/{room}/reply/{console_id}"
 
 
+# Free-form JSON objects inside a message are `Mapping[str, object]`: pydantic
+# validates and schemas them exactly like a dict of anything (a test keeps
+# docs/schemas/ in step), while mypy makes a reader narrow each value
+# (daemon.jsontypes) and lets a writer pass any JsonObject. Spelled out, not
+# the JsonMapping alias, because pydantic evaluates these annotations.
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     v: Literal[1] = Field(default=1, description="schema version (SCHEMA_VERSION)")
@@ -51,7 +59,7 @@ class CommandClaims(_Message):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     cmd: CommandName = Field(description="RoomCommands method to call")
-    args: dict[str, Any] = Field(
+    args: Mapping[str, object] = Field(
         default_factory=dict, description="arguments of cmd, see the *-args schemas"
     )
     sub: str = Field(min_length=1, max_length=64, description="user who signed the command")
@@ -75,7 +83,7 @@ class ReplyMessage(_Message):
     jti: str | None = Field(description="jti of the command answered, when it could be read")
     cmd: str | None = None
     ok: bool
-    result: dict[str, Any] | None = Field(default=None, description="RoomCommands result")
+    result: Mapping[str, object] | None = Field(default=None, description="RoomCommands result")
     code: str | None = Field(default=None, description="machine-readable rejection code")
     reason: str | None = Field(default=None, description="one-line reason for the user")
     ts: float
@@ -87,7 +95,7 @@ class StateMessage(_Message):
     room: str
     seq: int = Field(description="increases with every state message of this daemon run")
     ts: float
-    state: dict[str, Any]
+    state: Mapping[str, object]
 
 
 class TelemetryMessage(_Message):
@@ -98,8 +106,8 @@ class TelemetryMessage(_Message):
     seq: int
     ts: float
     couch: dict[str, float] | None = Field(default=None, description="pose, mm and deg")
-    interlocks: dict[str, Any] | None = None
-    motion: dict[str, Any] | None = None
+    interlocks: Mapping[str, object] | None = None
+    motion: Mapping[str, object] | None = None
 
 
 class EventMessage(_Message):
@@ -110,7 +118,7 @@ class EventMessage(_Message):
     ts: float
     event: str
     actor: str | None = None
-    details: dict[str, Any] = Field(default_factory=dict)
+    details: Mapping[str, object] = Field(default_factory=dict)
 
 
 class StatusMessage(_Message):

@@ -40,13 +40,12 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
 
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.api import Actor, RoomCommands
-from daemon.commands import COMMANDS, execute
+from daemon.commands import COMMANDS, CommandListeners, execute
 from daemon.console.schemas import (
     EventMessage,
     ReplyMessage,
@@ -59,10 +58,14 @@ from daemon.console.schemas import (
 )
 from daemon.console.tokens import CommandRejected, CommandVerifier, VerifiedCommand
 from daemon.errors import ErrorCode
+from daemon.jsontypes import JsonMapping
 
 log = logging.getLogger(__name__)
 
-AuditFn = Callable[[str, str, dict[str, Any]], None]
+# Audit details are read only: any JSON-like mapping (ErrorCode values included).
+AuditFn = Callable[[str, str, JsonMapping], None]
+# A task the console runs; it only ever awaits, so nothing is sent into it.
+_Job = Coroutine[object, None, None]
 
 # Without TCP_NODELAY, Nagle + delayed ACK stall small request/reply
 # exchanges over loopback by tens of milliseconds.
@@ -83,7 +86,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:200]
 
 
-def _log_audit(event: str, actor: str, details: dict[str, Any]) -> None:
+def _log_audit(event: str, actor: str, details: JsonMapping) -> None:
     level = logging.WARNING if event.endswith("rejected") else logging.INFO
     log.log(level, "audit %s actor=%s %s", event, actor, details)
 
@@ -101,7 +104,7 @@ class MqttConsole:
         password: str | None,
         tls: ssl.SSLContext | None = None,
         audit: AuditFn = _log_audit,
-        state_provider: Callable[[], dict[str, Any] | None] | None = None,
+        state_provider: Callable[[], JsonMapping | None] | None = None,
         on_link_change: Callable[[bool], None] | None = None,
         telemetry_max_hz: float = 20.0,
         reconnect_min_s: float = 0.1,
@@ -109,10 +112,12 @@ class MqttConsole:
         keepalive_s: int = 5,
         max_inflight_commands: int = 32,
         client_id: str | None = None,
+        listeners: CommandListeners | None = None,
     ) -> None:
         if verifier.room != room:
             raise ValueError(f"verifier is for room {verifier.room!r}, console for {room!r}")
         self.commands = room_commands
+        self._listeners = listeners
         self.verifier = verifier
         self.room = room
         self._host = broker_host
@@ -133,10 +138,10 @@ class MqttConsole:
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
-        self._last_state: dict[str, Any] | None = None
+        self._last_state: JsonMapping | None = None
         self._seq = {"state": 0, "telemetry": 0, "event": 0}
         self._telemetry_last = 0.0
-        self._telemetry_pending: dict[str, Any] | None = None
+        self._telemetry_pending: JsonMapping | None = None
         self._telemetry_flush_scheduled = False
         self._console_locks: dict[str, _Lane] = {}
         self._inflight = 0
@@ -281,7 +286,7 @@ class MqttConsole:
             return False
         return True
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+    def _spawn(self, coro: _Job, what: str) -> None:
         """Run `coro` in the console's task group, guarded: an exception in one
         task would otherwise cancel the whole group and end the console."""
         if self._tg is None:
@@ -289,14 +294,14 @@ class MqttConsole:
             return
         self._tg.create_task(self._guarded(coro, what))
 
-    async def _guarded(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+    async def _guarded(self, coro: _Job, what: str) -> None:
         try:
             await coro
         except Exception as exc:  # see _spawn
             log.exception("console task %s failed", what)
             self._audit("console.fault", "system", {"what": what, "reason": _one_line(exc)})
 
-    async def publish_state(self, snapshot: dict[str, Any]) -> bool:
+    async def publish_state(self, snapshot: JsonMapping) -> bool:
         """Retained full state; remembered and republished after a reconnect."""
         self._last_state = snapshot
         client = self._client
@@ -304,7 +309,7 @@ class MqttConsole:
             return False
         return await self._publish_state_now(client, snapshot)
 
-    async def _publish_state_now(self, client: aiomqtt.Client, snapshot: dict[str, Any]) -> bool:
+    async def _publish_state_now(self, client: aiomqtt.Client, snapshot: JsonMapping) -> bool:
         self._seq["state"] += 1
         msg = StateMessage(room=self.room, seq=self._seq["state"], ts=time.time(), state=snapshot)
         try:
@@ -315,7 +320,7 @@ class MqttConsole:
         return True
 
     async def publish_event(
-        self, event: str, actor: str | None = None, details: dict[str, Any] | None = None
+        self, event: str, actor: str | None = None, details: JsonMapping | None = None
     ) -> bool:
         self._seq["event"] += 1
         msg = EventMessage(
@@ -328,7 +333,7 @@ class MqttConsole:
         )
         return await self._publish(topic(self.room, "events"), dumps(msg), qos=1)
 
-    async def publish_telemetry(self, data: dict[str, Any]) -> None:
+    async def publish_telemetry(self, data: JsonMapping) -> None:
         """Latest-wins, at most telemetry_max_hz: a burst is coalesced and the
         newest sample is sent at the next slot, so the last pose is never lost."""
         self._telemetry_pending = data
@@ -352,8 +357,12 @@ class MqttConsole:
             return
         self._telemetry_last = time.monotonic()
         self._seq["telemetry"] += 1
+        header: JsonMapping = {"room": self.room, "seq": self._seq["telemetry"], "ts": time.time()}
         try:
-            msg = TelemetryMessage(room=self.room, seq=self._seq["telemetry"], ts=time.time(), **data)
+            clash = header.keys() & data.keys()
+            if clash:  # the sample may not name the header fields (as keyword arguments could not)
+                raise TypeError(f"sample sets {', '.join(sorted(clash))}")
+            msg = TelemetryMessage.model_validate({**data, **header})
         except (TypeError, ValueError) as exc:
             log.error("telemetry sample dropped, does not fit the schema: %s", exc)
             return
@@ -478,7 +487,7 @@ class MqttConsole:
                 "reason": _one_line(exc)})
 
         answer = await execute(self.commands, actor, vc.cmd, vc.args,
-                               audit=self._audit, on_fault=fault)
+                               audit=self._audit, on_fault=fault, listeners=self._listeners)
         await self._reply(vc.claims.reply_to, ReplyMessage(
             room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=answer.ok, result=answer.result,
             code=answer.code, reason=answer.reason, ts=time.time()))
@@ -486,7 +495,7 @@ class MqttConsole:
     async def _reply(self, console_id: str, msg: ReplyMessage) -> None:
         await self._publish(reply_topic(self.room, console_id), dumps(msg), qos=1)
 
-    def _audit(self, event: str, actor: str, details: dict[str, Any]) -> None:
+    def _audit(self, event: str, actor: str, details: JsonMapping) -> None:
         try:
             self._audit_fn(event, actor, details)
         except Exception:  # auditing failure is logged loudly, the verdict stands

@@ -21,7 +21,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from joserfc import jws
 from joserfc.errors import JoseError, SecurityWarning
@@ -33,6 +33,7 @@ from daemon.commands import CommandName
 from daemon.console.schemas import CONSOLE_ID_PATTERN, CommandClaims
 from daemon.console.users import RegisteredUser
 from daemon.errors import ErrorCode, first_problem
+from daemon.jsontypes import JsonMapping, JsonObject
 from safety import strict_json
 
 # A command is a flat object with one level of args (a proposal's matrix is the
@@ -62,6 +63,17 @@ class ReplayCache(Protocol):
     def remember_jti(self, jti: str, exp: float) -> bool:
         """True if jti is new (and is now remembered until `exp`), False if seen."""
         ...
+
+
+class UserLookup(Protocol):
+    """Who may sign: `daemon.console.users.UserRegistry` is the real one."""
+
+    def lookup(self, user: str) -> RegisteredUser | None: ...
+
+
+# What the verifier could read of an unverified message, for reply routing and
+# audit text (the keyword arguments of CommandRejected it is spread into).
+Hints = dict[str, str | None]
 
 
 class MemoryReplayCache:
@@ -129,16 +141,16 @@ def sign_command(
     sub: str,
     aud: str,
     reply_to: str,
-    args: dict[str, Any] | None = None,
+    args: JsonObject | None = None,
     lifetime_s: float = 10.0,
     now: float | None = None,
     jti: str | None = None,
-    extra_claims: dict[str, Any] | None = None,
+    extra_claims: JsonObject | None = None,
 ) -> str:
     """Compact JWS of a console command. `extra_claims` exists for tests that
     need to forge odd tokens; real consoles never pass it."""
     iat = time.time() if now is None else now
-    claims: dict[str, Any] = {
+    claims: JsonObject = {
         "v": 1,
         "cmd": cmd,
         "args": args or {},
@@ -151,7 +163,7 @@ def sign_command(
     }
     if extra_claims:
         claims.update(extra_claims)
-    header = {"alg": SIGNING_ALG, "typ": TOKEN_TYPE}
+    header: JsonObject = {"alg": SIGNING_ALG, "typ": TOKEN_TYPE}
     try:
         # igrtd refuses NaN/Infinity anywhere in a command; never sign one.
         payload = json.dumps(claims, separators=(",", ":"), allow_nan=False)
@@ -162,7 +174,7 @@ def sign_command(
     return jws.serialize_compact(header, payload, key, registry=_JWS_REGISTRY)
 
 
-def _hint(obj: dict[str, Any], name: str) -> str | None:
+def _hint(obj: JsonMapping, name: str) -> str | None:
     """An unverified claim, only for audit text and reply routing: short strings only."""
     value = obj.get(name)
     if isinstance(value, str) and 0 < len(value) <= 128:
@@ -175,7 +187,7 @@ class CommandVerifier:
 
     def __init__(
         self,
-        registry: Any,
+        registry: UserLookup,
         room: str,
         replay_cache: ReplayCache,
         clock: Callable[[], float] = time.time,
@@ -183,7 +195,6 @@ class CommandVerifier:
         max_clock_skew_s: float = 2.0,
         max_payload_bytes: int = 16384,
     ) -> None:
-        # registry: anything with lookup(user) -> RegisteredUser | None (UserRegistry).
         self.registry = registry
         self.room = room
         self.replay_cache = replay_cache
@@ -200,7 +211,7 @@ class CommandVerifier:
         topic when it could already be read, so one message cannot take the
         caller down.
         """
-        ctx: dict[str, Any] = {}
+        ctx: Hints = {}
         try:
             return self._verify(payload, ctx)
         except CommandRejected:
@@ -213,7 +224,7 @@ class CommandVerifier:
                 **ctx,
             ) from None
 
-    def _verify(self, payload: bytes, ctx: dict[str, Any]) -> VerifiedCommand:
+    def _verify(self, payload: bytes, ctx: Hints) -> VerifiedCommand:
         size = len(payload)
         if size > self.max_payload_bytes:
             # Not parsed at all: nothing in an oversized message is looked at.
@@ -339,7 +350,7 @@ class CommandVerifier:
             )
         return VerifiedCommand(claims=claims, user=user, args=args)
 
-    def _check_time(self, claims: CommandClaims, ctx: dict[str, Any]) -> None:
+    def _check_time(self, claims: CommandClaims, ctx: Hints) -> None:
         # Every comparison with NaN is false, so a NaN iat or exp would pass
         # each check below; the claims model refuses them, and so does this
         # (the one place the lifetime rule is decided must not depend on it).
@@ -373,7 +384,7 @@ class CommandVerifier:
             )
 
     def _reject_plain_json(self, text: str) -> None:
-        ctx: dict[str, Any] = {}
+        ctx: Hints = {}
         try:
             body = strict_json.loads(
                 text, max_depth=MAX_PAYLOAD_DEPTH, max_bytes=self.max_payload_bytes

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, Protocol
 
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
@@ -26,6 +26,19 @@ from daemon.errors import first_problem
 from safety import strict_json
 
 USER_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
+
+
+class ConfigUser(Protocol):
+    """A user as the room config gives one (daemon.config.UserConfig); read-only here."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def role(self) -> Role: ...
+
+    @property
+    def public_key(self) -> Mapping[str, object] | None: ...
 
 
 class RegistryError(Exception):
@@ -99,7 +112,7 @@ class UserRegistry:
         return cls(read_registry_file(path).users)
 
     @classmethod
-    def from_config_users(cls, users: Iterable[Any]) -> UserRegistry:
+    def from_config_users(cls, users: Iterable[ConfigUser]) -> UserRegistry:
         """From daemon.config UserConfig-like objects (name, role, public_key);
         users without a public key cannot sign and are left out."""
         entries = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from enum import IntEnum
 from typing import NoReturn
 
@@ -56,3 +57,26 @@ class ArgParser(argparse.ArgumentParser):
 def err(message: str, prog: str = "igrtctl") -> None:
     """One line on stderr, whatever the message held."""
     sys.stderr.write(f"{prog}: {' '.join(message.split())}\n")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message, or its type's name when it has none.
+
+    A ValueError from reading a file (SimpleITK, pydicom, numpy) may carry a
+    multi-line message; the first line names the problem.
+    """
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def usage_exit(body: Callable[[], int]) -> int:
+    """Run an offline tool (register, reg show, register2d/4d): its own exit
+    code, or USAGE with one line on stderr when the input is unusable
+    (UsageError, or a ValueError from reading or checking it)."""
+    try:
+        return body()
+    except UsageError as exc:
+        err(str(exc))
+    except ValueError as exc:
+        err(first_line(exc))
+    return ExitCode.USAGE

@@ -7,7 +7,8 @@ subcommands on both. On the local socket a user name counts only with a
 proof: `--key FILE` (or $IGRT_KEY, or $IGRT_KEY_DIR/<user>.key) signs each
 command with the user's Ed25519 key; without a key igrtd takes the identity
 from this process's OS account (`local_uid` in the room config). See
-docs/operations.md. Console keys and users: keygen, users.
+docs/operations.md. Console keys and users: keygen, users. A simulated
+room's control API (igrt-sim up): sim.
 
 Every path ends in one `ExitCode` (exits.py, listed by `igrtctl --help`);
 errors are one line on stderr, never a traceback.
@@ -31,7 +32,8 @@ DEFAULT_SOCKET = Path("/var/lib/igrt/igrtd.sock")
 OFFLINE_HELP = """\
 offline tools:  plan, register, register2d, register4d, reg show, audit
 over MQTT:      igrtctl --broker URL [--key FILE ...] <room command>  (same commands)
-console admin:  keygen, users"""
+console admin:  keygen, users
+simulated room: igrtctl sim OP [--arg KEY=VALUE ...] [--run-dir DIR | --sim-socket PATH]"""
 
 
 def local_parser() -> ArgParser:
@@ -110,6 +112,10 @@ def _dispatch(argv: list[str]) -> int:
     tool = _offline(argv[0])
     if tool is not None:
         return tool(argv[1:])
+    if argv[0] == "sim":  # the simulated room's control API, not an igrtd command
+        from daemon.igrtctl.sim_control import run_sim
+
+        return run_sim(argv[1:])
     if "--broker" in argv:
         from daemon.igrtctl.console import broker_parser, run_broker
 

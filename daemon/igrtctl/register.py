@@ -15,21 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from daemon.igrtctl.args import join_negative_values, triple
-from daemon.igrtctl.exits import ArgParser, ExitCode, UsageError, err
+from daemon.igrtctl.exits import ArgParser, ExitCode, UsageError, err, usage_exit
+from daemon.jsontypes import JsonObject
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from imaging.volumes import LoadedImage
 
 
-def _iso(text: str) -> tuple[float, float, float]:
-    return triple(text, "--iso")
-
-
-def _join_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
-    return join_negative_values(argv, options)
-
-
-def _quiet_itk() -> None:
+def quiet_itk() -> None:
     # ITK prints warnings (e.g. "No Series were found") straight to stderr; the CLI
     # reports problems itself, in one line.
     import SimpleITK as sitk
@@ -48,20 +46,16 @@ def run_register(argv: list[str]) -> int:
     p.add_argument("--patient-id", help="patient ID for --reg-out (default: from the images)")
     p.add_argument("--patient-name", default="", help="patient name for --reg-out")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    try:
-        args = p.parse_args(_join_values(list(argv), ("--iso",)))
-        iso = _iso(args.iso) if args.iso else None
-        return _register(args, iso)
-    except UsageError as exc:
-        err(str(exc))
-        return ExitCode.USAGE
-    except ValueError as exc:
-        err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return ExitCode.USAGE
+
+    def body() -> int:
+        args = p.parse_args(join_negative_values(list(argv), ("--iso",)))
+        return _register(args, triple(args.iso, "--iso") if args.iso else None)
+
+    return usage_exit(body)
 
 
 def _register(args: argparse.Namespace, iso: tuple[float, float, float] | None) -> int:
-    _quiet_itk()
+    quiet_itk()
     from imaging.registration import RegistrationFailed, register_rigid
     from imaging.volumes import read_image
 
@@ -79,7 +73,7 @@ def _register(args: argparse.Namespace, iso: tuple[float, float, float] | None) 
         print(json.dumps(failed) if args.json else f"REFUSED: {exc}")
         err(f"registration refused: {exc}")
         return ExitCode.VERDICT_REFUSED
-    out: dict[str, Any] = result.to_json_dict()
+    out: JsonObject = result.to_json_dict()
     if args.overlay:
         from imaging.overlay import write_overlay_png
         from imaging.registration import image_centre
@@ -105,7 +99,8 @@ def _register(args: argparse.Namespace, iso: tuple[float, float, float] | None) 
     return ExitCode.OK
 
 
-def _write_reg(args: argparse.Namespace, fixed: Any, moving: Any, matrix: Any) -> str:
+def _write_reg(args: argparse.Namespace, fixed: LoadedImage, moving: LoadedImage,
+               matrix: np.ndarray) -> str:
     from imaging.dicom_reg import write_registration
 
     patient = args.patient_id or fixed.patient_id or moving.patient_id
@@ -130,14 +125,13 @@ def run_reg_show(argv: list[str]) -> int:
     p = ArgParser(prog="igrtctl reg show", description="Show a DICOM spatial registration.")
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
-    try:
-        args = p.parse_args(argv)
-        from imaging.dicom_reg import read_registration
+    return usage_exit(lambda: _reg_show(p.parse_args(argv)))
 
-        rec = read_registration(args.file)
-    except (UsageError, ValueError) as exc:
-        err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return ExitCode.USAGE
+
+def _reg_show(args: argparse.Namespace) -> int:
+    from imaging.dicom_reg import read_registration
+
+    rec = read_registration(args.file)
     out = {
         "matrix": [[float(v) for v in row] for row in rec.matrix],
         "patient_id": rec.patient_id,

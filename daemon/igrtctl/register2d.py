@@ -16,38 +16,33 @@ stderr, no traceback).
 from __future__ import annotations
 
 import json
-import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from daemon.igrtctl.args import join_negative_values, triple
-from daemon.igrtctl.exits import ArgParser, ExitCode, UsageError, err
+from daemon.igrtctl.exits import ArgParser, ExitCode, UsageError, err, usage_exit
+from daemon.igrtctl.register import quiet_itk
+from daemon.jsontypes import JsonObject
+
+if TYPE_CHECKING:
+    import numpy as np
+    import SimpleITK as sitk
 
 _VALUE_OPTIONS = ("--iso",)
-
-
-def _join_negative_values(argv: list[str]) -> list[str]:
-    return join_negative_values(argv, _VALUE_OPTIONS)
 
 
 def _iso(text: str) -> tuple[float, float, float]:
     return triple(text, "--iso")
 
 
-def _quiet() -> None:
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.GlobalWarningDisplayOff()
-    logging.getLogger("imaging").setLevel(logging.ERROR)
-
-
-def _read_plan(path: str) -> Any:
+def _read_plan(path: str) -> sitk.Image:
     from imaging.volumes import read_image
 
     return read_image(path).image
 
 
-def _read_2d(path: str, what: str) -> Any:
+def _read_2d(path: str, what: str) -> sitk.Image:
     import SimpleITK as sitk
 
     p = Path(path)
@@ -60,23 +55,27 @@ def _read_2d(path: str, what: str) -> Any:
         raise UsageError(f"{what} {path}: cannot read image ({first.strip()})") from None
 
 
-def _plan_centre(img: Any) -> tuple[float, float, float]:
+def _plan_centre(img: sitk.Image) -> tuple[float, float, float]:
     c = [(s - 1) / 2.0 for s in img.GetSize()]
     return tuple(float(v) for v in img.TransformContinuousIndexToPhysicalPoint(c))  # type: ignore[return-value]
 
 
-def _main(argv: list[str], body: Any) -> int:
+def _main(argv: list[str], body: Callable[[list[str]], int]) -> int:
     try:
-        return int(body(_join_negative_values(list(argv))))
-    except UsageError as exc:
-        err(str(exc))
-        return ExitCode.USAGE
-    except ValueError as exc:
-        err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return ExitCode.USAGE
-    except OSError as exc:
+        return int(usage_exit(lambda: body(join_negative_values(list(argv), _VALUE_OPTIONS))))
+    except OSError as exc:  # an unreadable image or unwritable output: one line, no traceback
         err(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
         return ExitCode.USAGE
+
+
+def _parser(prog: str, description: str, images: str, images_help: str,
+            iso_help: str) -> ArgParser:
+    """The options both tools start with: the planning CT, the images (repeated), --iso."""
+    p = ArgParser(prog=prog, description=description)
+    p.add_argument("--plan", required=True, help="planning CT (file or DICOM series dir)")
+    p.add_argument(images, action="append", required=True, help=images_help)
+    p.add_argument("--iso", help=iso_help)
+    return p
 
 
 # ------------------------------------------------------------------ register2d
@@ -85,11 +84,10 @@ def run_register2d(argv: list[str]) -> int:
 
 
 def _register2d(argv: list[str]) -> int:
-    p = ArgParser(prog="igrtctl register2d",
-                description="Register a pair of kV radiographs to the planning CT (6 DoF).")
-    p.add_argument("--plan", required=True, help="planning CT (file or DICOM series dir)")
-    p.add_argument("--kv", action="append", required=True, help="kV image (.mha), twice or more")
-    p.add_argument("--iso", help="planned isocentre X,Y,Z mm (default: planning CT centre)")
+    p = _parser("igrtctl register2d",
+                "Register a pair of kV radiographs to the planning CT (6 DoF).",
+                "--kv", "kV image (.mha), twice or more",
+                "planned isocentre X,Y,Z mm (default: planning CT centre)")
     p.add_argument("--patient-position", default="HFS", help="HFS, HFP, FFS, ... (default HFS)")
     p.add_argument("--overlay", help="write a DRR-versus-kV review PNG here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -99,7 +97,7 @@ def _register2d(argv: list[str]) -> int:
     from safety.geometry import parse_patient_position
 
     pos = parse_patient_position(args.patient_position).value
-    _quiet()
+    quiet_itk()
     from imaging.registration2d3d import KvView, register_2d3d
 
     views = []
@@ -112,7 +110,7 @@ def _register2d(argv: list[str]) -> int:
     plan = _read_plan(args.plan)
     iso = _iso(args.iso) if args.iso else _plan_centre(plan)
     result = register_2d3d(plan, views, iso, pos)
-    out: dict[str, Any] = result.to_json_dict()
+    out: JsonObject = result.to_json_dict()
     out["iso_mm"] = list(iso)
     out["views_deg"] = [v.geometry.angle_deg for v in views]
     if args.overlay:
@@ -136,11 +134,10 @@ def run_register4d(argv: list[str]) -> int:
 
 
 def _register4d(argv: list[str]) -> int:
-    p = ArgParser(prog="igrtctl register4d",
-                description="Target trajectory and mean position from 4D CBCT phase volumes.")
-    p.add_argument("--plan", required=True, help="planning CT (file or DICOM series dir)")
-    p.add_argument("--phase", action="append", required=True, help="phase volume, one per phase")
-    p.add_argument("--iso", help="target X,Y,Z mm in planning coordinates (default: CT centre)")
+    p = _parser("igrtctl register4d",
+                "Target trajectory and mean position from 4D CBCT phase volumes.",
+                "--phase", "phase volume, one per phase",
+                "target X,Y,Z mm in planning coordinates (default: CT centre)")
     p.add_argument("--use", default="mean", help="correction at the 'mean' position or phase N")
     p.add_argument("--initial", help="JSON {'matrix': 4x4} bony registration to start from")
     p.add_argument("--plot", help="write the phase trajectory PNG here")
@@ -153,7 +150,7 @@ def _register4d(argv: list[str]) -> int:
         except ValueError:
             raise UsageError(f"--use must be 'mean' or a phase number, got {args.use!r}") from None
     initial = _read_matrix(args.initial) if args.initial else None
-    _quiet()
+    quiet_itk()
     from imaging.fourd import correction_matrix, register_4d
     from imaging.volumes import read_image
 
@@ -184,7 +181,7 @@ def _register4d(argv: list[str]) -> int:
     return ExitCode.OK
 
 
-def _read_matrix(path: str) -> Any:
+def _read_matrix(path: str) -> np.ndarray:
     import numpy as np
 
     try:

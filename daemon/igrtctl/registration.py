@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from daemon.igrtctl.args import triple
 from daemon.igrtctl.exits import UsageError
+from daemon.jsontypes import JsonObject, as_object
 
 
-def registration_input(path: Path) -> dict[str, Any]:
+def registration_input(path: Path) -> JsonObject:
     """Matrix and whatever identity the file carries (DICOM REG or JSON)."""
     try:
         with path.open("rb") as fh:
@@ -24,7 +24,7 @@ def registration_input(path: Path) -> dict[str, Any]:
             rec = read_registration(path)
         except ValueError as exc:  # one line naming the file (imaging.dicom_safe)
             raise UsageError(str(exc)) from None
-        out: dict[str, Any] = {"matrix": [list(map(float, r)) for r in rec.matrix],
+        out: JsonObject = {"matrix": [list(map(float, r)) for r in rec.matrix],
                                "patient_id": rec.patient_id,
                                "frame_of_reference_uid": rec.fixed_frame_of_reference_uid}
         acquired = getattr(rec, "acquired_at", None)
@@ -42,12 +42,12 @@ def registration_input(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or "matrix" not in data:
         raise UsageError(f"{path}: expected a JSON object with a 'matrix' (4x4)")
-    return data
+    return as_object(data)  # JSON object keys are strings: cannot fail here
 
 
-def propose_args(a: argparse.Namespace) -> dict[str, Any]:
+def propose_args(a: argparse.Namespace) -> JsonObject:
     reg = registration_input(a.registration)
-    binding = {
+    binding: JsonObject = {
         "patient_id": a.patient or reg.get("patient_id"),
         "plan_uid": a.plan or reg.get("plan_uid"),
         "frame_of_reference_uid": a.frame_of_reference or reg.get("frame_of_reference_uid"),
@@ -60,9 +60,9 @@ def propose_args(a: argparse.Namespace) -> dict[str, Any]:
     missing = [flags[k] for k, v in binding.items() if v is None]
     if missing:
         raise UsageError(f"registration does not name {', '.join(missing)}; give them as options")
-    args: dict[str, Any] = {
+    args: JsonObject = {
         "matrix": reg["matrix"],
-        "iso": triple(a.iso, "--iso"),
+        "iso": list(triple(a.iso, "--iso")),  # sent as a JSON array, as the tuple was
         "patient_position": a.patient_position,
         "binding": binding,
         "source": str(a.registration),
@@ -76,7 +76,8 @@ def propose_args(a: argparse.Namespace) -> dict[str, Any]:
         if len(vals) != 6:
             raise UsageError("--couch-at-imaging needs 6 values LAT,LONG,VERT,YAW,PITCH,ROLL")
         try:
-            args["couch_at_imaging"] = dict(zip(AXES, map(float, vals)))
+            couch: JsonObject = dict(zip(AXES, map(float, vals)))
+            args["couch_at_imaging"] = couch
         except ValueError:
             raise UsageError(f"--couch-at-imaging: not numbers: {a.couch_at_imaging!r}") from None
     return args

@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 import time
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from daemon.igrtctl.exits import ExitCode, UsageError, err
-from daemon.igrtctl.links import Refused, RoomLink
+from daemon.igrtctl.links import Refused, Reply, RoomLink, reading
 from daemon.igrtctl.render import print_result, progress_line
 from daemon.igrtctl.room_cli import HOLD_RATE_HZ, JOG_STEP_MS
+from daemon.jsontypes import JsonMapping, JsonObject, as_float, as_object, as_str
 
 T = TypeVar("T")
 
 
-async def run_command(a: argparse.Namespace, args: dict[str, Any], link: RoomLink) -> ExitCode:
+async def run_command(a: argparse.Namespace, args: JsonObject, link: RoomLink) -> ExitCode:
     """Send the registered command `a.command` with `args`; the exit code of how it ended."""
     name: str = a.command
     if name == "confirm":
@@ -34,9 +36,9 @@ async def run_command(a: argparse.Namespace, args: dict[str, Any], link: RoomLin
     if name == "jog":
         return await _jog(link, args, a.seconds)
     reply = await link.call(name, **args)
-    if not reply["ok"]:
+    if not reply.ok:
         return refused(name, reply)
-    result: dict[str, Any] = reply["result"]
+    result = reply.result
     if name == "diag":
         return _diag(a, result)
     print_result(result, a.json)
@@ -47,21 +49,21 @@ async def run_command(a: argparse.Namespace, args: dict[str, Any], link: RoomLin
 
 async def run_whoami(a: argparse.Namespace, link: RoomLink) -> ExitCode:
     reply = await link.whoami()
-    if not reply.get("ok"):
+    if not reply.ok:
         return refused("whoami", reply)
-    print_result(reply["result"], a.json)
+    print_result(reply.result, a.json)
     return ExitCode.OK
 
 
-def refused(cmd: str, reply: dict[str, Any]) -> ExitCode:
-    err(str(Refused(cmd, reply)))
+def refused(cmd: str, reply: Reply) -> ExitCode:
+    err(str(Refused.of(cmd, reply)))
     return ExitCode.REFUSED
 
 
-async def _confirm(a: argparse.Namespace, link: RoomLink, reply: dict[str, Any]) -> ExitCode:
-    if not reply["ok"]:
+async def _confirm(a: argparse.Namespace, link: RoomLink, reply: Reply) -> ExitCode:
+    if not reply.ok:
         return refused("confirm", reply)
-    if reply["result"].get("status") == "awaiting_approval":
+    if reply.result.get("status") == "awaiting_approval":
         print(f"{a.proposal_id}: confirmed by {link.user}; needs a second approval "
               f"(igrtctl approve {a.proposal_id} by an approver), then igrtctl hold")
         return ExitCode.OK
@@ -108,11 +110,13 @@ async def hold_until_done(link: RoomLink, proposal_id: str, rate_hz: float) -> E
     tty = sys.stdout.isatty()
     last_print = 0.0
 
-    def progress(p: dict[str, Any]) -> None:
+    def progress(p: JsonMapping) -> None:
         nonlocal last_print
         now = time.monotonic()
         if now - last_print > (0.2 if tty else 0.5):
-            _write(("\r" if tty else "   ") + progress_line(p) + ("" if tty else "\n"))
+            with reading("hold"):
+                line = progress_line(p)
+            _write(("\r" if tty else "   ") + line + ("" if tty else "\n"))
             last_print = now
 
     try:
@@ -126,27 +130,32 @@ async def hold_until_done(link: RoomLink, proposal_id: str, rate_hz: float) -> E
         return ExitCode.REFUSED
     state = result.get("state")
     if state == "DONE" or result.get("done"):
-        outcome = (result.get("result") or {}).get("outcome", "no move needed")
-        _write(("\r" if tty else "   ") + progress_line(result) + f"\ndone: {outcome}\n")
+        with reading("hold"):
+            outcome = as_object(result.get("result") or {}, "result").get("outcome",
+                                                                          "no move needed")
+            line = progress_line(result)
+        _write(("\r" if tty else "   ") + line + f"\ndone: {outcome}\n")
         return ExitCode.OK
     _write(f"\nmove ended in {state}: {result.get('reason')}\n")
     return ExitCode.REFUSED
 
 
-async def _jog(link: RoomLink, args: dict[str, Any], seconds: float) -> ExitCode:
+async def _jog(link: RoomLink, args: JsonObject, seconds: float) -> ExitCode:
     """Repeat short jog steps while held; Ctrl-C or the end of `seconds` lets go."""
     if not 0 < seconds <= 30:
         raise UsageError(f"--seconds {seconds:g} outside 0..30 s")
-    axis = args["axis"]
+    axis = as_str(args["axis"], "axis")  # built by room_cli from a choice of AXES
     deadline = time.monotonic() + seconds
 
     async def steps() -> ExitCode:
         while time.monotonic() < deadline:
             reply = await link.call("jog", **args)
-            if not reply["ok"]:
+            if not reply.ok:
                 return refused("jog", reply)
-            pose = reply["result"].get("pose", {})
-            _write(f"\r{axis} {pose.get(axis, float('nan')):9.3f}")
+            with reading("jog"):
+                pose = as_object(reply.result.get("pose", {}), "pose")
+                value = as_float(pose.get(axis, math.nan), f"pose.{axis}")
+            _write(f"\r{axis} {value:9.3f}")
             await asyncio.sleep(JOG_STEP_MS / 2000.0)
         return ExitCode.OK
 
@@ -160,7 +169,7 @@ async def _jog(link: RoomLink, args: dict[str, Any], seconds: float) -> ExitCode
     return ExitCode.OK
 
 
-def _diag(a: argparse.Namespace, result: dict[str, Any]) -> ExitCode:
+def _diag(a: argparse.Namespace, result: JsonObject) -> ExitCode:
     from daemon import diagnostics
 
     if a.bundle is not None:
@@ -171,10 +180,12 @@ def _diag(a: argparse.Namespace, result: dict[str, Any]) -> ExitCode:
             return ExitCode.USAGE
         sys.stderr.write(f"bundle {saved['path']}: {saved['bytes']} bytes, "
                          f"sha256 {saved['sha256']}\n")
+    with reading("diag"):
+        report = as_object(result.get("report"), "report")
     if a.json:
-        print_result(result["report"], True)
+        print_result(report, True)
     else:
-        print("\n".join(diagnostics.summary_lines(result["report"])))
+        print("\n".join(diagnostics.summary_lines(report)))
     return ExitCode.OK
 
 

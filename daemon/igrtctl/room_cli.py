@@ -13,12 +13,13 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 from daemon.commands import COMMANDS
 from daemon.igrtctl.args import triple
 from daemon.igrtctl.exits import ArgParser, UsageError
 from daemon.igrtctl.registration import propose_args
+from daemon.jsontypes import JsonObject
 
 HOLD_RATE_HZ = 20.0
 JOG_STEP_MS = 200
@@ -27,14 +28,17 @@ AXES = ("lat", "long", "vert", "yaw", "pitch", "roll")
 VECTOR_OPTIONS = frozenset({"--iso", "--couch-at-imaging", "--marker", "--target"})
 
 Options = Callable[[argparse.ArgumentParser], None]
-ArgsOf = Callable[[argparse.Namespace], dict[str, Any]]
+ArgsOf = Callable[[argparse.Namespace], JsonObject]
+# The subcommands of a parser made with parser_class=ArgParser.
+# (A string: the class is generic only to type checkers.)
+Subcommands: TypeAlias = "argparse._SubParsersAction[ArgParser]"
 
 
 def _none(_p: argparse.ArgumentParser) -> None:
     pass
 
 
-def _no_args(_a: argparse.Namespace) -> dict[str, Any]:
+def _no_args(_a: argparse.Namespace) -> JsonObject:
     return {}
 
 
@@ -52,7 +56,7 @@ def _session_open(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patient-position", required=True)
 
 
-def _session_args(a: argparse.Namespace) -> dict[str, Any]:
+def _session_args(a: argparse.Namespace) -> JsonObject:
     return {"patient_id": a.patient, "plan_uid": a.plan,
             "frame_of_reference_uid": a.frame_of_reference,
             "iso": list(triple(a.iso, "--iso")), "patient_position": a.patient_position}
@@ -82,8 +86,8 @@ def _register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iso", help="isocentre X,Y,Z in planning mm (default: daily image centre)")
 
 
-def _register_args(a: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"fixed": a.fixed, "moving": a.moving}
+def _register_args(a: argparse.Namespace) -> JsonObject:
+    out: JsonObject = {"fixed": a.fixed, "moving": a.moving}
     if a.iso:
         out["iso"] = list(triple(a.iso, "--iso"))
     return out
@@ -103,7 +107,7 @@ def _hold(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=HOLD_RATE_HZ, help="heartbeats per second (>= 10)")
 
 
-def _pid_args(a: argparse.Namespace) -> dict[str, Any]:
+def _pid_args(a: argparse.Namespace) -> JsonObject:
     return {"proposal_id": a.proposal_id}
 
 
@@ -117,7 +121,7 @@ def _jog(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=1.0, help="how long to hold (max 30)")
 
 
-def _jog_args(a: argparse.Namespace) -> dict[str, Any]:
+def _jog_args(a: argparse.Namespace) -> JsonObject:
     return {"axis": a.axis, "velocity": a.velocity, "duration_ms": JOG_STEP_MS}
 
 
@@ -136,8 +140,8 @@ def _monitor_start(p: argparse.ArgumentParser) -> None:
     p.add_argument("--release-after", type=float, help="s; may only be longer than the site's")
 
 
-def _monitor_start_args(a: argparse.Namespace) -> dict[str, Any]:
-    args: dict[str, Any] = {"markers_mm": [list(triple(m, "--marker")) for m in a.marker],
+def _monitor_start_args(a: argparse.Namespace) -> JsonObject:
+    args: JsonObject = {"markers_mm": [list(triple(m, "--marker")) for m in a.marker],
                             "target_mm": list(triple(a.target, "--target"))}
     for key, value in (("tolerance_mm", a.tolerance), ("debounce_s", a.debounce),
                        ("release_after_s", a.release_after)):
@@ -183,14 +187,14 @@ CLI: dict[str, Cli] = {
 }
 
 
-def add_room_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+def add_room_commands(sub: Subcommands, common: ArgParser) -> None:
     """One subcommand per registered command, under its `cli` words.
 
     `sub` is the top-level subparsers object; `common` holds options every
     subcommand also accepts after its name (--json). Each leaf parser sets
     `command` to the registry name.
     """
-    groups: dict[str, Any] = {}
+    groups: dict[str, Subcommands] = {}
     verbs: dict[str, list[str]] = {}
     for command in COMMANDS.values():
         words = command.cli.split()
@@ -214,7 +218,7 @@ def add_room_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         leaf.set_defaults(command=name)
 
 
-def command_args(a: argparse.Namespace) -> dict[str, Any]:
+def command_args(a: argparse.Namespace) -> JsonObject:
     """The registered command's arguments from the parsed options."""
     try:
         return CLI[a.command].args(a)

@@ -15,14 +15,13 @@ FAULT) and its `fault` audit records (it must be audited).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, get_args
 
 import numpy as np
 
@@ -32,6 +31,7 @@ from daemon.igrtctl.room_cli import HOLD_RATE_HZ
 from safety.couch_model import CouchModel
 from safety.policy import VerdictPolicy
 from safety.pose import Pose
+from sim import control_faults as cf
 from sim.couch import DEFAULT_MAX_VELOCITY
 from sim.room import DaemonProcess, SimRoom
 from sim.world import PatientWorld
@@ -352,76 +352,55 @@ class Rig:
             time.sleep(0.01)
 
 
-def _set(name: str) -> Callable[[Any, Any, Any], None]:
-    return lambda couch, plc, closed: plc.set_input(name, bool(closed))
+# Kept for the campaign's report: no campaign fault is unavailable now that each is
+# a fault of the simulator's table, but a hook a tree lacks is recorded as this.
+UNAVAILABLE = "unavailable"
+
+# The campaign's named faults, each a fault of the simulator's one fault table
+# (sim/control_faults.py, also the control API's `inject`): kind -> the fault for
+# the scenario's value. The devices' calls, values and answers are the table's.
+def _interlock(name: cf.Interlock) -> Callable[[Any], cf.DeviceFault]:
+    return lambda closed: (cf.InterlockClose(fault="interlock_close", name=name) if closed
+                           else cf.InterlockOpen(fault="interlock_open", name=name))
 
 
-UNAVAILABLE = "unavailable"  # a simulator hook this tree does not have (yet)
-
-
-def _interlock_pulse(couch: Any, plc: Any, value: Any) -> Any:
-    """Open an interlock for `duration` s, timed on the PLC's own loop (one scan = 10 ms)."""
-    name, duration = value
-    plc.set_input(name, False)
-    asyncio.get_running_loop().call_later(float(duration), plc.set_input, name, True)
-    return None
-
-
-def _raw_register(couch: Any, plc: Any, value: Any) -> Any:
+def _raw_register(value: Any) -> cf.DeviceFault:
     addr, raw = value
-    if not hasattr(plc, "set_raw_register"):
-        return UNAVAILABLE
     if raw is not None and raw < 0:  # a reserved status bit added to the live word
-        raw = plc.status_word() | -raw
-    plc.set_raw_register(addr, raw)
-    return (addr, raw)
+        return cf.PlcRawRegister(fault="plc_raw_register", address=addr, value=-raw,
+                                 add_to_live=True)
+    return cf.PlcRawRegister(fault="plc_raw_register", address=addr, value=raw)
 
 
-def _runaway(couch: Any, plc: Any, value: Any) -> Any:
-    if not hasattr(couch, "inject_runaway"):
-        return UNAVAILABLE
-    axis, speed = value
-    couch.inject_runaway(axis, float(speed))
-    return None
+FAULTS: dict[str, Callable[[Any], cf.DeviceFault]] = {
+    **{name: _interlock(name) for name in get_args(cf.Interlock)},
+    "plc_drop": lambda _: cf.PlcDropConnections(fault="plc_drop_connections"),
+    "plc_heartbeat_frozen": lambda frozen: cf.PlcHeartbeatFreeze(
+        fault="plc_heartbeat_freeze", frozen=bool(frozen)),
+    "plc_delay": lambda s: cf.PlcDelay(fault="plc_delay", seconds=float(s)),
+    "couch_silence": lambda s: cf.CouchLinkLoss(fault="couch_link_loss", seconds=float(s)),
+    "couch_delay": lambda s: cf.CouchDelay(fault="couch_delay", seconds=float(s)),
+    "interlock_pulse": lambda v: cf.InterlockPulse(fault="interlock_pulse", name=v[0],
+                                                   seconds=float(v[1])),
+    "plc_fault_code": lambda code: cf.PlcFaultCode(fault="plc_fault_code", code=int(code)),
+    "plc_raw_register": _raw_register,
+    "runaway": lambda v: cf.CouchRunaway(fault="couch_runaway", axis=v[0], speed=float(v[1])),
+    "pose_jump": lambda v: cf.CouchPoseJump(fault="couch_pose_jump", axis=v[0],
+                                            delta=float(v[1])),
+    "set_pose": lambda v: cf.CouchMovedByHand(
+        fault="couch_moved_by_hand", **{axis: float(d) for axis, d in dict(v).items()}),
+}
 
 
-def _pose_jump(couch: Any, plc: Any, value: Any) -> Any:
-    if not hasattr(couch, "inject_pose_jump"):
-        return UNAVAILABLE
-    axis, delta = value
-    couch.inject_pose_jump(axis, float(delta))
-    return None
-
-
-def _set_pose(couch: Any, plc: Any, value: Any) -> Any:
-    """Move the couch without igrtd (the simulator's set_pose); records the new pose."""
-    if couch.is_moving:
-        return "refused: moving"
-    d = couch.pose.as_dict()
-    for axis, delta in dict(value).items():
-        d[axis] += float(delta)
-    pose = Pose.from_dict(d)
-    couch.set_pose(pose)
-    return pose
+def _action(make: Callable[[Any], cf.DeviceFault]) -> Callable[[Any, Any, Any], Any]:
+    def act(couch: Any, plc: Any, value: Any) -> Any:
+        try:
+            return cf.apply(make(value), couch, plc)
+        except cf.CouchBusy:  # moving the couch by hand is refused while it moves
+            return "refused: moving"
+    return act
 
 
 # Named faults: (couch, plc, value) -> recorded value or None, run on the simulator loop.
 ACTIONS: dict[str, Callable[[Any, Any, Any], Any]] = {
-    "door_closed": _set("door_closed"),
-    "estop_chain_ok": _set("estop_chain_ok"),
-    "collision_pads_clear": _set("collision_pads_clear"),
-    "motion_enable_pressed": _set("motion_enable_pressed"),
-    "imager_kv_source_parked": _set("imager_kv_source_parked"),
-    "imager_detector_parked": _set("imager_detector_parked"),
-    "plc_drop": lambda couch, plc, _: plc.drop_connections(),
-    "plc_heartbeat_frozen": lambda couch, plc, frozen: plc.freeze_heartbeat(bool(frozen)),
-    "plc_delay": lambda couch, plc, s: plc.set_response_delay(float(s)),
-    "couch_silence": lambda couch, plc, s: couch.silence_link(float(s)),
-    "couch_delay": lambda couch, plc, s: couch.delay_replies(float(s)),
-    "interlock_pulse": _interlock_pulse,
-    "plc_fault_code": lambda couch, plc, code: plc.set_fault_code(int(code)),
-    "plc_raw_register": _raw_register,
-    "runaway": _runaway,
-    "pose_jump": _pose_jump,
-    "set_pose": _set_pose,
-}
+    kind: _action(make) for kind, make in FAULTS.items()}

@@ -15,9 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from daemon.config import RoomConfig
+from daemon.jsontypes import JsonMapping, JsonObject
 from daemon.service import RoomService
 from drivers.couch import CouchEvent, CouchStatus, TargetEcho
 from drivers.plc import PlcSnapshot
@@ -28,12 +28,13 @@ from safety.pose import Pose
 class Journal:
     """What reached the devices and the audit log, in order."""
 
-    entries: list[tuple[str, Any]] = field(default_factory=list)
+    # detail: a Pose, an echo id, a (axis, velocity, ms) tuple, audit details...
+    entries: list[tuple[str, object]] = field(default_factory=list)
 
-    def add(self, what: str, detail: Any = None) -> None:
+    def add(self, what: str, detail: object = None) -> None:
         self.entries.append((what, detail))
 
-    def index(self, what: str, match: Callable[[Any], bool] = lambda _: True) -> int:
+    def index(self, what: str, match: Callable[[object], bool] = lambda _: True) -> int:
         for i, (w, d) in enumerate(self.entries):
             if w == what and match(d):
                 return i
@@ -156,7 +157,7 @@ class FakePlc:
         self.journal.add("BEAM_HOLD", hold)
         self.beam_hold = hold
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> JsonObject:
         return {"monitored": True, "inputs": [], "open": list(self.open)}
 
     def change(self, *, open_: list[str] | None = None, enable: bool | None = None) -> None:
@@ -187,11 +188,11 @@ class FakeStore:
     _TERMINAL = frozenset({"completed", "failed", "interrupted"})
 
     def __init__(self) -> None:
-        self.proposals: dict[str, dict[str, Any]] = {}
-        self.confirmations: dict[str, dict[str, Any]] = {}
-        self.moves: dict[str, dict[str, Any]] = {}
+        self.proposals: dict[str, JsonMapping] = {}
+        self.confirmations: dict[str, JsonObject] = {}
+        self.moves: dict[str, JsonObject] = {}
 
-    def save_proposal(self, proposal_id: str, record: dict[str, Any]) -> None:
+    def save_proposal(self, proposal_id: str, record: JsonMapping) -> None:
         self.proposals[proposal_id] = record
 
     def record_confirmation(self, confirmation_id: str, proposal_id: str, user: str, at: float,
@@ -201,7 +202,7 @@ class FakeStore:
         return True
 
     def claim_move(self, confirmation_id: str, proposal_id: str,
-                   target: dict[str, Any]) -> bool:
+                   target: JsonMapping) -> bool:
         if confirmation_id in self.moves or self.proposal_completed(proposal_id):
             return False
         if any(m["proposal_id"] == proposal_id and m["state"] not in self._TERMINAL
@@ -212,7 +213,7 @@ class FakeStore:
         return True
 
     def finish_move(self, confirmation_id: str, state: str,
-                    detail: dict[str, Any] | None = None) -> bool:
+                    detail: JsonMapping | None = None) -> bool:
         move = self.moves.get(confirmation_id)
         if move is None or move["state"] in self._TERMINAL:
             return False
@@ -220,26 +221,26 @@ class FakeStore:
         return True
 
     def mark_interrupted(self, confirmation_id: str,
-                         detail: dict[str, Any] | None = None) -> bool:
+                         detail: JsonMapping | None = None) -> bool:
         return self.finish_move(confirmation_id, "interrupted", detail)
 
     def proposal_completed(self, proposal_id: str) -> bool:
         return any(m["proposal_id"] == proposal_id and m["state"] == "completed"
                    for m in self.moves.values())
 
-    def move_for_confirmation(self, confirmation_id: str) -> dict[str, Any] | None:
+    def move_for_confirmation(self, confirmation_id: str) -> JsonObject | None:
         return self.moves.get(confirmation_id)
 
-    def unfinished_moves(self) -> list[dict[str, Any]]:
+    def unfinished_moves(self) -> list[JsonObject]:
         return [m for m in self.moves.values() if m["state"] not in self._TERMINAL]
 
 
 class FakeAudit:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
-        self.records: list[tuple[str, str, dict[str, Any]]] = []
+        self.records: list[tuple[str, str, dict[str, object]]] = []
 
-    def append(self, event: str, actor: str, **details: Any) -> object:
+    def append(self, event: str, actor: str, **details: object) -> object:
         self.records.append((event, actor, details))
         self.journal.add(f"audit:{event}", details)
         return None
@@ -248,7 +249,7 @@ class FakeAudit:
     def head(self) -> tuple[int, str]:
         return len(self.records), ""
 
-    def events(self, event: str) -> list[dict[str, Any]]:
+    def events(self, event: str) -> list[dict[str, object]]:
         return [d for e, _, d in self.records if e == event]
 
 
@@ -262,7 +263,7 @@ class FakeRoom:
     journal: Journal
 
 
-def room_config(tmp_path: Path, **motion: Any) -> RoomConfig:
+def room_config(tmp_path: Path, **motion: object) -> RoomConfig:
     return RoomConfig.model_validate({
         "room": "fakeroom",
         "state_dir": str(tmp_path),
@@ -273,7 +274,7 @@ def room_config(tmp_path: Path, **motion: Any) -> RoomConfig:
 
 
 async def fake_room(tmp_path: Path, *, store: FakeStore | None = None,
-                    **motion: Any) -> FakeRoom:
+                    **motion: object) -> FakeRoom:
     """A started RoomService on fakes (supervision loops not running: see `supervised`)."""
     journal = Journal()
     couch, plc, audit = FakeCouch(journal), FakePlc(journal), FakeAudit(journal)

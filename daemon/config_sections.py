@@ -1,0 +1,289 @@
+"""The sections of the room configuration: couch link, PLC, MQTT, motion timing,
+binding, intrafraction monitoring and users (assembled by `daemon.config`).
+
+Each section is strict and range-checked on its own, and carries its own
+cross-field timing rule (PLC staleness vs polling, hold timeout vs supervision
+period, couch link timeout vs heartbeat): every such rule relates fields of one
+section, so a section reads, and is checked, by itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from daemon.api import Role
+from daemon.config_problems import Located, nested_problems
+
+if TYPE_CHECKING:
+    # Imported where used: validating a configuration must not load numpy and
+    # SimpleITK (imaging.drr) unless the file has a monitoring section.
+    from imaging.drr import KvGeometry
+    from safety.beam_hold import BeamHoldPolicy
+
+# Serial rates a couch controller UART actually runs at; anything else (1e30,
+# 1, true) is a typo that would only show as a dead link at start.
+STANDARD_BAUD_RATES = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+
+# igrtd polls the PLC at max(poll_interval_s, this) while no motion is possible
+# (daemon.plc_link.open_plc), and the driver refuses a heartbeat staleness limit
+# below 4 idle poll cycles (drivers.plc_client._check_config).
+PLC_IDLE_POLL_FLOOR_S = 0.02
+PLC_STALE_POLL_CYCLES = 4
+
+# Nonblank text without surrounding whitespace: a host name, a device path.
+_NONBLANK = r"^\S(.*\S)?$"
+
+
+class StrictModel(BaseModel):
+    # strict: a JSON `true` is not the number 1 and "5" is not 5 (pydantic's lax
+    # mode would accept both); allow_inf_nan=False: every number is finite.
+    # Fields whose JSON form is legitimately converted (paths, enums, tuples
+    # from arrays) opt out with Field(strict=False) and use Strict* items.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class CouchLinkConfig(StrictModel):
+    port: str = Field(min_length=1, max_length=4096, pattern=_NONBLANK,
+                      description="serial device path of the couch controller")
+    baudrate: int = Field(default=115200, description="one of STANDARD_BAUD_RATES")
+    heartbeat_interval_s: float = Field(
+        default=0.05, ge=0.005, le=0.1,
+        description="the controller faults after 250 ms without a host frame (its default)")
+    reply_timeout_s: float = Field(default=0.25, ge=0.01, le=5.0)
+    link_timeout_s: float = Field(
+        default=0.3, ge=0.05, le=5.0, description="no frame from the controller for this long = link lost"
+    )
+
+    @field_validator("baudrate")
+    @classmethod
+    def _standard_baud(cls, v: int) -> int:
+        if v not in STANDARD_BAUD_RATES:
+            raise ValueError(f"{v} baud is not a standard serial rate "
+                             f"({', '.join(map(str, STANDARD_BAUD_RATES))})")
+        return v
+
+    @model_validator(mode="after")
+    def _link_timeout_covers_heartbeats(self) -> CouchLinkConfig:
+        # Every heartbeat is ACKed; a limit under 3 intervals declares a healthy
+        # link lost on ordinary scheduling jitter.
+        least = 3 * self.heartbeat_interval_s
+        if self.link_timeout_s < least:
+            raise Located(("link_timeout_s", (
+                f"{self.link_timeout_s} s is below 3 heartbeat intervals ({least:g} s at "
+                f"heartbeat_interval_s {self.heartbeat_interval_s} s)")))
+        return self
+
+
+class PlcConfig(StrictModel):
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253, pattern=_NONBLANK)
+    port: int = Field(default=502, ge=1, le=65535)
+    poll_interval_s: float = Field(default=0.003, ge=0.0005, le=0.1)
+    heartbeat_stale_s: float = Field(default=0.1, ge=0.01, le=2.0)
+
+    @property
+    def idle_poll_interval_s(self) -> float:
+        return max(self.poll_interval_s, PLC_IDLE_POLL_FLOOR_S)
+
+    @model_validator(mode="after")
+    def _stale_covers_polls(self) -> PlcConfig:
+        least = PLC_STALE_POLL_CYCLES * self.idle_poll_interval_s
+        if self.heartbeat_stale_s < least:
+            raise Located(("heartbeat_stale_s", (
+                f"{self.heartbeat_stale_s} s is below {PLC_STALE_POLL_CYCLES} idle poll cycles "
+                f"({least:g} s; igrtd polls at max(poll_interval_s, {PLC_IDLE_POLL_FLOOR_S} s) "
+                "when idle): a healthy PLC would read as stale")))
+        return self
+
+
+class MqttConfig(StrictModel):
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253, pattern=_NONBLANK)
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str = Field(default="igrtd", min_length=1, max_length=256)
+    password_file: Path | None = Field(default=None, strict=False)
+    tls_ca: Path | None = Field(default=None, strict=False)
+
+
+class MotionConfig(StrictModel):
+    target_validity_ms: int = Field(
+        default=1500, ge=100, le=10_000, description="how long a TARGET echo may wait for its GO"
+    )
+    confirmation_validity_s: float = Field(
+        default=120.0, ge=5, le=900, description="a confirmation not started within this expires"
+    )
+    hold_timeout_s: float = Field(
+        default=0.25, ge=0.1, le=2.0, description="hold-to-run heartbeats older than this stop motion"
+    )
+    supervision_period_s: float = Field(default=0.005, ge=0.001, le=0.05)
+    arrival_tolerance_mm: float = Field(default=0.5, ge=0.01, le=5)
+    arrival_tolerance_deg: float = Field(default=0.2, ge=0.005, le=2)
+    move_timeout_s: float = Field(default=60.0, ge=1, le=600)
+    jog_max_speed_mm_s: float = Field(default=2.0, ge=0.01, le=10, description="service-mode jog")
+    jog_max_speed_deg_s: float = Field(default=0.2, ge=0.001, le=1)
+    require_plc_motion_enable: bool = Field(
+        default=True, description="when a PLC is configured, its hold-to-run input must be pressed"
+    )
+    # Position plausibility during a move (safety.plausibility). Axis speeds come from
+    # the couch model's max_speed; these are the fallback, an upper bound for any couch.
+    plausible_speed_mm_s: float = Field(default=200.0, ge=1, le=1000)
+    plausible_speed_deg_s: float = Field(default=20.0, ge=0.1, le=100)
+    plausibility_margin_mm: float = Field(default=1.0, ge=0.05, le=10)
+    plausibility_margin_deg: float = Field(default=0.2, ge=0.01, le=2)
+    path_tolerance_mm: float = Field(default=1.0, ge=0.05, le=10)
+    path_tolerance_deg: float = Field(default=0.2, ge=0.01, le=2)
+
+    @model_validator(mode="after")
+    def _hold_timeout_spans_supervision(self) -> MotionConfig:
+        # A lost hold is only seen at a supervision tick: with fewer than 4 ticks
+        # per hold timeout the stop comes late by a large fraction of it.
+        least = 4 * self.supervision_period_s
+        if self.hold_timeout_s < least:
+            raise Located(("hold_timeout_s", (
+                f"{self.hold_timeout_s} s is below 4 supervision periods ({least:g} s at "
+                f"supervision_period_s {self.supervision_period_s} s)")))
+        return self
+
+
+class KvViewConfig(StrictModel):
+    """One commissioned kV source/detector pair used for intrafraction imaging."""
+
+    angle_deg: float = Field(ge=-360.0, le=360.0)
+    sad_mm: float = Field(default=1000.0, ge=100.0, le=5000.0)
+    sid_mm: float = Field(default=1500.0, ge=100.0, le=5000.0)
+    size_px: tuple[Annotated[StrictInt, Field(ge=16, le=8192)],
+                   Annotated[StrictInt, Field(ge=16, le=8192)]] = Field(
+        default=(512, 512), strict=False, description="(columns, rows)")
+    pixel_mm: float = Field(default=0.6, ge=0.01, le=10)
+    offset_mm: tuple[Annotated[StrictFloat, Field(ge=-500.0, le=500.0, allow_inf_nan=False)],
+                     Annotated[StrictFloat, Field(ge=-500.0, le=500.0, allow_inf_nan=False)]] = Field(
+        default=(0.0, 0.0), strict=False)
+
+    @model_validator(mode="after")
+    def _geometry_valid(self) -> KvViewConfig:
+        self.geometry()
+        return self
+
+    def geometry(self) -> KvGeometry:
+        from imaging.drr import KvGeometry
+
+        return KvGeometry(angle_deg=self.angle_deg, sad_mm=self.sad_mm, sid_mm=self.sid_mm,
+                          size_px=self.size_px, pixel_mm=self.pixel_mm, offset_mm=self.offset_mm)
+
+
+_BeamTolerance = Annotated[StrictFloat, Field(ge=0.1, le=50.0, allow_inf_nan=False)]
+
+
+class MonitoringConfig(StrictModel):
+    """Intrafraction monitoring: kV frames during beam-on, beam hold through the room PLC
+    (docs/intrafraction-monitoring.md). Site policy; a treatment may only tighten it."""
+
+    imager_socket: Path | None = Field(
+        default=None, strict=False, description="Unix socket the kV imaging system connects to; "
+        "default state_dir/kv.sock")
+    frame_rate_hz: float = Field(default=10.0, ge=1.0, le=30.0,
+                                 description="rate igrtd asks the imaging system to acquire at")
+    # Ranges are BeamHoldPolicy's, repeated here so a problem is reported at its field.
+    tolerance_mm: float = Field(default=3.0, ge=0.1, le=50.0)
+    axis_tolerance_mm: tuple[_BeamTolerance, _BeamTolerance, _BeamTolerance] | None = Field(
+        default=None, strict=False)
+    debounce_s: float = Field(default=0.2, ge=0.0, le=5.0)
+    release_after_s: float = Field(default=0.3, ge=0.0, le=60.0)
+    release_margin_mm: float = Field(default=0.5, ge=0.0, le=50.0)
+    max_image_age_s: float = Field(default=0.5, ge=0.01, le=10.0)
+    views: list[KvViewConfig] = Field(
+        default_factory=lambda: [KvViewConfig(angle_deg=0.0), KvViewConfig(angle_deg=90.0)],
+        min_length=2, max_length=4)
+    search_radius_mm: float = Field(default=15.0, ge=1.0, le=50.0)
+    marker_size_mm: float = Field(default=1.2, ge=0.2, le=10.0)
+    min_cnr: float = Field(default=8.0, ge=3.0, le=100.0)
+    max_ray_miss_mm: float = Field(default=1.5, gt=0, le=5.0)
+    couch_tracking: bool = Field(
+        default=False, description="couch corrections during beam-on; not supported yet")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MonitoringConfig:
+        if self.couch_tracking:
+            raise ValueError(
+                "couch_tracking: true is not supported by this igrtd: a tracking correction "
+                "cannot yet be sent through the MotionGate with hold-to-run and confirmation "
+                "during beam-on; set it to false (the beam is held instead)")
+        self.policy()  # BeamHoldPolicy names value, limit and unit
+        period = 1.0 / self.frame_rate_hz
+        if self.max_image_age_s < 2.0 * period:
+            raise ValueError(
+                f"max_image_age_s {self.max_image_age_s} s is shorter than two frame periods "
+                f"({2.0 * period:.3f} s at {self.frame_rate_hz:g} Hz): every late frame would "
+                "hold the beam")
+        return self
+
+    def policy(self) -> BeamHoldPolicy:
+        from safety.beam_hold import BeamHoldPolicy
+
+        return BeamHoldPolicy(
+            tolerance_mm=self.tolerance_mm, axis_tolerance_mm=self.axis_tolerance_mm,
+            debounce_s=self.debounce_s, release_after_s=self.release_after_s,
+            release_margin_mm=self.release_margin_mm, max_image_age_s=self.max_image_age_s)
+
+    def geometries(self) -> tuple[KvGeometry, ...]:
+        return tuple(v.geometry() for v in self.views)
+
+
+class BindingConfig(StrictModel):
+    # A registration is of today's images: older than a few hours it is not
+    # the patient on the couch (issue 11: Infinity let a 10-year-old one through).
+    max_registration_age_s: float = Field(default=1800.0, ge=10.0, le=14_400.0)
+    # The couch must still be where it was imaged (safety.travel): checked at propose
+    # and again before TARGET and GO.
+    couch_moved_tolerance_mm: float = Field(default=0.5, ge=0.05, le=5.0)
+    couch_moved_tolerance_deg: float = Field(default=0.2, ge=0.01, le=2.0)
+
+
+class RecordConfig(StrictModel):
+    """Session recording (docs/record-replay.md): off unless this section is present."""
+
+    path: Path = Field(strict=False, description="JSON-lines recording file; a new file at "
+                       "each start (an existing one is moved aside with a .N suffix)")
+    max_mb: float = Field(default=100.0, ge=1.0, le=10_000.0,
+                          description="recording stops (and says so) at this size")
+
+    @field_validator("path")
+    @classmethod
+    def _file_path(cls, v: Path) -> Path:
+        if not str(v).strip() or str(v) != str(v).strip() or v.name in ("", ".", ".."):
+            raise ValueError(f"{str(v)!r} is not a file path")
+        return v
+
+
+class UserConfig(StrictModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    role: Role = Field(strict=False)
+    public_key: dict[str, object] | None = Field(default=None, description="Ed25519 public JWK")
+
+    @field_validator("public_key")
+    @classmethod
+    def _ed25519(cls, v: dict[str, object] | None) -> dict[str, object] | None:
+        # Parsed here with the console's own model, so a key igrtd could not import
+        # when it opens the console (a traceback at start) is refused by --check-config.
+        if v is not None:
+            from daemon.console.users import PublicJwk
+
+            try:
+                PublicJwk.model_validate(v)
+            except ValidationError as exc:
+                raise Located(*nested_problems(exc)) from None
+        return v
+    local_uid: int | None = Field(
+        default=None, ge=0, le=2**32 - 2, strict=True,
+        description="OS uid whose connections to the local socket are this user (peer credentials)")
+

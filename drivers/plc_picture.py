@@ -1,0 +1,334 @@
+"""The fail-safe picture of the room PLC, built from the status blocks the client reads.
+
+Decodes each block into a `PlcSnapshot`, judges the link by the heartbeat
+(timed from when the request that saw it was *sent*) and tells listeners the
+moment anything they care about changes. No I/O: `drivers.plc_client` reads the
+blocks and hands them in (`_on_status`, `_set_link_fault`); keeping the picture
+apart from the polling keeps the fail-safe rules in one place
+(docs/protocols/room-plc.md; summary in `drivers.plc`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from drivers.plc_registers import (
+    ARM_POSITION_REGISTERS,
+    ARMS,
+    COILS,
+    INTERLOCK_INPUTS,
+    POSITION_FULL_SCALE,
+    StatusRegister,
+)
+
+# The logger keeps the name it had before the driver was split into modules, so
+# log filters and what operators grep for stay the same.
+log = logging.getLogger("drivers.plc")
+
+
+@dataclass(frozen=True, slots=True)
+class InputState:
+    """One interlock input as the host may rely on it."""
+
+    closed: bool
+    changed_at: float  # time.monotonic() when `closed` last changed
+
+
+@dataclass(frozen=True, slots=True)
+class PlcSnapshot:
+    """Everything the host knows about the PLC at `taken_at` (monotonic s).
+
+    When `link_ok` is False every input is open, every arm counts as moving
+    and positions/outputs/fault code/registers are unknown (None): nothing
+    stale can look safe. Values are reported as read, never clamped: an arm
+    position register of 65535 is 6553.5 %, for safety.interlocks.judge_plc to
+    refuse.
+    """
+
+    inputs: Mapping[str, InputState]
+    arms_moving: Mapping[str, bool]
+    arm_position_pct: Mapping[str, float | None]
+    outputs: Mapping[str, bool | None]
+    fault_code: int | None
+    heartbeat: int | None
+    heartbeat_age_s: float
+    link_ok: bool
+    link_reason: str
+    read_at: float
+    taken_at: float
+    registers: tuple[int, ...] | None = None  # the raw status block, StatusRegister order
+    # The raw block of the read before `registers` on the same link (None after a
+    # connect or link fault): comparing the opening counters of the two shows an
+    # opening that closed again between the reads.
+    previous_registers: tuple[int, ...] | None = None
+
+    def open_inputs(self) -> tuple[str, ...]:
+        return tuple(name for name, state in self.inputs.items() if not state.closed)
+
+    def all_closed(self) -> bool:
+        return self.link_ok and not self.open_inputs()
+
+
+Listener = Callable[[PlcSnapshot], None]
+#: (previous block or None, block) -> a value that changes when what the block
+#: means changes; see RoomPlcClient.set_change_key.
+ChangeKey = Callable[[tuple[int, ...] | None, tuple[int, ...]], object]
+
+
+@dataclass(slots=True)
+class _Published:
+    """The last state told to listeners; compared to decide whether to tell again."""
+
+    link_ok: bool = False
+    link_reason: str = "not connected yet"
+    status_word: int | None = None
+    fault_code: int | None = None
+    output_word: int | None = None
+    inputs: dict[str, InputState] = field(default_factory=dict)
+    openings: tuple[int, ...] | None = None  # the opening counter registers
+    block_key: object = None  # the change key of the block (see set_change_key)
+
+
+class PlcPicture:
+    """What the host may rely on about the PLC, derived from the last reads.
+
+    Base of `RoomPlcClient`, which feeds it; all state lives here so the
+    snapshot, the staleness watchdog and the listeners see one consistent view.
+    """
+
+    def __init__(self, heartbeat_stale_s: float) -> None:
+        self._stale_s = heartbeat_stale_s
+        self._listeners: list[Listener] = []
+        self._changed_event = asyncio.Event()  # replaced after each publish; waiters wake
+        self._fresh_waiters: list[tuple[float, asyncio.Future[PlcSnapshot]]] = []
+        self._watchdog: asyncio.TimerHandle | None = None
+
+        # Raw view of the last good read; fail-safe state is derived from it.
+        self._regs: list[int] | None = None
+        self._prev_regs: list[int] | None = None  # the read before, on the same link
+        self._change_key: ChangeKey | None = None
+        self._block_key: object = None
+        self._key_dirty = False
+        self._last_counter: int | None = None
+        self._fresh_at = -math.inf  # send time of the read that last saw the heartbeat change
+        self._read_at = 0.0
+        self._link_fault: str | None = "not connected yet"
+        self._failures = 0  # link failures in a row; the client's reconnect back-off
+        self._published = _Published()
+        now = time.monotonic()
+        self._published.inputs = {n: InputState(False, now) for n in INTERLOCK_INPUTS}
+
+    # ------------------------------------------------------------- public API
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(snapshot)` on every change; it must be cheap and must not block."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    def set_change_key(self, key: ChangeKey | None) -> None:
+        """Also tell listeners whenever `key(previous block, block)` changes.
+
+        The driver itself publishes changes of the inputs, link, fault code,
+        output echo and opening counters. What else in the block matters (a
+        register leaving its documented range, an arm position leaving parked)
+        is the caller's judgement: it passes it in as `key`, evaluated only
+        when the block (heartbeat aside) differs from the read before, so an
+        idle PLC costs nothing and a travelling arm one call per change.
+        """
+        self._change_key = key
+        self._key_dirty = True
+
+    def snapshot(self) -> PlcSnapshot:
+        """Current picture, fail-safe even if the event loop was late to notice staleness.
+
+        If this call is the first to notice the heartbeat went stale, listeners
+        are told (synchronously) before it returns.
+        """
+        now = time.monotonic()
+        self._refresh(now)
+        return self._build_snapshot(now)
+
+    @property
+    def heartbeat_stale_s(self) -> float:
+        """The staleness limit this client applies to the PLC heartbeat."""
+        return self._stale_s
+
+    async def wait_until(self, predicate: Callable[[PlcSnapshot], bool],
+                         timeout_s: float) -> PlcSnapshot:
+        """Wait until `predicate(snapshot)` holds; TimeoutError after `timeout_s`."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                snap = self.snapshot()
+                if predicate(snap):
+                    return snap
+                await self._changed_event.wait()
+
+    # ------------------------------------------------------------- reads in
+    def _on_status(self, regs: list[int], sent: float, recv: float) -> None:
+        counter = regs[StatusRegister.HEARTBEAT]
+        if self._link_fault is not None:
+            # A good answer clears a link fault, but inputs stay open until the
+            # heartbeat is seen moving on this link (checked below).
+            self._link_fault = None
+        if (
+            self._last_counter is not None
+            and counter != self._last_counter
+            and recv - sent < self._stale_s
+        ):
+            self._fresh_at = sent
+            self._failures = 0  # a healthy link again: the next outage backs off from the start
+            self._arm_watchdog()
+        self._last_counter = counter
+        prev = self._prev_regs = self._regs
+        self._regs = regs
+        key = self._change_key
+        if key is not None:
+            changed = prev is None or _without_heartbeat(prev) != _without_heartbeat(regs)
+            if changed or self._key_dirty:
+                # Re-evaluated on the read after a change too: the key of a pair of
+                # reads (opening counters) goes back once both reads agree again.
+                self._block_key = key(tuple(prev) if prev is not None else None, tuple(regs))
+            self._key_dirty = changed
+        self._read_at = recv
+        self._refresh(recv)
+        if self._fresh_waiters:
+            snap = self._build_snapshot(recv)
+            for entry in list(self._fresh_waiters):
+                asked_at, fut = entry
+                if asked_at <= sent and not fut.done():
+                    fut.set_result(snap)
+                    self._fresh_waiters.remove(entry)
+
+    # ---------------------------------------------------------- fail-safe state
+    def _set_link_fault(self, reason: str) -> None:
+        if self._link_fault != reason:
+            log.warning("room PLC link fault: %s", reason)
+        self._link_fault = reason
+        self._fresh_at = -math.inf
+        self._last_counter = None
+        self._regs = None
+        self._prev_regs = None
+        self._block_key = None
+        self._key_dirty = True
+        self._refresh(time.monotonic())
+
+    def _link_state(self, now: float) -> tuple[bool, str]:
+        if self._link_fault is not None:
+            return False, self._link_fault
+        age = now - self._fresh_at
+        if age >= self._stale_s:
+            if math.isinf(age):
+                return False, "room PLC heartbeat not seen changing yet"
+            # No live age in the text: the reason must not change while it stays true.
+            return False, f"room PLC heartbeat stale: no change within {self._stale_s * 1000:.0f} ms"
+
+        return True, ""
+
+    def _refresh(self, now: float) -> None:
+        """Recompute the fail-safe picture; publish if anything a listener cares about changed."""
+        link_ok, reason = self._link_state(now)
+        regs = self._regs if link_ok else None
+        status_word = regs[StatusRegister.STATUS_BITS] if regs else None
+        fault_code = regs[StatusRegister.FAULT_CODE] if regs else None
+        output_word = regs[StatusRegister.OUTPUT_ECHO] if regs else None
+        openings = (
+            (regs[StatusRegister.ROOM_OPENINGS], regs[StatusRegister.ARM_OPENINGS])
+            if regs else None
+        )
+        block_key = self._block_key if regs else None
+        pub = self._published
+        if (
+            link_ok == pub.link_ok
+            and status_word == pub.status_word
+            and fault_code == pub.fault_code
+            and output_word == pub.output_word
+            and openings == pub.openings
+            and block_key == pub.block_key
+            and (link_ok or reason == pub.link_reason)
+        ):
+            return
+        if link_ok != pub.link_ok:
+            log.info("room PLC link %s%s", "ok" if link_ok else "NOT ok: ", reason)
+        word = status_word or 0  # link down: every bit 0 = every input open
+        inputs = dict(pub.inputs)
+        for bit, name in enumerate(INTERLOCK_INPUTS):
+            closed = bool(word >> bit & 1)
+            if inputs[name].closed != closed:
+                inputs[name] = InputState(closed, now)
+        self._published = _Published(link_ok, reason, status_word, fault_code, output_word, inputs,
+                                     openings, block_key)
+        self._notify(self._build_snapshot(now))
+
+    def _build_snapshot(self, now: float) -> PlcSnapshot:
+        pub = self._published
+        regs = self._regs if pub.link_ok else None
+        if regs is not None:
+            word = regs[StatusRegister.STATUS_BITS]
+            moving = {
+                arm: bool(word >> (len(INTERLOCK_INPUTS) + i) & 1) for i, arm in enumerate(ARMS)
+            }
+            positions: dict[str, float | None] = {
+                arm: regs[reg] * 100.0 / POSITION_FULL_SCALE
+                for arm, reg in ARM_POSITION_REGISTERS.items()
+            }
+            out = regs[StatusRegister.OUTPUT_ECHO]
+            outputs: dict[str, bool | None] = {n: bool(out >> i & 1) for i, n in enumerate(COILS)}
+            heartbeat: int | None = regs[StatusRegister.HEARTBEAT]
+        else:
+            moving = {arm: True for arm in ARMS}  # unknown counts as moving
+            positions = {arm: None for arm in ARMS}
+            outputs = {n: None for n in COILS}
+            heartbeat = self._last_counter
+        return PlcSnapshot(
+            inputs=MappingProxyType(dict(pub.inputs)),
+            arms_moving=MappingProxyType(moving),
+            arm_position_pct=MappingProxyType(positions),
+            outputs=MappingProxyType(outputs),
+            fault_code=pub.fault_code,
+            heartbeat=heartbeat,
+            heartbeat_age_s=now - self._fresh_at,
+            link_ok=pub.link_ok,
+            link_reason=pub.link_reason,
+            read_at=self._read_at,
+            taken_at=now,
+            registers=tuple(regs) if regs is not None else None,
+            previous_registers=(
+                tuple(self._prev_regs) if regs is not None and self._prev_regs is not None
+                else None
+            ),
+        )
+
+    def _notify(self, snap: PlcSnapshot) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(snap)
+            except Exception:  # one faulty listener must not starve the others
+                log.exception("room PLC listener %r failed", listener)
+        self._changed_event.set()
+        self._changed_event = asyncio.Event()
+
+    def _arm_watchdog(self) -> None:
+        if self._watchdog is None:
+            loop = asyncio.get_running_loop()
+            delay = self._fresh_at + self._stale_s - time.monotonic()
+            self._watchdog = loop.call_at(loop.time() + max(delay, 0.0), self._on_watchdog)
+
+    def _on_watchdog(self) -> None:
+        """Fires at most once per staleness period, so staleness is noticed even if a read hangs."""
+        self._watchdog = None
+        now = time.monotonic()
+        if now - self._fresh_at >= self._stale_s:
+            self._refresh(now)
+        else:
+            self._arm_watchdog()
+
+
+def _without_heartbeat(regs: list[int]) -> list[int]:
+    return regs[:StatusRegister.HEARTBEAT] + regs[StatusRegister.HEARTBEAT + 1:]

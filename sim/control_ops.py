@@ -1,0 +1,282 @@
+"""The control operations of a simulated room: one table, each operation declared once.
+
+    result = await run_op(room, "inject", {"fault": "couch_fault", "code": "internal"})
+
+`run_op` is the single entry: the control socket (sim/control_server.py)
+and the scenario runner (in-process) both call it, and the protocol document
+(docs/sim-control-api.md) is generated from `OPS`. Arguments are validated
+strictly (sim/validation.py): NaN, Infinity, out-of-range values, unknown
+keys are refused with one line naming value, limit and unit (`OpError`).
+Times in results are `time.monotonic()` (CLOCK_MONOTONIC, the same clock in
+every process on the machine) and wall-clock `time.time()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import Field, StrictFloat, TypeAdapter, ValidationError, model_validator
+
+from sim.control_faults import Fault, FaultError, clear_all, inject
+from sim.room_description import Breathing, SetupError
+from sim.validation import Strict, one_line
+
+if TYPE_CHECKING:
+    from sim.room_handle import RoomHandle
+
+_Drift = Annotated[StrictFloat, Field(ge=-5.0, le=5.0, allow_inf_nan=False)]
+IMAGE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
+GANTRY_NOTE = ("kept in the simulated world only: igrtd does not see it until the PLC "
+               "gantry register exists (separate issue)")
+
+
+class OpError(ValueError):
+    """A refused operation; str() is one line for the client."""
+
+
+class NoArgs(Strict):
+    pass
+
+
+class PatientArgs(Strict):
+    setup_error: SetupError | None = Field(
+        default=None, description="re-place the patient: this error relative to the couch now")
+    drift_mm_s: tuple[_Drift, _Drift, _Drift] | None = Field(
+        default=None, strict=False, description="room x, y, z; continues from where the patient is")
+    breathing: Breathing | None = Field(default=None, description="amplitude_mm peak to peak "
+                                        "(0..30), period_s (1..20), along room Y")
+
+    @model_validator(mode="after")
+    def _something(self) -> PatientArgs:
+        if self.setup_error is None and self.drift_mm_s is None and self.breathing is None:
+            raise ValueError("give setup_error, drift_mm_s or breathing")
+        return self
+
+
+class GantryArgs(Strict):
+    angle_deg: float = Field(ge=0.0, lt=360.0, description="IEC 61217 gantry angle")
+
+
+class PendantArgs(Strict):
+    pressed: bool = Field(description="true: held (motion possible); false: let go")
+
+
+class RecordArgs(Strict):
+    device: Literal["couch", "plc"] = Field(description="whose record")
+    since: float = Field(default=0.0, ge=0.0, description="time.monotonic() s; 0: everything")
+
+
+class AcquireArgs(Strict):
+    path: str = Field(min_length=1, max_length=4096, description=(
+        "image file (.mha .mhd .nii .nii.gz .nrrd); relative paths go to RUN_DIR/images/"))
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    args: Any  # a pydantic model or annotated union, validated with a TypeAdapter
+    help: str
+    run: Callable[[RoomHandle, Any], dict[str, Any] | Awaitable[dict[str, Any]]]
+
+    @property
+    def adapter(self) -> TypeAdapter[Any]:
+        return TypeAdapter(self.args)
+
+
+# ------------------------------------------------------------------ operations
+def _describe(room: RoomHandle, _: NoArgs) -> dict[str, Any]:
+    return {"room": room.description.model_dump(mode="json"), "info": room.info(),
+            "ops": [{"name": op.name, "help": op.help} for op in OPS.values()]}
+
+
+def _truth(room: RoomHandle, _: NoArgs) -> dict[str, Any]:
+    couch = room.couch
+    plc = room.plc
+    pose = couch.pose if couch is not None else None
+    return {
+        "t_monotonic": time.monotonic(), "t_wall": time.time(),
+        "couch": None if couch is None or pose is None else {
+            "pose": pose.as_dict(), "state": couch.state, "fault_code": couch.fault_code,
+            "moving": couch.is_moving},
+        "plc": None if plc is None else {
+            "inputs": plc.inputs(), "coils": plc.coils(), "fault_code": plc.fault_code,
+            "heartbeat": plc.heartbeat, "openings": dict(plc.openings)},
+        "patient": None if pose is None else room.patient.truth(pose),
+        "gantry": {"angle_deg": room.patient.gantry_angle_deg, "note": GANTRY_NOTE},
+        "kv_imager": None if room.kv is None else {
+            "connected": room.kv.connected, "acquiring": room.kv.acquiring,
+            "frames_sent": len(room.kv.sent)},
+    }
+
+
+async def _inject(room: RoomHandle, fault: Any) -> dict[str, Any]:
+    return await inject(room, fault)
+
+
+async def _clear(room: RoomHandle, _: NoArgs) -> dict[str, Any]:
+    return await clear_all(room)
+
+
+def _patient(room: RoomHandle, a: PatientArgs) -> dict[str, Any]:
+    if a.setup_error is not None:
+        if room.couch is None:
+            raise OpError("the couch controller is not running")
+        room.patient.place(room.couch.pose, a.setup_error.pose())
+    if a.drift_mm_s is not None:
+        room.patient.set_drift(a.drift_mm_s)
+    if a.breathing is not None:
+        room.patient.set_breathing(a.breathing.amplitude_mm, a.breathing.period_s)
+    pose = room.couch.pose if room.couch is not None else None
+    return {"patient": room.patient.truth(pose) if pose is not None else None}
+
+
+def _gantry(room: RoomHandle, a: GantryArgs) -> dict[str, Any]:
+    room.patient.gantry_angle_deg = a.angle_deg
+    return {"gantry": {"angle_deg": a.angle_deg, "note": GANTRY_NOTE}}
+
+
+def _pendant(room: RoomHandle, a: PendantArgs) -> dict[str, Any]:
+    if room.plc is None:
+        raise OpError("this room has no PLC, so no motion-enable pendant (plc: false)")
+    room.plc.set_input("motion_enable_pressed", a.pressed)
+    return {"motion_enable_pressed": a.pressed}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _record(room: RoomHandle, a: RecordArgs) -> dict[str, Any]:
+    now = time.monotonic()
+    wall = time.time() - now  # monotonic -> wall clock, at this moment
+
+    def stamp(t: float) -> dict[str, float]:
+        return {"t_monotonic": t, "t_wall": t + wall}
+
+    if a.device == "couch":
+        if room.couch is None:
+            raise OpError("the couch controller is not running")
+        c = room.couch
+        return {"device": "couch", "now_monotonic": now,
+                "commands": [{"kind": e.kind, "args": _jsonable(e.details), **stamp(e.t)}
+                             for e in c.executed_commands if e.t >= a.since],
+                "refused": [{"kind": r.kind, "reason": r.reason, **stamp(r.t)}
+                            for r in c.refused_commands if r.t >= a.since]}
+    if room.plc is None:
+        raise OpError("this room has no PLC (plc: false in its description)")
+    p = room.plc
+    return {"device": "plc", "now_monotonic": now,
+            "coil_writes": [{"name": n, "value": v, **stamp(t)}
+                            for t, n, v in p.coil_changes if t >= a.since],
+            "input_changes": [{"name": n, "value": v, **stamp(t)}
+                              for t, n, v in p.input_changes if t >= a.since]}
+
+
+def _image_path(room: RoomHandle, text: str) -> Path:
+    path = Path(text)
+    if ".." in path.parts:
+        raise OpError(f"path {text!r}: '..' is not allowed")
+    if not text.endswith(IMAGE_SUFFIXES):
+        raise OpError(f"path {text!r}: give one of {', '.join(IMAGE_SUFFIXES)}")
+    if not path.is_absolute():
+        path = room.run_dir / "images" / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise OpError(f"path {text!r}: directory {path.parent} does not exist")
+    if path.exists():
+        raise OpError(f"path {text!r}: {path} exists; the simulator never overwrites a file")
+    return path
+
+
+def _imaging(room: RoomHandle) -> tuple[Any, Path]:
+    """Phantom and planning CT, built once per room (seconds of work)."""
+    if "phantom" not in room.cache:
+        import numpy as np
+        import SimpleITK as sitk
+
+        from sim.imager import planning_ct
+        from sim.phantom import make_phantom
+
+        phantom = make_phantom(room.description.seed)
+        rng = np.random.default_rng(room.description.seed)
+        plan = room.run_dir / "images" / "planning_ct.mha"
+        plan.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(planning_ct(phantom, rng=rng), str(plan))
+        room.cache["phantom"], room.cache["plan"] = phantom, plan
+    return room.cache["phantom"], room.cache["plan"]
+
+
+async def _acquire_cbct(room: RoomHandle, a: AcquireArgs) -> dict[str, Any]:
+    if room.couch is None:
+        raise OpError("the couch controller is not running")
+    path = _image_path(room, a.path)
+    pose = room.couch.pose  # the true pose at acquisition, read on the room's loop
+    world = room.patient.world
+    t0 = time.monotonic()
+
+    def work() -> Path:
+        import numpy as np
+        import SimpleITK as sitk
+
+        from sim.imager import acquire_cbct
+
+        phantom, plan = _imaging(room)
+        rng = np.random.default_rng([room.description.seed, int(t0 * 1000)])
+        cbct = acquire_cbct(phantom, world.placement, pose, world.pivot, world.iso,
+                            world.patient_position, rng)
+        sitk.WriteImage(cbct, str(path))
+        return plan
+
+    plan = await asyncio.to_thread(work)
+    return {"path": str(path), "planning_ct": str(plan), "couch_pose": pose.as_dict(),
+            "iso_mm": list(world.iso), "patient_position": world.patient_position,
+            "acquired_monotonic": t0, "seconds": round(time.monotonic() - t0, 3)}
+
+
+OPS: dict[str, Op] = {op.name: op for op in (
+    Op("describe", NoArgs, "the room description, connection info and this table", _describe),
+    Op("truth", NoArgs, "ground truth: couch pose/state/fault, PLC inputs/coils, patient, "
+       "gantry, kV imager", _truth),
+    Op("inject", Fault, "inject one fault into a real simulated device (the `fault` key "
+       "picks which)", _inject),
+    Op("clear", NoArgs, "undo every injection (a couch FAULT stays until igrtd resets it)",
+       _clear),
+    Op("patient", PatientArgs, "set the patient's set-up error, drift and/or breathing",
+       _patient),
+    Op("gantry", GantryArgs, "set the simulated gantry angle (world only, not yet on the PLC)",
+       _gantry),
+    Op("pendant", PendantArgs, "press or release the hold-to-run motion-enable pendant "
+       "(PLC input)", _pendant),
+    Op("record", RecordArgs, "device-side record: commands that reached the couch, or PLC "
+       "coil writes and input changes", _record),
+    Op("acquire_cbct", AcquireArgs, "write a CBCT through the true pose (and the planning CT) "
+       "for the client to register", _acquire_cbct),
+)}
+
+
+async def run_op(room: RoomHandle, name: str, args: Mapping[str, object]) -> dict[str, Any]:
+    """Run one operation on the room's loop; OpError (one line) if it is refused."""
+    op = OPS.get(name)
+    if op is None:
+        shown = name if len(name) <= 40 else name[:37] + "..."
+        raise OpError(f"unknown op {shown!r}; known: {', '.join(OPS)}")
+    if not isinstance(args, Mapping):
+        raise OpError(f"{name}: args must be a JSON object")
+    try:
+        parsed = op.adapter.validate_python(dict(args))
+    except ValidationError as exc:
+        raise OpError(one_line(exc, f"{name}: ")) from None
+    try:
+        result = op.run(room, parsed)
+        if inspect.isawaitable(result):
+            result = await result
+    except (FaultError, ValueError, RuntimeError) as exc:
+        raise OpError(f"{name}: {' '.join(str(exc).split())}") from None
+    return result
