@@ -11,7 +11,6 @@ description (the `format` key), and names an igrtd room configuration as such.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,7 +20,7 @@ from pydantic import Field, StrictFloat, ValidationError, field_validator
 from safety.pose import Pose
 from safety.strict_json import JsonInputError
 from safety.strict_json import loads as strict_loads
-from sim.validation import Strict, one_line
+from sim.validation import Strict, one_line, schema_main
 
 FORMAT = "igrt-sim-room/1"
 ROOMS_DIR = Path(__file__).resolve().parent / "rooms"
@@ -201,12 +200,7 @@ def schema_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.room_description")
-    ap.add_argument("--write-schema", action="store_true", help=f"write {SCHEMA_PATH}")
-    args = ap.parse_args(argv)
-    if args.write_schema:
-        SCHEMA_PATH.write_text(schema_text())
-    return 0
+    return schema_main("python -m sim.room_description", SCHEMA_PATH, schema_text, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ docs/schemas/sim/sim-scenario.schema.json (`python -m sim.scenario --write-schem
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,7 +21,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from safety.strict_json import JsonInputError
 from safety.strict_json import loads as strict_loads
 from sim.room_description import ROOMS_DIR, RoomDescription, load_description
-from sim.validation import Strict, one_line
+from sim.validation import Strict, one_line, schema_main
 
 FORMAT = "igrt-sim-scenario/1"
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -311,12 +310,7 @@ def schema_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.scenario")
-    ap.add_argument("--write-schema", action="store_true", help=f"write {SCHEMA_PATH}")
-    args = ap.parse_args(argv)
-    if args.write_schema:
-        SCHEMA_PATH.write_text(schema_text())
-    return 0
+    return schema_main("python -m sim.scenario", SCHEMA_PATH, schema_text, argv)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ says what was wrong without a traceback.
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -89,3 +92,14 @@ def one_line(exc: ValidationError, prefix: str = "") -> str:
         return _printable(prefix + "invalid input")
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return _printable(prefix + describe_error(errors[0]) + more)
+
+
+def schema_main(prog: str, path: Path, schema_text: Callable[[], str],
+                argv: list[str] | None) -> int:
+    """`python -m <module> --write-schema`: rewrite a committed JSON Schema (a test
+    checks that the committed one is current)."""
+    ap = argparse.ArgumentParser(prog=prog)
+    ap.add_argument("--write-schema", action="store_true", help=f"write {path}")
+    if ap.parse_args(argv).write_schema:
+        path.write_text(schema_text())
+    return 0
