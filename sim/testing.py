@@ -5,7 +5,7 @@ with igrt installed gets the fixtures; `-p no:igrt` switches it off.
 
     def test_status(igrt_room):
         status = igrt_room.igrtd("alice").call("status")
-        assert status["state"] == "IDLE"
+        assert status["state"] == "STANDBY"
 
 Fixtures (function scope; docs/integration-testing.md is the guide):
 
@@ -17,15 +17,16 @@ Fixtures (function scope; docs/integration-testing.md is the guide):
 * `igrt_room_factory(description=None, **changes) -> IgrtRoom`: more rooms,
   or a room chosen inside the test.
 
-The room (sim/stack.py `SimulatedRoom`: devices, Mosquitto, igrtd as a child
-process) runs on an asyncio loop in a background thread, so tests stay
-synchronous. Every room is stopped when its test ends, pass or fail; igrtd and
-Mosquitto also die if the test process is killed (sim/parent_death.py).
+Each room is `python -m sim.cli up ROOM --run-dir DIR --json` in a child
+process, reached only over its sockets (igrtd's local socket, the control API):
+the test process's GIL and garbage collector cannot stall the simulated PLC
+(a stale heartbeat is an open interlock to igrtd). It is stopped when its test
+ends, pass or fail (SIGTERM, SIGKILL after STOP_TIMEOUT_S), and dies with the
+test process, igrtd and Mosquitto with it (sim/parent_death.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import threading
@@ -38,13 +39,13 @@ import pytest
 
 if TYPE_CHECKING:
     from daemon.control import ControlClient
-    from sim.stack import SimulatedRoom
+    from sim.room_process import RoomProcess
 
 __all__ = ["Hold", "IgrtRoom", "IgrtdClient", "IgrtdRefused", "SimControl", "SimOpRefused"]
 
 T = TypeVar("T")
 START_TIMEOUT_S = 90.0  # igrtd imports SimpleITK and pydantic models: seconds on a busy CI box
-STOP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0  # after SIGTERM, before SIGKILL (igrt-sim kills igrtd after 10 s itself)
 SETTLE_TIMEOUT_S = 30.0
 POLL_S = 0.05
 _ROOMS = pytest.StashKey[list["IgrtRoom"]]()
@@ -123,8 +124,9 @@ class IgrtdClient:
 
 
 class Hold:
-    """A hold in progress: `last` is igrtd's last hold result, `refused` its refusal
-    (the heartbeats end there), `over` whether the move left its active states."""
+    """A hold in progress: `last` is igrtd's last hold result, `refused` its refusal;
+    `over`: the move ended (moved or not: igrtd answered with a state out of
+    CONFIRMED/MOVING/VERIFYING, or is gone). The heartbeats end at either."""
 
     def __init__(self, client: IgrtdClient, proposal_id: str, rate_hz: float) -> None:
         self.client, self.proposal_id, self.period_s = client, proposal_id, 1.0 / rate_hz
@@ -147,7 +149,8 @@ class Hold:
                 self.refused = exc
                 return
             except (OSError, ValueError):
-                return  # igrtd gone: its heartbeat timeout stops the couch
+                self.over = True  # igrtd gone: no move to wait for
+                return
             if move_over(self.last):
                 self.over = True
                 return
@@ -207,37 +210,27 @@ class SimControl:
 
 # ---------------------------------------------------------------- the room
 class IgrtRoom:
-    """A running simulated room: `info`, `sim`, `igrtd(user)`, `wait_for_state`."""
+    """A running simulated room: `info`, `sim`, `igrtd(user)`, `wait_for_state`. It is
+    `igrt-sim up` in a child process (sim/room_process.py), reached over its sockets."""
 
     def __init__(self, description: Mapping[str, Any], run_dir: Path) -> None:
         self._description = dict(description)
         self._run_dir = run_dir
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="igrt-room",
-                                        daemon=True)
-        self._room: SimulatedRoom | None = None
+        self._process: RoomProcess | None = None
         self._clients: list[IgrtdClient] = []
         self.info: dict[str, Any] = {}
         self.sim = SimControl(run_dir / "control.sock")
 
-    def _run(self, coro: Any, timeout_s: float) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
-
     def start(self) -> IgrtRoom:
         from sim.room_description import parse_description
-        from sim.stack import SimulatedRoom
+        from sim.room_process import RoomProcess
 
-        description = parse_description(json.dumps(self._description), "igrt_room")
-        self._thread.start()
-        self._room = SimulatedRoom(description, self._run_dir)
+        text = json.dumps(self._description)
+        parse_description(text, "igrt_room")  # a bad description: ValueError, no process
+        self._process = RoomProcess(text, self._run_dir)
         try:
-            self._run(self._room.__aenter__(), START_TIMEOUT_S)
-        except BaseException:
-            self.close()
-            raise
-        self.info = self._room.info()
-        self.sim = SimControl(Path(self.info["control_socket"]))
-        try:
+            self.info = self._process.start(START_TIMEOUT_S)
+            self.sim = SimControl(Path(self.info["control_socket"]))
             self._wait_settled()
         except BaseException:
             self.close()
@@ -266,23 +259,14 @@ class IgrtRoom:
                                f"{(last.get('interlocks') or {}).get('open')}") from None
 
     def close(self) -> None:
-        """Stop everything (idempotent): clients, then the room, then the loop."""
+        """Stop everything (idempotent): the clients, then igrt-sim (SIGTERM: it stops
+        igrtd, Mosquitto and the devices in order; SIGKILL after STOP_TIMEOUT_S)."""
         for client in self._clients:
             client.close()
         self._clients.clear()
-        room, self._room = self._room, None
-        if self._thread.is_alive():
-            if room is not None:
-                with contextlib.suppress(Exception):
-                    self._run(room.stop(), STOP_TIMEOUT_S)
-            # The executor threads forked igrtd and Mosquitto (parent-death signal is
-            # per thread): they end only now, after both are stopped.
-            with contextlib.suppress(Exception):
-                self._run(self._loop.shutdown_default_executor(), STOP_TIMEOUT_S)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(STOP_TIMEOUT_S)
-        if not self._loop.is_running() and not self._loop.is_closed():
-            self._loop.close()
+        process, self._process = self._process, None
+        if process is not None:
+            process.stop(STOP_TIMEOUT_S)
 
     # ------------------------------------------------------------ clients
     @property

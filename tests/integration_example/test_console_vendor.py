@@ -58,9 +58,13 @@ def test_a_door_opening_during_a_move_stops_the_couch_and_faults_igrtd(igrt_room
     igrt_room.wait_for(lambda: alice.status()["interlocks"]["motion_enable_pressed"], 5,
                        "igrtd seeing the pendant pressed")
     with alice.holding(proposal_id) as hold:
-        igrt_room.wait_for(lambda: igrt_room.sim.truth()["couch"]["moving"] or hold.refused,
-                           10, "couch moving")
-        assert hold.refused is None, hold.refused
+        # Wait for motion, or for igrtd to say there will be none (a refused hold, or a
+        # move that ended without moving): then the failure shows igrtd's answer.
+        igrt_room.wait_for(lambda: igrt_room.sim.truth()["couch"]["moving"] or hold.refused
+                           or hold.over, 10, "couch moving")
+        assert hold.refused is None and not hold.over, (
+            f"the couch did not move: hold refused {hold.refused}; igrtd's last hold "
+            f"answer {hold.last}")
         since = igrt_room.sim.record("couch")["now_monotonic"]
         igrt_room.sim.inject("interlock_open", name="door_closed")
         igrt_room.wait_for_state("FAULT", timeout=5)
