@@ -14,12 +14,12 @@ input stays open on the wire for at least `min_open_s` (pulse stretching),
 and is counted in the opening counters (registers 7-8).
 
 Standalone, for service engineers: `python -m sim.plc [--port N]` prints
-`host:port` and accepts commands on stdin (`help` lists them).
+`host:port` and accepts commands on stdin (`help` lists them); that console
+is sim/plc_cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import socket
 import sys
@@ -47,6 +47,7 @@ from drivers.plc import (
     STATUS_BLOCK_COUNT,
     StatusRegister,
 )
+from sim.plc_fault_injection import PlcFaultInjection
 
 ROOM_INPUTS: tuple[str, ...] = INTERLOCK_INPUTS[:4]  # set by the room, not by the arms
 _FC_READ_COILS, _FC_READ_DI, _FC_READ_HR, _FC_READ_IR = 1, 2, 3, 4
@@ -62,8 +63,11 @@ class _Arm:
     moving: bool = False
 
 
-class SimRoomPlc:
-    """The simulated PLC; use as `async with SimRoomPlc() as plc:`."""
+class SimRoomPlc(PlcFaultInjection):
+    """The simulated PLC; use as `async with SimRoomPlc() as plc:`.
+
+    The fault-injection methods (freeze_heartbeat ... clear_raw_registers) are
+    in sim/plc_fault_injection.py."""
 
     def __init__(
         self,
@@ -235,71 +239,6 @@ class SimRoomPlc:
             else:
                 step[1]()  # type: ignore[operator]
 
-    # --------------------------------------------------------- fault injection
-    def freeze_heartbeat(self, frozen: bool = True) -> None:
-        self._heartbeat_frozen = frozen
-
-    def resume_heartbeat(self) -> None:
-        self._heartbeat_frozen = False
-
-    def drop_connections(self) -> int:
-        """Close every host connection now; returns how many were closed."""
-        if self._server is None:
-            return 0
-        connections = list(self._server.active_connections.values())
-        for conn in connections:
-            conn.close()
-        return len(connections)
-
-    def refuse_connections(self, refuse: bool = True) -> None:
-        """While set, every new connection is accepted and closed straight away."""
-        self._refuse_connections = refuse
-        if refuse:
-            self.drop_connections()
-
-    def set_response_delay(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError(f"response delay {seconds} s must be >= 0 s")
-        self._response_delay_s = seconds
-
-    def exception_responses(self, on: bool = True,
-                            code: ExcCodes = ExcCodes.DEVICE_FAILURE) -> None:
-        """Answer every request with a Modbus exception (`code`) while on."""
-        self._exception_code = code if on else None
-
-    def set_fault_code(self, code: int) -> None:
-        """Report fault `code` in register 2 (0 clears it), as a PLC's own diagnostics would."""
-        if not 0 <= code <= 0xFFFF:
-            raise ValueError(f"PLC fault code {code} is out of range 0..65535")
-        self.fault_code = code
-
-    def set_raw_register(self, address: int, value: int | None) -> None:
-        """Force status register `address` to the raw `value` on the wire (None: release it).
-
-        Any 16-bit value, including ones the register map does not allow (an arm
-        position of 65535, reserved bits set): a confused or corrupted PLC. The
-        simulated room itself is unchanged; a forced status word (register 0) is
-        also what the discrete inputs answer.
-        """
-        if not 0 <= address < STATUS_BLOCK_COUNT:
-            raise ValueError(
-                f"PLC status register {address} is out of range 0..{STATUS_BLOCK_COUNT - 1}"
-            )
-        if value is None:
-            self._raw_registers.pop(address, None)
-            return
-        if not 0 <= value <= 0xFFFF:
-            raise ValueError(f"register value {value} does not fit 16 bits (0..65535)")
-        self._raw_registers[address] = value
-
-    def raw_registers(self) -> dict[int, int]:
-        """The registers forced by set_raw_register: address -> value."""
-        return dict(self._raw_registers)
-
-    def clear_raw_registers(self) -> None:
-        """Release every register forced by set_raw_register."""
-        self._raw_registers.clear()
-
     # ------------------------------------------------------------- outputs
     def coil(self, name: str) -> bool:
         return self._coils[name]
@@ -463,129 +402,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-# ----------------------------------------------------------------------- CLI
-_HELP = """commands:
-  status                      show inputs, coils, arms, heartbeat, fault code
-  set NAME 0|1                set an input (arm bits: force a stuck sensor)
-  release NAME                stop forcing an arm sensor
-  press | release-enable      hold / let go of the motion-enable control
-  fault N                     set the PLC fault code (0 clears)
-  raw ADDR VALUE|-            force status register ADDR to a raw value (- releases it)
-  freeze | thaw               stop / restart the heartbeat counter
-  drop                        close all host connections
-  refuse 0|1                  refuse new host connections
-  delay SECONDS               delay every answer
-  exceptions 0|1              answer every request with a Modbus exception
-  quit"""
-
-
-def _status_text(plc: SimRoomPlc) -> str:
-    ins = " ".join(f"{n}={int(v)}" for n, v in plc.inputs().items())
-    outs = " ".join(f"{n}={int(v)}" for n, v in plc.coils().items())
-    arms = " ".join(f"{a}={plc.arm_position_pct(a):.1f}%" for a in ARMS)
-    raw = " ".join(f"{a}={v}" for a, v in sorted(plc.raw_registers().items()))
-    return (f"inputs: {ins}\ncoils: {outs}\narms: {arms}\n"
-            f"heartbeat={plc.heartbeat} fault_code={plc.fault_code}"
-            + (f"\nforced registers: {raw}" if raw else ""))
-
-
-def _command(plc: SimRoomPlc, line: str) -> str | None:
-    """Run one console command; returns text to show, or None to quit."""
-    words = line.split()
-    if not words:
-        return ""
-    cmd, args = words[0], words[1:]
-    try:
-        if cmd == "quit":
-            return None
-        if cmd == "help":
-            return _HELP
-        if cmd == "status":
-            return _status_text(plc)
-        if cmd == "set" and len(args) == 2:
-            plc.set_input(args[0], args[1] == "1")
-        elif cmd == "release" and len(args) == 1:
-            plc.release_input(args[0])
-        elif cmd == "press":
-            plc.press_motion_enable()
-        elif cmd == "release-enable":
-            plc.release_motion_enable()
-        elif cmd == "fault" and len(args) == 1:
-            plc.set_fault_code(int(args[0]))
-        elif cmd == "raw" and len(args) == 2:
-            plc.set_raw_register(int(args[0]), None if args[1] == "-" else int(args[1], 0))
-        elif cmd == "freeze":
-            plc.freeze_heartbeat()
-        elif cmd == "thaw":
-            plc.resume_heartbeat()
-        elif cmd == "drop":
-            return f"dropped {plc.drop_connections()} connection(s)"
-        elif cmd == "refuse" and len(args) == 1:
-            plc.refuse_connections(args[0] == "1")
-        elif cmd == "delay" and len(args) == 1:
-            plc.set_response_delay(float(args[0]))
-        elif cmd == "exceptions" and len(args) == 1:
-            plc.exception_responses(args[0] == "1")
-        else:
-            return f"error: unknown command {line.strip()!r} (try 'help')"
-    except ValueError as exc:
-        return f"error: {exc}"
-    return "ok"
-
-
-async def _serve(args: argparse.Namespace) -> int:
-    plc = SimRoomPlc(args.host, args.port, cycle_s=args.cycle_ms / 1000.0,
-                     arm_travel_s=args.arm_travel_s)
-    try:
-        await plc.start()
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(plc.endpoint, flush=True)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    try:
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        interactive = True
-    except (OSError, ValueError):
-        interactive = False  # stdin not a pipe/tty (e.g. /dev/null): serve only
-    try:
-        while True:
-            if not interactive:
-                await asyncio.sleep(3600)
-                continue
-            line = await reader.readline()
-            if not line:  # EOF: keep serving until killed
-                interactive = False
-                continue
-            reply = _command(plc, line.decode(errors="replace"))
-            if reply is None:
-                return 0
-            if reply:
-                print(reply, flush=True)
-    finally:
-        await plc.stop()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim.plc",
-                                     description="Simulated room safety PLC (Modbus TCP).")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5020, help="0 picks a free port")
-    parser.add_argument("--cycle-ms", type=float, default=10.0)
-    parser.add_argument("--arm-travel-s", type=float, default=3.0)
-    args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        parser.exit(2, f"error: --port {args.port} is out of range 0..65535\n")
-    if not 1.0 <= args.cycle_ms <= 1000.0:
-        parser.exit(2, f"error: --cycle-ms {args.cycle_ms} is out of range 1..1000 ms\n")
-    if args.arm_travel_s <= 0:
-        parser.exit(2, f"error: --arm-travel-s {args.arm_travel_s} must be > 0 s\n")
-    try:
-        return asyncio.run(_serve(args))
-    except KeyboardInterrupt:
-        return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m sim.plc` runs this file as __main__, not as sim.plc: hand over to
+    # the console, which imports sim.plc itself (looked up by name, so this module
+    # does not import its own importer).
+    import importlib
+
+    sys.exit(importlib.import_module("sim.plc_cli").main())
