@@ -141,8 +141,11 @@ class CouchWatch:
             return  # a late reply from before the couch was last seen at rest
         if self._moving_uptime is None or _newer(uptime, self._moving_uptime):
             self._moving_uptime = uptime
-        if room in (S.MOVING, S.SERVICE) or self.gate.go_in_flight:
-            return  # motion igrtd is commanding (the gate may not have seen the ACK yet)
+        if room in (S.MOVING, S.SERVICE) or (self.gate.go_in_flight and room == S.CONFIRMED):
+            # Motion igrtd is commanding (the gate may not have seen the GO's ACK yet).
+            # A GO still unanswered in a room that has since tripped is not: its STOP
+            # may have been lost on the line, so the motion is stopped again below.
+            return
         if self._couch_settled or (state == "MOVING" and self._halted_uptime is not None
                                    and _newer(uptime, self._halted_uptime)):
             # Motion of any kind reported (MOVING, or axes moving in STOPPING / FAULT / IDLE)

@@ -114,3 +114,28 @@ async def test_a_confirmed_move_does_not_start_on_a_lost_couch_link(tmp_path: Pa
     with pytest.raises(CommandError, match="interlock open: couch link lost"):
         await room.service.hold(ALICE, pid)
     assert room.journal.count("TARGET") == 0
+
+
+async def test_motion_reported_while_a_go_is_unanswered_in_a_tripped_room_is_stopped_again(
+        tmp_path: Path) -> None:
+    """The STOP of a trip can be lost on the line (cut right after GO); when the
+    line is back and the controller reports MOVING while igrtd still waits for the
+    GO's answer, the room allows no motion: STOP again at once, not only when the
+    GO times out (found by the fault campaign once the simulated wire took time)."""
+    room = await fake_room(tmp_path)
+    pid = await propose(room, SMALL)
+    await room.service.confirm(ALICE, pid)
+    restops: list[int] = []
+
+    async def trip_then_report_motion() -> None:
+        room.plc.change(open_=["door"])  # trips: STOP written (and, here, lost)
+        assert str(room.service.workflow.state) in ("STOPPED", "FAULT")
+        stops = room.journal.count("STOP")
+        room.couch.state = "MOVING"  # the controller acted on the GO after all
+        room.couch.push()
+        restops.append(room.journal.count("STOP") - stops)
+
+    room.couch.while_go_in_flight = trip_then_report_motion
+    with pytest.raises(CommandError):
+        await room.service.hold(ALICE, pid)
+    assert restops == [1]
