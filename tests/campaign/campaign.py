@@ -4,6 +4,7 @@ the invariants (tests/campaign/invariants.py) on the device-side records."""
 from __future__ import annotations
 
 import bisect
+import collections
 import logging
 import random
 import time
@@ -135,7 +136,7 @@ class Campaign:
         rig.ready_for_next()
         t_end = time.monotonic()
         executed, motion, changes, jumps = rig.sim(lambda couch, plc: (
-            list(couch.executed_commands[n_exec:]), [m for m in couch.motion_log if m.t >= t0],
+            list(couch.executed_commands[n_exec:]), _since(couch.motion_log, t0),
             list(plc.input_changes[n_changes:]),
             [t for t in getattr(couch, "pose_jumps_reported", ()) if t >= t0]))
         c = rig.console
@@ -332,6 +333,22 @@ class Campaign:
         d = t - time.monotonic()
         if d > 0:
             time.sleep(d)
+
+
+def _since(log: collections.deque[Any], t0: float) -> list[Any]:
+    """The samples of `log` (in time order) from t0 on, read from the newest end.
+
+    This runs on the simulators' loop thread: scanning the whole 100,000-sample
+    log there each batch stalled the simulated couch and PLC (and, through the
+    GIL, the other room's) long enough to fake a lost heartbeat late in a long run.
+    """
+    out = []
+    for m in reversed(log):
+        if m.t < t0:
+            break
+        out.append(m)
+    out.reverse()
+    return out
 
 
 class AuditFaultTail:
