@@ -92,19 +92,11 @@ class SimRoom:
     def couch_pose(self) -> Pose:
         return self.call(lambda: self.couch.pose)
 
-    def _couch_link(self) -> dict[str, Any]:
-        link: dict[str, Any] = {"port": self.couch.device_path}
-        if self.couch.baudrate is not None:
-            # igrtd's line speed is the simulated wire's (None: an instant pty,
-            # where any speed igrtd sets is as good as another).
-            link["baudrate"] = self.couch.baudrate
-        return link
-
     def room_config(self, state_dir: Path, **overrides: Any) -> dict[str, Any]:
         cfg: dict[str, Any] = {
             "room": "demo",
             "state_dir": str(state_dir),
-            "couch": self._couch_link(),
+            "couch": {"port": self.couch.device_path},
             "users": DEMO_USERS,
         }
         install_demo_keys()  # the signing demo users' private keys, for this process's clients
