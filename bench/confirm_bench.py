@@ -84,8 +84,7 @@ def _users(directory: Path) -> list[dict[str, Any]]:
 async def _go_after(rig: Rig, t0: float, timeout: float = 2.0) -> float:
     deadline = time.monotonic() + timeout
     while True:
-        gos = rig.room.call(lambda: [e.t for e in rig.room.couch.executed_commands[-20:]
-                                     if e.kind == "GO" and e.t >= t0])
+        gos = [t for t, _ in rig.executed_since(t0, "GO")]
         if gos:
             return float(gos[0])
         if time.monotonic() > deadline:
@@ -107,7 +106,7 @@ async def _wait_console(client: ConsoleClient) -> None:
 
 async def _samples(rig: Rig, client: ConsoleClient, n: int) -> list[float]:
     rng = random.Random(3)
-    rig.sim(lambda couch, plc: plc.press_motion_enable())
+    rig.sim("press_motion_enable")
     out = []
     for i in range(n + WARMUP):
         st = await asyncio.to_thread(rig.ready_for_next)

@@ -74,8 +74,7 @@ def _start_move(rig: Rig, rng: random.Random) -> Any:
 def _first_stop_after(rig: Rig, t: float, timeout: float = 1.0) -> float:
     deadline = time.monotonic() + timeout
     while True:
-        stops = rig.room.call(lambda: [e.t for e in reversed(rig.room.couch.executed_commands)
-                                       if e.kind == "STOP" and e.t >= t][-1:])
+        stops = [s for s, _ in rig.executed_since(t, "STOP")][:1]
         if stops:
             return float(stops[0])
         if time.monotonic() > deadline:

@@ -93,17 +93,25 @@ class SimRoom:
         return self.call(lambda: self.couch.pose)
 
     def room_config(self, state_dir: Path, **overrides: Any) -> dict[str, Any]:
-        cfg: dict[str, Any] = {
-            "room": "demo",
-            "state_dir": str(state_dir),
-            "couch": {"port": self.couch.device_path},
-            "users": DEMO_USERS,
-        }
-        install_demo_keys()  # the signing demo users' private keys, for this process's clients
-        if self.plc is not None:
-            cfg["plc"] = {"host": "127.0.0.1", "port": self.plc.port}
-        cfg.update(overrides)
-        return cfg
+        return room_config(state_dir, self.couch.device_path,
+                           None if self.plc is None else self.plc.port, **overrides)
+
+
+def room_config(state_dir: Path, couch_port: str, plc_port: int | None,
+                **overrides: Any) -> dict[str, Any]:
+    """igrtd's configuration for a simulated room: its couch pty, its PLC port (if
+    any) and the demo users, whose signing keys this process installs."""
+    cfg: dict[str, Any] = {
+        "room": "demo",
+        "state_dir": str(state_dir),
+        "couch": {"port": couch_port},
+        "users": DEMO_USERS,
+    }
+    install_demo_keys()  # the signing demo users' private keys, for this process's clients
+    if plc_port is not None:
+        cfg["plc"] = {"host": "127.0.0.1", "port": plc_port}
+    cfg.update(overrides)
+    return cfg
 
 
 class DaemonProcess:

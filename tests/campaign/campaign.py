@@ -4,7 +4,6 @@ the invariants (tests/campaign/invariants.py) on the device-side records."""
 from __future__ import annotations
 
 import bisect
-import collections
 import logging
 import random
 import time
@@ -125,20 +124,14 @@ class Campaign:
     def _batch(self, order: list[int]) -> tuple[Report, list[Any], list[Any]]:
         rig = self.rig
         rig.ready_for_next()
-        init = rig.sim(lambda couch, plc: (time.monotonic(), plc.inputs(),
-                                           len(plc.input_changes),
-                                           len(couch.executed_commands), couch.pose))
-        t0, initial, n_changes, n_exec, pose0 = init
+        t0, initial, n_changes, n_exec, pose0 = rig.sim("snapshot")
         wall_offset = time.time() - time.monotonic()
         for i in order:
             self.rng = random.Random(f"{self.seed}/{i}")
             self._one(make_scenario(self.rng, i))
         rig.ready_for_next()
         t_end = time.monotonic()
-        executed, motion, changes, jumps = rig.sim(lambda couch, plc: (
-            list(couch.executed_commands[n_exec:]), _since(couch.motion_log, t0),
-            list(plc.input_changes[n_changes:]),
-            [t for t in getattr(couch, "pose_jumps_reported", ()) if t >= t0]))
+        executed, motion, changes, jumps = rig.sim("collect", n_exec, t0, n_changes)
         c = rig.console
         report = check(executed=executed, motion=motion,
                        initial_inputs=initial, input_changes=changes,
@@ -333,22 +326,6 @@ class Campaign:
         d = t - time.monotonic()
         if d > 0:
             time.sleep(d)
-
-
-def _since(log: collections.deque[Any], t0: float) -> list[Any]:
-    """The samples of `log` (in time order) from t0 on, read from the newest end.
-
-    This runs on the simulators' loop thread: scanning the whole 100,000-sample
-    log there each batch stalled the simulated couch and PLC (and, through the
-    GIL, the other room's) long enough to fake a lost heartbeat late in a long run.
-    """
-    out = []
-    for m in reversed(log):
-        if m.t < t0:
-            break
-        out.append(m)
-    out.reverse()
-    return out
 
 
 class AuditFaultTail:

@@ -6,9 +6,10 @@ Everything the invariant checker reads comes from the device side: the couch
 simulator's `executed_commands` and `motion_log`, the PLC simulator's
 `input_changes`, and this rig's own record of what it injected (`Injection`)
 and of what the console asked for (`ConsoleRecord`: confirmations, second
-approvals, proposals with the couch's true pose at imaging). The test process
-and the simulators share one `time.monotonic()` clock; igrtd's clock is never
-used. igrtd's own word is read for two things only, because the requirement is
+approvals, proposals with the couch's true pose at imaging). The simulators run
+in a process of their own (tests/campaign/devices.py) and share the test
+process's `time.monotonic()` clock (CLOCK_MONOTONIC, one clock per machine);
+igrtd's clock is never used. igrtd's own word is read for two things only, because the requirement is
 about them: the room state once a scenario settled (a runaway must *latch*
 FAULT) and its `fault` audit records (it must be audited).
 """
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, get_args
+from typing import Any, Self
 
 import numpy as np
 
@@ -31,10 +32,14 @@ from daemon.igrtctl.room_cli import HOLD_RATE_HZ
 from safety.couch_model import CouchModel
 from safety.policy import VerdictPolicy
 from safety.pose import Pose
-from sim import control_faults as cf
 from sim.couch import DEFAULT_MAX_VELOCITY
-from sim.room import DaemonProcess, SimRoom
+from sim.room import DaemonProcess, room_config
 from sim.world import PatientWorld
+
+from .devices import DeviceProcess
+from .faults import ACTIONS, FAULTS, UNAVAILABLE
+
+__all__ = ["ACTIONS", "FAULTS", "UNAVAILABLE", "Rig"]
 
 ISO = (8.0, -12.0, 20.0)
 PATIENT, PLAN, FOR = "PAT-C", "PLAN-C", "FOR-C"
@@ -148,12 +153,13 @@ class Holder:
 
 
 class Rig:
-    """SimRoom (couch + PLC) and igrtd; use as a context manager."""
+    """The simulated couch and PLC (in their own process: tests/campaign/devices.py)
+    and igrtd; use as a context manager."""
 
     def __init__(self, workdir: Path, *, daemon_overrides: dict[str, Any] | None = None,
                  couch_kwargs: dict[str, Any] | None = None) -> None:
         self.workdir = workdir
-        self.room = SimRoom(with_plc=True, couch_kwargs={
+        self.devices = DeviceProcess({
             "speed_scale": SPEED_SCALE, "seed": 11,
             "heartbeat_timeout_ms": COUCH_HEARTBEAT_TIMEOUT_MS, **(couch_kwargs or {})})
         self._overrides = daemon_overrides or {}
@@ -166,9 +172,9 @@ class Rig:
 
     # ----------------------------------------------------------------- life
     def __enter__(self) -> Self:
-        self.room.start()
+        self.devices.start()
         state = self.workdir / "state"
-        cfg = self.room.room_config(state)
+        cfg = room_config(state, self.devices.couch_port, self.devices.plc_port)
         # No "motion" or "policy" section: igrtd runs its shipped defaults, with the
         # second-approval tier on (a second authenticated person approves). The
         # couch model is the default one with this couch's commissioned speeds (the
@@ -188,7 +194,7 @@ class Rig:
                 client.close()
         if self.daemon is not None:
             self.daemon.stop()
-        self.room.stop()
+        self.devices.stop()
 
     @property
     def pid(self) -> int:
@@ -285,49 +291,35 @@ class Rig:
         return Holder(self.daemon.socket_path, CONFIRMER, pid, self.console).start()
 
     # ------------------------------------------------------------ simulators
-    def sim(self, fn: Callable[[Any, Any], Any]) -> Any:
-        """fn(couch, plc) on the simulator loop (where its timestamps are taken)."""
-        return self.room.call(lambda: fn(self.room.couch, self.room.plc))
+    def sim(self, op: str, *args: Any) -> Any:
+        """One of the devices' operations (tests/campaign/devices.py OPS), run on the
+        simulators' loop, where their timestamps are taken."""
+        return self.devices.op(op, *args)
 
     def inject(self, kind: str, value: Any = None) -> float:
         """Apply one named fault (or its clearing) on the simulator loop; returns its time."""
-        action = ACTIONS[kind]
-
-        def apply(couch: Any, plc: Any) -> float:
-            t = time.monotonic()
-            result = action(couch, plc, value)
-            # A drop records how many connections it closed: none while igrtd is
-            # between connections (still backing off after an earlier drop).
-            self.injections.append(Injection(t, kind, value if result is None else result,
-                                             self.scenario))
-            return t
-
-        return float(self.sim(apply))
+        t, result = self.sim("inject", kind, value)
+        # A drop records how many connections it closed: none while igrtd is
+        # between connections (still backing off after an earlier drop).
+        self.injections.append(Injection(t, kind, value if result is None else result,
+                                         self.scenario))
+        return float(t)
 
     def couch_moving(self) -> bool:
-        return bool(self.room.call(lambda: self.room.couch.is_moving))
+        return bool(self.sim("moving"))
 
     def couch_pose(self) -> Pose:
-        return self.room.couch_pose
+        pose: Pose = self.sim("pose")
+        return pose
+
+    def executed_since(self, t0: float, kind: str | None = None) -> list[tuple[float, str]]:
+        """(t, kind) of the commands the couch executed from t0 on (of one kind)."""
+        return list(self.sim("executed_since", t0, kind))
 
     def restore_room(self) -> None:
         """Every fault cleared, every input safe, hold-to-run pressed."""
-        def fix(couch: Any, plc: Any) -> None:
-            t = time.monotonic()
-            couch.clear_injections()
-            plc.resume_heartbeat()
-            plc.set_response_delay(0.0)
-            plc.set_fault_code(0)
-            if hasattr(plc, "clear_raw_registers"):
-                plc.clear_raw_registers()
-            for name in ("imager_kv_source_parked", "imager_detector_parked"):
-                plc.release_input(name)
-            for name in ("door_closed", "estop_chain_ok", "collision_pads_clear",
-                         "motion_enable_pressed"):
-                plc.set_input(name, True)
-            self.injections.append(Injection(t, "restore", None, self.scenario))
-
-        self.sim(fix)
+        t = self.sim("restore")
+        self.injections.append(Injection(t, "restore", None, self.scenario))
 
     def ready_for_next(self, timeout: float = 5.0) -> dict[str, Any]:
         """Back to a room with a session, nothing proposed or latched, links up."""
@@ -350,57 +342,3 @@ class Rig:
                 raise AssertionError(f"room did not settle between scenarios: {state} "
                                      f"({st['reason']}), interlocks {st['interlocks']}")
             time.sleep(0.01)
-
-
-# Kept for the campaign's report: no campaign fault is unavailable now that each is
-# a fault of the simulator's table, but a hook a tree lacks is recorded as this.
-UNAVAILABLE = "unavailable"
-
-# The campaign's named faults, each a fault of the simulator's one fault table
-# (sim/control_faults.py, also the control API's `inject`): kind -> the fault for
-# the scenario's value. The devices' calls, values and answers are the table's.
-def _interlock(name: cf.Interlock) -> Callable[[Any], cf.DeviceFault]:
-    return lambda closed: (cf.InterlockClose(fault="interlock_close", name=name) if closed
-                           else cf.InterlockOpen(fault="interlock_open", name=name))
-
-
-def _raw_register(value: Any) -> cf.DeviceFault:
-    addr, raw = value
-    if raw is not None and raw < 0:  # a reserved status bit added to the live word
-        return cf.PlcRawRegister(fault="plc_raw_register", address=addr, value=-raw,
-                                 add_to_live=True)
-    return cf.PlcRawRegister(fault="plc_raw_register", address=addr, value=raw)
-
-
-FAULTS: dict[str, Callable[[Any], cf.DeviceFault]] = {
-    **{name: _interlock(name) for name in get_args(cf.Interlock)},
-    "plc_drop": lambda _: cf.PlcDropConnections(fault="plc_drop_connections"),
-    "plc_heartbeat_frozen": lambda frozen: cf.PlcHeartbeatFreeze(
-        fault="plc_heartbeat_freeze", frozen=bool(frozen)),
-    "plc_delay": lambda s: cf.PlcDelay(fault="plc_delay", seconds=float(s)),
-    "couch_silence": lambda s: cf.CouchLinkLoss(fault="couch_link_loss", seconds=float(s)),
-    "couch_delay": lambda s: cf.CouchDelay(fault="couch_delay", seconds=float(s)),
-    "interlock_pulse": lambda v: cf.InterlockPulse(fault="interlock_pulse", name=v[0],
-                                                   seconds=float(v[1])),
-    "plc_fault_code": lambda code: cf.PlcFaultCode(fault="plc_fault_code", code=int(code)),
-    "plc_raw_register": _raw_register,
-    "runaway": lambda v: cf.CouchRunaway(fault="couch_runaway", axis=v[0], speed=float(v[1])),
-    "pose_jump": lambda v: cf.CouchPoseJump(fault="couch_pose_jump", axis=v[0],
-                                            delta=float(v[1])),
-    "set_pose": lambda v: cf.CouchMovedByHand(
-        fault="couch_moved_by_hand", **{axis: float(d) for axis, d in dict(v).items()}),
-}
-
-
-def _action(make: Callable[[Any], cf.DeviceFault]) -> Callable[[Any, Any, Any], Any]:
-    def act(couch: Any, plc: Any, value: Any) -> Any:
-        try:
-            return cf.apply(make(value), couch, plc)
-        except cf.CouchBusy:  # moving the couch by hand is refused while it moves
-            return "refused: moving"
-    return act
-
-
-# Named faults: (couch, plc, value) -> recorded value or None, run on the simulator loop.
-ACTIONS: dict[str, Callable[[Any, Any, Any], Any]] = {
-    kind: _action(make) for kind, make in FAULTS.items()}

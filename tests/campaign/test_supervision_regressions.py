@@ -25,8 +25,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 
 def _executed(rig: Rig, since: float) -> list[tuple[float, str]]:
-    return rig.room.call(lambda: [(e.t, e.kind) for e in rig.room.couch.executed_commands
-                                  if e.t >= since])
+    return rig.executed_since(since)
 
 
 def _confirmed(rig: Rig, shift_mm: float) -> tuple[str, Pose]:
