@@ -12,7 +12,10 @@ and, straight after, its first `hold` (hold-to-run is what starts a move in
 igrtd: confirm -> hold -> TARGET/ECHO -> GO is the console's path to motion).
 Both tokens are signed before the clock starts. Measured from just before the
 confirm is published to the GO frame's device-side receive time in the couch
-simulator; the bench, the console and the simulators share one monotonic clock.
+simulator (its last byte off the 460800 baud wire: the status read before the
+move, TARGET, the ARMED push, TARGET_ECHO and GO, 182 bytes, take 3.95 ms there,
+15.8 ms at 115200); the bench, the console and the simulators share one
+monotonic clock.
 
 Figures: confirm_to_motion_p50_ms, _max_ms, _samples; 80 samples under
 `make bench` (too few for a p90 or p99: bench/stats.py), 1,000 and

@@ -1,14 +1,21 @@
 """Couch serial link figures, real driver against the simulated controller.
 
 The simulator runs as its own process (`python -m sim.couch`), so the client
-and the controller do not share an event loop, as on a real serial line.
+and the controller do not share an event loop, as on a real serial line. The
+line runs at igrtd's default speed (BAUD, 460800 8N1) with its real wire time
+in both directions (sim/serial_wire.py; docs/protocols/couch-serial.md "Wire
+time"), so each figure has a floor the wire sets, whatever the software does.
 
 `run()` returns:
 - couch_rtt_p50_us / _p99_us / _max_us / _samples: `CouchClient.status()`
   call to return over the pty, 2000 samples after a warm-up (heartbeats
-  running alongside, as in service).
+  running alongside, as in service). Wire floor: STATUS_REQ 7 B in + STATUS
+  49 B out = 1.2 ms at 460800 (4.9 ms at 115200), +1.1 ms behind a STATUS push
+  already going out.
 - couch_stop_ack_p50_us / _max_us / _samples: `stop()` call to its ACK, during
-  a move; 20 moves under `make bench`, 1,000 (and a `_p99_us`) under
+  a move. Wire floor: STOP 7 B in, then the STATUS push of the state change
+  (49 B) and the ACK (8 B) out = 1.4 ms at 460800 (5.6 ms at 115200), +1.1 ms
+  behind a periodic push. 20 moves under `make bench`, 1,000 (and a `_p99_us`) under
   `make bench-long` (each move cruises 0.6 s first, so ~15 min).
 - couch_stop_latency_p50_ms / _max_ms / _samples (same moves): `stop()` call
   during a ~20 mm/s move to the controller's STATUS saying no axis moves
@@ -27,17 +34,19 @@ import time
 from pathlib import Path
 
 from bench.stats import samples, tail_figures
+from drivers import couch_protocol as cp
 from drivers.couch import CouchClient, CouchEvent, CouchStatus
 from safety.pose import Pose
 
 _ROOT = Path(__file__).resolve().parent.parent
 RTT_SAMPLES = 2000
 STOP_TRIALS = 20
+BAUD = cp.DEFAULT_BAUDRATE  # igrtd's default; the simulator runs its wire at the same
 
 
 async def _measure(path: str) -> dict[str, float]:
     out: dict[str, float] = {}
-    async with CouchClient(path) as couch:
+    async with CouchClient(path, baudrate=BAUD) as couch:
         for _ in range(200):
             await couch.status()
         rtt: list[float] = []
@@ -75,7 +84,8 @@ async def _measure(path: str) -> dict[str, float]:
 
 def run() -> dict[str, float]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sim.couch", "--heartbeat-timeout-ms", "500"],
+        [sys.executable, "-m", "sim.couch", "--heartbeat-timeout-ms", "500",
+         "--baud", str(BAUD)],
         cwd=_ROOT, stdout=subprocess.PIPE, text=True,
     )
     try:

@@ -11,8 +11,9 @@ Every series reports `<name>_samples`.
 - interlock_to_stop_p50_ms / _p99_ms / _max_ms: a PLC input opening on the
   simulator (door, e-stop chain, collision pads, motion enable, imager arm
   parked; its `input_changes` timestamp) to the STOP frame executed by the
-  simulated couch (its device-side receive time), during a move. Target p99
-  <= 10 ms.
+  simulated couch (its device-side receive time: the STOP's last byte off
+  the 460800 baud wire, 0.15 ms for the STOP itself and up to 0.7 ms more
+  behind a TARGET already going out), during a move. Target p99 <= 10 ms.
 - interlock_to_stop_during_registration_p99_ms: the same while igrtd runs rigid
   registrations back to back (its `register` command, planning CT + CBCT from
   sim/imager.py written as .mha). Target <= 11 ms.

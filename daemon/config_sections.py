@@ -25,6 +25,7 @@ from pydantic import (
 
 from daemon.api import Role
 from daemon.config_problems import Located, nested_problems
+from drivers.couch_protocol import DEFAULT_BAUDRATE
 
 if TYPE_CHECKING:
     # Imported where used: validating a configuration must not load numpy and
@@ -57,7 +58,10 @@ class StrictModel(BaseModel):
 class CouchLinkConfig(StrictModel):
     port: str = Field(min_length=1, max_length=4096, pattern=_NONBLANK,
                       description="serial device path of the couch controller")
-    baudrate: int = Field(default=115200, description="one of STANDARD_BAUD_RATES")
+    baudrate: int = Field(
+        default=DEFAULT_BAUDRATE,
+        description="one of STANDARD_BAUD_RATES, 8N1; the controller's setting "
+        "(docs/protocols/couch-serial.md 'Wire time')")
     heartbeat_interval_s: float = Field(
         default=0.05, ge=0.005, le=0.1,
         description="the controller faults after 250 ms without a host frame (its default)")

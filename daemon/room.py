@@ -90,7 +90,9 @@ class Room:
         # them (poses as dicts, enums, lists): readable as a mapping; the audit log
         # and the console's message model turn the details into JSON.
         self.event_listeners: list[Callable[[JsonMapping], None]] = []
-        # Wakes the supervision loops at once when a move starts.
+        # Wakes the supervision loops at once on every state change (a move starting
+        # included) and on every couch link change: while nothing can move they wait
+        # on it instead of waking on a timer (daemon/supervision.py).
         self.wake = asyncio.Event()
         self._tasks: set[asyncio.Task[object]] = set()
         # Beam-on monitoring's line of the snapshot (set by RoomService).
@@ -120,6 +122,9 @@ class Room:
             self.plc.on_room_state(str(new))
         self.audit("state", actor, old=str(old), new=str(new), reason=reason)
         self.publish_state()
+        # Every transition goes through here: the supervision loops re-evaluate at
+        # once (e.g. take up their motion-time cadence on CONFIRMED or MOVING).
+        self.wake.set()
 
     def publish_state(self) -> None:
         if not self.state_listeners:

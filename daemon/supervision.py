@@ -19,6 +19,7 @@ restart is reconciled in `start`. Roles are checked by the RoomService facade.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,13 +32,26 @@ from daemon.ports import ImagerArmsPort
 from daemon.proposals import ProposalStatus as PS
 from daemon.room import ActiveMove, Room, pose_json
 from daemon.workflow import LATCHED, RoomState
-from drivers.couch import CouchStatus
+from drivers.couch import CouchEvent, CouchStatus, LinkEvent
 from drivers.plc import PlcSnapshot
 from safety.pose import AXES, ROTATION_AXES, UNITS
 
 log = logging.getLogger("igrt.room")
 
 S = RoomState
+
+# States in which nothing can move and no move can start without a state change
+# first (a confirmation, a jog, a move): outside MOVING the supervision loop then
+# waits for `room.wake` (set on every state change and every couch link change)
+# instead of waking every 50 ms, so an idle igrtd costs next to no CPU. The
+# fallback period only re-checks the couch link for a couch driver that changed
+# its link state without telling its listeners.
+_IDLE_STATES = frozenset({S.OFFLINE, S.STANDBY, S.READY, S.PROPOSED, S.AWAITING_APPROVAL,
+                          S.DONE, S.STOPPED, S.FAULT})
+_IDLE_FALLBACK_S = 1.0
+# Outside those states (CONFIRMED, VERIFYING, SERVICE, MONITORING) the link is
+# re-checked on this period as before.
+_LINK_CHECK_S = 0.05
 
 
 class MotionSupervisor:
@@ -63,12 +77,19 @@ class MotionSupervisor:
     def _motion_commanded(self) -> None:
         self.watch.motion_commanded()
 
+    def _on_couch_link(self, event: CouchEvent) -> None:
+        """A couch link change wakes the supervision loop, which acts on it (OFFLINE,
+        STANDBY, a trip in CONFIRMED or VERIFYING) without waiting for a timer."""
+        if isinstance(event, LinkEvent):
+            self.room.wake.set()
+
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Reconcile after a (possibly unclean) restart; the room comes up stopped."""
         # Stop first: whatever the couch was doing before we (re)started, it stops now.
         self.room.stop_couch_now()
         self.room.couch.add_listener(self.watch.on_couch_event)
+        self.room.couch.add_listener(self._on_couch_link)
         if self.room.plc is not None:
             self.room.plc.add_listener(self._on_plc_change)
         else:
@@ -366,22 +387,25 @@ class MotionSupervisor:
                 elif self.room.workflow.state == S.OFFLINE and self.room.couch_link_ok():
                     self.room.to(S.STANDBY, "couch link up")
                 self.watch.probe_settled()
+                if self.watch.awaiting_rest:
+                    timeout = SETTLE_PROBE_S  # the couch not yet seen at rest: keep asking
+                elif self.room.workflow.state in _IDLE_STATES:
+                    # Nothing can move, and whatever changes that (a state change, a
+                    # couch link change) sets room.wake: no timer needed.
+                    timeout = _IDLE_FALLBACK_S
+                else:
+                    timeout = _LINK_CHECK_S
                 self.room.wake.clear()
-                try:
-                    await asyncio.wait_for(self.room.wake.wait(), SETTLE_PROBE_S
-                                           if self.watch.awaiting_rest else 0.05)
-                except TimeoutError:
-                    pass
+                await _wait_event(self.room.wake, timeout)
 
     async def _track_motion(self) -> None:
         """Poll the couch while moving; detect arrival and verify it."""
         while True:
             if self.room.workflow.state != S.MOVING or self.room.active is None:
+                # A move starts with a state change to MOVING, which sets room.wake
+                # (Room.to; `hold` sets it too): the timeout is only a fallback.
                 self.room.wake.clear()
-                try:
-                    await asyncio.wait_for(self.room.wake.wait(), 0.1)
-                except TimeoutError:
-                    pass
+                await _wait_event(self.room.wake, _IDLE_FALLBACK_S)
                 continue
             active = self.room.active
             try:
@@ -439,3 +463,8 @@ class MotionSupervisor:
         self.room.audit("verified", "system", **result)
         self.room.to(S.DONE, f"reached target within {tol_mm} mm / {tol_deg} deg")
 
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until `event` is set or `timeout` passed, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)

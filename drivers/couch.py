@@ -71,7 +71,7 @@ class CouchClient:
         self,
         port: str,
         *,
-        baudrate: int = 115200,
+        baudrate: int = cp.DEFAULT_BAUDRATE,
         heartbeat_interval_s: float = 0.05,
         reply_timeout_s: float = 0.25,
         link_timeout_s: float | None = None,

@@ -12,7 +12,13 @@ with single-use, expiring echoes, STOP pre-empting everything, service JOG,
 and fault injection. `executed_commands`, `refused_commands` and
 `motion_log` are the device-side record invariant tests check.
 
-    python -m sim.couch [--speed-scale X] [--noise-mm N] [--heartbeat-timeout-ms N]
+The line runs at `baudrate` (8N1, full duplex; sim/serial_wire.py): a frame
+from the host is received, and its time in every device-side record taken,
+when its last byte would have arrived on a real wire, and a frame to the host
+reaches the pty when its last byte would have. `baudrate=None` is an instant
+pty (no wire time), for tests that need none.
+
+    python -m sim.couch [--baud B] [--speed-scale X] [--noise-mm N] [--heartbeat-timeout-ms N]
 
 prints the device path on stdout and runs until SIGINT/SIGTERM.
 """
@@ -39,6 +45,7 @@ from typing import Any, NamedTuple, Self
 
 from drivers import couch_protocol as cp
 from safety.pose import AXES, ROTATION_AXES, Pose
+from sim.serial_wire import SerialWire, wire_time_s
 
 log = logging.getLogger("igrt.sim.couch")
 
@@ -115,6 +122,7 @@ class _Echo:
 
 @dataclass
 class _Injections:
+    silence_from: float = 0.0
     silence_until: float = 0.0
     reply_delay_s: float = 0.0
     corrupt_tx: int = 0
@@ -159,6 +167,7 @@ class SimCouchController:
         partial_frame_timeout_ms: float = 20.0,
         initial_pose: Pose | None = None,
         seed: int | None = None,
+        baudrate: int | None = cp.DEFAULT_BAUDRATE,
     ) -> None:
         if speed_scale <= 0:
             raise ValueError(f"speed scale {speed_scale} must be > 0")
@@ -221,6 +230,11 @@ class SimCouchController:
         self._was_moving = False
         self._last_tick_at = 0.0
         self._state_listeners: list[Callable[[str], None]] = []
+        # One wire per direction (full duplex): host -> controller, controller -> host.
+        self.baudrate = baudrate
+        self._rx_wire = SerialWire(baudrate, self._on_arrived)
+        self._tx_wire = SerialWire(baudrate, self._tx_arrived)
+        self._acting_at: float | None = None  # arrival of the frame being acted on
 
     # ------------------------------------------------------------ lifecycle
 
@@ -256,6 +270,8 @@ class SimCouchController:
                 await task
         if self._master >= 0 and self._loop is not None:
             self._loop.remove_reader(self._master)
+        self._rx_wire.close()
+        self._tx_wire.close()
         for fd in (self._master, self._slave):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -271,6 +287,7 @@ class SimCouchController:
 
     def set_pose(self, pose: Pose) -> None:
         """Put the couch somewhere (tests, world set-up). Refused while axes move."""
+        self._catch_up()
         if self.is_moving:
             raise RuntimeError("cannot set the simulated couch pose while axes are moving")
         for ax, v in zip(self._axes, pose.as_tuple()):
@@ -341,39 +358,49 @@ class SimCouchController:
         """The axis stops following commands. detect=True: the controller notices
         (FAULT following_error after following_error_s); detect=False: it
         believes the axis arrived (a silent miss only a read-back reveals)."""
+        self._catch_up()
         i = AXES.index(axis)
         self._inj.stalled[i] = detect
         self._axes[i].stalled = True
         self._axes[i].stall_detect = detect
 
     def silence_link(self, seconds: float) -> None:
-        """Cut the cable both ways for `seconds`: bytes in are lost, nothing goes out."""
-        self._inj.silence_until = time.monotonic() + seconds
+        """Cut the cable both ways for `seconds`: bytes in are lost, nothing goes out,
+        and a frame on the wire at either edge of the cut is lost whole."""
+        self._catch_up()
+        self._inj.silence_from = time.monotonic()
+        self._inj.silence_until = self._inj.silence_from + seconds
 
     def delay_replies(self, seconds: float) -> None:
         """Act on commands at once but send every reply `seconds` late."""
+        self._catch_up()
         self._inj.reply_delay_s = seconds
 
     def corrupt_next_replies(self, n: int) -> None:
         """Flip one bit in each of the next n frames sent to the host."""
+        self._catch_up()
         self._inj.corrupt_tx = n
 
     def drop_next_replies(self, n: int) -> None:
         """Lose the next n frames sent to the host (replies and pushed STATUS) whole,
         as a UART overrun would: unlike a corrupted frame, the host sees nothing."""
+        self._catch_up()
         self._inj.drop_tx = n
 
     def corrupt_next_received(self, n: int) -> None:
         """Flip one bit in each of the next n frames received from the host
         (line noise); they then go through the real CRC check."""
+        self._catch_up()
         self._inj.corrupt_rx = n
 
     def overshoot(self, mm: float) -> None:
         """Translation axes of later moves end `mm` past their target."""
+        self._catch_up()
         self._inj.overshoot_mm = mm
 
     def offset_echo(self, mm: float) -> None:
         """Later echoes (and so GO) name lat + mm instead of the requested lat."""
+        self._catch_up()
         self._inj.echo_offset_mm = mm
 
     def inject_runaway(self, axis: str, speed: float) -> None:
@@ -381,6 +408,7 @@ class SimCouchController:
         signed) and reports MOVING, with nothing commanded: a controller bug, not a
         broken drive, so STOP (or the controller's own faults) still stops it. It
         runs until then, or until the axis reaches its travel limit."""
+        self._catch_up()
         i = AXES.index(axis)
         if not math.isfinite(speed) or speed == 0:
             raise ValueError(f"runaway speed {speed!r} must be a finite non-zero number")
@@ -401,6 +429,7 @@ class SimCouchController:
         that reaches the host intact (so the jump reaches the host within one push
         period even while replies are delayed, and as soon as a cut line is back);
         `pose_jumps_reported` records when. The true pose is unchanged."""
+        self._catch_up()
         i = AXES.index(axis)
         if not math.isfinite(delta):
             raise ValueError(f"pose jump {delta!r} must be a finite number")
@@ -408,9 +437,11 @@ class SimCouchController:
 
     def force_fault(self, code: str = "internal") -> None:
         """Drive the controller into FAULT with the named code."""
+        self._catch_up()
         self._fault(cp.FaultCode[code.upper()], 0, time.monotonic())
 
     def clear_injections(self) -> None:
+        self._catch_up()
         runaway = self._inj.runaway
         self._inj = _Injections()
         for i, ax in enumerate(self._axes):
@@ -432,10 +463,27 @@ class SimCouchController:
             return
         now = time.monotonic()
         if now < self._inj.silence_until:
+            # The cable is cut: what the host writes now is lost (as for _send),
+            # though its UART still spends the time sending it.
+            self._rx_wire.occupy(len(data), now)
+            return
+        # Read at once, so taken as written now: the bytes then take the wire,
+        # behind any the host wrote earlier, and count as received at their arrival.
+        self._rx_wire.send(data, now)
+
+    def _on_arrived(self, data: bytes, now: float) -> None:
+        """`data` has fully arrived at `now`, the receive time the records carry."""
+        if self._master < 0 or self._cut_off(len(data), now):
             return
         items = self._decoder.feed(data)
         self._partial_since = now if self._decoder.pending_bytes else None
-        self._handle_items(items, now)
+        # The controller acts, and so answers, at the arrival, not when a late
+        # delivery timer got round to it: replies and pushes start on the wire then.
+        self._acting_at = now
+        try:
+            self._handle_items(items, now)
+        finally:
+            self._acting_at = None
 
     def _handle_items(self, items: list[cp.Frame | cp.DecodeError], now: float) -> None:
         for item in items:
@@ -461,14 +509,17 @@ class SimCouchController:
         dec = cp.FrameDecoder()
         return dec.feed(raw) + dec.flush()
 
-    def _send(self, frame: bytes, is_reply: bool) -> bool:
-        """Put a frame on the wire; False if the host cannot read it (the cable cut
-        by a silence injection, or the frame corrupted)."""
-        if time.monotonic() < self._inj.silence_until:
-            return False
+    def _send(self, frame: bytes, is_reply: bool) -> float | None:
+        """Put a frame on the wire; when its last byte reaches the host, or None if
+        the host cannot read it (the cable cut by a silence injection, the frame
+        dropped or corrupted)."""
+        now = time.monotonic()
+        if now < self._inj.silence_until:
+            return None
         if self._inj.drop_tx > 0:
             self._inj.drop_tx -= 1
-            return False
+            self._tx_wire.occupy(len(frame), now)  # sent, and lost at the host's UART
+            return None
         intact = True
         if self._inj.corrupt_tx > 0:
             self._inj.corrupt_tx -= 1
@@ -477,10 +528,35 @@ class SimCouchController:
             frame = bytes(b)
             intact = False
         if is_reply and self._inj.reply_delay_s > 0 and self._loop is not None:
-            self._loop.call_later(self._inj.reply_delay_s, self._write, frame)
+            # The wire is taken when the late reply is written, not now: frames
+            # sent meanwhile (pushes) go out first, as on a real line.
+            self._loop.call_later(self._inj.reply_delay_s, self._tx_send, frame)
+            arrival = now + self._inj.reply_delay_s  # at the earliest; only pushes use it
         else:
+            arrival = self._tx_send(frame)
+        return arrival if intact else None
+
+    def _catch_up(self, now: float | None = None) -> None:
+        """Act on every frame that has arrived by now, before time moves on: a frame's
+        effects must come before a tick or an injection later than its arrival, as
+        its record says (the delivery timers of a loaded loop fire late)."""
+        now = time.monotonic() if now is None else now
+        self._rx_wire.deliver_due(now)
+        self._tx_wire.deliver_due(now)
+
+    def _tx_send(self, frame: bytes) -> float:
+        start = self._acting_at if self._acting_at is not None else time.monotonic()
+        return self._tx_wire.send(frame, start)
+
+    def _tx_arrived(self, frame: bytes, t: float) -> None:
+        if not self._cut_off(len(frame), t):
             self._write(frame)
-        return intact
+
+    def _cut_off(self, n_bytes: int, arrival: float) -> bool:
+        """Were `n_bytes` arriving at `arrival` on the wire while the cable was cut?
+        Then they are lost: a frame cut in two is garbage to the receiver."""
+        begin = arrival - (wire_time_s(n_bytes, self.baudrate) if self.baudrate else 0.0)
+        return begin < self._inj.silence_until and arrival >= self._inj.silence_from
 
     def _write(self, frame: bytes) -> None:
         if self._master < 0:
@@ -494,11 +570,14 @@ class SimCouchController:
         self._send(cp.encode(seq, msg), is_reply=True)
 
     def _push_status(self, now: float) -> None:
-        sent = self._send(cp.encode(cp.UNSOLICITED_SEQ, self._status_msg(now)), is_reply=False)
-        if sent and self._inj.pose_jump:
-            # An injected jump lasts until a push carrying it reached the wire.
+        arrival = self._send(cp.encode(cp.UNSOLICITED_SEQ, self._status_msg(now)),
+                             is_reply=False)
+        if arrival is not None and self._inj.pose_jump:
+            # An injected jump lasts until a push carrying it went out intact;
+            # recorded when its last byte reaches the host, the first moment
+            # any host could know of it.
             self._inj.pose_jump = {}
-            self.pose_jumps_reported.append(now)
+            self.pose_jumps_reported.append(arrival)
         self._next_push = now + self.status_push_s
 
     # ------------------------------------------------------------ protocol
@@ -632,8 +711,11 @@ class SimCouchController:
             self._cancel_echo(cp.NakReason.EXPIRED_ECHO)
             self._nak(seq, G, cp.NakReason.EXPIRED_ECHO, now)
             return
-        # Single use: the echo dies the moment it starts a move.
-        self._cancel_echo(cp.NakReason.USED_ECHO)
+        # Single use: the echo dies the moment it starts a move. Straight from ARMED
+        # to MOVING: _cancel_echo would report IDLE in between, a STATUS push that
+        # is no state of a real controller and costs 4.3 ms of line before the ACK.
+        self._echo_fate[echo.echo_id] = cp.NakReason.USED_ECHO
+        self._echo = None
         over = self._inj.overshoot_mm
         for ax, tgt in zip(self._axes, echo.target):
             if over and ax.name not in ROTATION_AXES and abs(tgt - ax.pos) > 1e-9:
@@ -783,6 +865,7 @@ class SimCouchController:
             last = now
 
     def _tick(self, now: float, dt: float) -> None:
+        self._catch_up(now)
         self._last_tick_at = now
         if (self._partial_since is not None
                 and now - self._partial_since > self.partial_frame_timeout_s):
@@ -870,6 +953,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--heartbeat-timeout-ms", type=int, default=250,
                    help="host silence before FAULT(heartbeat_lost), ms; default 250")
     p.add_argument("--seed", type=int, default=None, help="noise seed")
+    p.add_argument("--baud", type=int, default=cp.DEFAULT_BAUDRATE,
+                   help="line speed, 8N1: frames take their real time on the wire; "
+                   f"0 = instant pty; default {cp.DEFAULT_BAUDRATE} (igrtd's default)")
     p.add_argument("--link", type=Path, default=None,
                    help="also make a stable symlink to the pty here (for igrtd's config)")
     p.add_argument("--log-level", default="WARNING", help="stderr log level; default WARNING")
@@ -883,6 +969,7 @@ async def _serve(args: argparse.Namespace) -> None:
         noise_deg=args.noise_deg,
         heartbeat_timeout_ms=args.heartbeat_timeout_ms,
         seed=args.seed,
+        baudrate=args.baud or None,
     )
     done = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -257,3 +257,79 @@ def make_phantom(seed: int = 7) -> Phantom:
 
 
 DEFAULT_ISO_MM: tuple[float, float, float] = (-25.0, 10.0, -15.0)
+
+
+def make_pelvis_phantom(seed: int = 11) -> Phantom:
+    """A male pelvis, centred on the planning frame origin; the target is the prostate
+    (PELVIS_ISO_MM).
+
+    A second, differently built anatomy for the registration bench: its strong
+    structures run along the slice axis (femoral shafts, pubic rami, sacrum tilted in
+    y-z), its soft tissue is nearly uniform around the target and it is close to
+    left-right symmetric, so a method tuned on the thorax phantom is not tested only
+    on the images it was tuned on. The seed moves only bowel and rectal gas.
+    """
+    rng = np.random.default_rng(seed)
+    P: list[Primitive] = []
+
+    def ell(c, a, hu, rot=None):  # type: ignore[no-untyped-def]
+        P.append(Primitive("ellipsoid", tuple(c), tuple(a), hu, np.eye(3) if rot is None else rot))
+
+    def cyl(c, a, hu, rot=None):  # type: ignore[no-untyped-def]
+        P.append(Primitive("cylinder", tuple(c), tuple(a), hu, np.eye(3) if rot is None else rot))
+
+    # Body: fat shell and muscle; wider than deep, unbounded in z.
+    cyl((0, 0, 0), (185, 120, np.inf), -100)
+    cyl((0, -2, 0), (170, 106, np.inf), 45)
+    # Gluteal fat pads posterior-lateral.
+    for side in (-1, 1):
+        ell((side * 70, 85, -20), (60, 28, 90), -90, _rot("z", side * 15))
+    for side in (-1, 1):
+        s = float(side)
+        # Iliac wing: a tilted cortical plate with trabecular core, high and lateral.
+        rot = _rot("z", s * 35) @ _rot("y", s * 20)
+        ell((s * 105, 20, 95), (14, 62, 58), 650, rot)
+        ell((s * 105, 20, 95), (8, 55, 50), 220, rot)
+        # Acetabulum and femoral head (cortical shell, trabecular core), neck, shaft.
+        ell((s * 88, 5, -20), (26, 26, 26), 620)
+        ell((s * 88, 5, -20), (21, 21, 21), 240)
+        cyl((s * 110, 10, -55), (14, 13, 38), 600, _rot("y", s * 40))
+        cyl((s * 122, 14, -150), (15, 15, 80), 700, _rot("y", s * 6))
+        cyl((s * 122, 14, -150), (9, 9, 82), 150, _rot("y", s * 6))
+        # Greater trochanter, lateral and a little posterior.
+        ell((s * 135, 18, -52), (16, 20, 22), 550)
+        # Ischial tuberosity posterior-inferior; obturator ring as two rami.
+        ell((s * 58, 45, -70), (15, 20, 24), 600, _rot("x", 20))
+        cyl((s * 35, -35, -48), (7, 8, 34), 650, _rot("z", s * 60) @ _rot("x", 70))
+        cyl((s * 45, 15, -75), (7, 8, 30), 650, _rot("y", s * 20) @ _rot("x", -25))
+        # Obturator internus / levator: slightly denser muscle beside the prostate.
+        ell((s * 40, 15, -40), (12, 30, 35), 60, _rot("z", s * 10))
+    # Pubic symphysis anterior.
+    ell((0, -62, -40), (20, 10, 20), 500, _rot("x", -20))
+    # Sacrum and coccyx: posterior, tilted (runs posteriorly as it rises), segmented.
+    for k, (zc, half_w) in enumerate([(110, 50), (85, 45), (62, 40), (42, 32), (25, 24)]):
+        yc = 52 + 0.3 * zc - 2 * k
+        ell((0, yc, zc), (half_w, 13, 11), 480, _rot("x", -25))
+        ell((0, yc, zc), (half_w - 6, 8, 7), 200, _rot("x", -25))
+    ell((0, 52, 2), (10, 7, 14), 400, _rot("x", -40))
+    # Lumbar vertebra L5 at the top of the scan.
+    cyl((0, 60, 140), (24, 18, 12), 650)
+    cyl((0, 60, 140), (20, 14, 10), 220)
+    # Bladder (above and anterior to the prostate), prostate, seminal vesicles, rectum.
+    ell((0, -28, 20), (48, 38, 40), 8)
+    ell((0, 0, -25), (21, 16, 18), 42)
+    for side in (-1, 1):
+        ell((side * 18, 18, 5), (16, 6, 10), 30, _rot("z", side * 30))
+    cyl((0, 35, 0), (16, 14, 70), 35, _rot("x", -15))
+    # Rectal gas and bowel gas pockets (the only structures the seed moves).
+    ell((rng.uniform(-5, 5), 36, rng.uniform(-10, 20)), (7, 6, 14), -900, _rot("x", -15))
+    for _ in range(8):
+        c = (rng.uniform(-90, 90), rng.uniform(-80, -10), rng.uniform(60, 140))
+        ell(c, (rng.uniform(8, 16), rng.uniform(6, 12), rng.uniform(6, 12)), -880)
+    # Femoral vessels anterior to the femoral heads (contrast-free, soft tissue).
+    for side in (-1, 1):
+        cyl((side * 80, -45, 0), (7, 7, np.inf), 55)
+    return Phantom(tuple(P), name="pelvis")
+
+
+PELVIS_ISO_MM: tuple[float, float, float] = (0.0, 0.0, -25.0)

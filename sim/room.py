@@ -94,17 +94,24 @@ class SimRoom:
 
     def room_config(self, state_dir: Path, **overrides: Any) -> dict[str, Any]:
         return room_config(state_dir, self.couch.device_path,
-                           None if self.plc is None else self.plc.port, **overrides)
+                           None if self.plc is None else self.plc.port,
+                           couch_baudrate=self.couch.baudrate, **overrides)
 
 
-def room_config(state_dir: Path, couch_port: str, plc_port: int | None,
-                **overrides: Any) -> dict[str, Any]:
-    """igrtd's configuration for a simulated room: its couch pty, its PLC port (if
-    any) and the demo users, whose signing keys this process installs."""
+def room_config(state_dir: Path, couch_port: str, plc_port: int | None, *,
+                couch_baudrate: int | None = None, **overrides: Any) -> dict[str, Any]:
+    """igrtd's configuration for a simulated room: its couch pty (and the simulated
+    wire's speed), its PLC port (if any) and the demo users, whose signing keys this
+    process installs."""
+    couch: dict[str, Any] = {"port": couch_port}
+    if couch_baudrate is not None:
+        # igrtd's line speed is the simulated wire's (None: an instant pty, where
+        # any speed igrtd sets is as good as another).
+        couch["baudrate"] = couch_baudrate
     cfg: dict[str, Any] = {
         "room": "demo",
         "state_dir": str(state_dir),
-        "couch": {"port": couch_port},
+        "couch": couch,
         "users": DEMO_USERS,
     }
     install_demo_keys()  # the signing demo users' private keys, for this process's clients
@@ -114,8 +121,23 @@ def room_config(state_dir: Path, couch_port: str, plc_port: int | None,
     return cfg
 
 
+# igrtd's scheduling priority in systemd/igrtd.service (Nice=): a console host's
+# other work must not delay supervision. Test rooms run igrtd at the same priority
+# where they may (as root, as CI runs); elsewhere at the caller's.
+IGRTD_NICE = -10
+
+
+def raise_priority(pid: int, nice: int = IGRTD_NICE) -> bool:
+    """Give process `pid` the niceness `nice`; False where this user may not."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+    except PermissionError:
+        return False
+    return True
+
+
 class DaemonProcess:
-    """igrtd as a child process, the way systemd would run it."""
+    """igrtd as a child process, the way systemd would run it (at its Nice=)."""
 
     def __init__(self, config: dict[str, Any], state_dir: Path, log_path: Path) -> None:
         self.config = config
@@ -140,6 +162,7 @@ class DaemonProcess:
                 # SIGTERM when the simulator dies, SIGKILL included: no orphaned igrtd.
                 preexec_fn=die_with_parent(),  # noqa: PLW1509 - only prctl, see sim/parent_death.py
             )
+        raise_priority(self.proc.pid)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

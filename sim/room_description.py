@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictFloat, ValidationError, field_validator
 
+from daemon.config_sections import STANDARD_BAUD_RATES
+from drivers.couch_protocol import DEFAULT_BAUDRATE
 from safety.pose import Pose
 from safety.strict_json import JsonInputError
 from safety.strict_json import loads as strict_loads
@@ -67,11 +69,26 @@ class SetupError(Strict):
 
 
 class CouchLink(Strict):
-    """igrtd's serial link options for the couch (igrtd's couch config section)."""
+    """igrtd's serial link options for the couch (igrtd's couch config section).
 
+    `baudrate` is the line speed of both ends: the simulated controller runs its
+    wire at it and igrtd's configuration names it, so the two cannot differ."""
+
+    baudrate: int = Field(default=DEFAULT_BAUDRATE,
+                          description="8N1; one of igrtd's standard rates "
+                          f"({', '.join(map(str, STANDARD_BAUD_RATES))})")
     heartbeat_interval_s: float = Field(default=0.05, ge=0.005, le=0.1)
     reply_timeout_s: float = Field(default=0.25, ge=0.01, le=5.0)
     link_timeout_s: float = Field(default=0.3, ge=0.05, le=5.0)
+
+    @field_validator("baudrate")
+    @classmethod
+    def _standard_baud(cls, v: int) -> int:
+        # igrtd refuses any other rate; refuse it here, before anything starts.
+        if v not in STANDARD_BAUD_RATES:
+            raise ValueError(f"{v} baud is not one of igrtd's standard rates "
+                             f"({', '.join(map(str, STANDARD_BAUD_RATES))})")
+        return v
 
 
 class CouchSpec(Strict):

@@ -110,7 +110,8 @@ class SimulatedRoom:
         self._write_keys()
         self.couch = SimCouchController(initial_pose=d.couch.start_pose.pose(),
                                         speed_scale=d.couch.speed_scale,
-                                        noise_mm=d.couch.noise_mm, seed=d.seed)
+                                        noise_mm=d.couch.noise_mm, seed=d.seed,
+                                        baudrate=d.couch.link.baudrate)
         await self.couch.start()
         self._stack.push_async_callback(self.couch.stop)
         self.patient.place(self.couch.pose, self.patient.setup_error)
@@ -199,6 +200,7 @@ class SimulatedRoom:
         cfg: dict[str, Any] = {
             "room": d.room,
             "state_dir": str(self.state_dir),
+            # link.baudrate included: igrtd's line speed is the simulator's.
             "couch": {"port": self.couch.device_path, **d.couch.link.model_dump()},
             "users": users,
         }

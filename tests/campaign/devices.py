@@ -26,7 +26,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Self
 
-from sim.room import SimRoom
+from sim.room import SimRoom, raise_priority
 
 from .faults import ACTIONS
 
@@ -105,6 +105,10 @@ OPS: dict[str, Callable[..., Any]] = {
 def _serve(conn: Connection, couch_kwargs: dict[str, Any]) -> None:
     """The child: start the devices, report their ports, run operations until told
     to stop or until the test process has gone (the pipe closes)."""
+    # The simulators stand for devices with processors of their own: at igrtd's
+    # priority the host's other work (the test process, the other room) cannot
+    # delay the timestamps they take.
+    raise_priority(0)
     room = SimRoom(with_plc=True, couch_kwargs=couch_kwargs)
     try:
         room.start()
@@ -112,7 +116,7 @@ def _serve(conn: Connection, couch_kwargs: dict[str, Any]) -> None:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     try:
-        conn.send(("ok", (room.couch.device_path, room.plc.port)))
+        conn.send(("ok", (room.couch.device_path, room.couch.baudrate, room.plc.port)))
         while True:
             try:
                 name, args = conn.recv()
@@ -142,12 +146,13 @@ class DeviceProcess:
                                  daemon=True, name="rig-devices")
         self._lock = threading.Lock()
         self.couch_port = ""
+        self.couch_baudrate: int | None = None  # None: an instant pty, no wire model
         self.plc_port = 0
 
     def start(self, timeout_s: float = 60.0) -> Self:
         self._proc.start()
         self._child_conn.close()
-        self.couch_port, self.plc_port = self._reply("start", timeout_s)
+        self.couch_port, self.couch_baudrate, self.plc_port = self._reply("start", timeout_s)
         return self
 
     def op(self, name: str, *args: Any, timeout_s: float = 10.0) -> Any:

@@ -174,7 +174,8 @@ class Rig:
     def __enter__(self) -> Self:
         self.devices.start()
         state = self.workdir / "state"
-        cfg = room_config(state, self.devices.couch_port, self.devices.plc_port)
+        cfg = room_config(state, self.devices.couch_port, self.devices.plc_port,
+                          couch_baudrate=self.devices.couch_baudrate)
         # No "motion" or "policy" section: igrtd runs its shipped defaults, with the
         # second-approval tier on (a second authenticated person approves). The
         # couch model is the default one with this couch's commissioned speeds (the

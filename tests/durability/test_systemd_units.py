@@ -67,6 +67,14 @@ def test_igrtd_is_a_notify_service_with_watchdog_and_restart() -> None:
     assert d["ExecStart"] == ["/opt/igrt/.venv/bin/igrtd --config /etc/igrt/room.json"]
 
 
+def test_igrtd_runs_ahead_of_ordinary_work_at_the_priority_test_rooms_use() -> None:
+    from sim.room import IGRTD_NICE
+
+    d = directives("igrtd.service")
+    assert d["Nice"] == [str(IGRTD_NICE)] and IGRTD_NICE < 0
+    assert "CPUSchedulingPolicy" not in d  # no real-time policy for a Python loop
+
+
 def test_igrtd_runs_as_a_dedicated_unprivileged_user() -> None:
     d = directives("igrtd.service")
     assert d["User"] == ["igrt"]
