@@ -29,6 +29,7 @@ BENCHES = [
     "bench.registration_bench",
     "bench.plc_bench",
     "bench.supervision_bench",
+    "bench.idle_bench",
     "bench.console_bench",
     "bench.confirm_bench",
     "bench.durability_bench",

@@ -20,13 +20,12 @@ Every series reports `<name>_samples`.
 - heartbeat_loss_to_stop_p99_ms: the console stops sending `hold`: from the
   last hold sent + hold_timeout_s to STOP at the couch; also the same minus the
   timeout (heartbeat_loss_to_stop_over_timeout_p99_ms). Budget: timeout + 10 ms.
-- idle_cpu_percent: igrtd's CPU (utime + stime from /proc) over ~10 s idle with
-  the PLC link up and the couch heartbeat running. Target <= 5.
+
+igrtd's idle CPU is bench/idle_bench.py's.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 import tempfile
@@ -48,7 +47,6 @@ INTERLOCKS = ("door_closed", "estop_chain_ok", "collision_pads_clear", "motion_e
               "imager_kv_source_parked", "imager_detector_parked")
 N_INTERLOCK = 200
 N_HEARTBEAT = 50
-IDLE_S = 8.0
 SPEED_SCALE = 3.0  # a 20 mm move lasts ~0.5 s: long enough to outlive a 0.25 s hold timeout
 
 
@@ -102,18 +100,6 @@ def heartbeat_samples(rig: Rig, n: int, rng: random.Random, timeout_s: float) ->
         last = holder.stop()
         out.append((_first_stop_after(rig, last) - last) * 1e3)
     return out
-
-
-def idle_cpu_percent(pid: int, seconds: float) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def cpu() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-
-    c0, t0 = cpu(), time.monotonic()
-    time.sleep(seconds)
-    return 100.0 * (cpu() - c0) / (time.monotonic() - t0)
 
 
 def write_images(directory: Path) -> tuple[str, str]:
@@ -179,8 +165,6 @@ def run() -> dict[str, float]:
                  couch_kwargs={"speed_scale": SPEED_SCALE, "heartbeat_timeout_ms": 250}) as rig:
             timeout_s = 0.25
             rig.ready_for_next()
-            time.sleep(1.0)
-            idle = idle_cpu_percent(rig.pid, IDLE_S)
             plain = interlock_samples(rig, samples(N_INTERLOCK), rng)
             hb = heartbeat_samples(rig, samples(N_HEARTBEAT), rng, timeout_s)
             with Registrations(rig, fixed, moving) as regs:
@@ -195,7 +179,6 @@ def run() -> dict[str, float]:
         **tail_figures("heartbeat_loss_to_stop", "ms", hb),
         **tail_figures("heartbeat_loss_to_stop_over_timeout", "ms", over),
         "hold_timeout_ms": timeout_s * 1e3,
-        "idle_cpu_percent": idle,
     }
 
 

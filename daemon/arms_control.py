@@ -25,6 +25,10 @@ class ArmsControl:
         # be held (and the PLC stops the arm drives when it is let go).
         self.room.hold.beat(actor)
         try:
+            if self.room.plc is not None:
+                # Judge the arm move on a read sent now: in STANDBY the PLC is polled
+                # only every standby_poll_interval_s.
+                await self.room.plc.fresh_snapshot()
             await self.gate.move_arms(actor.user, req.extend)
         except MotionRefused as exc:
             raise CommandError(f"imager arms not moved: {exc}") from None

@@ -9,6 +9,7 @@ section, so a section reads, and is checked, by itself.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -47,6 +48,12 @@ PLC_STALE_POLL_CYCLES = 4
 _NONBLANK = r"^\S(.*\S)?$"
 
 
+def _below(value: float, least: float) -> bool:
+    """value < least, where a value equal to the limit as written is not below it
+    (3 * 0.1 is 0.30000000000000004 in binary floating point: 0.3 must pass)."""
+    return value < least and not math.isclose(value, least, rel_tol=1e-9)
+
+
 class StrictModel(BaseModel):
     # strict: a JSON `true` is not the number 1 and "5" is not 5 (pydantic's lax
     # mode would accept both); allow_inf_nan=False: every number is finite.
@@ -65,6 +72,10 @@ class CouchLinkConfig(StrictModel):
     heartbeat_interval_s: float = Field(
         default=0.05, ge=0.005, le=0.1,
         description="the controller faults after 250 ms without a host frame (its default)")
+    standby_heartbeat_interval_s: float = Field(
+        default=0.1, ge=0.005, le=0.125,
+        description="in STANDBY (no session, nothing can move): at most half the "
+        "controller's 250 ms watchdog")
     reply_timeout_s: float = Field(default=0.25, ge=0.01, le=5.0)
     link_timeout_s: float = Field(
         default=0.3, ge=0.05, le=5.0, description="no frame from the controller for this long = link lost"
@@ -82,11 +93,18 @@ class CouchLinkConfig(StrictModel):
     def _link_timeout_covers_heartbeats(self) -> CouchLinkConfig:
         # Every heartbeat is ACKed; a limit under 3 intervals declares a healthy
         # link lost on ordinary scheduling jitter.
-        least = 3 * self.heartbeat_interval_s
-        if self.link_timeout_s < least:
-            raise Located(("link_timeout_s", (
-                f"{self.link_timeout_s} s is below 3 heartbeat intervals ({least:g} s at "
-                f"heartbeat_interval_s {self.heartbeat_interval_s} s)")))
+        for name, interval in (("heartbeat_interval_s", self.heartbeat_interval_s),
+                               ("standby_heartbeat_interval_s",
+                                self.standby_heartbeat_interval_s)):
+            least = 3 * interval
+            if _below(self.link_timeout_s, least):
+                raise Located(("link_timeout_s", (
+                    f"{self.link_timeout_s} s is below 3 heartbeat intervals ({least:g} s at "
+                    f"{name} {interval} s)")))
+        if _below(self.standby_heartbeat_interval_s, self.heartbeat_interval_s):
+            raise Located(("standby_heartbeat_interval_s", (
+                f"{self.standby_heartbeat_interval_s} s is below heartbeat_interval_s "
+                f"({self.heartbeat_interval_s} s): standby is the slowest rate")))
         return self
 
 
@@ -95,6 +113,10 @@ class PlcConfig(StrictModel):
     port: int = Field(default=502, ge=1, le=65535)
     poll_interval_s: float = Field(default=0.003, ge=0.0005, le=0.1)
     heartbeat_stale_s: float = Field(default=0.1, ge=0.01, le=2.0)
+    standby_poll_interval_s: float = Field(
+        default=0.5, ge=PLC_IDLE_POLL_FLOOR_S, le=1.0,
+        description="in STANDBY with both arms parked and still (nothing can move); the "
+        "heartbeat staleness limit is 4 of these there")
 
     @property
     def idle_poll_interval_s(self) -> float:
@@ -103,11 +125,15 @@ class PlcConfig(StrictModel):
     @model_validator(mode="after")
     def _stale_covers_polls(self) -> PlcConfig:
         least = PLC_STALE_POLL_CYCLES * self.idle_poll_interval_s
-        if self.heartbeat_stale_s < least:
+        if _below(self.heartbeat_stale_s, least):
             raise Located(("heartbeat_stale_s", (
                 f"{self.heartbeat_stale_s} s is below {PLC_STALE_POLL_CYCLES} idle poll cycles "
                 f"({least:g} s; igrtd polls at max(poll_interval_s, {PLC_IDLE_POLL_FLOOR_S} s) "
                 "when idle): a healthy PLC would read as stale")))
+        if _below(self.standby_poll_interval_s, self.idle_poll_interval_s):
+            raise Located(("standby_poll_interval_s", (
+                f"{self.standby_poll_interval_s} s is below the idle poll interval "
+                f"({self.idle_poll_interval_s:g} s): standby is the slowest rate")))
         return self
 
 
@@ -152,7 +178,7 @@ class MotionConfig(StrictModel):
         # A lost hold is only seen at a supervision tick: with fewer than 4 ticks
         # per hold timeout the stop comes late by a large fraction of it.
         least = 4 * self.supervision_period_s
-        if self.hold_timeout_s < least:
+        if _below(self.hold_timeout_s, least):
             raise Located(("hold_timeout_s", (
                 f"{self.hold_timeout_s} s is below 4 supervision periods ({least:g} s at "
                 f"supervision_period_s {self.supervision_period_s} s)")))

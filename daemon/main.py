@@ -13,9 +13,14 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from daemon.config import ConfigError, RoomConfig, load_config
+
+if TYPE_CHECKING:
+    from daemon.config import CouchLinkConfig
+    from daemon.room import Room
+    from drivers.couch import CouchClient
 
 log = logging.getLogger("igrt.daemon")
 
@@ -54,6 +59,7 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
 
                 plc, arms = await stack.enter_async_context(open_plc(config.plc))
             service = RoomService(config, couch, audit, store, plc=plc, arms=arms)
+            follow_heartbeat_rate(service.room, couch, c)
             listeners = CommandListeners()
             attach_room(recorder, plc.client if plc is not None else None, service, listeners)
             await service.start()
@@ -136,6 +142,19 @@ class DaemonFault(RuntimeError):
 def _one_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"[:300]
+
+
+def follow_heartbeat_rate(room: Room, couch: CouchClient, c: CouchLinkConfig) -> None:
+    """Heartbeat the couch every standby_heartbeat_interval_s in STANDBY (no
+    session, nothing can move), every heartbeat_interval_s otherwise."""
+    from daemon.workflow import STANDBY_STATES
+
+    def apply(state: str) -> None:
+        couch.set_heartbeat_interval(c.standby_heartbeat_interval_s if state in STANDBY_STATES
+                                     else c.heartbeat_interval_s)
+
+    room.transition_listeners.append(apply)
+    apply(str(room.workflow.state))
 
 
 async def _until(event: asyncio.Event) -> None:

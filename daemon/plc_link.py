@@ -14,8 +14,12 @@ daemon's reading of it:
 The judgement itself is safety.interlocks.judge_plc (pure, one text table);
 this module only turns the driver's snapshot into its input.
 
-The PLC is polled fast only while motion is possible (CONFIRMED, MOVING), so
-an idle daemon costs little CPU.
+The PLC is polled fast only while motion is possible (CONFIRMED, MOVING), at
+the idle rate while a session is open, and seldom in STANDBY with both arms
+parked and still (no session: nothing can move before the room has passed
+through a fast-rate state, and an arm command reads the PLC afresh first), so
+an idle daemon costs little CPU. The driver stretches the heartbeat staleness
+limit to four standby intervals while it polls at that rate.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from daemon.config import PlcConfig
 from daemon.jsontypes import JsonObject
+from daemon.workflow import STANDBY_STATES
 from drivers.imager_arms import PARKED_INPUTS, ImagerArms
 from drivers.plc import (
     ARM_POSITION_REGISTERS,
@@ -39,6 +44,7 @@ from drivers.plc import (
     RoomPlcClient,
     StatusRegister,
 )
+from drivers.plc_client import PollRate
 from safety.interlocks import (
     MOTION_ENABLE_PRESSED,
     ArmReading,
@@ -61,13 +67,25 @@ FAST_STATES = frozenset({"CONFIRMED", "MOVING", "VERIFYING"})
 _VERDICT_REUSE_S = 0.001
 
 
+def poll_rate(room_state: str, arms_parked_and_still: bool) -> PollRate:
+    """How often to read the PLC in `room_state` (the one place that decides)."""
+    if room_state in FAST_STATES:
+        return "fast"
+    if room_state in STANDBY_STATES and arms_parked_and_still:
+        return "standby"
+    return "idle"
+
+
 class RoomInterlocks:
     def __init__(self, client: RoomPlcClient) -> None:
         self.client = client
+        self._room_state = "OFFLINE"
+        self._arms_still = False
         self._judged: tuple[PlcSnapshot, float, PlcVerdict] | None = None
         # Listeners hear every change of the verdict, not only input bits: a
         # register leaving its range must stop motion as fast as a door opening.
         client.set_change_key(block_verdict_key)
+        client.add_listener(self._on_snapshot)
 
     def add_listener(self, cb: Callable[[PlcSnapshot], None]) -> None:
         self.client.add_listener(cb)
@@ -108,7 +126,15 @@ class RoomInterlocks:
         return v.imager_arms_parked, v.imager_arms_moving
 
     def on_room_state(self, state: str) -> None:
-        self.client.set_fast_poll(state in FAST_STATES)
+        self._room_state = state
+        self.client.set_poll_rate(poll_rate(state, self._arms_still))
+
+    def _on_snapshot(self, snap: PlcSnapshot) -> None:
+        parked, moving = self.arms_state(snap)
+        still = parked and not moving
+        if still != self._arms_still:
+            self._arms_still = still
+            self.client.set_poll_rate(poll_rate(self._room_state, still))
 
     async def set_beam_hold(self, hold: bool) -> None:
         await self.client.set_beam_hold(hold)
@@ -220,8 +246,9 @@ def _block_reading(
 @contextlib.asynccontextmanager
 async def open_plc(cfg: PlcConfig) -> AsyncIterator[tuple[RoomInterlocks, ImagerArms]]:
     client = RoomPlcClient(cfg.host, cfg.port, poll_interval_s=cfg.poll_interval_s,
-                           idle_poll_interval_s=max(cfg.poll_interval_s, 0.02),
+                           idle_poll_interval_s=cfg.idle_poll_interval_s,
+                           standby_poll_interval_s=cfg.standby_poll_interval_s,
                            heartbeat_stale_s=cfg.heartbeat_stale_s)
     async with client:
-        client.set_fast_poll(False)
+        client.set_poll_rate("idle")
         yield RoomInterlocks(client), ImagerArms(client)

@@ -86,6 +86,8 @@ class Room:
         self.last_result: JsonObject | None = None
         self.hold = HoldToRun()
         self.state_listeners: list[Callable[[JsonObject], None]] = []
+        # Told the new state on every transition (device polling rates follow it).
+        self.transition_listeners: list[Callable[[str], None]] = []
         # An event is an audit record's event, actor and details as the parts passed
         # them (poses as dicts, enums, lists): readable as a mapping; the audit log
         # and the console's message model turn the details into JSON.
@@ -120,6 +122,11 @@ class Room:
         log.info("state %s -> %s (%s)", old, new, reason)
         if self.plc is not None:
             self.plc.on_room_state(str(new))
+        for cb in list(self.transition_listeners):
+            try:
+                cb(str(new))
+            except Exception:  # a broken listener must never break the workflow
+                log.exception("state transition listener failed")
         self.audit("state", actor, old=str(old), new=str(new), reason=reason)
         self.publish_state()
         # Every transition goes through here: the supervision loops re-evaluate at

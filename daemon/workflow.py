@@ -46,6 +46,11 @@ class RoomState(StrEnum):
 
 
 S = RoomState
+
+# No session open and nothing can move: igrtd talks to its devices at their
+# slowest rates here (daemon/plc_link.py, daemon/main.py). Motion needs a session,
+# and every motion state is reached through states outside this set.
+STANDBY_STATES: frozenset[str] = frozenset({S.STANDBY})
 _IDLE_WITH_SESSION = {S.READY, S.PROPOSED, S.AWAITING_APPROVAL, S.CONFIRMED, S.DONE}
 
 TRANSITIONS: dict[RoomState, frozenset[RoomState]] = {

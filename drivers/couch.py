@@ -107,6 +107,7 @@ class CouchClient:
         self._seq = 0
         self._listeners: list[Listener] = []
         self._closed = True
+        self._heartbeat_waiter: asyncio.Future[None] | None = None
         self.tap = tap
 
     # ------------------------------------------------------------ lifecycle
@@ -330,22 +331,46 @@ class CouchClient:
                 raise _PortGone(reason)
             self._on_bytes(data)
 
+    def set_heartbeat_interval(self, interval_s: float) -> None:
+        """Send heartbeats every `interval_s` (> 0) from now on; a shorter interval
+        takes effect at once. Which interval applies is the caller's decision."""
+        if not interval_s > 0:  # also refuses NaN
+            raise ValueError(f"heartbeat interval {interval_s} s must be > 0")
+        shorter = interval_s < self.heartbeat_interval_s
+        self.heartbeat_interval_s = interval_s
+        waiter = self._heartbeat_waiter
+        if shorter and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def _heartbeat_loop(self) -> None:
         frame_for = cp.encode
         hb = cp.Heartbeat()
+        loop = asyncio.get_running_loop()
         while True:
             writer = self._writer
             if writer is not None and not writer.transport.is_closing():
                 frame = frame_for(self._next_seq(), hb)
                 writer.write(frame)
                 self._tapped("tx", frame)
-            await asyncio.sleep(self.heartbeat_interval_s)
+            # asyncio.sleep, but one that set_heartbeat_interval() can cut short.
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._heartbeat_waiter = waiter
+            handle = loop.call_later(self.heartbeat_interval_s, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                handle.cancel()
+                self._heartbeat_waiter = None
 
     async def _link_watch_loop(self) -> None:
         assert self.link_timeout_s is not None
         timeout = self.link_timeout_s
         while True:
-            await asyncio.sleep(timeout / 5)
+            # Wake when the link would time out, not on a fixed tick: frames keep
+            # moving the deadline, so an idle link costs a wake-up or two per timeout.
+            # Never sooner than timeout / 5 (a frame just missed is not a reason to spin).
+            wait = self.last_rx + timeout - time.monotonic()
+            await asyncio.sleep(max(wait + 0.001, timeout / 5))
             silent = time.monotonic() - self.last_rx
             if self.link_ok and silent > timeout:
                 self._set_link(False, f"no frame from couch controller for {silent * 1000:.0f} ms")
@@ -438,3 +463,8 @@ class CouchClient:
                 log.warning("couch rx: NAK matches no waiting request (seq %d): %s", seq, refusal)
         else:
             log.warning("couch rx: unexpected %s from controller", type(msg).__name__)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

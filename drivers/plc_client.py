@@ -13,12 +13,12 @@ import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from drivers.plc_picture import PlcPicture, PlcSnapshot
+from drivers.plc_picture import STALE_POLL_CYCLES, PlcPicture, PlcSnapshot
 from drivers.plc_registers import (
     ARMS,
     COILS,
@@ -37,6 +37,9 @@ _COIL_ADDRESS = {name: i for i, name in enumerate(COILS)}
 # Sees the wire values: ("read", 0, the status block every good poll) and
 # ("write", first coil address, 0/1 values) for every coil write sent.
 PlcTap = Callable[[str, int, list[int]], None]
+# fast: motion may happen; idle: a session is open; standby: no session, nothing can
+# move before the room has passed through a fast-rate state.
+PollRate = Literal["fast", "idle", "standby"]
 
 
 class PlcError(Exception):
@@ -52,7 +55,8 @@ class PlcWriteError(PlcError):
 
 
 def _check_config(host: str, port: int, poll_interval_s: float, idle_poll_interval_s: float,
-                  heartbeat_stale_s: float, request_timeout_s: float, device_id: int) -> None:
+                  standby_poll_interval_s: float, heartbeat_stale_s: float,
+                  request_timeout_s: float, device_id: int) -> None:
     if not host:
         raise ValueError("room PLC host is empty")
     if not isinstance(port, int) or not 1 <= port <= 65535:
@@ -66,7 +70,12 @@ def _check_config(host: str, port: int, poll_interval_s: float, idle_poll_interv
             f"room PLC idle poll interval {idle_poll_interval_s} s is out of range "
             f"{poll_interval_s}..1.0 s"
         )
-    if heartbeat_stale_s < 4 * idle_poll_interval_s:
+    if not idle_poll_interval_s <= standby_poll_interval_s <= 1.0:
+        raise ValueError(
+            f"room PLC standby poll interval {standby_poll_interval_s} s is out of range "
+            f"{idle_poll_interval_s}..1.0 s"
+        )
+    if heartbeat_stale_s < STALE_POLL_CYCLES * idle_poll_interval_s:
         raise ValueError(
             f"room PLC heartbeat staleness limit {heartbeat_stale_s} s is below 4 x the idle poll "
             f"interval ({4 * idle_poll_interval_s} s)"
@@ -80,7 +89,9 @@ class RoomPlcClient(PlcPicture):
 
     `poll_interval_s` is the rate while motion may happen; `idle_poll_interval_s`
     (default: the same) is used while `set_fast_poll(False)`, so an idle daemon
-    need not pay for 400 requests a second. Which rate applies is the daemon's
+    need not pay for 400 requests a second; `standby_poll_interval_s` (default:
+    the idle one) while `set_poll_rate("standby")`, where the staleness limit
+    stretches to STALE_POLL_CYCLES of it. Which rate applies is the daemon's
     decision.
     """
 
@@ -91,6 +102,7 @@ class RoomPlcClient(PlcPicture):
         *,
         poll_interval_s: float = 0.0025,
         idle_poll_interval_s: float | None = None,
+        standby_poll_interval_s: float | None = None,
         heartbeat_stale_s: float = 0.1,
         request_timeout_s: float | None = None,
         reconnect_min_s: float = 0.05,
@@ -98,15 +110,17 @@ class RoomPlcClient(PlcPicture):
         device_id: int = DEFAULT_DEVICE_ID,
     ) -> None:
         idle = poll_interval_s if idle_poll_interval_s is None else idle_poll_interval_s
+        standby = idle if standby_poll_interval_s is None else standby_poll_interval_s
         # A request slower than the staleness limit can only deliver stale data.
         timeout = heartbeat_stale_s if request_timeout_s is None else request_timeout_s
-        _check_config(host, port, poll_interval_s, idle, heartbeat_stale_s, timeout, device_id)
+        _check_config(host, port, poll_interval_s, idle, standby, heartbeat_stale_s, timeout,
+                      device_id)
         super().__init__(heartbeat_stale_s)
         self.host = host
         self.port = port
-        self._fast_interval = poll_interval_s
-        self._idle_interval = idle
-        self._fast = True
+        self._intervals: dict[PollRate, float] = {
+            "fast": poll_interval_s, "idle": idle, "standby": standby}
+        self._rate: PollRate = "fast"
         self._timeout = timeout
         self._reconnect_min = reconnect_min_s
         self._reconnect_max = reconnect_max_s
@@ -155,19 +169,33 @@ class RoomPlcClient(PlcPicture):
     # ------------------------------------------------------------- public API
     def set_fast_poll(self, fast: bool) -> None:
         """Poll at `poll_interval_s` (True) or `idle_poll_interval_s` (False)."""
-        self._fast = fast
-        if fast and self._sleep_waiter is not None and not self._sleep_waiter.done():
-            self._sleep_waiter.set_result(None)  # cut an idle-length sleep short
+        self.set_poll_rate("fast" if fast else "idle")
+
+    def set_poll_rate(self, rate: PollRate) -> None:
+        """Poll at the motion, idle or standby interval from the next read on."""
+        interval = self._intervals[rate]
+        faster = interval < self.poll_interval_s
+        self._rate = rate
+        if faster:
+            # The limit shortens with the first read at this rate (_on_status).
+            if self._sleep_waiter is not None and not self._sleep_waiter.done():
+                self._sleep_waiter.set_result(None)  # cut a slower rate's sleep short
+        else:
+            # Longer at once: the next read may now be this far away.
+            self._extend_stale_limit(interval)
 
     @property
     def poll_interval_s(self) -> float:
-        return self._fast_interval if self._fast else self._idle_interval
+        return self._intervals[self._rate]
 
     async def fresh_snapshot(self, timeout_s: float = 0.1) -> PlcSnapshot:
         """A snapshot built from a read *sent after* this call (nothing older counts)."""
         fut: asyncio.Future[PlcSnapshot] = asyncio.get_running_loop().create_future()
         entry = (time.monotonic(), fut)
         self._fresh_waiters.append(entry)
+        # Read now, not after the rest of a (standby-length) wait.
+        if self._sleep_waiter is not None and not self._sleep_waiter.done():
+            self._sleep_waiter.set_result(None)
         try:
             async with asyncio.timeout(timeout_s):
                 return await fut
@@ -237,6 +265,7 @@ class RoomPlcClient(PlcPicture):
         loop = asyncio.get_running_loop()
         next_at = time.monotonic()
         while not self._stopping:
+            interval = self.poll_interval_s  # the rate this read is taken at
             sent = time.monotonic()
             try:
                 rr = await client.read_holding_registers(
@@ -261,13 +290,18 @@ class RoomPlcClient(PlcPicture):
                 )
             else:
                 block = list(rr.registers[:STATUS_BLOCK_COUNT])
-                self._on_status(block, sent, recv)  # the picture first, the observer after
+                # The staleness limit must span the wait until the next read too: a
+                # read at the idle rate followed by a standby-length wait would
+                # otherwise age out before the next one is even sent.
+                self._on_status(block, sent, recv, max(interval, self.poll_interval_s))
+                # the picture first, the observer after
                 self._tapped("read", 0, block)
 
-            interval = self._fast_interval if self._fast else self._idle_interval
-            next_at += interval
+            next_at += self.poll_interval_s
             now = time.monotonic()
             next_at = max(next_at, now)  # late (loaded machine): do not burst to catch up
+            if self._fresh_waiters:  # asked for during this read: the next one goes now
+                next_at = now
             # A plain future + timer, as asyncio.sleep does, but one that
             # set_fast_poll() can resolve early.
             waiter: asyncio.Future[None] = loop.create_future()
@@ -278,6 +312,9 @@ class RoomPlcClient(PlcPicture):
             finally:
                 handle.cancel()
                 self._sleep_waiter = None
+            # Cut short (a faster rate, a fresh read asked for): the schedule starts
+            # again from now, not from the slower rate's wake-up time.
+            next_at = min(next_at, time.monotonic())
 
     # ---------------------------------------------------------------- writes
     async def _write_coils(self, first: str, values: list[bool]) -> None:

@@ -31,6 +31,10 @@ from drivers.plc_registers import (
 # log filters and what operators grep for stay the same.
 log = logging.getLogger("drivers.plc")
 
+# A staleness limit spans at least this many poll intervals: one late or lost
+# answer must not make a healthy PLC read as stale.
+STALE_POLL_CYCLES = 4
+
 
 @dataclass(frozen=True, slots=True)
 class InputState:
@@ -103,6 +107,10 @@ class PlcPicture:
     """
 
     def __init__(self, heartbeat_stale_s: float) -> None:
+        self._configured_stale_s = heartbeat_stale_s
+        # In force: the configured limit, or STALE_POLL_CYCLES of a slower poll (a
+        # standby room polls seldom; a limit shorter than its interval would read
+        # a healthy PLC as stale between reads). Set by the read that shows it.
         self._stale_s = heartbeat_stale_s
         self._listeners: list[Listener] = []
         self._changed_event = asyncio.Event()  # replaced after each publish; waiters wake
@@ -157,8 +165,14 @@ class PlcPicture:
 
     @property
     def heartbeat_stale_s(self) -> float:
-        """The staleness limit this client applies to the PLC heartbeat."""
+        """The staleness limit in force for the PLC heartbeat: the configured one,
+        longer only while the client polls slower than a quarter of it."""
         return self._stale_s
+
+    @property
+    def configured_stale_s(self) -> float:
+        """The staleness limit while polling at the idle or motion rate."""
+        return self._configured_stale_s
 
     async def wait_until(self, predicate: Callable[[PlcSnapshot], bool],
                          timeout_s: float) -> PlcSnapshot:
@@ -171,7 +185,12 @@ class PlcPicture:
                 await self._changed_event.wait()
 
     # ------------------------------------------------------------- reads in
-    def _on_status(self, regs: list[int], sent: float, recv: float) -> None:
+    def _on_status(self, regs: list[int], sent: float, recv: float,
+                   interval_s: float | None = None) -> None:
+        """A good read, sent at `sent`; `interval_s` is the longer of the interval it
+        was taken at and the wait before the next read (None: the configured
+        staleness limit applies whatever the rate)."""
+        self._set_stale_limit(interval_s)
         counter = regs[StatusRegister.HEARTBEAT]
         if self._link_fault is not None:
             # A good answer clears a link fault, but inputs stay open until the
@@ -205,6 +224,26 @@ class PlcPicture:
                 if asked_at <= sent and not fut.done():
                     fut.set_result(snap)
                     self._fresh_waiters.remove(entry)
+
+    def _extend_stale_limit(self, interval_s: float) -> None:
+        """At least STALE_POLL_CYCLES of `interval_s` from now on (a slower rate)."""
+        if STALE_POLL_CYCLES * interval_s > self._stale_s:
+            self._set_stale_limit(interval_s)
+
+    def _set_stale_limit(self, interval_s: float | None) -> None:
+        """The limit for a read taken at `interval_s`: it changes with the read that
+        first shows the new rate, so a switch to a faster rate cannot judge the
+        last slow read by the short limit (a false 'stale' before the next read)."""
+        limit = self._configured_stale_s
+        if interval_s is not None:
+            limit = max(limit, STALE_POLL_CYCLES * interval_s)
+        if limit == self._stale_s:
+            return
+        self._stale_s = limit
+        if self._watchdog is not None:  # armed for the old limit: re-arm for this one
+            self._watchdog.cancel()
+            self._watchdog = None
+            self._arm_watchdog()
 
     # ---------------------------------------------------------- fail-safe state
     def _set_link_fault(self, reason: str) -> None:

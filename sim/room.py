@@ -166,7 +166,9 @@ class DaemonProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"igrtd exited with {self.proc.returncode}; see {self.log_path}")
+                lines = self.log_path.read_text(errors="replace").strip().splitlines() or [""]
+                raise RuntimeError(f"igrtd exited with {self.proc.returncode} ({lines[-1][-300:]}); "
+                                   f"see {self.log_path}")
             if self.socket_path.exists():
                 return self
             time.sleep(0.05)

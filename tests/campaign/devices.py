@@ -99,6 +99,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "pose": lambda couch, _plc: couch.pose,
     "executed_since": _executed_since,
     "press_motion_enable": lambda _couch, plc: plc.press_motion_enable(),
+    "plc_reads": lambda _couch, plc: int(plc.requests_served),
 }
 
 
@@ -163,7 +164,11 @@ class DeviceProcess:
     def _reply(self, name: str, timeout_s: float) -> Any:
         if not self._conn.poll(timeout_s):
             raise TimeoutError(f"simulated devices: no answer to {name} within {timeout_s:g} s")
-        status, value = self._conn.recv()
+        try:
+            status, value = self._conn.recv()
+        except EOFError:
+            raise RuntimeError(f"simulated devices: the process ended (exit code "
+                               f"{self._proc.exitcode}) before answering {name}") from None
         if status != "ok":
             raise RuntimeError(f"simulated devices: {name}: {value}")
         return value

@@ -183,7 +183,10 @@ class Rig:
         model = json.loads(json.dumps(CouchModel.default().model_dump(mode="json")))
         model["max_speed"] = {a: v * SPEED_SCALE for a, v in DEFAULT_MAX_VELOCITY.items()}
         cfg["couch_model"] = model
-        cfg.update(self._overrides)
+        for key, value in self._overrides.items():  # a section's keys are merged into it
+            base = cfg.get(key)
+            cfg[key] = {**base, **value} if isinstance(base, dict) and isinstance(value, dict) \
+                else value
         self.daemon = DaemonProcess(cfg, state, self.workdir / "igrtd.log").start()
         self.ctl = ControlClient(self.daemon.socket_path, CONFIRMER)
         self.approver = ControlClient(self.daemon.socket_path, APPROVER)

@@ -153,6 +153,9 @@ class FakePlc:
     def on_room_state(self, state: str) -> None:
         pass
 
+    async def fresh_snapshot(self) -> PlcSnapshot:
+        return self.snapshot()
+
     async def set_beam_hold(self, hold: bool) -> None:
         self.journal.add("BEAM_HOLD", hold)
         self.beam_hold = hold

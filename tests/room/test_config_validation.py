@@ -135,6 +135,40 @@ def test_a_couch_link_timeout_shorter_than_three_heartbeats_is_refused() -> None
     assert "below 3 heartbeat intervals" in p
 
 
+def test_a_standby_heartbeat_faster_than_the_motion_one_is_refused() -> None:
+    p = _problem_at(_with(couch={"port": "/dev/x", "heartbeat_interval_s": 0.05,
+                                 "standby_heartbeat_interval_s": 0.02}),
+                    "couch.standby_heartbeat_interval_s")
+    assert "standby is the slowest rate" in p
+
+
+def test_a_standby_heartbeat_beyond_half_the_controller_watchdog_is_refused() -> None:
+    _problem_at(_with(couch={"port": "/dev/x", "standby_heartbeat_interval_s": 0.2}),
+                "couch.standby_heartbeat_interval_s")
+
+
+def test_a_link_timeout_shorter_than_three_standby_heartbeats_is_refused() -> None:
+    p = _problem_at(_with(couch={"port": "/dev/x", "standby_heartbeat_interval_s": 0.12,
+                                 "link_timeout_s": 0.3}), "couch.link_timeout_s")
+    assert "standby_heartbeat_interval_s" in p
+
+
+def test_a_plc_standby_poll_faster_than_the_idle_poll_is_refused() -> None:
+    p = _problem_at(_with(plc={"poll_interval_s": 0.05, "heartbeat_stale_s": 0.2,
+                               "standby_poll_interval_s": 0.03}), "plc.standby_poll_interval_s")
+    assert "standby is the slowest rate" in p
+
+
+@pytest.mark.parametrize("section", [
+    {"couch": {"port": "/dev/x", "heartbeat_interval_s": 0.1, "link_timeout_s": 0.3}},
+    {"plc": {"poll_interval_s": 0.07, "heartbeat_stale_s": 0.28}},
+    {"motion": {"supervision_period_s": 0.03, "hold_timeout_s": 0.12}},
+], ids=["couch_link_timeout", "plc_staleness", "hold_timeout"])
+def test_a_timing_limit_exactly_at_its_least_value_is_accepted(section: dict[str, Any]) -> None:
+    # 3 * 0.1 is 0.30000000000000004 in binary floating point; 0.3 as written is no less.
+    parse_config(json.dumps(_with(**section)))
+
+
 def test_a_number_written_as_text_is_refused() -> None:
     p = _problem_at(_with(motion={"move_timeout_s": "60"}), "motion.move_timeout_s")
     assert "'60'" in p

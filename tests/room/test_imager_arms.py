@@ -50,3 +50,23 @@ def test_arms_do_not_move_while_the_couch_moves(plc_room: SimRoom,
     assert not reply["ok"]
     assert not _plc(plc_room, lambda p: p.coil("kv_source_extend"))
     holder.stop()
+
+
+def test_an_arm_command_in_standby_is_judged_on_a_read_taken_after_it_arrived(
+        plc_room: SimRoom, plc_daemon: DaemonProcess) -> None:
+    # STANDBY polls the PLC every 500 ms: without a fresh read the pendant pressed
+    # just now would not be seen yet, nor a door opened just now.
+    alice = Console(plc_daemon.socket_path, "alice")
+    assert alice.ok("status")["state"] == "STANDBY"
+    time.sleep(0.6)  # settled at the standby rate
+    _plc(plc_room, lambda p: p.set_input("door_closed", False))
+    _plc(plc_room, lambda p: p.press_motion_enable())
+    reply = alice.call("arms", extend=True)
+    assert not reply["ok"] and "door" in reply["error"]
+    _plc(plc_room, lambda p: p.set_input("door_closed", True))
+    _plc(plc_room, lambda p: p.release_motion_enable())
+    assert _wait(lambda: not alice.ok("status")["interlocks"]["open"])
+    time.sleep(0.6)
+    _plc(plc_room, lambda p: p.press_motion_enable())
+    alice.ok("arms", extend=True)
+    assert _plc(plc_room, lambda p: p.coil("kv_source_extend"))
