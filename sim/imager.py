@@ -18,6 +18,7 @@ of view about the gantry axis.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -33,6 +34,68 @@ CBCT_SPACING = (1.0, 1.0, 1.6)
 CBCT_OUTSIDE_FOV = -1000.0
 
 Vec3 = Sequence[float] | np.ndarray
+
+
+@dataclass(frozen=True)
+class CbctDegradation:
+    """How a simulated CBCT differs from the planning CT. The defaults are the
+    degradations every caller got before these options existed (same random draws,
+    so the same images for the same generator)."""
+
+    scale: tuple[float, float] = (0.85, 0.95)  # HU gain, drawn uniformly
+    offset_hu: tuple[float, float] = (20.0, 60.0)
+    cupping_hu: tuple[float, float] = (40.0, 80.0)  # centre reads this much low
+    noise_hu: float = 25.0
+    # Reconstructed field of view about the gantry axis; None: the largest circle in
+    # the image (half its smaller in-plane extent).
+    fov_radius_mm: float | None = None
+    # Streak artefacts: this many high-density sources (a hip prosthesis, a fiducial,
+    # dental work), each throwing `streak_lines` bright/dark lines across the axial
+    # slices within +-streak_half_length_mm of it.
+    streak_sources: int = 0
+    streak_hu: float = 150.0
+    streak_lines: int = 8
+    streak_half_length_mm: float = 20.0
+
+
+@dataclass(frozen=True)
+class TableTop:
+    """A carbon-fibre couch table top: two dense skins with a foam core, flat, under
+    the patient. It is fixed to the couch, not to the anatomy: in the planning CT it
+    sits under the patient as set up there, in a daily image it sits where the couch
+    is while the patient lies displaced on it by the set-up error.
+
+    `surface_mm` is the IEC Z of its top surface in the table-top frame (couch at
+    zero pose; see docs/geometry.md); `table_top_under` puts it under a phantom.
+    """
+
+    surface_mm: float
+    thickness_mm: float = 50.0
+    skin_mm: float = 2.5
+    half_width_mm: float = 265.0
+    skin_hu: float = 300.0
+    core_hu: float = -900.0
+
+    def paint(self, hu: np.ndarray, table_points: np.ndarray) -> None:
+        """Overwrite `hu` (flat) where the (N, 3) table-top-frame points are inside it."""
+        z = table_points[:, 2] - np.float32(self.surface_mm)  # <= 0 inside
+        inside = (z <= 0) & (z >= -self.thickness_mm) & (
+            np.abs(table_points[:, 0]) <= self.half_width_mm)
+        skin = inside & ((z >= -self.skin_mm) | (z <= -self.thickness_mm + self.skin_mm))
+        hu[inside] = np.float32(self.core_hu)
+        hu[skin] = np.float32(self.skin_hu)
+
+
+def table_top_under(phantom: Phantom, iso: Vec3, patient_position: str,
+                    gap_mm: float = 0.0) -> TableTop:
+    """The table top touching the lowest point of the phantom's body (its first
+    primitive, an elliptic cylinder along planning z) for a perfect set-up."""
+    body = phantom.primitives[0]
+    row = orientation_matrix(patient_position)[2]  # IEC Z of a planning vector
+    c = np.asarray(body.centre, dtype=float) - np.asarray(iso, dtype=float)
+    a, b = body.axes[0], body.axes[1]
+    lowest = float(row @ c) - float(np.hypot(a * row[0], b * row[1]))
+    return TableTop(surface_mm=lowest - gap_mm)
 
 
 def _h(m3: np.ndarray | None = None, t: Vec3 | None = None) -> np.ndarray:
@@ -80,10 +143,20 @@ def planning_ct(
     centre: Vec3 = (0.0, 0.0, 0.0),
     rng: np.random.Generator | None = None,
     noise_hu: float = 5.0,
+    table_top: TableTop | None = None,
+    iso: Vec3 = (0.0, 0.0, 0.0),
+    patient_position: str = "HFS",
 ) -> sitk.Image:
-    """A planning CT (int16 HU, identity direction) of the phantom, centred on `centre`."""
+    """A planning CT (int16 HU, identity direction) of the phantom, centred on `centre`.
+
+    With `table_top`, the CT couch is in the image, placed for the perfect set-up of
+    `patient_position` about `iso` (table-top point M (p - iso))."""
     origin = _centred_origin(size, spacing, centre)
     hu = phantom.evaluate_grid(_size3(size), _grid_affine(spacing, origin)).ravel()
+    if table_top is not None:
+        m = orientation_matrix(patient_position).astype(np.float32)
+        pts = grid_points(size, spacing, origin) - np.asarray(iso, dtype=np.float32)
+        table_top.paint(hu, pts @ m.T)
     if rng is not None and noise_hu > 0:
         hu += rng.normal(0.0, noise_hu, hu.shape).astype(np.float32)
     return _to_image(hu, size, spacing, origin)
@@ -133,29 +206,49 @@ def acquire_cbct(
     degrade: bool = True,
     size: Vec3 = CBCT_SIZE,
     spacing: Vec3 = CBCT_SPACING,
+    degradation: CbctDegradation | None = None,
+    table_top: TableTop | None = None,
+    grid_offset_mm: Vec3 = (0.0, 0.0, 0.0),
 ) -> sitk.Image:
-    """A CBCT in the daily image frame, centred on the isocentre (int16)."""
+    """A CBCT in the daily image frame (int16), its grid centred on the isocentre plus
+    `grid_offset_mm` (a reconstruction grid that does not put a voxel on the
+    isocentre); the field of view stays centred on the gantry axis.
+
+    `degradation` (default CbctDegradation()) applies when `degrade`; `table_top`
+    adds the couch where it is at `couch_pose`, whatever the set-up error."""
     t = true_registration_matrix(a_4x4, couch_pose, pivot, iso, patient_position)
     t_inv = np.linalg.inv(t)
-    origin = _centred_origin(size, spacing, iso)
+    origin = _centred_origin(size, spacing, np.asarray(iso, float) + np.asarray(grid_offset_mm, float))
     hu = phantom.evaluate_grid(_size3(size), t_inv @ _grid_affine(spacing, origin)).ravel()
+    q: np.ndarray | None = None
+    if table_top is not None:
+        q = grid_points(size, spacing, origin)
+        # daily q -> room M (q - iso) -> table-top frame F_P^-1(room)
+        to_table = np.linalg.inv(pose_transform(couch_pose, np.asarray(pivot, dtype=float))) @ _h(
+            orientation_matrix(patient_position), -orientation_matrix(patient_position) @ np.asarray(iso, float))
+        pts = q @ to_table[:3, :3].T.astype(np.float32) + to_table[:3, 3].astype(np.float32)
+        table_top.paint(hu, pts)
     if degrade:
-        hu = _degrade(hu, grid_points(size, spacing, origin), iso, size, spacing, rng)
+        if q is None:
+            q = grid_points(size, spacing, origin)
+        hu = _degrade(hu, q, iso, size, spacing, rng, degradation or CbctDegradation())
     return _to_image(hu, size, spacing, origin)
 
 
 def _degrade(
     hu: np.ndarray, q: np.ndarray, iso: Vec3, size: Vec3, spacing: Vec3, rng: np.random.Generator,
+    how: CbctDegradation,
 ) -> np.ndarray:
     # The gantry axis is daily z for every patient position (IEC Y = +-z in M).
-    fov_r = min(int(size[0]) * float(spacing[0]), int(size[1]) * float(spacing[1])) / 2.0
+    fov_r = how.fov_radius_mm or min(
+        int(size[0]) * float(spacing[0]), int(size[1]) * float(spacing[1])) / 2.0
     dx = q[:, 0] - np.float32(iso[0])
     dy = q[:, 1] - np.float32(iso[1])
     dz = q[:, 2] - np.float32(iso[2])
     rr = (dx * dx + dy * dy) / np.float32(fov_r * fov_r)
-    scale = np.float32(rng.uniform(0.85, 0.95))
-    offset = np.float32(rng.uniform(20.0, 60.0))
-    cupping = np.float32(rng.uniform(40.0, 80.0))
+    scale = np.float32(rng.uniform(*how.scale))
+    offset = np.float32(rng.uniform(*how.offset_hu))
+    cupping = np.float32(rng.uniform(*how.cupping_hu))
     out = scale * hu + offset
     # Cupping: the centre reads low (beam hardening / scatter), rising towards the rim.
     out -= cupping * (1.0 - rr)
@@ -163,9 +256,32 @@ def _degrade(
     phase = np.float32(rng.uniform(0, 2 * np.pi))
     out += np.float32(rng.uniform(-25, 25)) * dx / np.float32(fov_r)
     out += np.float32(20.0) * np.sin(dz / np.float32(45.0) + phase)
-    out += rng.normal(0.0, 25.0, out.shape).astype(np.float32)
+    out += rng.normal(0.0, how.noise_hu, out.shape).astype(np.float32)
+    for _ in range(how.streak_sources):
+        _add_streaks(out, dx, dy, dz, fov_r, how, rng)
     out[rr > 1.0] = np.float32(CBCT_OUTSIDE_FOV)
     return out
+
+
+def _add_streaks(out: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz: np.ndarray,
+                 fov_r: float, how: CbctDegradation, rng: np.random.Generator) -> None:
+    """Lines of alternating sign through one dense source, fading with distance from
+    it, in the axial slices near it: the look of metal / photon-starvation streaks."""
+    r0 = rng.uniform(0.0, 0.6 * fov_r)
+    phi = rng.uniform(0.0, 2 * np.pi)
+    sx, sy = np.float32(r0 * np.cos(phi)), np.float32(r0 * np.sin(phi))
+    sz = np.float32(rng.uniform(-30.0, 30.0))
+    near = np.flatnonzero(np.abs(dz - sz) <= how.streak_half_length_mm)
+    if near.size == 0:
+        return
+    px, py = dx[near] - sx, dy[near] - sy
+    fade = np.float32(how.streak_hu) / (1.0 + np.sqrt(px * px + py * py) / np.float32(60.0))
+    add = np.zeros(near.size, dtype=np.float32)
+    for k, ang in enumerate(rng.uniform(0.0, np.pi, how.streak_lines)):
+        # perpendicular distance to the line through the source at angle `ang`
+        d = px * np.float32(np.sin(ang)) - py * np.float32(np.cos(ang))
+        add += np.float32(1.0 if k % 2 == 0 else -1.0) * np.exp(-(d * d) / np.float32(2.0))
+    out[near] += fade * add
 
 
 def placement_for_registration(
