@@ -1,5 +1,5 @@
 # igrt developer entry points. `make setup` is idempotent: it (re)creates .venv
-# only when pyproject.toml changed since the last install.
+# only when pyproject.toml (or the C ray caster) changed since the last install.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -22,7 +22,8 @@ system-packages:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools plastimatch || \
 	    echo "warning: dicom3tools/plastimatch not installed; their checks will be skipped"; }
 
-$(STAMP): pyproject.toml
+# imaging/_raycast.c is compiled by the install (setup.py): a change to it re-installs.
+$(STAMP): pyproject.toml setup.py imaging/_raycast.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -20,7 +20,7 @@ of DRRs.
 
 Two levels: a coarse one (CT binned 2x, rays 3 mm apart at the isocentre, kV
 images averaged to the same grid) brings a 10 mm / 2 deg error into the
-capture range of the fine one (full CT, rays 1.5 mm apart). Before the first
+capture range of the fine one (full CT, rays 2.5 mm apart). Before the first
 level a 2D cross-correlation of each view with the unmoved DRR estimates the
 translation (two in-plane shifts per view, combined by least squares), so the
 optimiser starts close to the answer even for large shifts.
@@ -56,13 +56,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Level:
-    shrink: int  # CT binning factor
+    shrink: int  # CT binning factor (rays sample every plane of the binned CT)
     pitch_mm: float  # ray spacing at the isocentre
-    step_mm: float  # sample spacing along the rays
-    max_smear_mm: float  # slab approximation bound (imaging/drr.py)
     tolerance: float  # stop when no parameter moves more than this (mm or deg)
     fd_step: float  # central-difference step for the Jacobian (mm and deg)
-    max_samples: int = 128  # per ray; a wider body gets a longer step
     central_differences: bool = True
     max_iterations: int = 25
 
@@ -71,10 +68,8 @@ class Level:
 class Registration2D3DSettings:
     roi_half_mm: float = 80.0  # half side of the square ROI at the isocentre
     levels: tuple[Level, ...] = (
-        Level(shrink=2, pitch_mm=3.0, step_mm=3.0, max_smear_mm=3.0, tolerance=0.1,
-              fd_step=0.5, max_samples=128, central_differences=False),
-        Level(shrink=1, pitch_mm=2.5, step_mm=2.5, max_smear_mm=1.0, tolerance=0.05,
-              fd_step=0.25, max_samples=128),
+        Level(shrink=2, pitch_mm=3.0, tolerance=0.1, fd_step=0.5, central_differences=False),
+        Level(shrink=1, pitch_mm=2.5, tolerance=0.05, fd_step=0.25),
     )
     initial_shift_search: bool = True
     # Band-pass applied to DRRs and kV images before NCC (Gaussian sigmas at the
@@ -239,7 +234,7 @@ class _Problem:
 
         if self.pool is None:
             return [one(v) for v in self.views]
-        # SimpleITK releases the GIL while resampling: the views run side by side.
+        # The ray caster releases the GIL (imaging/drr.py): the views run side by side.
         return list(self.pool.map(one, self.views))
 
     def residual(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -390,10 +385,8 @@ def _run_levels(
         vlevels = []
         for v in views:
             grid = roi_grid(v.geometry, s.roi_half_mm, lvl.pitch_mm)
-            # one thread per filter: the views already run in parallel
-            proj = Projector(vol, v.geometry, grid, step_mm=lvl.step_mm,
-                             max_smear_mm=lvl.max_smear_mm, max_samples=lvl.max_samples,
-                             threads=1)
+            # one thread per projector: the views already run in parallel
+            proj = Projector(vol, v.geometry, grid, threads=1)
             band = _BandPass(grid, lvl.pitch_mm, s)
             target = _normalise(band(resample_grid(v.image, detector_grid(v.geometry), grid)))
             vlevels.append(_ViewLevel(proj, band, target))

@@ -114,8 +114,7 @@ def kv_through_transform(
     out = []
     for g in geometries:
         # The volume is already in the daily frame: identity registration.
-        li = drr(vol, g, np.eye(4), iso3, patient_position, rays="full", max_smear_mm=0.25,
-                 max_samples=400)
+        li = drr(vol, g, np.eye(4), iso3, patient_position, rays="full")
         if degradation is not None:
             li = degrade(li, g, rng, degradation)
         out.append(kv_image(li, g))

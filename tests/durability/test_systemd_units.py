@@ -177,6 +177,8 @@ MDWE_PROBE = textwrap.dedent(
     ec.generate_private_key(ec.SECP256R1())
     callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda x: x + 1)
     assert callback(1) == 2
+    from imaging.drr import warm_up  # the compiled DRR ray caster (no JIT allowed)
+    warm_up()
     print("ok")
     """
 )
