@@ -304,7 +304,10 @@ class MotionSupervisor:
 
     def _on_plc_change(self, snap: PlcSnapshot | None = None) -> None:
         """Called by the PLC driver on any input change: trip at once when needed."""
-        if self.room.workflow.state == S.MOVING:
+        if self.room.workflow.state == S.MOVING or self._go_unanswered():
+            # GO written, its answer not in yet (lost on a cut line, it takes the
+            # 250 ms reply timeout): the couch may be moving, so everything that
+            # stops a move stops this one, the arms and hold-to-run included.
             self._check_plc_during_motion()
         elif self.room.workflow.state == S.CONFIRMED and self.room.plc is not None:
             # An interlock opening between confirmation and motion spends the
@@ -353,6 +356,21 @@ class MotionSupervisor:
             return True
         return False
 
+    def _go_unanswered(self) -> bool:
+        return self.room.workflow.state == S.CONFIRMED and self.gate.go_in_flight
+
+    def _check_go_unanswered(self) -> None:
+        """While a GO's answer is awaited the couch may already move: the checks of a
+        move that need no active move (link, PLC, hold-to-run), each period."""
+        if not self.room.couch_link_ok():
+            self.trip("couch link lost")
+        elif self._check_plc_during_motion():
+            return
+        elif self.room.hold.mono is None or (
+            time.monotonic() - self.room.hold.mono > self.room.config.motion.hold_timeout_s
+        ):
+            self.trip("hold-to-run heartbeat lost", S.STOPPED)
+
     def _check_motion(self) -> None:
         if self.room.workflow.state != S.MOVING or self.room.active is None:
             return
@@ -375,6 +393,9 @@ class MotionSupervisor:
         while True:
             if self.room.workflow.state == S.MOVING:
                 self._check_motion()
+                await asyncio.sleep(period)
+            elif self._go_unanswered():
+                self._check_go_unanswered()
                 await asyncio.sleep(period)
             else:
                 if (self.room.workflow.state not in (S.OFFLINE, S.FAULT)

@@ -139,3 +139,44 @@ async def test_motion_reported_while_a_go_is_unanswered_in_a_tripped_room_is_sto
     with pytest.raises(CommandError):
         await room.service.hold(ALICE, pid)
     assert restops == [1]
+
+
+async def test_an_imager_arm_leaving_parked_while_a_go_is_unanswered_stops_the_couch(
+        tmp_path: Path) -> None:
+    """Before GO the arms are no interlock (they may be out for imaging); once GO is
+    written the couch may move, even while its answer is lost on a cut line and the
+    room still reads CONFIRMED for up to the 250 ms reply timeout (found by the fault
+    campaign: STOP only when the GO timed out, 216 ms after the arm left)."""
+    room = await fake_room(tmp_path)
+    pid = await propose(room, SMALL)
+    await room.service.confirm(ALICE, pid)
+    seen: list[tuple[str, int]] = []
+
+    async def arm_leaves_parked() -> None:
+        stops = room.journal.count("STOP")
+        room.plc.arms_parked = False
+        room.plc.change()
+        seen.append((str(room.service.workflow.state), room.journal.count("STOP") - stops))
+
+    room.couch.while_go_in_flight = arm_leaves_parked
+    with pytest.raises(CommandError):
+        await room.service.hold(ALICE, pid)
+    assert seen == [("FAULT", 1)]
+
+
+async def test_motion_enable_let_go_while_a_go_is_unanswered_stops_the_couch(
+        tmp_path: Path) -> None:
+    room = await fake_room(tmp_path)
+    pid = await propose(room, SMALL)
+    await room.service.confirm(ALICE, pid)
+    seen: list[tuple[str, int]] = []
+
+    async def enable_released() -> None:
+        stops = room.journal.count("STOP")
+        room.plc.change(enable=False)
+        seen.append((str(room.service.workflow.state), room.journal.count("STOP") - stops))
+
+    room.couch.while_go_in_flight = enable_released
+    with pytest.raises(CommandError):
+        await room.service.hold(ALICE, pid)
+    assert seen == [("STOPPED", 1)]
