@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,19 @@ from sim.world import PatientWorld
 
 ISO = (8.0, -12.0, 20.0)
 PATIENT, PLAN, FOR = "PAT-1", "PLAN-1", "FOR-1"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _short_garbage_collections() -> Iterator[None]:
+    """These tests run the simulated devices and the consoles in this process. A
+    full garbage collection over everything the suite's earlier tests left in it
+    can pause the process for longer than igrtd's 250 ms hold-to-run timeout (a
+    CI run saw a move stopped for 'hold-to-run heartbeat lost' at its target):
+    collect now, then keep what exists out of later collections."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture
