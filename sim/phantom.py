@@ -182,6 +182,21 @@ def _blend(out: np.ndarray, prim: Primitive, sd: np.ndarray) -> None:
     out += alpha * (np.float32(prim.hu) - out)
 
 
+class _Shapes:
+    """The primitives of a phantom in painting order (later ones win)."""
+
+    def __init__(self) -> None:
+        self.items: list[Primitive] = []
+
+    def ell(self, c, a, hu, rot=None):  # type: ignore[no-untyped-def]
+        self.items.append(Primitive("ellipsoid", tuple(c), tuple(a), hu,
+                                    np.eye(3) if rot is None else rot))
+
+    def cyl(self, c, a, hu, rot=None):  # type: ignore[no-untyped-def]
+        self.items.append(Primitive("cylinder", tuple(c), tuple(a), hu,
+                                    np.eye(3) if rot is None else rot))
+
+
 def make_phantom(seed: int = 7) -> Phantom:
     """A thorax / upper abdomen, centred on the planning frame origin.
 
@@ -189,13 +204,8 @@ def make_phantom(seed: int = 7) -> Phantom:
     seed is the same patient with different fine texture.
     """
     rng = np.random.default_rng(seed)
-    P: list[Primitive] = []
-
-    def ell(c, a, hu, rot=None):  # type: ignore[no-untyped-def]
-        P.append(Primitive("ellipsoid", tuple(c), tuple(a), hu, np.eye(3) if rot is None else rot))
-
-    def cyl(c, a, hu, rot=None):  # type: ignore[no-untyped-def]
-        P.append(Primitive("cylinder", tuple(c), tuple(a), hu, np.eye(3) if rot is None else rot))
+    shapes = _Shapes()
+    P, ell, cyl = shapes.items, shapes.ell, shapes.cyl
 
     # Body: subcutaneous fat shell, muscle/soft tissue inside. Unbounded in z
     # (the patient goes on beyond the scan).
@@ -270,13 +280,8 @@ def make_pelvis_phantom(seed: int = 11) -> Phantom:
     on the images it was tuned on. The seed moves only bowel and rectal gas.
     """
     rng = np.random.default_rng(seed)
-    P: list[Primitive] = []
-
-    def ell(c, a, hu, rot=None):  # type: ignore[no-untyped-def]
-        P.append(Primitive("ellipsoid", tuple(c), tuple(a), hu, np.eye(3) if rot is None else rot))
-
-    def cyl(c, a, hu, rot=None):  # type: ignore[no-untyped-def]
-        P.append(Primitive("cylinder", tuple(c), tuple(a), hu, np.eye(3) if rot is None else rot))
+    shapes = _Shapes()
+    P, ell, cyl = shapes.items, shapes.ell, shapes.cyl
 
     # Body: fat shell and muscle; wider than deep, unbounded in z.
     cyl((0, 0, 0), (185, 120, np.inf), -100)
