@@ -45,6 +45,7 @@ from drivers.couch_messages import (
     pose_to_wire,
     refusal_from_nak,
 )
+from drivers.cuttable_sleep import CuttableSleep
 from safety.pose import AXES, UNITS, Pose
 
 log = logging.getLogger("igrt.couch")
@@ -107,7 +108,7 @@ class CouchClient:
         self._seq = 0
         self._listeners: list[Listener] = []
         self._closed = True
-        self._heartbeat_waiter: asyncio.Future[None] | None = None
+        self._heartbeat_sleep = CuttableSleep()
         self.tap = tap
 
     # ------------------------------------------------------------ lifecycle
@@ -338,29 +339,20 @@ class CouchClient:
             raise ValueError(f"heartbeat interval {interval_s} s must be > 0")
         shorter = interval_s < self.heartbeat_interval_s
         self.heartbeat_interval_s = interval_s
-        waiter = self._heartbeat_waiter
-        if shorter and waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if shorter:
+            self._heartbeat_sleep.cut()
 
     async def _heartbeat_loop(self) -> None:
         frame_for = cp.encode
         hb = cp.Heartbeat()
-        loop = asyncio.get_running_loop()
         while True:
             writer = self._writer
             if writer is not None and not writer.transport.is_closing():
                 frame = frame_for(self._next_seq(), hb)
                 writer.write(frame)
                 self._tapped("tx", frame)
-            # asyncio.sleep, but one that set_heartbeat_interval() can cut short.
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._heartbeat_waiter = waiter
-            handle = loop.call_later(self.heartbeat_interval_s, _resolve, waiter)
-            try:
-                await waiter
-            finally:
-                handle.cancel()
-                self._heartbeat_waiter = None
+            # set_heartbeat_interval() may cut it short
+            await self._heartbeat_sleep.sleep(self.heartbeat_interval_s)
 
     async def _link_watch_loop(self) -> None:
         assert self.link_timeout_s is not None
@@ -463,8 +455,3 @@ class CouchClient:
                 log.warning("couch rx: NAK matches no waiting request (seq %d): %s", seq, refusal)
         else:
             log.warning("couch rx: unexpected %s from controller", type(msg).__name__)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)

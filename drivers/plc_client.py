@@ -18,6 +18,7 @@ from typing import Literal, Self
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
+from drivers.cuttable_sleep import CuttableSleep
 from drivers.plc_picture import STALE_POLL_CYCLES, PlcPicture, PlcSnapshot
 from drivers.plc_registers import (
     ARMS,
@@ -129,7 +130,7 @@ class RoomPlcClient(PlcPicture):
 
         self._client: AsyncModbusTcpClient | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sleep_waiter: asyncio.Future[None] | None = None
+        self._sleep = CuttableSleep()
         # An observer (a session recorder); must be quick and must not block.
         self.tap: PlcTap | None = None
 
@@ -178,8 +179,7 @@ class RoomPlcClient(PlcPicture):
         self._rate = rate
         if faster:
             # The limit shortens with the first read at this rate (_on_status).
-            if self._sleep_waiter is not None and not self._sleep_waiter.done():
-                self._sleep_waiter.set_result(None)  # cut a slower rate's sleep short
+            self._sleep.cut()  # cut a slower rate's sleep short
         else:
             # Longer at once: the next read may now be this far away.
             self._extend_stale_limit(interval)
@@ -194,8 +194,7 @@ class RoomPlcClient(PlcPicture):
         entry = (time.monotonic(), fut)
         self._fresh_waiters.append(entry)
         # Read now, not after the rest of a (standby-length) wait.
-        if self._sleep_waiter is not None and not self._sleep_waiter.done():
-            self._sleep_waiter.set_result(None)
+        self._sleep.cut()
         try:
             async with asyncio.timeout(timeout_s):
                 return await fut
@@ -262,7 +261,6 @@ class RoomPlcClient(PlcPicture):
     async def _poll_connected(self) -> None:
         assert self._client is not None
         client = self._client
-        loop = asyncio.get_running_loop()
         next_at = time.monotonic()
         while not self._stopping:
             interval = self.poll_interval_s  # the rate this read is taken at
@@ -302,16 +300,7 @@ class RoomPlcClient(PlcPicture):
             next_at = max(next_at, now)  # late (loaded machine): do not burst to catch up
             if self._fresh_waiters:  # asked for during this read: the next one goes now
                 next_at = now
-            # A plain future + timer, as asyncio.sleep does, but one that
-            # set_fast_poll() can resolve early.
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._sleep_waiter = waiter
-            handle = loop.call_at(loop.time() + (next_at - now), _resolve, waiter)
-            try:
-                await waiter
-            finally:
-                handle.cancel()
-                self._sleep_waiter = None
+            await self._sleep.sleep(next_at - now)  # set_poll_rate() may cut it short
             # Cut short (a faster rate, a fresh read asked for): the schedule starts
             # again from now, not from the slower rate's wake-up time.
             next_at = min(next_at, time.monotonic())
@@ -347,11 +336,6 @@ class RoomPlcClient(PlcPicture):
             tap(kind, address, values)
         except Exception:  # an observer's bug must not stop the polling
             log.exception("room PLC tap failed")
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -100,9 +100,6 @@ OPS: dict[str, Callable[..., Any]] = {
     "executed_since": _executed_since,
     "press_motion_enable": lambda _couch, plc: plc.press_motion_enable(),
     "plc_reads": lambda _couch, plc: int(plc.requests_served),
-    # Every frame the controller received (heartbeats aside), for timing a path.
-    "frames_since": lambda couch, _plc, t0: [(r.t, r.kind) for r in couch.frames_received
-                                             if r.t >= t0],
 }
 
 
