@@ -359,30 +359,26 @@ class MotionSupervisor:
     def _go_unanswered(self) -> bool:
         return self.room.workflow.state == S.CONFIRMED and self.gate.go_in_flight
 
-    def _check_go_unanswered(self) -> None:
-        """While a GO's answer is awaited the couch may already move: the checks of a
-        move that need no active move (link, PLC, hold-to-run), each period."""
+    def _check_move_conditions(self) -> bool:
+        """The checks of a move that need no active move: couch link, PLC, hold-to-run.
+        Each period while MOVING, and while a GO's answer is awaited (the couch may
+        already move). True if it tripped."""
         if not self.room.couch_link_ok():
             self.trip("couch link lost")
-        elif self._check_plc_during_motion():
-            return
-        elif self.room.hold.mono is None or (
-            time.monotonic() - self.room.hold.mono > self.room.config.motion.hold_timeout_s
-        ):
-            self.trip("hold-to-run heartbeat lost", S.STOPPED)
-
-    def _check_motion(self) -> None:
-        if self.room.workflow.state != S.MOVING or self.room.active is None:
-            return
-        if not self.room.couch_link_ok():
-            self.trip("couch link lost")
-            return
+            return True
         if self._check_plc_during_motion():
-            return
+            return True
         if self.room.hold.mono is None or (
             time.monotonic() - self.room.hold.mono > self.room.config.motion.hold_timeout_s
         ):
             self.trip("hold-to-run heartbeat lost", S.STOPPED)
+            return True
+        return False
+
+    def _check_motion(self) -> None:
+        if self.room.workflow.state != S.MOVING or self.room.active is None:
+            return
+        if self._check_move_conditions():
             return
         timeout = self.room.config.motion.move_timeout_s
         if time.monotonic() - self.room.active.started.started_mono > timeout:
@@ -395,7 +391,7 @@ class MotionSupervisor:
                 self._check_motion()
                 await asyncio.sleep(period)
             elif self._go_unanswered():
-                self._check_go_unanswered()
+                self._check_move_conditions()
                 await asyncio.sleep(period)
             else:
                 if (self.room.workflow.state not in (S.OFFLINE, S.FAULT)
