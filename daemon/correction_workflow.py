@@ -12,10 +12,8 @@ hold-to-run heartbeat after confirmation starts the move
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
-from typing import TYPE_CHECKING
 
 from daemon.api import (
     Actor,
@@ -33,6 +31,7 @@ from daemon.proposals import (
     new_id,
 )
 from daemon.proposals import ProposalStatus as PS
+from daemon.registration_worker import RegistrationFailed, RegistrationWorker
 from daemon.room import Room, pose_json
 from daemon.workflow import LATCHED, PROPOSABLE, RoomState
 from safety.correction import plan_correction
@@ -41,15 +40,13 @@ from safety.policy import Verdict
 from safety.pose import AXES, Pose
 from safety.travel import couch_moved_reasons
 
-if TYPE_CHECKING:  # at run time imaging is imported inside `register` only, as before
-    from imaging.registration import RegistrationResult
-
 S = RoomState
 
 
 class CorrectionWorkflow:
     def __init__(self, room: Room) -> None:
         self.room = room
+        self.registrations = RegistrationWorker()
 
     async def open_session(self, actor: Actor, req: SessionRequest) -> Reply:
         if self.room.workflow.state not in (S.STANDBY, S.READY, S.DONE, S.PROPOSED):
@@ -98,18 +95,11 @@ class CorrectionWorkflow:
                 "couch": pose_json(rec.couch)}
 
     async def register(self, actor: Actor, req: RegisterRequest) -> Reply:
-        """Rigid registration in a worker thread: motion supervision keeps running."""
-        from imaging.registration import register_rigid
-        from imaging.volumes import read_image
-
-        def work() -> RegistrationResult:
-            fixed = read_image(req.fixed)
-            moving = read_image(req.moving)
-            return register_rigid(fixed.image, moving.image, iso_mm=req.iso)
-
+        """Rigid registration in the worker process: motion supervision keeps running
+        and keeps the interpreter to itself (daemon/registration_worker.py)."""
         try:
-            result = await asyncio.to_thread(work)
-        except ValueError as exc:
+            result = await self.registrations.register_rigid(req.fixed, req.moving, req.iso)
+        except (ValueError, RegistrationFailed) as exc:
             raise self.room.refuse(actor, "register", str(exc)) from None
         out: Reply = result.to_json_dict()
         self.room.audit("registration", actor.user, fixed=req.fixed, moving=req.moving,

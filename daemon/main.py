@@ -36,6 +36,7 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
     from daemon.audit import AuditLog
     from daemon.commands import CommandListeners
     from daemon.control import ControlServer
+    from daemon.group_commit import GroupCommit
     from daemon.recording import attach_recorder, attach_room
     from daemon.service import RoomService
     from daemon.store import CorrectionStore
@@ -43,9 +44,14 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
 
     config.state_dir.mkdir(parents=True, exist_ok=True)
     stop_event = stop_event or asyncio.Event()
-    audit = AuditLog(config.state_dir / "audit")
+    # Both sync in the group commit thread, off the event loop; a motion command
+    # waits for that sync (daemon/group_commit.py).
+    audit = AuditLog(config.state_dir / "audit", deferred_sync=True)
     audit.open()
-    store = CorrectionStore(config.state_dir / "igrt.sqlite")
+    store = CorrectionStore(config.state_dir / "igrt.sqlite", deferred_sync=True)
+    commit = GroupCommit([audit.sync, store.sync])
+    audit.on_write = store.on_write = commit.written
+    commit.written()  # what opening the audit log recovered
     c = config.couch
     couch = CouchClient(c.port, baudrate=c.baudrate, heartbeat_interval_s=c.heartbeat_interval_s,
                         reply_timeout_s=c.reply_timeout_s, link_timeout_s=c.link_timeout_s)
@@ -58,7 +64,9 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
                 from daemon.plc_link import open_plc
 
                 plc, arms = await stack.enter_async_context(open_plc(config.plc))
-            service = RoomService(config, couch, audit, store, plc=plc, arms=arms)
+            service = RoomService(config, couch, audit, store, plc=plc, arms=arms,
+                                  barrier=commit.barrier)
+            stack.callback(service.close_workers)
             follow_heartbeat_rate(service.room, couch, c)
             listeners = CommandListeners()
             attach_room(recorder, plc.client if plc is not None else None, service, listeners)
@@ -127,6 +135,7 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
             await couch.close()
         if recorder is not None:
             await asyncio.to_thread(recorder.close)
+        commit.close()
         store.close()
         audit.close()
 

@@ -7,10 +7,19 @@ fresh snapshot of the room taken at the moment of sending, and once more just
 before GO, because time passes while the controller echoes the target.
 
 Couch moved since imaging (issue 11, item 2): a correction is relative to the
-couch pose at imaging, so the gate reads the couch afresh before TARGET and
-refuses (before TARGET, and again before GO) when the couch is no longer where
-it was imaged: it may have been jogged in service mode or pushed by hand
-between imaging and confirmation.
+couch pose at imaging, so the gate refuses when the couch is no longer where it
+was imaged: it may have been jogged in service mode or pushed by hand between
+imaging and confirmation. Before TARGET it judges the last status igrtd holds
+(a couch already known to have moved: nothing is sent); before GO, the status
+the controller pushes as it arms, sampled after TARGET arrived (read afresh
+when none came), so the pose checked is never older than the TARGET. Reading
+the couch before TARGET as well cost a status round trip (1.2 ms at 460800
+baud) on every confirmation's way to GO and vouched for nothing the
+pre-GO check does not (issue 13, item 6).
+
+Durability: the claim and every audit record before a GO, jog or arm command
+are durable before it is sent; the sync runs in the group commit thread while
+TARGET and its echo are on the wire (daemon/group_commit.py).
 
 Uncommanded motion (issue 11, item 4): `on_motion_sent` is called just before
 a GO or JOG is written, so the room can tell motion it commanded (still
@@ -23,11 +32,13 @@ GO for the same confirmation after restart.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from daemon.group_commit import DurabilityError
 from daemon.ports import CorrectionStorePort, CouchPort, ImagerArmsPort
 from drivers.couch import CouchRefused
 from safety.couch_model import CouchModel
@@ -93,6 +104,11 @@ class StartedMove:
 
 
 FactsFn = Callable[[str], MotionFacts]
+
+
+async def _already_durable() -> None:
+    return None
+
 AuditFn = Callable[..., None]
 
 
@@ -110,8 +126,12 @@ class MotionGate:
         imaging_tolerance_mm: float = 0.5,
         imaging_tolerance_deg: float = 0.2,
         on_motion_sent: Callable[[], None] | None = None,
+        barrier: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._couch = couch
+        # Everything audited and stored so far durable (daemon/group_commit.py); with
+        # stores that sync each write themselves, nothing to wait for.
+        self._barrier = barrier or _already_durable
         self._imaging_tol = (imaging_tolerance_mm, imaging_tolerance_deg)
         self._on_motion_sent = on_motion_sent
         # From the moment GO is written until move_couch returns: the controller
@@ -174,12 +194,9 @@ class MotionGate:
             self.in_flight = None
 
     async def _move_couch(self, ticket: ConfirmationTicket) -> StartedMove:
-        # Where the couch is now, read afresh: an idle controller pushes no status, so
-        # the last one may predate a jog or a push by hand. Nothing is sent yet.
-        try:
-            await self._couch.status()
-        except Exception as exc:  # noqa: BLE001 - any failure: the pose is unknown, no motion
-            self._refuse("couch_move", ticket, [f"current couch pose could not be read: {exc}"])
+        # First on what igrtd already knows of the couch, without a byte on the wire: a
+        # couch already seen away from its imaging pose (or moving, or in FAULT) is
+        # refused here, nothing sent, the confirmation kept.
         decision = self._authorize("couch_move", ticket, ticket.target)
         if not decision.allowed:
             self._refuse("couch_move", ticket, decision.reasons)
@@ -192,8 +209,12 @@ class MotionGate:
         self._audit("command", ticket.user, command="couch_target",
                     confirmation_id=ticket.confirmation_id, proposal_id=ticket.proposal_id,
                     target=ticket.target.as_dict(), validity_ms=self._validity_ms)
+        # The claim and every record so far become durable while TARGET and its echo
+        # are on the wire; GO waits for them (daemon/group_commit.py).
+        durable = asyncio.ensure_future(self._barrier())
         go_written = False
         try:
+            sent_at = time.monotonic()
             echo = await self._couch.send_target(ticket.target, self._validity_ms)
             mismatch = [
                 f"{a} echoed {echo.target.get(a):.3f} {UNITS[a]} vs confirmed "
@@ -204,6 +225,18 @@ class MotionGate:
             if mismatch:
                 raise MotionRefused(["controller echo differs from the confirmed target: "
                                      + ", ".join(mismatch)])
+            try:
+                await durable
+            except DurabilityError as exc:
+                raise MotionRefused([(f"the records that must precede GO are not durable: "
+                                     f"{exc}")]) from None
+            # Where the couch is now: the controller pushes its ARMED status before the
+            # echo, sampled when TARGET arrived, so it is already here; a status from
+            # before TARGET (no push seen) is read afresh. A couch jogged or pushed by
+            # hand since imaging is refused here, before GO.
+            latest = self._couch.latest_status
+            if latest is None or latest.received_at < sent_at:
+                await self._couch.status()
             req = self._request("couch_move", ticket, ticket.target)
             decision = authorize_motion(req)
             if not decision.allowed:
@@ -227,12 +260,24 @@ class MotionGate:
             raise MotionRefused([f"couch did not accept the move: {exc}"],
                                 go_unanswered=go_written and not isinstance(exc, CouchRefused)
                                 ) from exc
+        finally:
+            if not durable.done():
+                durable.cancel()
+            elif not durable.cancelled():
+                durable.exception()  # retrieved: a failure was reported above or is moot
         self._store.finish_move(ticket.confirmation_id, "sent", {"echo_id": echo.echo_id})
         started = StartedMove(ticket.confirmation_id, ticket.proposal_id, echo.echo_id,
                               ticket.target, time.monotonic(), start)
         self._audit("motion", ticket.user, motion="couch_go", echo_id=echo.echo_id,
                     confirmation_id=ticket.confirmation_id, target=ticket.target.as_dict())
         return started
+
+    async def _durable(self, ticket: ConfirmationTicket | None, what: str) -> None:
+        try:
+            await self._barrier()
+        except DurabilityError as exc:
+            self._refuse(what, ticket, [(f"the records that must precede {what} are not "
+                                        f"durable: {exc}")])
 
     async def jog(self, user: str, axis: str, velocity: float, duration_ms: int,
                   end_pose: Pose) -> None:
@@ -242,6 +287,7 @@ class MotionGate:
             self._refuse("couch_jog", None, decision.reasons)
         self._audit("motion", user, motion="couch_jog", axis=axis, velocity=velocity,
                     duration_ms=duration_ms)
+        await self._durable(None, "couch_jog")
         self._motion_sent()
         await self._couch.jog(axis, velocity, duration_ms)
 
@@ -252,6 +298,7 @@ class MotionGate:
         if not decision.allowed:
             self._refuse("imager_arm", None, decision.reasons)
         self._audit("motion", user, motion="imager_arms", extend=extend)
+        await self._durable(None, "imager_arm")
         if extend:
             await self._arms.extend()
         else:

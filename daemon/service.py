@@ -25,7 +25,7 @@ changing state - so nothing queued ahead of it on the event loop delays it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from daemon.api import (
     Actor,
@@ -78,9 +78,12 @@ class RoomService:
         *,
         plc: RoomSafetyPort | None = None,
         arms: ImagerArmsPort | None = None,
+        barrier: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.room = Room(config, couch, audit, store, plc)
-        self.motion = MotionSupervisor(self.room, arms)
+        # `barrier`: everything audited and stored so far made durable (igrtd's group
+        # commit); None where the audit log and store sync each write themselves.
+        self.motion = MotionSupervisor(self.room, arms, barrier)
         self.corrections = CorrectionWorkflow(self.room)
         self.monitoring = BeamMonitoring(self.room)
         self.service_mode = ServiceMode(self.room, self.motion.gate)
@@ -164,6 +167,10 @@ class RoomService:
 
     def attach_imager(self, link: ImagerLinkPort) -> None:
         self.monitoring.attach_imager(link)
+
+    def close_workers(self) -> None:
+        """igrtd is stopping: end the registration worker process."""
+        self.corrections.registrations.close()
 
     async def shutdown_monitoring(self) -> None:
         """igrtd is stopping: end monitoring with the beam held (fail safe)."""

@@ -1,7 +1,12 @@
 """Persistent apply-once state: proposals, confirmations, moves, seen JWT ids.
 
 One SQLite file in WAL mode with synchronous=FULL, so every committed
-transaction survives kill -9 and power loss. The daemon claims a move
+transaction survives kill -9 and power loss. igrtd opens it with
+`deferred_sync`: a commit then only writes the WAL (synchronous=NORMAL) and
+its group commit thread (daemon/group_commit.py) calls `sync()`, which
+fdatasyncs the WAL - the sync SQLite itself does at FULL - for every commit
+so far at once, off the event loop; a GO waits for that sync. Checkpoints
+move from the committing connection to `sync()` too. The daemon claims a move
 (`claim_move`, committed durably) *before* it sends GO: after a crash the
 claim is still there, so the move is never sent again; `unfinished_moves`
 lists what a crash interrupted so startup can mark it `interrupted` after
@@ -12,11 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Self, TypeAlias
+from typing import NoReturn, Self, TypeAlias
 
 from daemon.audit import jsonable
 from daemon.jsontypes import JsonMapping, JsonObject, as_object
@@ -75,9 +82,20 @@ class StoreError(Exception):
     """The state store cannot be used; the message is one line fit for a user."""
 
 
+# With deferred_sync, sync() checkpoints once the WAL is this large (SQLite's
+# own default is 1,000 pages, about 4 MB).
+CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
+
+
 class CorrectionStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, deferred_sync: bool = False) -> None:
         self.path = Path(path)
+        self.deferred_sync = deferred_sync
+        self._wal = self.path.with_name(self.path.name + "-wal")
+        self._checkpointer: sqlite3.Connection | None = None
+        self._sync_failed: str | None = None
+        # Told after each commit (deferred_sync): igrtd's group commit then syncs.
+        self.on_write: Callable[[], None] | None = None
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -93,8 +111,13 @@ class CorrectionStore:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"state store {self.path}: cannot use WAL journal (got {mode})")
-            # Per connection, not persistent: FULL syncs the WAL on every commit.
-            self._db.execute("PRAGMA synchronous=FULL")
+            # Per connection, not persistent: FULL syncs the WAL on every commit;
+            # NORMAL leaves that to sync(), and checkpoints too.
+            if deferred_sync:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA wal_autocheckpoint=0")
+            else:
+                self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -111,8 +134,53 @@ class CorrectionStore:
             raise
 
     def close(self) -> None:
+        if self.deferred_sync and self._sync_failed is None:
+            try:
+                self.sync()
+            except StoreError as exc:
+                log.error("%s", exc)
         with self._lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
             self._db.close()
+
+    def sync(self) -> None:
+        """Make every commit so far durable (deferred_sync; the group commit thread).
+
+        fdatasync of the WAL file is what SQLite does at each commit under
+        synchronous=FULL; here one covers every commit before it. A failure is
+        sticky: later writes are refused.
+        """
+        try:
+            fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # nothing committed since the last checkpoint emptied it
+        except OSError as exc:
+            self._fail_sync(exc)
+        try:
+            os.fdatasync(fd)
+            size = os.fstat(fd).st_size
+        except OSError as exc:
+            self._fail_sync(exc)
+        finally:
+            os.close(fd)
+        if size >= CHECKPOINT_WAL_BYTES:
+            self._checkpoint()
+
+    def _fail_sync(self, exc: OSError) -> NoReturn:
+        self._sync_failed = f"state store {self.path} could not be made durable: {exc}"
+        raise StoreError(self._sync_failed) from exc
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database (its own connection: writers go on)."""
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self.path, isolation_level=None,
+                                                     check_same_thread=False, timeout=1.0)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # a later checkpoint tries again; nothing is lost
+            log.warning("state store checkpoint failed: %s", exc)
 
     def __enter__(self) -> Self:
         return self
@@ -122,12 +190,23 @@ class CorrectionStore:
 
     # -- helpers
 
+    def _require_writable(self) -> None:
+        if self._sync_failed is not None:
+            raise StoreError(f"state store refused: {self._sync_failed}; restart igrtd")
+
     def _write(self, sql: str, params: tuple[_SqlParam, ...]) -> int:
+        self._require_writable()
         with self._lock:
             try:
-                return self._db.execute(sql, params).rowcount
+                rows: int = self._db.execute(sql, params).rowcount
             except sqlite3.Error as exc:
                 raise StoreError(f"state store write failed: {exc}") from exc
+        self._written()
+        return rows
+
+    def _written(self) -> None:
+        if self.on_write is not None:
+            self.on_write()
 
     def _one(self, sql: str, params: tuple[_SqlParam, ...]) -> sqlite3.Row | None:
         with self._lock:
@@ -200,6 +279,7 @@ class CorrectionStore:
         (in any state), or the proposal already has a completed move, or
         another move of the proposal is still in flight.
         """
+        self._require_writable()
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -218,7 +298,6 @@ class CorrectionStore:
                         (confirmation_id, proposal_id, self._dumps(target), time.time()),
                     )
                     self._db.execute("COMMIT")
-                    return True
                 except sqlite3.IntegrityError:
                     self._db.execute("ROLLBACK")
                     return False
@@ -228,6 +307,8 @@ class CorrectionStore:
                     raise
             except sqlite3.Error as exc:
                 raise StoreError(f"state store write failed: {exc}") from exc
+        self._written()
+        return True
 
     def finish_move(
         self, confirmation_id: str, state: str, detail: JsonMapping | None = None
@@ -301,6 +382,7 @@ class CorrectionStore:
         expired tokens before asking, so a pruned id cannot be replayed.
         """
         now = time.time() if now is None else now
+        self._require_writable()
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -313,10 +395,11 @@ class CorrectionStore:
                         == 1
                     )
                     self._db.execute("COMMIT")
-                    return fresh
                 except BaseException:
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 raise StoreError(f"state store write failed: {exc}") from exc
+        self._written()
+        return fresh

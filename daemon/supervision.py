@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from daemon.api import Actor, CommandError, Reply
 from daemon.couch_watch import SETTLE_PROBE_S, CouchWatch
@@ -55,7 +55,8 @@ _LINK_CHECK_S = 0.05
 
 
 class MotionSupervisor:
-    def __init__(self, room: Room, arms: ImagerArmsPort | None = None) -> None:
+    def __init__(self, room: Room, arms: ImagerArmsPort | None = None,
+                 barrier: Callable[[], Awaitable[None]] | None = None) -> None:
         self.room = room
         config = room.config
         self.gate = MotionGate(
@@ -63,7 +64,7 @@ class MotionSupervisor:
             target_validity_ms=config.motion.target_validity_ms, arms=arms,
             imaging_tolerance_mm=config.binding.couch_moved_tolerance_mm,
             imaging_tolerance_deg=config.binding.couch_moved_tolerance_deg,
-            on_motion_sent=self._motion_commanded,
+            on_motion_sent=self._motion_commanded, barrier=barrier,
         )
         self.watch = CouchWatch(room, self.gate, self.trip)
         self._last_interlocks: JsonObject = {}
@@ -482,6 +483,11 @@ class MotionSupervisor:
 
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> None:
-    """Wait until `event` is set or `timeout` passed, whichever comes first."""
+    """Wait until `event` is set or `timeout` passed, whichever comes first.
+
+    asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation
+    that arrives as the event is set (a stop sets it, and igrtd's shutdown
+    cancels the loop right after), and the supervision task then never ends."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await event.wait()

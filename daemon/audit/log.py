@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -60,12 +60,19 @@ class AuditLog:
         directory: Path,
         *,
         fsync: bool = True,
+        deferred_sync: bool = False,
         segment_max_records: int = 100_000,
     ) -> None:
         if segment_max_records < 1:
             raise ValueError(f"segment_max_records {segment_max_records} must be >= 1")
         self.directory = Path(directory)
         self.fsync = fsync
+        # Deferred: append() only writes; sync() (igrtd's group commit thread,
+        # daemon/group_commit.py) makes everything written so far durable.
+        self.deferred_sync = deferred_sync
+        self._synced_seq = 0
+        # Told after each append (deferred_sync): igrtd's group commit then syncs.
+        self.on_write: Callable[[], None] | None = None
         self.segment_max_records = segment_max_records
         self.recoveries: list[JsonObject] = []  # what open() had to repair, for logging
         self._lock = threading.Lock()
@@ -129,6 +136,8 @@ class AuditLog:
                 return
             if self._failed is None and self._seq > 0:
                 try:
+                    if self.deferred_sync and self.fsync and self._fd is not None:
+                        os.fdatasync(self._fd)
                     self._write_head_anchor()
                 except OSError as exc:
                     log.warning("could not write audit head anchor: %s", exc)
@@ -146,7 +155,8 @@ class AuditLog:
 
     @property
     def head(self) -> tuple[int, str]:
-        """(seq, hash) of the last durable record; publish it to anchor the chain."""
+        """(seq, hash) of the last record written (durable at once, or with deferred_sync
+        at the next sync); publish it to anchor the chain."""
         with self._lock:
             return self._seq, self._hash
 
@@ -154,6 +164,8 @@ class AuditLog:
         """Persist the head anchor now (also done on rotation and close)."""
         with self._lock:
             self._require_writable()
+            if self.deferred_sync and self.fsync and self._fd is not None:
+                os.fdatasync(self._fd)  # the anchor names only durable records
             self._write_head_anchor()
 
     # -- appending
@@ -195,7 +207,9 @@ class AuditLog:
                     self._start_segment(self._seq + 1)
                 assert self._fd is not None
                 write_all(self._fd, line)
-                if self.fsync:
+                # A new segment's first record is synced at once even when deferred:
+                # the head anchor written below must name only durable records.
+                if self.fsync and (rotating or not self.deferred_sync):
                     os.fdatasync(self._fd)
             except OSError as exc:
                 # After a failed write/fsync the file's durable state is unknown
@@ -216,7 +230,33 @@ class AuditLog:
                     self._write_head_anchor()
                 except OSError as exc:
                     log.warning("could not write audit head anchor: %s", exc)
-            return AuditRecord(seq, ts, event, actor, clean_details, prev_hash, digest)
+            record = AuditRecord(seq, ts, event, actor, clean_details, prev_hash, digest)
+        if self.on_write is not None:
+            self.on_write()
+        return record
+
+    def sync(self) -> None:
+        """Make every record written so far durable (deferred_sync mode; any thread).
+
+        The fdatasync runs outside the writer's lock, on a duplicate of the
+        segment's descriptor, so appends on the event loop never wait for the
+        disk. A failure is sticky, as for a failed write in append().
+        """
+        with self._lock:
+            self._require_writable()
+            if self._fd is None or self._seq == self._synced_seq or not self.fsync:
+                return
+            fd, seq = os.dup(self._fd), self._seq
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            with self._lock:
+                self._failed = exc
+            raise AuditWriteError(f"audit records could not be made durable: {exc}") from exc
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._synced_seq = max(self._synced_seq, seq)
 
     def _require_writable(self) -> None:
         if self._lock_fd is None:
@@ -229,6 +269,8 @@ class AuditLog:
     def _start_segment(self, first_seq: int) -> None:
         path = self.directory / segment_name(first_seq)
         if self._fd is not None:
+            if self.deferred_sync and self.fsync:
+                os.fdatasync(self._fd)  # the old segment's deferred records first
             os.close(self._fd)
             self._fd = None
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC

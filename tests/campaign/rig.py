@@ -338,7 +338,9 @@ class Rig:
                 self.call("reset")
             elif state in ("CONFIRMED", "AWAITING_APPROVAL", "MOVING", "VERIFYING"):
                 self.call("stop", reason="campaign: between scenarios")
-            elif state in ("READY", "PROPOSED", "DONE") and links_ok and idle:
+            elif (state in ("READY", "PROPOSED", "DONE") and links_ok and idle
+                  # restored above; igrtd must have read it back before a move is asked for
+                  and st["interlocks"].get("motion_enable_pressed") is not False):
                 return st
             elif state == "STANDBY":
                 self.open_session()

@@ -277,12 +277,14 @@ def room_config(tmp_path: Path, **motion: object) -> RoomConfig:
 
 
 async def fake_room(tmp_path: Path, *, store: FakeStore | None = None,
+                    barrier: Callable[[], Awaitable[None]] | None = None,
                     **motion: object) -> FakeRoom:
-    """A started RoomService on fakes (supervision loops not running: see `supervised`)."""
+    """A started RoomService on fakes (supervision loops not running: see `supervised`).
+    `barrier`: igrtd's group commit (None: every record durable as written)."""
     journal = Journal()
     couch, plc, audit = FakeCouch(journal), FakePlc(journal), FakeAudit(journal)
     store = store or FakeStore()
     service = RoomService(room_config(tmp_path, **motion), couch, audit, store, plc=plc,
-                          arms=FakeArms(journal))
+                          arms=FakeArms(journal), barrier=barrier)
     await service.start()
     return FakeRoom(service, couch, plc, store, audit, journal)

@@ -218,8 +218,10 @@ def test_a_couch_moved_since_its_recorded_imaging_is_refused_at_propose(rig: Rig
                         r) for r in prop["reasons"]), prop["reasons"]
 
 
-def test_a_couch_moved_by_hand_after_confirmation_is_refused_before_anything_is_sent(
-        rig: Rig) -> None:
+def test_a_couch_moved_by_hand_after_confirmation_is_refused_before_go(rig: Rig) -> None:
+    """Nothing told igrtd of the push: the pose the controller reports as it arms
+    (sampled after TARGET arrived) is checked before GO; the armed target is
+    cleared by a STOP and the confirmation is spent."""
     here = _here(rig)
     prop = rig.propose_to(Pose(here.lat + 3.0, here.long, here.vert), here)
     assert prop["verdict"] == "needs_confirmation", prop
@@ -230,6 +232,24 @@ def test_a_couch_moved_by_hand_after_confirmation_is_refused_before_anything_is_
     assert not reply["ok"]
     assert re.search(r"couch moved since imaging: vert -(3\.9\d|4\.0\d) mm .*limit 0\.50 mm",
                      reply["error"]), reply
+    time.sleep(0.05)
+    assert _kinds_since(rig, t0) == ["TARGET", "STOP"], "no GO; the armed target is cleared"
+    assert rig.status()["state"] == "PROPOSED"
+
+
+def test_a_couch_known_to_have_moved_since_imaging_is_refused_before_anything_is_sent(
+        rig: Rig) -> None:
+    here = _here(rig)
+    prop = rig.propose_to(Pose(here.lat + 3.0, here.long, here.vert), here)
+    assert prop["verdict"] == "needs_confirmation", prop
+    rig.confirm(prop)
+    _set_couch_pose(rig, Pose(here.lat, here.long, here.vert - 4.0))  # pushed by hand
+    # igrtd reads the couch (a new image recorded), so it knows of the push
+    rig.ok("record_imaging", imaging_session_uid=f"IMG-{time.monotonic_ns()}")
+    t0 = time.monotonic()
+    reply = rig.call("hold", proposal_id=prop["id"])
+    assert not reply["ok"]
+    assert "couch moved since imaging" in reply["error"], reply
     time.sleep(0.05)
     assert _kinds_since(rig, t0) == [], "nothing may be sent to the couch"
     assert rig.status()["state"] == "CONFIRMED"

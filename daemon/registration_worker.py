@@ -1,0 +1,113 @@
+"""Image registration in a process of its own, beside igrtd's event loop.
+
+A rigid registration is a second or so of numpy and SimpleITK work. In a
+thread of igrtd it shared the interpreter lock with the event loop, which
+then waited up to a whole switch interval (5 ms) at a time to read the PLC or
+write a STOP: interlock-to-STOP grew by several milliseconds while a
+registration ran (issue 13, item 5). In a worker process it competes with
+igrtd only for a core, and the worker runs at a lower priority (nice +10), so
+igrtd, which runs at -10, takes the CPU the moment a PLC answer arrives.
+
+One worker, started on the first registration and kept warm (importing
+SimpleITK and numpy takes about a second); a second registration asked for
+while one runs waits its turn. It dies with igrtd (PR_SET_PDEATHSIG), and a
+worker that dies (killed, out of memory) is replaced on the next call; the
+call it was running is refused with a one-line reason. Only file paths go to
+the worker and only the result comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy and SimpleITK are loaded in the worker, not in igrtd
+    from imaging.registration_result import RegistrationResult
+
+log = logging.getLogger("igrt.registration")
+
+# Below igrtd (Nice=-10 in systemd/igrtd.service) and below ordinary work.
+WORKER_NICE = 10
+_PR_SET_PDEATHSIG = 1
+
+
+class RegistrationFailed(Exception):
+    """The registration could not be run (bad input, worker lost); str() is one line."""
+
+
+def _worker_init(parent: int) -> None:
+    """In the worker: lower priority, die with igrtd."""
+    try:
+        # Absolute, not relative: the worker inherits igrtd's -10.
+        os.setpriority(os.PRIO_PROCESS, 0, max(WORKER_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
+    except OSError:  # not permitted: it runs at igrtd's priority
+        pass
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # igrtd died before the signal was armed
+        os._exit(1)
+
+
+def _register_files(fixed: str, moving: str,
+                    iso: tuple[float, float, float] | None) -> RegistrationResult:
+    """Runs in the worker: read both images and register them."""
+    from imaging.registration import register_rigid
+    from imaging.volumes import read_image
+
+    f = read_image(fixed)
+    m = read_image(moving)
+    return register_rigid(f.image, m.image, iso_mm=iso)
+
+
+class RegistrationWorker:
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._turn = asyncio.Lock()
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init, initargs=(os.getpid(),))
+        return self._pool
+
+    async def register_rigid(self, fixed: str, moving: str,
+                             iso: tuple[float, float, float] | None) -> RegistrationResult:
+        """The registration of `moving` to `fixed`; ValueError for bad input (one line),
+        RegistrationFailed when the worker was lost."""
+        async with self._turn:
+            loop = asyncio.get_running_loop()
+            try:
+                return await loop.run_in_executor(self._executor(), _register_files,
+                                                  fixed, moving, iso)
+            except BrokenProcessPool:
+                self._discard()
+                raise RegistrationFailed("the registration worker process ended unexpectedly; "
+                                         "try again") from None
+
+    def _discard(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Stop the worker (igrtd is stopping); a running registration is abandoned."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            # Abandoned work: nothing waits for it, so do not wait for it either.
+            if proc.is_alive():
+                proc.kill()
+        pool.shutdown(wait=True, cancel_futures=True)

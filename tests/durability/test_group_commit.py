@@ -1,0 +1,127 @@
+"""Group commit (daemon/group_commit.py): records are written on the event loop and
+made durable by one flusher thread; a motion goes out only after a sync that
+started after its records were written."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from fakes import fake_room
+from rules.helpers import ALICE, SMALL, propose
+
+from daemon.api import CommandError
+from daemon.audit import AuditLog
+from daemon.group_commit import DurabilityError, GroupCommit
+from daemon.store import CorrectionStore
+
+
+class _GatedSource:
+    """A sync that can be held at its start, counting the syncs that finished."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.finished = 0
+        self.fail: str | None = None
+
+    def __call__(self) -> None:
+        self.started.set()
+        assert self.release.wait(5)
+        if self.fail:
+            raise OSError(self.fail)
+        self.finished += 1
+
+
+async def test_a_barrier_returns_only_after_a_sync_that_started_after_it() -> None:
+    src = _GatedSource()
+    commit = GroupCommit([src])
+    try:
+        commit.written()  # a first sync starts and is held
+        assert await asyncio.to_thread(src.started.wait, 5)
+        barrier = asyncio.ensure_future(commit.barrier())
+        await asyncio.sleep(0.01)
+        src.started.clear()
+        src.release.set()  # the held sync ends: it began before the barrier
+        assert await asyncio.to_thread(src.started.wait, 5)  # a second sync began
+        await asyncio.wait_for(barrier, 5)
+        assert src.finished == 2
+    finally:
+        src.release.set()
+        commit.close()
+
+
+async def test_a_failed_sync_refuses_every_later_barrier() -> None:
+    src = _GatedSource()
+    src.fail = "No space left on device"
+    src.release.set()
+    commit = GroupCommit([src])
+    try:
+        with pytest.raises(DurabilityError, match="No space left on device"):
+            await asyncio.wait_for(commit.barrier(), 5)
+        with pytest.raises(DurabilityError, match="No space left on device"):
+            await commit.barrier()
+    finally:
+        commit.close()
+
+
+async def test_go_waits_for_the_records_before_it_to_be_durable(tmp_path: Path) -> None:
+    async def barrier() -> None:
+        await asyncio.sleep(0.01)  # the disk takes its time
+        room.journal.add("DURABLE")
+
+    room = await fake_room(tmp_path, barrier=barrier)
+    pid = await propose(room, SMALL)
+    await room.service.confirm(ALICE, pid)
+    await room.service.hold(ALICE, pid)
+    claim = room.journal.index("audit:command")
+    assert claim < room.journal.index("DURABLE") < room.journal.index("GO")
+
+
+async def test_no_go_when_the_records_before_it_cannot_be_made_durable(tmp_path: Path) -> None:
+    async def barrier() -> None:
+        raise DurabilityError("durable write failed: Input/output error")
+
+    room = await fake_room(tmp_path, barrier=barrier)
+    pid = await propose(room, SMALL)
+    await room.service.confirm(ALICE, pid)
+    with pytest.raises(CommandError, match="not durable: durable write failed"):
+        await room.service.hold(ALICE, pid)
+    assert room.journal.count("GO") == 0
+    assert room.journal.count("STOP") >= 1  # the armed target is cleared
+    assert str(room.service.workflow.state) == "PROPOSED"
+
+
+def test_deferred_audit_records_are_synced_by_sync_not_by_append(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real = os.fdatasync
+    log = AuditLog(tmp_path / "audit", deferred_sync=True)
+    log.open()
+    log.append("first", "system")  # the new segment's first record is synced at once
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    log.append("second", "system")
+    log.append("third", "system")
+    assert synced == []
+    log.sync()
+    assert len(synced) == 1
+    log.close()
+
+
+def test_deferred_store_commits_are_synced_through_the_wal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real = os.fdatasync
+    store = CorrectionStore(tmp_path / "igrt.sqlite", deferred_sync=True)
+    monkeypatch.setattr(os, "fdatasync",
+                        lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                    real(fd))[1])
+    assert store.claim_move("conf-1", "prop-1", {"lat": 1.0})
+    assert synced == []  # the commit itself did not wait for the disk
+    store.sync()
+    assert synced == [str(tmp_path / "igrt.sqlite-wal")]
+    store.close()
+    assert CorrectionStore(tmp_path / "igrt.sqlite").move_for_confirmation("conf-1")
