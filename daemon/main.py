@@ -140,6 +140,9 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
         audit.close()
 
 
+IGRTD_SWITCH_INTERVAL_S = 0.0005
+
+
 class _Shutdown(Exception):
     pass
 
@@ -204,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in exc.problems:
             print(f"igrtd: {exc.path}: {p}", file=sys.stderr)
         return 2
+    # igrtd's other threads (group commit, registration results, to_thread work) give
+    # the interpreter back to the event loop within 0.5 ms instead of Python's 5 ms.
+    sys.setswitchinterval(IGRTD_SWITCH_INTERVAL_S)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from daemon import diagnostics

@@ -488,9 +488,13 @@ class MqttConsole:
 
         answer = await execute(self.commands, actor, vc.cmd, vc.args,
                                audit=self._audit, on_fault=fault, listeners=self._listeners)
-        await self._reply(vc.claims.reply_to, ReplyMessage(
+        # The reply goes out in a task of its own: waiting here for the broker's PUBACK
+        # would hold this console's lane, and its next command (the first hold after
+        # a confirm) would wait for it. Replies still leave in command order: each
+        # task publishes before its first await, in the order they were started.
+        self._spawn(self._reply(vc.claims.reply_to, ReplyMessage(
             room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=answer.ok, result=answer.result,
-            code=answer.code, reason=answer.reason, ts=time.time()))
+            code=answer.code, reason=answer.reason, ts=time.time())), "reply")
 
     async def _reply(self, console_id: str, msg: ReplyMessage) -> None:
         await self._publish(reply_topic(self.room, console_id), dumps(msg), qos=1)
