@@ -85,7 +85,7 @@ class ImagingRequest(BaseModel):
 
 
 class RegisterRequest(BaseModel):
-    """Register a daily image to the planning image (run by igrtd in a worker thread)."""
+    """Register a daily image to the planning image (run by igrtd in its worker process)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     fixed: str = Field(min_length=1, max_length=4096, description="planning CT (file or DICOM dir)")

@@ -219,7 +219,7 @@ class RoomService:
         return await self.corrections.record_imaging(actor, req)
 
     async def register(self, actor: Actor, req: RegisterRequest) -> Reply:
-        """Rigid registration in a worker thread: motion supervision keeps running."""
+        """Rigid registration in the worker process: motion supervision keeps running."""
         self._require(actor, "register")
         return await self.corrections.register(actor, req)
 

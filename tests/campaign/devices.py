@@ -19,6 +19,7 @@ child stops its devices and exits.
 from __future__ import annotations
 
 import functools
+import gc
 import multiprocessing
 import threading
 import time
@@ -118,7 +119,14 @@ def _serve(conn: Connection, couch_kwargs: dict[str, Any]) -> None:
         return
     try:
         conn.send(("ok", (room.couch.device_path, room.couch.baudrate, room.plc.port)))
+        served = 0
         while True:
+            served += 1
+            if served % 500 == 0:
+                # The simulators' records only grow (executed commands, input
+                # changes): kept out of the collector, a full collection does not
+                # stall the PLC cycle for a whole staleness limit in a long run.
+                gc.freeze()
             try:
                 name, args = conn.recv()
             except EOFError:
