@@ -111,7 +111,7 @@ class CouchLinkConfig(StrictModel):
 class PlcConfig(StrictModel):
     host: str = Field(default="127.0.0.1", min_length=1, max_length=253, pattern=_NONBLANK)
     port: int = Field(default=502, ge=1, le=65535)
-    poll_interval_s: float = Field(default=0.001, ge=0.0005, le=0.1)
+    poll_interval_s: float = Field(default=0.003, ge=0.0005, le=0.1)
     heartbeat_stale_s: float = Field(default=0.1, ge=0.01, le=2.0)
     standby_poll_interval_s: float = Field(
         default=0.5, ge=PLC_IDLE_POLL_FLOOR_S, le=1.0,
