@@ -109,6 +109,11 @@ FactsFn = Callable[[str], MotionFacts]
 async def _already_durable() -> None:
     return None
 
+
+def _not_durable(what: str, exc: DurabilityError) -> str:
+    """The refusal of a motion whose preceding records could not be made durable."""
+    return f"the records that must precede {what} are not durable: {exc}"
+
 AuditFn = Callable[..., None]
 
 
@@ -228,8 +233,7 @@ class MotionGate:
             try:
                 await durable
             except DurabilityError as exc:
-                raise MotionRefused([(f"the records that must precede GO are not durable: "
-                                     f"{exc}")]) from None
+                raise MotionRefused([_not_durable("GO", exc)]) from None
             # Where the couch is now: the controller pushes its ARMED status before the
             # echo, sampled when TARGET arrived, so it is already here; a status from
             # before TARGET (no push seen) is read afresh. A couch jogged or pushed by
@@ -276,8 +280,7 @@ class MotionGate:
         try:
             await self._barrier()
         except DurabilityError as exc:
-            self._refuse(what, ticket, [(f"the records that must precede {what} are not "
-                                        f"durable: {exc}")])
+            self._refuse(what, ticket, [_not_durable(what, exc)])
 
     async def jog(self, user: str, axis: str, velocity: float, duration_ms: int,
                   end_pose: Pose) -> None:
