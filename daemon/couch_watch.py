@@ -68,11 +68,18 @@ class CouchWatch:
         self._motion_sent_mono = 0.0
         self._rest_uptime: int | None = None
         self._moving_uptime: int | None = None
-        # Uptime of the newest report in which the controller had given up the
+        # Uptime of the earliest report in which the controller had given up the
         # commanded motion (STOPPING or FAULT) since igrtd last wrote GO or JOG:
         # MOVING reported after it is motion nobody commanded, even if the couch
         # was never seen at rest in between (a runaway while a STOP winds down).
+        # The earliest, not the newest: a wind-down goes on pushing STOPPING every
+        # 20 ms, and a runaway's MOVING made in the millisecond of one of those
+        # pushes cannot be ordered after it by uptime; it is after the first one.
         self._halted_uptime: int | None = None
+        # Uptime of the report igrtd last took for a runaway: a report of giving up
+        # made before it (a late reply) says nothing of the STOP written for it, and
+        # must not make that same runaway's next MOVING look like a second one.
+        self._runaway_uptime: int | None = None
         self._probe_at = 0.0
         # Position plausibility during a move: the previous report.
         self._last_report: PoseReport | None = None
@@ -93,6 +100,7 @@ class CouchWatch:
         """The MotionGate is about to write GO or JOG: motion from here on is ours."""
         self._couch_settled = False
         self._halted_uptime = None
+        self._runaway_uptime = None
         self._motion_sent_mono = time.monotonic()
 
     def on_couch_event(self, event: CouchEvent) -> None:
@@ -129,8 +137,9 @@ class CouchWatch:
             self._check_plausible(*self.gate.in_flight, previous, report)
         moving_bits = tuple(event.moving)
         if state in ("STOPPING", "FAULT") and self._commanded_motion_over() and (
-                self._halted_uptime is None or _newer(uptime, self._halted_uptime)):
-            self._halted_uptime = uptime
+                self._runaway_uptime is None or _newer(uptime, self._runaway_uptime)) and (
+                self._halted_uptime is None or _newer(self._halted_uptime, uptime)):
+            self._halted_uptime = uptime  # the earliest such report (see __init__)
         if state != "MOVING" and not any(moving_bits):
             if state != "STOPPING" and self._commanded_motion_over() and (
                     self._moving_uptime is None or _newer(uptime, self._moving_uptime)):
@@ -151,7 +160,7 @@ class CouchWatch:
             # Motion of any kind reported (MOVING, or axes moving in STOPPING / FAULT / IDLE)
             # after the couch was at rest with nothing commanded since, or MOVING
             # after the controller gave up the commanded motion: a runaway.
-            self._uncommanded_motion(pose, moving_bits, room)
+            self._uncommanded_motion(pose, moving_bits, room, uptime)
             return
         if state == "STOPPING" or room == S.CONFIRMED:
             return  # a STOP winding down, or the GO just written starting
@@ -193,14 +202,17 @@ class CouchWatch:
 
         self.room.spawn(probe())
 
-    def _uncommanded_motion(self, pose: Pose, moving: tuple[bool, ...], room: RoomState) -> None:
+    def _uncommanded_motion(self, pose: Pose, moving: tuple[bool, ...], room: RoomState,
+                            uptime: int) -> None:
         """The couch moves and nothing was commanded: STOP, audit, latch FAULT."""
         self.room.stop_couch_now()
         self._restop_at = time.monotonic()
         # The STOP is now the motion in progress: repeats of this episode only
-        # re-STOP; a new runaway after the couch was seen at rest is audited anew.
+        # re-STOP; a new runaway after the couch was seen at rest, or MOVING after
+        # the controller reported giving up for this STOP, is audited anew.
         self._couch_settled = False
         self._halted_uptime = None
+        self._runaway_uptime = uptime
         axes = [a for a, m in zip(AXES, moving) if m]
         log.error("uncommanded couch motion (%s) while the room is %s: STOP, FAULT",
                   ", ".join(axes) or "MOVING reported", room)
