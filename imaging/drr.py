@@ -32,11 +32,13 @@ the ray length per plane is the line integral. A per-column table of where
 tissue starts and ends along each axis trims the air at both ends of every ray
 (imaging/voxel_grid.py). Sample positions are the volume's own planes, so a
 small change of the pose moves the samples continuously and the DRR (and the
-2D/3D optimiser's cost) stays smooth in the pose. Rows of the detector are
-shared between threads (the kernel releases the GIL). `rays="auto"` casts one ray per CT
-voxel at the isocentre (never finer than the detector) and resamples onto
-the detector with an anti-aliased linear kernel; `rays="full"` casts one ray
-per detector pixel.
+2D/3D optimiser's cost) stays smooth in the pose. Dense rays (a full DRR) are
+cast eight neighbours of a row at a time in vector registers, from a copy of the
+CT stored with the row's axis contiguous (`TILE_RAY_PITCH_VOXELS`). Rows of the
+detector are shared between threads (the kernel releases the GIL). `rays="auto"`
+casts one ray per CT voxel at the isocentre (never finer than the detector) and
+resamples onto the detector with an anti-aliased linear kernel; `rays="full"` casts
+one ray per detector pixel.
 """
 
 from __future__ import annotations
@@ -72,6 +74,16 @@ META_KIND = "IGRT_KIND"
 KIND_KV = "kv_line_integral"
 
 RaysMode = Literal["auto", "full"]
+
+# Rays at most this far apart (at the isocentre, in voxels of the CT axis along the
+# detector rows) read a copy of the CT stored with that axis contiguous, from which
+# the kernel casts 8 neighbouring rays of a row together (imaging/_raycast.c,
+# cast_tile: their samples on a plane must lie within the 8 voxels it reads, so 7
+# ray pitches within 6 voxels). Measured (one thread, CPU time, 2 shared cores):
+# full 512x512 DRR (0.27-0.4 voxel) 135-140 instead of 245-255 ms, rays="auto" at 90 deg
+# (0.75 voxel) 28 instead of 32 ms, the 2D/3D registration unchanged. Sparser rays
+# keep voxel_grid.layout_for's order.
+TILE_RAY_PITCH_VOXELS = 0.85
 
 
 @dataclass(frozen=True)
@@ -371,8 +383,13 @@ class Projector:
 
     def _layout(self, room_to_index: np.ndarray) -> Layout:
         e_u, _e_v, n = self.geometry.axes()
-        return layout_for(room_to_index @ n, room_to_index @ e_u, self._ray_pitch,
-                          self._voxels.spacing_xyz)
+        direction, across = room_to_index @ n, room_to_index @ e_u
+        spacing = self._voxels.spacing_xyz
+        # layout_for's order for rays far apart: the axis along the detector rows contiguous
+        along_rows = layout_for(direction, across, math.inf, spacing)
+        if self._ray_pitch <= TILE_RAY_PITCH_VOXELS * float(spacing[along_rows[2]]):
+            return along_rows
+        return layout_for(direction, across, self._ray_pitch, spacing)
 
     def project(self, room_to_volume: np.ndarray) -> np.ndarray:
         """Line integrals (float32 [v, u] on the ray grid) with the volume placed in the

@@ -1,6 +1,8 @@
 """The DRR ray caster in plain Python: the specification imaging/_raycast.c is
-held to (tests/imaging2d4d/test_raycast_kernel.py), step for step: float32
-sample positions and weights, two float32 running sums.
+held to (tests/imaging2d4d/test_raycast_kernel.py), step for step and bit for
+bit: float32 sample positions and weights, two float32 running sums, no fused
+multiply-add (the kernel's vector path, 8 rays at a time, does the same
+operations in the same order).
 
 Index space: continuous voxel indices (x, y, z); a ray is source + t w with t = 0
 at the source and 1 at its detector pixel. Same arguments as

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+import imaging.drr as drr_module
 import imaging.voxel_grid as voxel_grid_module
 from imaging.drr import (
     MU_WATER_PER_MM,
@@ -165,12 +166,15 @@ def test_memory_order_of_the_voxels_does_not_change_the_image(bump_volume, monke
     geo = KvGeometry(angle_deg=33.0, size_px=(48, 40), pixel_mm=1.3)
     t = room_to_planning(params_to_room_motion(np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])),
                          ISO, "HFS")
-    images = []
+    images = [Projector(bump_volume, geo, detector_grid(geo), threads=1).project(t)]
+    # rays 0.7 voxel apart: cast 8 at a time (drr.TILE_RAY_PITCH_VOXELS); then one by one,
     # every grid taken as sparse (voxels stored across the rays), then as dense (along)
+    monkeypatch.setattr(drr_module, "TILE_RAY_PITCH_VOXELS", 0.0)
     for threshold in (0.0, 1e9):
         monkeypatch.setattr(voxel_grid_module, "SPARSE_RAY_PITCH_VOXELS", threshold)
         images.append(Projector(bump_volume, geo, detector_grid(geo), threads=1).project(t))
     assert np.array_equal(images[0], images[1])
+    assert np.array_equal(images[0], images[2])
 
 
 def test_sparse_rays_read_voxels_stored_across_them_and_dense_rays_along() -> None:
