@@ -95,7 +95,9 @@ def layout_for(direction: np.ndarray, across: np.ndarray, ray_pitch: float,
     voxels across the rays contiguous, 6.2 ms with those along the rays; a
     512x512 DRR (0.4 mm apart) the other way round, 100 vs 139 ms: dense rays
     share the cache lines along their own axis, sparse rays only those of their
-    neighbours."""
+    neighbours. Rays denser still (imaging.drr.TILE_RAY_PITCH_VOXELS) are read by the
+    kernel's eight-ray path, which wants the detector-row axis contiguous instead;
+    imaging/drr.py chooses that order before asking here."""
     k = int(np.argmax(np.abs(direction)))
     rest = [a for a in range(3) if a != k]
     a_u = max(rest, key=lambda a: abs(float(across[a])))
