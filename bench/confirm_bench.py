@@ -7,14 +7,15 @@ igrtd runs as a child process with its MQTT console API on a real Mosquitto
 (configured like production: tests/support/mosquitto.py), the simulated couch
 on a pty and the simulated PLC on Modbus TCP (motion enable held). For each
 sample a small correction (needs one confirmation, no second approval) is
-proposed over the local socket; then the console publishes a signed `confirm`
-and, straight after, its first `hold` (hold-to-run is what starts a move in
-igrtd: confirm -> hold -> TARGET/ECHO -> GO is the console's path to motion).
-Both tokens are signed before the clock starts. Measured from just before the
-confirm is published to the GO frame's device-side receive time in the couch
-simulator (its last byte off the 460800 baud wire: TARGET, the ARMED push,
-TARGET_ECHO and GO, 126 bytes, take 2.73 ms there, 10.9 ms at 115200); the
-bench, the console and the simulators share one monotonic clock.
+proposed over the local socket; the console holds hold-to-run for it (one
+`hold`, answered, before the clock starts: a therapist holding the hold-to-run
+control as the confirmation is given) and publishes a signed `confirm`, which
+starts the move as it lands (confirm -> TARGET/ECHO -> GO). Both tokens are
+signed before the clock starts. Measured from just before the confirm is
+published to the GO frame's device-side receive time in the couch simulator
+(its last byte off the 460800 baud wire: TARGET, the ARMED push, TARGET_ECHO
+and GO, 126 bytes, take 2.73 ms there, 10.9 ms at 115200); the bench, the
+console and the simulators share one monotonic clock.
 
 Figures: confirm_to_motion_p50_ms, _p90_ms, _max_ms, _samples; 100 samples
 under `make bench` (too few for a p99: bench/stats.py), 1,000 and
@@ -22,6 +23,11 @@ confirm_to_motion_p99_ms (target <= 5) under `make bench-long`.
 confirm_to_motion_disk_load_*: the same while `dd` writes to the disk igrtd's
 state directory is on with a sync after every block (oflag=dsync), started
 before and kept running throughout (target p99 <= 20).
+
+confirm_then_hold_to_motion_*: the other order, 100 samples in both modes: the
+console publishes the `confirm` and, straight after it, its first `hold` (the
+hold is what starts that move): from just before the confirm is published to
+the GO, as above.
 
 command_rtt_p50_ms / _p99_ms / _max_ms / _samples: the same igrtd (its SQLite
 store holding the replay cache of signed-token ids, as in production) and
@@ -113,7 +119,10 @@ async def _wait_console(client: ConsoleClient) -> None:
             await asyncio.sleep(0.1)
 
 
-async def _samples(rig: Rig, client: ConsoleClient, n: int) -> list[float]:
+async def _samples(rig: Rig, client: ConsoleClient, n: int, *,
+                   held_first: bool = True) -> list[float]:
+    """`held_first`: the hold is held (its heartbeat answered) before the confirm is
+    published; otherwise the first hold is published straight after the confirm."""
     rng = random.Random(3)
     rig.sim("press_motion_enable")
     out = []
@@ -127,15 +136,27 @@ async def _samples(rig: Rig, client: ConsoleClient, n: int) -> list[float]:
         args = {"proposal_id": prop["id"]}
         jti_c, confirm = client.sign("confirm", args)
         jti_h, hold = client.sign("hold", args)
-        t0 = time.monotonic()
-        # Both published at once, in this order (one connection keeps it), the hold
-        # not waiting for the broker's PUBACK of the confirm.
-        f_confirm, f_hold = await asyncio.gather(client.send_raw(confirm, jti_c),
-                                                 client.send_raw(hold, jti_h))
-        t_go = await _go_after(rig, t0)
-        replies = await asyncio.wait_for(asyncio.gather(f_confirm, f_hold), 5)
-        if not all(r.ok for r in replies):
-            raise RuntimeError(f"console command refused: {[r.reason for r in replies]}")
+        if held_first:
+            held = await asyncio.wait_for(await client.send_raw(hold, jti_h), 5)
+            if not held.ok:
+                raise RuntimeError(f"hold refused: {held.reason}")
+            t0 = time.monotonic()
+            f_confirm = await client.send_raw(confirm, jti_c)
+            t_go = await _go_after(rig, t0)
+            reply = await asyncio.wait_for(f_confirm, 5)
+            moved = (reply.result or {}).get("move")
+            if not reply.ok or moved != "started":
+                raise RuntimeError(f"confirm did not start the move: {reply.reason or moved}")
+        else:
+            t0 = time.monotonic()
+            # Both published at once, in this order (one connection keeps it), the hold
+            # not waiting for the broker's PUBACK of the confirm.
+            f_confirm, f_hold = await asyncio.gather(client.send_raw(confirm, jti_c),
+                                                     client.send_raw(hold, jti_h))
+            t_go = await _go_after(rig, t0)
+            replies = await asyncio.wait_for(asyncio.gather(f_confirm, f_hold), 5)
+            if not all(r.ok for r in replies):
+                raise RuntimeError(f"console command refused: {[r.reason for r in replies]}")
         if i >= WARMUP:
             out.append((t_go - t0) * 1e3)
         # The move is short (~70 ms): it finishes well within the hold timeout.
@@ -169,7 +190,7 @@ class DiskLoad:
         self.path.unlink(missing_ok=True)
 
 
-async def _run(directory: Path) -> tuple[list[float], list[float], list[float]]:
+async def _run(directory: Path) -> dict[str, list[float]]:
     with running_mosquitto(directory / "broker") as broker:
         pw = directory / "igrtd.mqtt.pw"
         pw.write_text(broker.creds["igrtd"])
@@ -184,18 +205,23 @@ async def _run(directory: Path) -> tuple[list[float], list[float], list[float]]:
                 await _wait_console(client)
                 rtt = await _command_rtt(client, N_RTT)
                 plain = await _samples(rig, client, samples(N_SAMPLES))
+                then_hold = await _samples(rig, client, N_SAMPLES, held_first=False)
                 with DiskLoad(directory):
                     await asyncio.sleep(0.5)  # the first dd writes are under way
                     loaded = await _samples(rig, client, samples(N_SAMPLES))
-                return rtt, plain, loaded
+                return {"command_rtt": rtt, "confirm_to_motion": plain,
+                        "confirm_then_hold_to_motion": then_hold,
+                        "confirm_to_motion_disk_load": loaded}
 
 
 def run() -> dict[str, float]:
     # The state directory, and so the disk load, on the disk igrtd writes to in tests.
     with tempfile.TemporaryDirectory() as tmp:
-        rtt, xs, ys = asyncio.run(_run(Path(tmp)))
-    return {**tail_figures("command_rtt", "ms", rtt), **tail_figures("confirm_to_motion", "ms", xs),
-            **tail_figures("confirm_to_motion_disk_load", "ms", ys)}
+        series = asyncio.run(_run(Path(tmp)))
+    out: dict[str, float] = {}
+    for name, xs in series.items():
+        out.update(tail_figures(name, "ms", xs))
+    return out
 
 
 if __name__ == "__main__":

@@ -150,13 +150,16 @@ _DECLARED = (
             "propose a couch correction from a registration", "propose",
             lambda service, a, x: service.propose(a, x)),
     Command("confirm", ProposalArgs, _OPERATORS, Access.PROOF,
-            "confirm a proposal (first of two people for a large one)", "confirm",
-            lambda service, a, x: service.confirm(a, x.proposal_id)),
+            "confirm a proposal (first of two people for a large one); with its hold-to-run "
+            "already held, the move starts", "confirm",
+            lambda service, a, x: service.confirm(a, x.proposal_id), moves=True),
     Command("approve", ProposalArgs, frozenset({Role.APPROVER}), Access.PROOF,
-            "second approval of a large correction, by another person", "approve",
-            lambda service, a, x: service.approve(a, x.proposal_id)),
+            "second approval of a large correction, by another person; with its hold-to-run "
+            "already held, the move starts", "approve",
+            lambda service, a, x: service.approve(a, x.proposal_id), moves=True),
     Command("hold", ProposalArgs, _OPERATORS, Access.PROOF,
-            "hold-to-run heartbeat: the confirmed move runs while these arrive", "hold",
+            "hold-to-run heartbeat: the confirmed move runs while these arrive (held before "
+            "the confirmation, it starts as that lands)", "hold",
             lambda service, a, x: service.hold(a, x.proposal_id), moves=True, heartbeat=True),
     # release only ever takes motion enable away, so it is as open as stop.
     Command("release", NoArgs, _STOPPERS, Access.STOP,

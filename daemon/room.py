@@ -60,9 +60,14 @@ class HoldToRun:
     mono: float | None = None
     user: str | None = None
     via: str | None = None
+    # A console's `hold` names the proposal it holds for; one held before that
+    # proposal is confirmed starts the move as the confirmation lands.
+    proposal_id: str | None = None
+    actor: Actor | None = None
 
-    def beat(self, actor: Actor) -> None:
+    def beat(self, actor: Actor, proposal_id: str | None = None) -> None:
         self.mono, self.user, self.via = time.monotonic(), actor.user, actor.via
+        self.proposal_id, self.actor = proposal_id, actor
 
 
 class Room:

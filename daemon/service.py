@@ -229,11 +229,24 @@ class RoomService:
 
     async def confirm(self, actor: Actor, proposal_id: str) -> Reply:
         self._require(actor, "confirm")
-        return await self.corrections.confirm(actor, proposal_id)
+        reply = await self.corrections.confirm(actor, proposal_id)
+        return await self._move_if_held(proposal_id, reply)
 
     async def approve(self, actor: Actor, proposal_id: str) -> Reply:
         self._require(actor, "approve")
-        return await self.corrections.approve(actor, proposal_id)
+        reply = await self.corrections.approve(actor, proposal_id)
+        return await self._move_if_held(proposal_id, reply)
+
+    async def _move_if_held(self, proposal_id: str, reply: Reply) -> Reply:
+        """A confirmation (or second approval) that lands while hold-to-run for its
+        proposal is already held starts the move at once. The reply says so under
+        "move" ("started", or "not started" and why under "move_refused"); a move refused then (interlock, limits, ...) leaves the confirmation
+        recorded, as a refused first heartbeat after it would."""
+        try:
+            started = await self.motion.start_if_held(proposal_id)
+        except CommandError as exc:
+            return {**reply, "move": "not started", "move_refused": str(exc)}
+        return reply if started is None else {**reply, "move": "started"}
 
     async def hold(self, actor: Actor, proposal_id: str) -> Reply:
         """Hold-to-run heartbeat. The first one after confirmation starts the move."""

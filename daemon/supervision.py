@@ -72,6 +72,9 @@ class MotionSupervisor:
         # Proposals under which a GO may have gone out: resuming one after an
         # interruption starts part of the way to the target (safety.travel).
         self._moved_under: set[str] = set()
+        # The proposal whose move the MotionGate is starting (between the first
+        # heartbeat, or a held confirmation, and GO's answer).
+        self._starting: str | None = None
         # In MONITORING a PLC change is beam-on monitoring's to judge (set by RoomService).
         self.monitoring_plc_check: Callable[[], None] = lambda: None
 
@@ -150,9 +153,42 @@ class MotionSupervisor:
                 raise CommandError(f"motion is held by {self.room.hold.user}, not {actor.user}")
             self.room.hold.mono = time.monotonic()
             return self.room.progress()
+        if state == S.CONFIRMED and self._starting == proposal_id:
+            # Its move is on its way out (TARGET, echo, durable records, GO: tens of
+            # milliseconds under disk load, against 50 ms between heartbeats): this
+            # heartbeat keeps it held. Starting it again would find the confirmation
+            # spent, and that refusal STOPs the couch.
+            if actor.user != self.room.hold.user:
+                raise CommandError(f"motion is held by {self.room.hold.user}, not {actor.user}")
+            self.room.hold.mono = time.monotonic()
+            return self.room.progress()
         if state != S.CONFIRMED:
+            current = self.room.current
+            if state in (S.PROPOSED, S.AWAITING_APPROVAL) and current is not None \
+                    and current.id == proposal_id:
+                # Held before the confirmation (or second approval) that lets it run:
+                # the move starts as that lands (`start_if_held`).
+                self.room.hold.beat(actor, proposal_id)
             # Not an error worth auditing each heartbeat: tell the console where we are.
             return {**self.room.progress(), "running": False}
+        self.room.hold.beat(actor, proposal_id)
+        return await self._start_move(actor, proposal_id)
+
+    async def start_if_held(self, proposal_id: str) -> Reply | None:
+        """The confirmation (or second approval) of `proposal_id` has just landed. If
+        hold-to-run for it is held (its last heartbeat within the hold timeout), the
+        move starts now, as that console's next heartbeat would start it, instead of
+        up to a heartbeat later; None if not held. The heartbeat's time is kept as
+        it arrived: this is no heartbeat, so the hold must go on arriving."""
+        h = self.room.hold
+        if (self.room.workflow.state != S.CONFIRMED or h.proposal_id != proposal_id
+                or h.actor is None or h.mono is None
+                or time.monotonic() - h.mono > self.room.config.motion.hold_timeout_s):
+            return None
+        return await self._start_move(h.actor, proposal_id)
+
+    async def _start_move(self, actor: Actor, proposal_id: str) -> Reply:
+        """CONFIRMED and held: the move of `proposal_id` through the MotionGate."""
         p = self.room.proposal(actor, "hold", proposal_id)
         c = p.confirmation
         assert c is not None
@@ -162,12 +198,15 @@ class MotionSupervisor:
             self.room.audit("expired", actor.user, proposal_id=p.id, confirmation_id=c.id)
             self.room.to(S.PROPOSED, f"confirmation {c.id} expired; confirm again", actor.user)
             raise CommandError(f"confirmation {c.id} expired; confirm again")
-        self.room.hold.beat(actor)
         ticket = ConfirmationTicket(c.id, p.id, c.user, p.target, c.at_mono, c.expires_mono,
                                     couch_at_imaging=p.couch_at_imaging,
                                     resumes_interrupted=p.id in self._moved_under)
         try:
-            started = await self.gate.move_couch(ticket)
+            self._starting = p.id
+            try:
+                started = await self.gate.move_couch(ticket)
+            finally:
+                self._starting = None
         except MotionRefused as exc:
             self.room.hold.mono = None
             consumed = self.room.store.move_for_confirmation(c.id) is not None

@@ -98,6 +98,25 @@ async def test_signed_console_commands_run_a_fraction(room, broker, keys, mqtt_d
     assert len(executed(room, "GO")) == 1
 
 
+async def test_a_console_holding_before_the_second_approval_moves_as_it_lands(
+        room, broker, keys, mqtt_daemon) -> None:
+    Console(mqtt_daemon.socket_path, "alice").open_session()
+    async with _client(broker, "alice", keys["alice"]) as alice, \
+            _client(broker, "bob", keys["bob"]) as bob:
+        await _wait_connected(alice)
+        prop = await alice.propose(_proposal_args(Pose(6.0, 4.0, -3.0, 1.5, 1.0, -0.8)))
+        await alice.confirm(prop["id"])
+        held = asyncio.create_task(alice.hold(
+            prop["id"], until=lambda r: r.get("state") in ("DONE", "STOPPED", "FAULT")))
+        await asyncio.sleep(0.3)  # heartbeats arriving while the approval is awaited
+        assert executed(room, "TARGET") == []
+        approved = await bob.approve(prop["id"])
+        assert approved["move"] == "started", approved.get("move_refused")
+        last = await asyncio.wait_for(held, 60)
+    assert last.get("state") == "DONE", last
+    assert len(executed(room, "GO")) == 1
+
+
 async def test_broker_restart_during_a_move_stops_it(room, broker, keys, mqtt_daemon) -> None:
     local = Console(mqtt_daemon.socket_path, "alice")
     local.open_session()
