@@ -2,7 +2,7 @@
 
 The simulator runs as its own process (`python -m sim.couch`), so the client
 and the controller do not share an event loop, as on a real serial line. The
-line runs at igrtd's default speed (BAUD, 460800 8N1) with its real wire time
+line runs at igrtd's default speed (BAUD, 921600 8N1) with its real wire time
 in both directions (sim/serial_wire.py; docs/protocols/couch-serial.md "Wire
 time"), so each figure has a floor the wire sets, whatever the software does.
 
@@ -10,11 +10,11 @@ time"), so each figure has a floor the wire sets, whatever the software does.
 - couch_rtt_p50_us / _p99_us / _max_us / _samples: `CouchClient.status()`
   call to return over the pty, 2000 samples after a warm-up (heartbeats
   running alongside, as in service). Wire floor: STATUS_REQ 7 B in + STATUS
-  49 B out = 1.2 ms at 460800 (4.9 ms at 115200), +1.1 ms behind a STATUS push
+  49 B out = 0.61 ms at 921600 (4.9 ms at 115200), +0.53 ms behind a STATUS push
   already going out.
 - couch_stop_ack_p50_us / _max_us / _samples: `stop()` call to its ACK, during
   a move. Wire floor: STOP 7 B in, then the STATUS push of the state change
-  (49 B) and the ACK (8 B) out = 1.4 ms at 460800 (5.6 ms at 115200), +1.1 ms
+  (49 B) and the ACK (8 B) out = 0.70 ms at 921600 (5.6 ms at 115200), +0.53 ms
   behind a periodic push. 20 moves under `make bench`, 1,000 (and a `_p99_us`) under
   `make bench-long` (each move cruises 0.6 s first, so ~15 min).
 - couch_stop_latency_p50_ms / _max_ms / _samples (same moves): `stop()` call

@@ -4,7 +4,7 @@
 
 igrtd as a child process (at its systemd priority) with everything a room
 connects: the simulated PLC polled over Modbus TCP, the simulated couch on its
-serial line (460800 baud, heartbeat running), and a real Mosquitto with the
+serial line (921600 baud, heartbeat running), and a real Mosquitto with the
 project's config. CPU is igrtd's own utime + stime from /proc over IDLE_S.
 
 - idle_cpu_percent: STANDBY, no session open (a room between patients, most of

@@ -12,7 +12,7 @@ Every series reports `<name>_samples`.
   simulator (door, e-stop chain, collision pads, motion enable, imager arm
   parked; its `input_changes` timestamp) to the STOP frame executed by the
   simulated couch (its device-side receive time: the STOP's last byte off
-  the 460800 baud wire, 0.15 ms for the STOP itself and up to 0.7 ms more
+  the 921600 baud wire, 0.08 ms for the STOP itself and up to 0.36 ms more
   behind a TARGET already going out), during a move. Target p99 <= 3 ms
   (issue 13); measured with the PLC read every 1 ms while motion is possible
   (`plc.poll_interval_s` 0.001, set below; the shipped default is 3 ms).

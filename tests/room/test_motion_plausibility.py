@@ -131,7 +131,7 @@ class _Holder:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    # An instant pty, not the 460800 baud wire model (the fault campaign runs its
+    # An instant pty, not the wire model at the configured baud (the fault campaign runs its
     # rooms on the wire model). The wire was once blamed for
     # test_a_runaway_while_a_stop_winds_down_is_caught_as_one answering the runaway
     # with a second STOP instead of FAULT; it failed on the instant pty too, and
