@@ -17,6 +17,14 @@ the couch before TARGET as well cost a status round trip (1.2 ms at 460800
 baud) on every confirmation's way to GO and vouched for nothing the
 pre-GO check does not (issue 13, item 6).
 
+Controller not ready (found by bench/confirm_bench.py): the controller takes
+TARGET and GO only in IDLE or ARMED. Its own heartbeat watchdog can fault it
+while the room is idle (igrtd's loop held up past 250 ms between heartbeats on
+a loaded machine), which igrtd hears in a pushed STATUS but latches no room
+state for; a TARGET then came back NAK bad_state after the claim, spending the
+confirmation and STOPping the couch. The rule refuses on the state of the last
+status igrtd holds instead: nothing is sent and the confirmation stays valid.
+
 Durability: the claim and every audit record before a GO, jog or arm command
 are durable before it is sent; the sync runs in the group commit thread while
 TARGET and its echo are on the wire (daemon/group_commit.py).
@@ -158,6 +166,8 @@ class MotionGate:
     def _request(self, kind: str, ticket: ConfirmationTicket | None, target: Pose | None,
                  already_executed: bool = False) -> MotionRequest:
         facts = self._facts(kind)
+        # The controller's own state, from the status the facts' pose came from.
+        status = self._couch.latest_status
         req = MotionRequest(
             kind=kind,
             room_state=facts.room_state,
@@ -178,6 +188,8 @@ class MotionGate:
             imaging_path_end=ticket.target if ticket and ticket.resumes_interrupted else None,
             imaging_tolerance_mm=self._imaging_tol[0],
             imaging_tolerance_deg=self._imaging_tol[1],
+            couch_state=status.state if status is not None else None,
+            couch_fault=status.fault_code if status is not None else "none",
         )
         return req
 

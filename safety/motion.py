@@ -20,7 +20,12 @@ Rules:
   relative to that pose and the couch may have been jogged or pushed since
   (issue 11, item 2);
 * the couch never moves while an imager arm is not parked or is moving;
-  an imager arm never moves while the couch moves.
+  an imager arm never moves while the couch moves;
+* a correction move: the couch controller's latest status reports a state
+  in which it takes TARGET and GO (IDLE or ARMED). In FAULT (its own
+  heartbeat watchdog tripped while the room was idle, say), MOVING or
+  STOPPING it would NAK the TARGET bad_state: nothing is sent, and the
+  reason names the state (docs/protocols/couch-serial.md).
 """
 
 from __future__ import annotations
@@ -52,6 +57,12 @@ DEFAULT_MOTION_STATES: Mapping[str, frozenset[str]] = MappingProxyType(
             {"STANDBY", "READY", "PROPOSED", "AWAITING_APPROVAL", "CONFIRMED", "DONE", "SERVICE"}
         ),
     }
+)
+
+# Couch controller states (docs/protocols/couch-serial.md) in which it takes the
+# commands of each kind of motion: TARGET and GO only in IDLE or ARMED.
+CONTROLLER_STATES: Mapping[str, frozenset[str]] = MappingProxyType(
+    {"couch_move": frozenset({"IDLE", "ARMED"})}
 )
 
 # A correction move runs only from a confirmation, before a deadline and to a
@@ -87,6 +98,10 @@ class MotionRequest:
     permitted_states: Mapping[str, frozenset[str]] = field(
         default_factory=lambda: DEFAULT_MOTION_STATES
     )
+    # The couch controller's state and fault code in its latest status (None: no
+    # status yet, or not given; a correction move is then refused).
+    couch_state: str | None = None
+    couch_fault: str = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +131,7 @@ def authorize_motion(req: MotionRequest) -> MotionDecision:
 
     if couch:
         reasons.extend(_couch_target_reasons(req, target_required=correction))
+    reasons.extend(_controller_state_reasons(req))
     if correction and req.couch_at_imaging is not None and req.current is not None:
         # (An unknown current pose is already refused above.)
         reasons.extend(couch_moved_reasons(
@@ -151,6 +167,17 @@ def authorize_motion(req: MotionRequest) -> MotionDecision:
         reasons.append("couch moving")
 
     return MotionDecision(not reasons, reasons)
+
+
+def _controller_state_reasons(req: MotionRequest) -> list[str]:
+    accepting = CONTROLLER_STATES.get(req.kind)
+    if accepting is None or req.couch_state in accepting:
+        return []
+    needed = " or ".join(sorted(accepting))
+    if req.couch_state is None:
+        return [f"couch controller state unknown: {req.kind} needs it {needed}"]
+    fault = f" ({req.couch_fault})" if req.couch_fault not in ("", "none") else ""
+    return [f"couch controller reports {req.couch_state}{fault}: {req.kind} needs it {needed}"]
 
 
 def _couch_target_reasons(req: MotionRequest, target_required: bool) -> list[str]:

@@ -31,6 +31,7 @@ MOVE = MotionRequest(
     imager_moving=False,
     hold_to_run_fresh=True,
     model=MODEL,
+    couch_state="IDLE",
 )
 JOG = replace(MOVE, kind="couch_jog", room_state="SERVICE", target=None, confirmation_id=None,
               confirmed_at=None, deadline=None)
@@ -178,6 +179,35 @@ def test_site_can_name_its_own_motion_states() -> None:
     assert not authorize_motion(replace(MOVE, permitted_states=states)).allowed
 
 
+@pytest.mark.parametrize("state", ["FAULT", "MOVING", "STOPPING", "unknown(9)"])
+def test_a_correction_move_is_refused_unless_the_controller_is_idle_or_armed(state: str) -> None:
+    """The controller NAKs TARGET bad_state outside IDLE and ARMED: the gate refuses
+    first, on the state of the latest status, so nothing is sent."""
+    d = authorize_motion(replace(MOVE, couch_state=state))
+    assert d.reasons == [f"couch controller reports {state}: couch_move needs it ARMED or IDLE"]
+
+
+def test_a_faulted_controller_is_named_with_its_fault_code() -> None:
+    d = authorize_motion(replace(MOVE, couch_state="FAULT", couch_fault="heartbeat_lost"))
+    assert d.reasons == [
+        "couch controller reports FAULT (heartbeat_lost): couch_move needs it ARMED or IDLE"]
+
+
+def test_an_armed_controller_takes_the_go() -> None:
+    assert authorize_motion(replace(MOVE, couch_state="ARMED")).allowed
+
+
+def test_an_unknown_controller_state_refuses_a_correction_move() -> None:
+    d = authorize_motion(replace(MOVE, couch_state=None))
+    assert d.reasons == ["couch controller state unknown: couch_move needs it ARMED or IDLE"]
+
+
+def test_jogs_and_arm_moves_are_not_judged_on_the_controller_state() -> None:
+    # A held pendant is a stream of JOGs, each taken while the axis jogs (MOVING).
+    assert authorize_motion(replace(JOG, couch_state="MOVING")).allowed
+    assert authorize_motion(replace(ARM, couch_state=None)).allowed
+
+
 def test_decision_is_falsy_when_refused() -> None:
     assert not authorize_motion(replace(MOVE, hold_to_run_fresh=False))
 
@@ -208,6 +238,7 @@ requests = st.builds(
     imager_moving=mostly(False, True),
     hold_to_run_fresh=mostly(True, False),
     model=st.just(MODEL),
+    couch_state=st.sampled_from(["IDLE", "IDLE", "ARMED", "MOVING", "STOPPING", "FAULT", None]),
 )
 
 
@@ -227,6 +258,7 @@ def test_allowed_implies_every_precondition_holds(req: MotionRequest) -> None:
     if req.kind == "couch_move":
         assert req.confirmation_id is not None and req.deadline is not None
         assert req.target is not None
+        assert req.couch_state in ("IDLE", "ARMED")
     if req.kind in ("couch_move", "couch_jog"):
         assert req.current is not None
         assert req.imager_arms_parked and not req.imager_moving
@@ -247,6 +279,8 @@ def test_allowed_implies_every_precondition_holds(req: MotionRequest) -> None:
         {"imager_moving": True},
         {"room_state": "STOPPED"},
         {"target": Pose(yaw=96)},
+        {"couch_state": "FAULT"},
+        {"couch_state": "STOPPING"},
     ]),
     target=st.builds(Pose, st.floats(-250, 250), st.floats(-600, 600), st.floats(-400, 200),
                      st.floats(-95, 95), st.floats(-2, 2), st.floats(-2, 2)),

@@ -172,7 +172,7 @@ MOVE = MotionRequest(
     kind="couch_move", room_state="CONFIRMED", target=Pose(lat=2.0), current=Pose(),
     confirmation_id="c-1", confirmed_at=100.0, deadline=102.0, now=101.0,
     open_interlocks=[], couch_moving=False, imager_arms_parked=True, imager_moving=False,
-    hold_to_run_fresh=True, model=MODEL, couch_at_imaging=Pose(),
+    hold_to_run_fresh=True, model=MODEL, couch_at_imaging=Pose(), couch_state="IDLE",
 )
 
 
