@@ -142,11 +142,14 @@ async def _samples(rig: Rig, client: ConsoleClient, n: int, *,
                 raise RuntimeError(f"hold refused: {held.reason}")
             t0 = time.monotonic()
             f_confirm = await client.send_raw(confirm, jti_c)
-            t_go = await _go_after(rig, t0)
-            reply = await asyncio.wait_for(f_confirm, 5)
-            moved = (reply.result or {}).get("move")
-            if not reply.ok or moved != "started":
-                raise RuntimeError(f"confirm did not start the move: {reply.reason or moved}")
+            try:
+                t_go = await _go_after(rig, t0)
+            finally:
+                reply = await asyncio.wait_for(f_confirm, 5)
+                result = reply.result or {}
+                if not reply.ok or result.get("move") != "started":
+                    raise RuntimeError("confirm did not start the move: "
+                                       f"{reply.reason or result.get('move_refused')}")
         else:
             t0 = time.monotonic()
             # Both published at once, in this order (one connection keeps it), the hold

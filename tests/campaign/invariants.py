@@ -23,9 +23,10 @@ Invariants (each violation is one line naming scenario, time and reason):
 
 1. GATING: no GO (or JOG) is executed while a window has been open for
    longer than its reaction allowance.
-2. FRESH CONFIRMATION: every GO is matched to its own confirmation, answered
-   before the GO and sent after the most recent STOP or FAULT the couch
-   executed; no confirmation is used by two GOs; JOG never happens (the
+2. FRESH CONFIRMATION: every GO is matched to its own accepted confirmation,
+   sent before the GO (a confirmation that lands while hold-to-run is held
+   starts the move before its reply is out) and after the most recent STOP or
+   FAULT the couch executed; no confirmation is used by two GOs; JOG never happens (the
    campaign never asks for one).
 3. HALTING: when a window opens while the couch is executing a move, the move
    ends (STOP or FAULT executed, or natural arrival) within the halt bound.
@@ -38,8 +39,9 @@ Invariants (each violation is one line naming scenario, time and reason):
    pose when the GO executed (the simulator's own pose, not igrtd's), and the
    couch's excursion from its pose at imaging during the move, stay within
    the tier the people actually approved: the confirmation tier (5 mm / 2 deg)
-   unless a second approval by another person than the confirmer was
-   answered before the GO, then the refusal limits (30 mm / 5 deg).
+   unless an accepted second approval by another person than the confirmer
+   was sent after that confirmation and before the GO, then the refusal
+   limits (30 mm / 5 deg).
 5. NOT MOVED SINCE IMAGING: when a GO executes, the couch is where it was
    imaged for that proposal, or on that proposal's own way to its target
    (each axis between its imaged value and its target, within the clinical
@@ -439,7 +441,7 @@ def check(
         k = bisect.bisect_left(stop_times, e.t)
         last_stop = stop_times[k - 1] if k else float("-inf")
         eligible = [i for i, c in enumerate(confirms)
-                    if c[0] > last_stop and c[1] < e.t and i not in used]
+                    if c[0] > last_stop and c[0] < e.t and i not in used]
         if not eligible:
             rep.add(f"scenario {scenario_of(e.t)}: GO executed at {e.t - t0:.3f} s without a "
                     f"confirmation of its own issued after the last STOP/FAULT "
@@ -520,8 +522,8 @@ def check(
         ci = go_confirmation.get(e.t)
         approved = ci is not None and any(
             user != _confirmer(confirms[ci])
-            and confirms[ci][0] < answered < e.t and scenario == confirms[ci][2]
-            for _, answered, scenario, user in approvals)
+            and confirms[ci][0] < sent < e.t and scenario == confirms[ci][2]
+            for sent, _, scenario, user in approvals)
         lim_mm = timing.approved_shift_mm if approved else timing.confirm_shift_mm
         lim_deg = timing.approved_rotation_deg if approved else timing.confirm_rotation_deg
         tier = "second approval" if approved else "confirmation without a second approval"

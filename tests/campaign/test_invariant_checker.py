@@ -105,6 +105,16 @@ def test_two_gos_for_one_confirmation_is_a_violation() -> None:
     assert any("without a confirmation" in x for x in v)
 
 
+def test_a_go_started_by_a_held_confirmation_before_its_reply_is_not_a_violation() -> None:
+    # Hold-to-run held as the confirmation lands: the GO precedes the confirm's reply.
+    assert run([go(1.0)], confirms=[(0.99, 1.02, 0)]) == []
+
+
+def test_a_go_before_its_confirmation_was_sent_is_a_violation() -> None:
+    v = run([go(1.0)], confirms=[(1.01, 1.02, 0)])
+    assert any("without a confirmation" in x for x in v)
+
+
 def test_any_jog_is_a_violation() -> None:
     v = run([go(1.0), Ex(1.5, "JOG", {})])
     assert any("JOG" in x for x in v)
@@ -203,6 +213,12 @@ def test_travel_beyond_the_confirmation_tier_without_a_second_approval_is_a_viol
 def test_travel_within_the_second_approval_tier_approved_by_another_person_is_fine() -> None:
     assert run([go_to(1.0, lat=20.0)], motion=travel(1.0, 1.3, lat=20.0),
                proposals=[proposal()], approvals=[(0.6, 0.62, 0, "bob")],
+               initial_pose=Pose()) == []
+
+
+def test_a_held_second_approval_answered_after_its_go_counts() -> None:
+    assert run([go_to(1.0, lat=20.0)], motion=travel(1.0, 1.3, lat=20.0),
+               proposals=[proposal()], approvals=[(0.99, 1.02, 0, "bob")],
                initial_pose=Pose()) == []
 
 
