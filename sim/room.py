@@ -1,7 +1,10 @@
 """A simulated treatment room running beside igrtd: couch controller on a pty
 and (optionally) the room PLC on a loopback Modbus TCP port, in a background
 thread with its own event loop, so that a synchronous driver (the demo, a
-benchmark, a test that shells out to igrtctl) can use them.
+benchmark, a test that shells out to igrtctl) can use them. `with_couch=False`
+leaves the couch out: the fault campaign's rig runs the couch and the PLC as two
+rooms in two processes, as they are two machines in a treatment room
+(tests/campaign/devices.py).
 
 igrtd itself runs as a separate process and talks to these devices over the
 real wire protocols, exactly as in a treatment room.
@@ -35,7 +38,8 @@ DEMO_USERS = demo_users()
 
 class SimRoom:
     def __init__(self, *, with_plc: bool = False, couch_kwargs: dict[str, Any] | None = None,
-                 plc_kwargs: dict[str, Any] | None = None) -> None:
+                 plc_kwargs: dict[str, Any] | None = None, with_couch: bool = True) -> None:
+        self._with_couch = with_couch
         self._with_plc = with_plc
         self._couch_kwargs = couch_kwargs or {}
         self._plc_kwargs = plc_kwargs or {}
@@ -65,8 +69,9 @@ class SimRoom:
         from sim.couch import SimCouchController
 
         self._thread.start()
-        self.couch = SimCouchController(**self._couch_kwargs)
-        self.run(self.couch.start())
+        if self._with_couch:
+            self.couch = SimCouchController(**self._couch_kwargs)
+            self.run(self.couch.start())
         if self._with_plc:
             from sim.plc import SimRoomPlc
 

@@ -6,12 +6,14 @@ Everything the invariant checker reads comes from the device side: the couch
 simulator's `executed_commands` and `motion_log`, the PLC simulator's
 `input_changes`, and this rig's own record of what it injected (`Injection`)
 and of what the console asked for (`ConsoleRecord`: confirmations, second
-approvals, proposals with the couch's true pose at imaging). The simulators run
-in a process of their own (tests/campaign/devices.py) and share the test
-process's `time.monotonic()` clock (CLOCK_MONOTONIC, one clock per machine);
-igrtd's clock is never used. igrtd's own word is read for two things only, because the requirement is
-about them: the room state once a scenario settled (a runaway must *latch*
-FAULT) and its `fault` audit records (it must be audited).
+approvals, proposals with the couch's true pose at imaging). The couch and the
+PLC simulators run in a process each (tests/campaign/devices.py): they stand for
+two machines, and a STOP on the couch line must not queue behind the Modbus
+reads of igrtd's PLC poll. Both share the test process's `time.monotonic()`
+clock (CLOCK_MONOTONIC, one clock per machine); igrtd's clock is never used.
+igrtd's own word is read for two things only, because the requirement is about
+them: the room state once a scenario settled (a runaway must *latch* FAULT) and
+its `fault` audit records (it must be audited).
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ class Holder:
 
 
 class Rig:
-    """The simulated couch and PLC (in their own process: tests/campaign/devices.py)
+    """The simulated couch and PLC (each in its own process: tests/campaign/devices.py)
     and igrtd; use as a context manager."""
 
     def __init__(self, workdir: Path, *, daemon_overrides: dict[str, Any] | None = None,
@@ -297,11 +299,13 @@ class Rig:
     # ------------------------------------------------------------ simulators
     def sim(self, op: str, *args: Any) -> Any:
         """One of the devices' operations (tests/campaign/devices.py OPS), run on the
-        simulators' loop, where their timestamps are taken."""
+        loop of the simulator that owns the device (both, for snapshot, collect and
+        restore), where their timestamps are taken."""
         return self.devices.op(op, *args)
 
     def inject(self, kind: str, value: Any = None) -> float:
-        """Apply one named fault (or its clearing) on the simulator loop; returns its time."""
+        """Apply one named fault (or its clearing) on the loop of the simulator whose
+        device it touches; returns its time there."""
         t, result = self.sim("inject", kind, value)
         # A drop records how many connections it closed: none while igrtd is
         # between connections (still backing off after an earlier drop).
