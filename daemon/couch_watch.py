@@ -45,6 +45,12 @@ S = RoomState
 # that a runaway soon after a move ended is recognised as one.
 _SETTLE_GRACE_S = 0.02
 SETTLE_PROBE_S = 0.02
+# Room states in which nothing moves and nothing else watches the controller: a
+# FAULT it reports there latches the room (MOVING and VERIFYING are the move
+# tracker's, OFFLINE is start-up's, STOPPED and FAULT are latched already;
+# SERVICE and MONITORING keep their own workflows and the gate refuses moves).
+_LATCH_ON_CONTROLLER_FAULT = frozenset({S.STANDBY, S.READY, S.PROPOSED, S.AWAITING_APPROVAL,
+                                        S.CONFIRMED, S.DONE})
 _UPTIME_MOD = 1 << 32  # the controller's uptime is a 32-bit millisecond counter
 
 TripFn = Callable[..., None]
@@ -117,6 +123,9 @@ class CouchWatch:
           winding down, a STOP lost on the line, a faulted controller still
           moving) STOP is written again, at most every 20 ms, except while the
           controller reports STOPPING (it is carrying out a STOP).
+        * FAULT reported at rest while nothing moves and nothing else watches the
+          controller (STANDBY, READY, PROPOSED, AWAITING_APPROVAL, CONFIRMED,
+          DONE; no GO in flight): the room latches FAULT, audited; reset clears it.
         * In CONFIRMED the controller reports MOVING for a GO just written, before
           it ACKs it; that GO cleared `_couch_settled`, so it is neither stopped
           nor taken for a runaway. MOVING in CONFIRMED with nothing written is.
@@ -145,6 +154,9 @@ class CouchWatch:
                     self._moving_uptime is None or _newer(uptime, self._moving_uptime)):
                 self._couch_settled = True
                 self._rest_uptime = uptime
+            if state == "FAULT" and room in _LATCH_ON_CONTROLLER_FAULT \
+                    and not self.gate.go_in_flight:
+                self._controller_fault(event.fault_code, room)
             return
         if self._rest_uptime is not None and not _newer(uptime, self._rest_uptime):
             return  # a late reply from before the couch was last seen at rest
@@ -201,6 +213,17 @@ class CouchWatch:
                 await self.room.couch.status()
 
         self.room.spawn(probe())
+
+    def _controller_fault(self, fault_code: str, room: RoomState) -> None:
+        """The controller latched a fault of its own while igrtd moved nothing (its
+        heartbeat watchdog after igrtd's loop was held up past its timeout, a drive
+        fault): the room latches FAULT with it, audited, so that the people see it and
+        their reset clears both. A confirmation held is spent; before, the room
+        stayed as it was and the next TARGET was refused by the controller."""
+        log.error("couch controller reports FAULT %s while the room is %s", fault_code, room)
+        self._trip(f"couch controller fault {fault_code} while the room was {room}; "
+                   "reset needed", S.FAULT, what="controller fault", fault_code=fault_code,
+                   room_state=str(room))
 
     def _uncommanded_motion(self, pose: Pose, moving: tuple[bool, ...], room: RoomState,
                             uptime: int) -> None:

@@ -54,6 +54,7 @@ class FakeCouch:
         self.journal = journal
         self.pose = pose or Pose()
         self.state = "IDLE"
+        self.fault_code = "none"
         self.link_ok = True
         self.latest_status: CouchStatus | None = None
         self._listeners: list[Callable[[CouchEvent], None]] = []
@@ -69,7 +70,7 @@ class FakeCouch:
         now = time.monotonic()
         # Each report is newer than the last (the room orders reports by uptime).
         self._uptime_ms = max(self._uptime_ms + 1, int((now - self._t0) * 1000))
-        self.latest_status = CouchStatus(self.state, self.pose, moving, (False,) * 6, "none",
+        self.latest_status = CouchStatus(self.state, self.pose, moving, (False,) * 6, self.fault_code,
                                          self._echo, 0, 0, 0, 250, self._uptime_ms, now)
         return self.latest_status
 
@@ -111,6 +112,8 @@ class FakeCouch:
 
     async def reset(self) -> None:
         self.journal.add("RESET")
+        if self.state == "FAULT":
+            self.state, self.fault_code = "IDLE", "none"
 
     def add_listener(self, callback: Callable[[CouchEvent], None]) -> Callable[[], None]:
         self._listeners.append(callback)

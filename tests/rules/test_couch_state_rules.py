@@ -11,6 +11,10 @@ confirmed move sent TARGET anyway: NAK bad_state after the apply-once claim, so
 the confirmation was spent and the couch STOPped ("couch controller refused
 TARGET: bad_state"). The MotionGate now refuses on the state of the latest
 status: nothing is sent, the reason names the state, the confirmation stays.
+A FAULT pushed while nothing moves also latches the room
+(tests/rules/test_controller_fault_rules.py); the gate's rule is what stands
+for a STOP still winding down, and for a FAULT in a status the room has not
+acted on.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ def controller_reports(room: FakeRoom, state: str) -> None:
     room.couch.push()
 
 
+def controller_state_read(room: FakeRoom, state: str) -> None:
+    """The latest status igrtd holds says `state`; no listener has been told yet."""
+    room.couch.state = state
+    room.couch._make_status()
+
+
 def device_commands_since(room: FakeRoom, n: int) -> list[str]:
     return [w for w, _ in room.journal.entries[n:] if not w.startswith("audit:")]
 
@@ -40,8 +50,8 @@ async def test_a_controller_that_cannot_take_a_target_is_sent_nothing_and_the_co
         tmp_path: Path, state: str) -> None:
     room = await fake_room(tmp_path)
     pid = await propose(room, SMALL)
-    controller_reports(room, state)  # e.g. its heartbeat watchdog tripped while the room was idle
     await room.service.confirm(ALICE, pid)
+    controller_state_read(room, state)
     before = len(room.journal.entries)
     with pytest.raises(CommandError, match=(
             rf"move not started: couch controller reports {state}: "
@@ -64,9 +74,9 @@ async def test_a_confirmation_landing_while_held_says_why_the_move_did_not_start
     room = await fake_room(tmp_path)
     pid = await propose(room, SMALL)
     await room.service.hold(ALICE, pid)
-    controller_reports(room, "FAULT")
+    controller_state_read(room, "STOPPING")
     reply = await room.service.confirm(ALICE, pid)
     assert reply["move"] == "not started"
-    assert "couch controller reports FAULT" in str(reply["move_refused"])
+    assert "couch controller reports STOPPING" in str(reply["move_refused"])
     assert room.journal.count("TARGET") == 0
     assert str(room.service.workflow.state) == "CONFIRMED"
