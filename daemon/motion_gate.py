@@ -41,6 +41,7 @@ GO for the same confirmation after restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -213,7 +214,13 @@ class MotionGate:
     async def _move_couch(self, ticket: ConfirmationTicket) -> StartedMove:
         # First on what igrtd already knows of the couch, without a byte on the wire: a
         # couch already seen away from its imaging pose (or moving, or in FAULT) is
-        # refused here, nothing sent, the confirmation kept.
+        # refused here, nothing sent, the confirmation kept. A last status in another
+        # state than IDLE or ARMED may be stale (the controller pushes a state change
+        # once, and a silent line loses it): that one is read afresh first.
+        latest = self._couch.latest_status
+        if latest is None or latest.state not in ("IDLE", "ARMED"):
+            with contextlib.suppress(Exception):  # unreadable: the rule refuses on what is known
+                await self._couch.status()
         decision = self._authorize("couch_move", ticket, ticket.target)
         if not decision.allowed:
             self._refuse("couch_move", ticket, decision.reasons)

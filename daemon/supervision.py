@@ -219,6 +219,10 @@ class MotionSupervisor:
                 raise CommandError(f"move not started: {exc}") from None
             if consumed:
                 self._moved_under.add(p.id)  # TARGET, maybe GO, went out
+                # A TARGET or GO the controller did not answer (a silent line): what
+                # it did meanwhile, its watchdog faulting it say, is read once the
+                # line answers again (a few tries, about a second).
+                self.room.spawn(self._read_couch(retries=4))
                 # TARGET (and maybe GO) went out: stop, and the confirmation is spent.
                 self.room.stop_couch_now()
                 if self.room.workflow.state == S.CONFIRMED:
@@ -424,6 +428,16 @@ class MotionSupervisor:
         if time.monotonic() - self.room.active.started.started_mono > timeout:
             self.trip(f"move did not finish within {self.room.config.motion.move_timeout_s:.0f} s")
 
+    async def _read_couch(self, retries: int | None = None) -> None:
+        """Read the controller and tell the watch (a FAULT at rest latches the room)."""
+        try:
+            status = await self.room.couch.status(retries=retries)
+        except Exception:  # noqa: BLE001 - a failed read: the link watch reports it
+            return
+        # The link tells the watch of every status it reads; said again here so that
+        # this check does not rest on that (a report seen twice changes nothing).
+        self.watch.on_couch_event(status)
+
     async def _supervise(self) -> None:
         period = self.room.config.motion.supervision_period_s
         while True:
@@ -443,6 +457,10 @@ class MotionSupervisor:
                         self.room.to(S.OFFLINE, "couch link lost")
                 elif self.room.workflow.state == S.OFFLINE and self.room.couch_link_ok():
                     self.room.to(S.STANDBY, "couch link up")
+                    # What the controller did while the line was down (its watchdog
+                    # faults it when heartbeats stop): a FAULT in this status latches
+                    # the room (daemon/couch_watch.py), so nothing is proposed on it.
+                    self.room.spawn(self._read_couch())
                 self.watch.probe_settled()
                 if self.watch.awaiting_rest:
                     timeout = SETTLE_PROBE_S  # the couch not yet seen at rest: keep asking

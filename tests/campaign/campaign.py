@@ -188,7 +188,11 @@ class Campaign:
             claimed, size = Pose.from_dict(d), self.rng.uniform(2.0, 4.0)
         target = pick_target(self.rng, claimed, size, single_axis=sc.single_axis,
                              rotate=sc.rotate)
-        prop = rig.propose_to(target, claimed, age_s=sc.registration_age_s, true_pose=true_pose)
+        prop = rig.try_propose_to(target, claimed, age_s=sc.registration_age_s,
+                                  true_pose=true_pose)
+        if prop is None:
+            self._count("skipped:propose_refused")
+            return
         if prop["verdict"] not in ("needs_confirmation", "needs_second_approval"):
             self._count(f"skipped:{prop['verdict']}")
             return

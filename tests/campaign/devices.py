@@ -103,6 +103,7 @@ COUCH_OPS: dict[str, Callable[..., Any]] = {
     "inject": _couch_inject,
     "restore": _couch_restore,
     "moving": lambda couch: bool(couch.is_moving),
+    "controller_state": lambda couch: str(couch.state),
     "pose": lambda couch: couch.pose,
     "executed_since": _executed_since,
 }
@@ -254,7 +255,7 @@ def fault_device(kind: str, value: Any) -> Device:
 
 
 # The rig's operations (Rig.sim): each one device's, or composed of both.
-_COUCH_ONLY = ("moving", "pose", "executed_since")
+_COUCH_ONLY = ("moving", "controller_state", "pose", "executed_since")
 _PLC_ONLY = ("press_motion_enable", "plc_reads")
 OPS = (*_COUCH_ONLY, *_PLC_ONLY, "snapshot", "collect", "inject", "restore")
 

@@ -241,15 +241,27 @@ class Rig:
                    true_pose: Pose | None = None) -> dict[str, Any]:
         """Propose the correction a perfect registration finds when `target` is right
         and the couch was at `at_imaging` (the couch's real pose: `true_pose`)."""
+        result = self.try_propose_to(target, at_imaging, age_s=age_s, true_pose=true_pose)
+        if result is None:
+            raise AssertionError(f"propose refused: {self.status()['reason']}")
+        return result
+
+    def try_propose_to(self, target: Pose, at_imaging: Pose, *, age_s: float = 0.0,
+                       true_pose: Pose | None = None) -> dict[str, Any] | None:
+        """`propose_to`; None if igrtd refused (the room latched FAULT meanwhile, say:
+        a controller fault read as the line came back)."""
         world = PatientWorld.with_setup_error(ISO, "HFS", PIVOT, target)  # type: ignore[arg-type]
         matrix = np.asarray(world.true_registration(at_imaging)).tolist()
         acquired_at = time.time() - age_s
-        result = self.ok("propose", matrix=matrix, iso=list(ISO), patient_position="HFS",
+        reply = self.call("propose", matrix=matrix, iso=list(ISO), patient_position="HFS",
                          couch_at_imaging=at_imaging.as_dict(),
                          binding={"patient_id": PATIENT, "plan_uid": PLAN,
                                   "frame_of_reference_uid": FOR,
                                   "imaging_session_uid": f"IMG-{time.monotonic_ns()}",
                                   "acquired_at": acquired_at})
+        if not reply["ok"]:
+            return None
+        result = dict(reply["result"])
         self.console.proposals.append(ProposalRecord(
             time.monotonic(), self.scenario, str(result.get("id")),
             at_imaging if true_pose is None else true_pose, at_imaging,
@@ -346,9 +358,14 @@ class Rig:
                   # restored above; igrtd must have read it back before a move is asked for
                   and st["interlocks"].get("motion_enable_pressed") is not False):
                 return st
-            elif state == "STANDBY":
-                self.open_session()
+            elif state == "STANDBY" and links_ok:
+                # Not raising: the room may latch FAULT as it is asked (a controller
+                # fault read as the link came back); the next round resets it.
+                self.call("open_session", patient_id=PATIENT, plan_uid=PLAN,
+                          frame_of_reference_uid=FOR, iso=list(ISO), patient_position="HFS")
             if time.monotonic() > deadline:
                 raise AssertionError(f"room did not settle between scenarios: {state} "
-                                     f"({st['reason']}), interlocks {st['interlocks']}")
+                                     f"({st['reason']}), interlocks {st['interlocks']}, "
+                                     f"couch {st['couch']}, controller "
+                                     f"{self.sim('controller_state')}")
             time.sleep(0.01)

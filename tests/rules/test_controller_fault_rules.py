@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from fakes import fake_room
 
+from daemon.api import CommandError
 from daemon.proposals import ProposalStatus
+from drivers.couch import CouchTimeout
 
-from .helpers import ALICE, SMALL, propose
+from .helpers import ALICE, SMALL, propose, supervised, until
 
 
 async def _faulted(room, code: str = "heartbeat_lost") -> None:  # type: ignore[no-untyped-def]
@@ -49,3 +52,34 @@ async def test_reset_clears_a_controller_fault_and_the_room_together(tmp_path: P
     assert room.journal.count("RESET") >= 1
     assert room.couch.state == "IDLE"
     assert str(room.service.workflow.state) in ("READY", "PROPOSED")
+
+
+async def test_a_controller_found_faulted_when_its_link_comes_back_latches_the_room(
+        tmp_path: Path) -> None:
+    """The line was silent long enough for the controller's watchdog to fault it;
+    igrtd reads the controller as the link comes back and latches FAULT."""
+    room = await fake_room(tmp_path)
+    async with supervised(room):
+        room.couch.link_ok = False
+        await until(lambda: str(room.service.workflow.state) == "OFFLINE")
+        room.couch.state, room.couch.fault_code = "FAULT", "heartbeat_lost"
+        room.couch.link_ok = True
+        await until(lambda: str(room.service.workflow.state) == "FAULT")
+
+
+async def test_a_controller_that_left_a_target_unanswered_is_read_and_its_fault_latched(
+        tmp_path: Path) -> None:
+    """TARGET went out on a line that then fell silent; the controller's watchdog
+    faulted it. igrtd reads the controller after the unanswered command and latches."""
+    room = await fake_room(tmp_path)
+    pid = await propose(room, SMALL)
+    await room.service.confirm(ALICE, pid)
+
+    async def silent(pose: object, validity_ms: int) -> object:
+        room.couch.state, room.couch.fault_code = "FAULT", "heartbeat_lost"
+        raise CouchTimeout("couch controller did not answer TARGET within 250 ms")
+
+    room.couch.send_target = silent  # type: ignore[method-assign,assignment]
+    with pytest.raises(CommandError, match="did not answer TARGET"):
+        await room.service.hold(ALICE, pid)
+    await until(lambda: str(room.service.workflow.state) == "FAULT")

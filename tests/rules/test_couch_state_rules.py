@@ -80,3 +80,16 @@ async def test_a_confirmation_landing_while_held_says_why_the_move_did_not_start
     assert "couch controller reports STOPPING" in str(reply["move_refused"])
     assert room.journal.count("TARGET") == 0
     assert str(room.service.workflow.state) == "CONFIRMED"
+
+
+async def test_a_last_status_that_may_be_stale_is_read_afresh_before_a_move(
+        tmp_path: Path) -> None:
+    """The controller's IDLE push after a move was lost on a silent line: igrtd's last
+    status says MOVING. The gate reads the controller before it refuses."""
+    room = await fake_room(tmp_path)
+    pid = await propose(room, SMALL)
+    await room.service.confirm(ALICE, pid)
+    controller_state_read(room, "MOVING")
+    room.couch.state = "IDLE"  # where the controller really is
+    progress = await room.service.hold(ALICE, pid)
+    assert progress["state"] == "MOVING"
