@@ -180,6 +180,12 @@ def _faults(rig: Rig, what: str) -> list[Any]:
             if r.event == "fault" and r.details.get("what") == what]
 
 
+def _plc_vouched(rig: Rig) -> None:
+    """The room PLC read and vouched for at the rate of the state the room is in (a
+    test about the couch must not race the PLC's picture after a state change)."""
+    rig.wait_until(lambda s: not s["interlocks"]["open"], timeout=2.0)
+
+
 def _here(rig: Rig) -> Pose:
     return Pose.from_dict(rig.status()["couch"]["pose"])
 
@@ -240,6 +246,7 @@ def test_a_couch_moved_by_hand_after_confirmation_is_refused_before_go(rig: Rig)
     assert prop["verdict"] == "needs_confirmation", prop
     rig.confirm(prop)
     _set_couch_pose(rig, Pose(here.lat, here.long, here.vert - 4.0))  # pushed by hand
+    _plc_vouched(rig)
     t0 = time.monotonic()
     reply = rig.call("hold", proposal_id=prop["id"])
     assert not reply["ok"]
