@@ -69,6 +69,10 @@ class HoldToRun:
         self.mono, self.user, self.via = time.monotonic(), actor.user, actor.via
         self.proposal_id, self.actor = proposal_id, actor
 
+    def within(self, timeout_s: float) -> bool:
+        """The last heartbeat arrived no more than `timeout_s` ago."""
+        return self.mono is not None and time.monotonic() - self.mono <= timeout_s
+
 
 class Room:
     def __init__(self, config: RoomConfig, couch: CouchPort, audit: AuditPort,
@@ -183,9 +187,7 @@ class Room:
         return self.plc.open_interlocks(snap), self.plc.motion_enable_pressed(snap)
 
     def hold_fresh(self) -> bool:
-        if self.hold.mono is None:
-            return False
-        if time.monotonic() - self.hold.mono > self.config.motion.hold_timeout_s:
+        if not self.hold.within(self.config.motion.hold_timeout_s):
             return False
         if self.plc is not None and self.config.motion.require_plc_motion_enable:
             _, pressed = self.plc_interlocks()

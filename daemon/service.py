@@ -240,8 +240,9 @@ class RoomService:
     async def _move_if_held(self, proposal_id: str, reply: Reply) -> Reply:
         """A confirmation (or second approval) that lands while hold-to-run for its
         proposal is already held starts the move at once. The reply says so under
-        "move" ("started", or "not started" and why under "move_refused"); a move refused then (interlock, limits, ...) leaves the confirmation
-        recorded, as a refused first heartbeat after it would."""
+        "move" ("started", or "not started" and why under "move_refused"); a move
+        refused then (interlock, limits, ...) leaves the confirmation recorded, as a
+        refused first heartbeat after it would."""
         try:
             started = await self.motion.start_if_held(proposal_id)
         except CommandError as exc:

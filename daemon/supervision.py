@@ -182,8 +182,7 @@ class MotionSupervisor:
         it arrived: this is no heartbeat, so the hold must go on arriving."""
         h = self.room.hold
         if (self.room.workflow.state != S.CONFIRMED or h.proposal_id != proposal_id
-                or h.actor is None or h.mono is None
-                or time.monotonic() - h.mono > self.room.config.motion.hold_timeout_s):
+                or h.actor is None or not h.within(self.room.config.motion.hold_timeout_s)):
             return None
         return await self._start_move(h.actor, proposal_id)
 
@@ -412,9 +411,7 @@ class MotionSupervisor:
             return True
         if self._check_plc_during_motion():
             return True
-        if self.room.hold.mono is None or (
-            time.monotonic() - self.room.hold.mono > self.room.config.motion.hold_timeout_s
-        ):
+        if not self.room.hold.within(self.room.config.motion.hold_timeout_s):
             self.trip("hold-to-run heartbeat lost", S.STOPPED)
             return True
         return False
