@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from daemon.config import ConfigError, RoomConfig, load_config
+from drivers.event_loop import precise_event_loop
 
 if TYPE_CHECKING:
     from daemon.config import CouchLinkConfig
@@ -231,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         await serve(config, stop)
 
     try:
-        asyncio.run(_run())
+        # Sub-millisecond timers: the PLC poll keeps its 1-3 ms cadence (drivers/event_loop.py).
+        with asyncio.Runner(loop_factory=precise_event_loop) as runner:
+            runner.run(_run())
     except OSError as exc:
         print(f"igrtd: {exc}", file=sys.stderr)
         return 1

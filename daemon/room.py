@@ -28,6 +28,7 @@ from daemon.motion_gate import MotionFacts, StartedMove
 from daemon.ports import AuditPort, CorrectionStorePort, CouchPort, RoomSafetyPort
 from daemon.proposals import SUPERSEDABLE, Proposal, ProposalStatus, TreatmentSession
 from daemon.workflow import RoomState, Workflow
+from drivers.plc import PlcSnapshot
 from safety.couch_model import CouchModel
 from safety.policy import VerdictPolicy
 from safety.pose import Pose
@@ -95,6 +96,7 @@ class Room:
         self.last_result: JsonObject | None = None
         self.hold = HoldToRun()
         self.state_listeners: list[Callable[[JsonObject], None]] = []
+        self._state_publish_pending = False
         # Told the new state on every transition (device polling rates follow it).
         self.transition_listeners: list[Callable[[str], None]] = []
         # An event is an audit record's event, actor and details as the parts passed
@@ -143,6 +145,26 @@ class Room:
         self.wake.set()
 
     def publish_state(self) -> None:
+        """Publish the state snapshot once the current event-loop step is done.
+
+        Built later, not here: a transition on the way to a GO (CONFIRMED, then
+        MOVING in the same step) would otherwise build and publish two full
+        snapshots before the TARGET is written; deferred, one snapshot, the
+        newest, is built while TARGET is on the wire (issue 13, item 6). Every
+        transition still reaches consoles as its own `state` event.
+        """
+        if not self.state_listeners or self._state_publish_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): publish now
+            self._publish_state_now()
+            return
+        self._state_publish_pending = True
+        loop.call_soon(self._publish_state_now)
+
+    def _publish_state_now(self) -> None:
+        self._state_publish_pending = False
         if not self.state_listeners:
             return
         snap = self.snapshot()
@@ -179,18 +201,20 @@ class Room:
         self.current = None
 
     # ------------------------------------------------------------- facts
-    def plc_interlocks(self) -> tuple[list[str], bool | None]:
-        """(open interlocks other than hold-to-run, motion-enable pressed or None)."""
+    def plc_interlocks(self, snap: PlcSnapshot | None = None) -> tuple[list[str], bool | None]:
+        """(open interlocks other than hold-to-run, motion-enable pressed or None), of
+        `snap` or of a snapshot taken now."""
         if self.plc is None:
             return [], None
-        snap = self.plc.snapshot()
+        if snap is None:
+            snap = self.plc.snapshot()
         return self.plc.open_interlocks(snap), self.plc.motion_enable_pressed(snap)
 
-    def hold_fresh(self) -> bool:
+    def hold_fresh(self, snap: PlcSnapshot | None = None) -> bool:
         if not self.hold.within(self.config.motion.hold_timeout_s):
             return False
         if self.plc is not None and self.config.motion.require_plc_motion_enable:
-            _, pressed = self.plc_interlocks()
+            _, pressed = self.plc_interlocks(snap)
             return bool(pressed)
         return True
 
@@ -198,13 +222,16 @@ class Room:
         return bool(self.couch.link_ok)
 
     def motion_facts(self, kind: str) -> MotionFacts:
-        open_il, _ = self.plc_interlocks()
+        # One PLC snapshot for every fact: one picture of the room, judged once
+        # (RoomInterlocks caches the verdict per snapshot), on the way to a GO.
+        snap = self.plc.snapshot() if self.plc is not None else None
+        open_il, _ = self.plc_interlocks(snap)
         if not self.couch_link_ok():
             open_il = [*open_il, "couch link lost"]
         status = self.couch.latest_status
         arms_parked, arms_moving = True, False
-        if self.plc is not None:
-            arms_parked, arms_moving = self.plc.arms_state(self.plc.snapshot())
+        if self.plc is not None and snap is not None:
+            arms_parked, arms_moving = self.plc.arms_state(snap)
         return MotionFacts(
             room_state=str(self.workflow.state),
             current=status.pose if status is not None else None,
@@ -212,7 +239,7 @@ class Room:
             couch_moving=bool(status is not None and any(status.moving)),
             imager_arms_parked=arms_parked,
             imager_moving=arms_moving,
-            hold_to_run_fresh=self.hold_fresh(),
+            hold_to_run_fresh=self.hold_fresh(snap),
         )
 
     def stop_couch_now(self) -> None:
@@ -225,7 +252,8 @@ class Room:
     # ------------------------------------------------------------- views
     def snapshot(self) -> JsonObject:
         status = self.couch.latest_status
-        open_il, pressed = self.plc_interlocks()
+        snap = self.plc.snapshot() if self.plc is not None else None
+        open_il, pressed = self.plc_interlocks(snap)
         return {
             "v": 1,
             "room": self.config.room,
@@ -245,7 +273,7 @@ class Room:
                 "open": list(open_il),  # a list[JsonValue] for mypy: list is invariant
                 "motion_enable_pressed": pressed,
             },
-            "hold": {"user": self.hold.user, "fresh": self.hold_fresh()},
+            "hold": {"user": self.hold.user, "fresh": self.hold_fresh(snap)},
             "last_result": self.last_result,
             "monitoring": self.monitoring_brief(),
         }

@@ -351,7 +351,7 @@ class MotionSupervisor:
             # GO written, its answer not in yet (lost on a cut line, it takes the
             # 250 ms reply timeout): the couch may be moving, so everything that
             # stops a move stops this one, the arms and hold-to-run included.
-            self._check_plc_during_motion()
+            self._check_plc_during_motion(snap)
         elif self.room.workflow.state == S.CONFIRMED and self.room.plc is not None:
             # An interlock opening between confirmation and motion spends the
             # confirmation: motion after it needs a fresh, explicit one (issue 5).
@@ -380,11 +380,17 @@ class MotionSupervisor:
         self.room.publish_state()
 
     # ----------------------------------------------------------- supervision
-    def _check_plc_during_motion(self) -> bool:
-        """Trip on anything the PLC reports that forbids motion; True if it tripped."""
+    def _check_plc_during_motion(self, snap: PlcSnapshot | None = None) -> bool:
+        """Trip on anything the PLC reports that forbids motion; True if it tripped.
+
+        `snap`: the picture the PLC driver is announcing (it was built from the read
+        that brought the change, microseconds ago); judged as it is, the verdict
+        cached for it is reused and the STOP goes out without a second picture
+        being built and judged first. None: a picture taken now."""
         if self.room.plc is None:
             return False
-        snap = self.room.plc.snapshot()
+        if snap is None:
+            snap = self.room.plc.snapshot()
         open_il = self.room.plc.open_interlocks(snap)
         if open_il:
             self.trip("interlock open: " + ", ".join(open_il))

@@ -44,6 +44,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Self
 
 from drivers import couch_protocol as cp
+from drivers.event_loop import precise_event_loop
 from safety.pose import AXES, ROTATION_AXES, Pose
 from sim.serial_wire import SerialWire, wire_time_s
 
@@ -997,7 +998,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parse_args(argv)
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        asyncio.run(_serve(args))
+        with asyncio.Runner(loop_factory=precise_event_loop) as runner:
+            runner.run(_serve(args))
     except ValueError as exc:
         print(f"sim.couch: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from drivers.event_loop import precise_event_loop
 from drivers.plc import ARMS
 from sim.plc import SimRoomPlc
 
@@ -134,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.arm_travel_s <= 0:
         parser.exit(2, f"error: --arm-travel-s {args.arm_travel_s} must be > 0 s\n")
     try:
-        return asyncio.run(_serve(args))
+        with asyncio.Runner(loop_factory=precise_event_loop) as runner:
+            return runner.run(_serve(args))
     except KeyboardInterrupt:
         return 0
 

@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+from drivers.event_loop import precise_event_loop
 from safety.pose import Pose
 from sim.identities import demo_users, install_demo_keys
 from sim.parent_death import die_with_parent
@@ -43,7 +44,8 @@ class SimRoom:
         self._with_plc = with_plc
         self._couch_kwargs = couch_kwargs or {}
         self._plc_kwargs = plc_kwargs or {}
-        self._loop = asyncio.new_event_loop()
+        # Timers to the microsecond: the serial wire's deliveries, the PLC's cycle.
+        self._loop = precise_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sim-room",
                                         daemon=True)
         self.couch: Any = None
