@@ -7,8 +7,9 @@ covers every record written before it started. Before anything whose effect
 leaves igrtd and must be preceded by durable records (a GO, a jog, an arm
 command: daemon/motion_gate.py), the loop awaits `barrier()`, which resolves
 once a sync that started after the call has finished. Everything else is
-durable within one flush (about a millisecond on an idle disk), without the
-loop ever waiting for a disk: an fsync on the loop used to delay a STOP by
+durable within the event-loop step that wrote it and one flush (about a
+millisecond on an idle disk; the flusher is woken once a step, see `_kick`),
+without the loop ever waiting for a disk: an fsync on the loop used to delay a STOP by
 milliseconds, tens under disk load (issue 13, items 5 and 6).
 
 A written record is in the kernel's page cache at once, so a crash of igrtd
@@ -48,6 +49,7 @@ class GroupCommit:
         self._failed: str | None = None
         self._stopping = False
         self._waiters: list[tuple[int, asyncio.Future[None], asyncio.AbstractEventLoop]] = []
+        self._kick_pending = False  # a wake-up is scheduled on the event loop (its thread only)
         self._thread = threading.Thread(target=self._run, name="igrt-group-commit", daemon=True)
         self._thread.start()
 
@@ -55,7 +57,7 @@ class GroupCommit:
         """A record was written: make it durable soon (no wait). Any thread."""
         with self._cond:
             self._requested += 1
-            self._cond.notify()
+        self._kick()
 
     async def barrier(self) -> None:
         """Return once everything written before this call is durable; raise
@@ -69,8 +71,36 @@ class GroupCommit:
                 raise DurabilityError("durable writes are closed: igrtd is stopping")
             self._requested += 1
             self._waiters.append((self._requested, fut, loop))
-            self._cond.notify()
+        self._kick()
         await fut
+
+    def _kick(self) -> None:
+        """Wake the flusher: from the event loop, once this loop step is done.
+
+        A step on the way to a GO writes half a dozen records (verification,
+        confirmation, transitions, the claim) and asks for the barrier before
+        the TARGET is written. Woken at each, the flusher syncs alongside that
+        step and takes the interpreter lock from it at every system call it
+        returns from, which slowed the step it was meant to stay out of; woken
+        after it, one flush covers them all while TARGET and its echo are on
+        the wire. From another thread, or with no loop running: at once.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            with self._cond:
+                self._cond.notify()
+            return
+        if not self._kick_pending:
+            self._kick_pending = True
+            loop.call_soon(self._kick_now)
+
+    def _kick_now(self) -> None:
+        self._kick_pending = False
+        with self._cond:
+            self._cond.notify()
 
     def flush_now(self) -> None:
         """Sync every source in the calling thread (start-up, shutdown)."""

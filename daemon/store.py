@@ -111,11 +111,21 @@ class CorrectionStore:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"state store {self.path}: cannot use WAL journal (got {mode})")
-            # Per connection, not persistent: FULL syncs the WAL on every commit;
-            # NORMAL leaves that to sync(), and checkpoints too.
+            # Per connection, not persistent: FULL syncs the WAL on every commit.
+            # Deferred: this connection (igrtd's event loop) never syncs; sync()
+            # fdatasyncs the WAL in the group commit thread, and checkpoints run
+            # on their own connection at FULL, which syncs the database before the
+            # WAL may be reused. Not NORMAL: NORMAL syncs the WAL header whenever
+            # a commit starts the WAL afresh after a checkpoint, an fdatasync on
+            # the event loop (milliseconds under disk load; found tracing the
+            # confirm path, issue 13). journal_size_limit=0: that fresh start
+            # also cuts the file back, so its size says how much waits to be
+            # checkpointed (a reused 4 MiB file read as "checkpoint now" at every
+            # sync, and so a fresh WAL at nearly every commit).
             if deferred_sync:
-                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA synchronous=OFF")
                 self._db.execute("PRAGMA wal_autocheckpoint=0")
+                self._db.execute("PRAGMA journal_size_limit=0")
             else:
                 self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -178,6 +188,9 @@ class CorrectionStore:
             if self._checkpointer is None:
                 self._checkpointer = sqlite3.connect(self.path, isolation_level=None,
                                                      check_same_thread=False, timeout=1.0)
+                # The database is synced after each checkpoint, before the WAL
+                # it copied may be started afresh (the writer connection never syncs).
+                self._checkpointer.execute("PRAGMA synchronous=FULL")
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:  # a later checkpoint tries again; nothing is lost
             log.warning("state store checkpoint failed: %s", exc)

@@ -9,7 +9,7 @@ roll (about table-top Y).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 AXES: tuple[str, ...] = ("lat", "long", "vert", "yaw", "pitch", "roll")
 TRANSLATION_AXES: tuple[str, ...] = ("lat", "long", "vert")
@@ -50,7 +50,10 @@ class Pose:
         return (self.lat, self.long, self.vert, self.yaw, self.pitch, self.roll)
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        # Built directly: dataclasses.asdict deep-copies field by field, ten times
+        # the cost, and poses are turned into dicts on every audit record and view.
+        return {"lat": self.lat, "long": self.long, "vert": self.vert,
+                "yaw": self.yaw, "pitch": self.pitch, "roll": self.roll}
 
     def __iter__(self) -> Iterator[float]:
         return iter(self.as_tuple())

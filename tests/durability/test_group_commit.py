@@ -125,3 +125,38 @@ def test_deferred_store_commits_are_synced_through_the_wal(
     assert synced == [str(tmp_path / "igrt.sqlite-wal")]
     store.close()
     assert CorrectionStore(tmp_path / "igrt.sqlite").move_for_confirmation("conf-1")
+
+
+def test_the_store_connection_on_the_event_loop_never_syncs(tmp_path: Path) -> None:
+    # SQLite at NORMAL synced the WAL header on the loop whenever a commit started
+    # the WAL afresh after a checkpoint; OFF leaves every sync to sync() (the group
+    # commit thread), and the checkpointing connection syncs the database itself.
+    store = CorrectionStore(tmp_path / "igrt.sqlite", deferred_sync=True)
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 0
+    store._checkpoint()
+    assert store._checkpointer is not None
+    assert store._checkpointer.execute("PRAGMA synchronous").fetchone()[0] == 2
+    store.close()
+
+
+def test_a_checkpoint_is_taken_once_per_wal_full_of_commits_not_at_every_sync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import daemon.store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_WAL_BYTES", 256 * 1024)
+    store = CorrectionStore(tmp_path / "igrt.sqlite", deferred_sync=True)
+    checkpoints: list[int] = []
+    real = store._checkpoint
+    monkeypatch.setattr(store, "_checkpoint", lambda: (checkpoints.append(1), real())[1])
+    i = 0
+    while not checkpoints:  # fill the WAL to the threshold
+        assert store.claim_move(f"conf-{i}", f"prop-{i}", {"lat": 1.0})
+        store.sync()
+        i += 1
+    for j in range(5):  # a few commits after the checkpoint (16 KiB each): below it
+        assert store.claim_move(f"after-{j}", f"prop-after-{j}", {"lat": 1.0})
+        store.sync()
+    assert len(checkpoints) == 1
+    assert (tmp_path / "igrt.sqlite-wal").stat().st_size < 256 * 1024
+    store.close()
+    assert CorrectionStore(tmp_path / "igrt.sqlite").move_for_confirmation("after-4")
