@@ -97,6 +97,15 @@ class CorrectionStore:
         # Told after each commit (deferred_sync): igrtd's group commit then syncs.
         self.on_write: Callable[[], None] | None = None
         self._lock = threading.Lock()
+        # Checkpoints run in a thread of their own, never inside sync(): a 4 MiB
+        # checkpoint takes tens of milliseconds, and a GO's barrier waits for the
+        # flush that sync() is part of.
+        self._checkpoint_wanted = threading.Event()
+        self._checkpoint_idle = threading.Event()
+        self._checkpoint_idle.set()
+        self._checkpoint_flags = threading.Lock()  # wanted and idle change together
+        self._checkpoint_thread: threading.Thread | None = None
+        self._closing = False
         try:
             self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a
@@ -149,6 +158,11 @@ class CorrectionStore:
                 self.sync()
             except StoreError as exc:
                 log.error("%s", exc)
+        self._closing = True
+        thread = self._checkpoint_thread
+        if thread is not None:
+            self._checkpoint_wanted.set()
+            thread.join(10.0)
         with self._lock:
             if self._checkpointer is not None:
                 self._checkpointer.close()
@@ -176,7 +190,35 @@ class CorrectionStore:
         finally:
             os.close(fd)
         if size >= CHECKPOINT_WAL_BYTES:
+            self._request_checkpoint()
+
+    def _request_checkpoint(self) -> None:
+        """Have the checkpoint thread copy the WAL into the database (no wait)."""
+        if self._closing:
+            return
+        if self._checkpoint_thread is None:
+            self._checkpoint_thread = threading.Thread(
+                target=self._checkpoint_loop, name="igrt-store-checkpoint", daemon=True)
+            self._checkpoint_thread.start()
+        with self._checkpoint_flags:
+            self._checkpoint_idle.clear()
+            self._checkpoint_wanted.set()
+
+    def _checkpoint_loop(self) -> None:
+        while True:
+            self._checkpoint_wanted.wait()
+            self._checkpoint_wanted.clear()
+            if self._closing:
+                self._checkpoint_idle.set()
+                return
             self._checkpoint()
+            with self._checkpoint_flags:
+                if not self._checkpoint_wanted.is_set():
+                    self._checkpoint_idle.set()
+
+    def wait_checkpoint_idle(self, timeout_s: float = 10.0) -> bool:
+        """True once no checkpoint is asked for or running (tests, shutdown)."""
+        return self._checkpoint_idle.wait(timeout_s)
 
     def _fail_sync(self, exc: OSError) -> NoReturn:
         self._sync_failed = f"state store {self.path} could not be made durable: {exc}"

@@ -152,11 +152,41 @@ def test_a_checkpoint_is_taken_once_per_wal_full_of_commits_not_at_every_sync(
     while not checkpoints:  # fill the WAL to the threshold
         assert store.claim_move(f"conf-{i}", f"prop-{i}", {"lat": 1.0})
         store.sync()
+        assert store.wait_checkpoint_idle()
         i += 1
     for j in range(5):  # a few commits after the checkpoint (16 KiB each): below it
         assert store.claim_move(f"after-{j}", f"prop-after-{j}", {"lat": 1.0})
         store.sync()
+        assert store.wait_checkpoint_idle()
     assert len(checkpoints) == 1
     assert (tmp_path / "igrt.sqlite-wal").stat().st_size < 256 * 1024
     store.close()
     assert CorrectionStore(tmp_path / "igrt.sqlite").move_for_confirmation("after-4")
+
+
+def test_a_checkpoint_never_runs_inside_the_sync_a_barrier_waits_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 4 MiB checkpoint takes tens of milliseconds; inside sync() it held a GO's
+    # barrier for that long. sync() only asks for it; its own thread runs it.
+    import daemon.store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_WAL_BYTES", 0)
+    store = CorrectionStore(tmp_path / "igrt.sqlite", deferred_sync=True)
+    entered, release = threading.Event(), threading.Event()
+    real = store._checkpoint
+
+    def slow_checkpoint() -> None:
+        entered.set()
+        assert release.wait(5)
+        real()
+
+    monkeypatch.setattr(store, "_checkpoint", slow_checkpoint)
+    assert store.claim_move("conf-1", "prop-1", {"lat": 1.0})
+    store.sync()  # returns although the checkpoint it asked for is held
+    assert entered.wait(5)
+    assert store.claim_move("conf-2", "prop-2", {"lat": 1.0})
+    store.sync()
+    release.set()
+    assert store.wait_checkpoint_idle()
+    store.close()
+    assert CorrectionStore(tmp_path / "igrt.sqlite").move_for_confirmation("conf-2")
