@@ -28,6 +28,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+from daemon.loop_step import AfterThisStep
+
 log = logging.getLogger("igrt.durability")
 
 
@@ -49,7 +51,14 @@ class GroupCommit:
         self._failed: str | None = None
         self._stopping = False
         self._waiters: list[tuple[int, asyncio.Future[None], asyncio.AbstractEventLoop]] = []
-        self._kick_pending = False  # a wake-up is scheduled on the event loop (its thread only)
+        # Wakes the flusher once the event-loop step that asked is done; at once from
+        # another thread. A step on the way to a GO writes half a dozen records
+        # (verification, confirmation, transitions, the claim) and asks for the
+        # barrier before the TARGET is written. Woken at each, the flusher synced
+        # alongside that step and took the interpreter lock from it at every system
+        # call it returned from; woken after it, one flush covers them all while
+        # TARGET and its echo are on the wire.
+        self._kick = AfterThisStep(self._wake_flusher)
         self._thread = threading.Thread(target=self._run, name="igrt-group-commit", daemon=True)
         self._thread.start()
 
@@ -74,31 +83,7 @@ class GroupCommit:
         self._kick()
         await fut
 
-    def _kick(self) -> None:
-        """Wake the flusher: from the event loop, once this loop step is done.
-
-        A step on the way to a GO writes half a dozen records (verification,
-        confirmation, transitions, the claim) and asks for the barrier before
-        the TARGET is written. Woken at each, the flusher syncs alongside that
-        step and takes the interpreter lock from it at every system call it
-        returns from, which slowed the step it was meant to stay out of; woken
-        after it, one flush covers them all while TARGET and its echo are on
-        the wire. From another thread, or with no loop running: at once.
-        """
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is None:
-            with self._cond:
-                self._cond.notify()
-            return
-        if not self._kick_pending:
-            self._kick_pending = True
-            loop.call_soon(self._kick_now)
-
-    def _kick_now(self) -> None:
-        self._kick_pending = False
+    def _wake_flusher(self) -> None:
         with self._cond:
             self._cond.notify()
 

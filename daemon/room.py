@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from daemon.api import Actor, CommandError
 from daemon.config import RoomConfig
 from daemon.jsontypes import JsonMapping, JsonObject
+from daemon.loop_step import AfterThisStep
 from daemon.motion_gate import MotionFacts, StartedMove
 from daemon.ports import AuditPort, CorrectionStorePort, CouchPort, RoomSafetyPort
 from daemon.proposals import SUPERSEDABLE, Proposal, ProposalStatus, TreatmentSession
@@ -96,7 +97,7 @@ class Room:
         self.last_result: JsonObject | None = None
         self.hold = HoldToRun()
         self.state_listeners: list[Callable[[JsonObject], None]] = []
-        self._state_publish_pending = False
+        self._publish_after_step = AfterThisStep(self._publish_state_now)
         # Told the new state on every transition (device polling rates follow it).
         self.transition_listeners: list[Callable[[str], None]] = []
         # An event is an audit record's event, actor and details as the parts passed
@@ -153,18 +154,10 @@ class Room:
         newest, is built while TARGET is on the wire (issue 13, item 6). Every
         transition still reaches consoles as its own `state` event.
         """
-        if not self.state_listeners or self._state_publish_pending:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a synchronous caller): publish now
-            self._publish_state_now()
-            return
-        self._state_publish_pending = True
-        loop.call_soon(self._publish_state_now)
+        if self.state_listeners:
+            self._publish_after_step()
 
     def _publish_state_now(self) -> None:
-        self._state_publish_pending = False
         if not self.state_listeners:
             return
         snap = self.snapshot()

@@ -22,6 +22,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import NoReturn, Self, TypeAlias
 
@@ -100,11 +101,10 @@ class CorrectionStore:
         # Checkpoints run in a thread of their own, never inside sync(): a 4 MiB
         # checkpoint takes tens of milliseconds, and a GO's barrier waits for the
         # flush that sync() is part of.
-        self._checkpoint_wanted = threading.Event()
-        self._checkpoint_idle = threading.Event()
-        self._checkpoint_idle.set()
-        self._checkpoint_flags = threading.Lock()  # wanted and idle change together
-        self._checkpoint_thread: threading.Thread | None = None
+        # One worker, started with the first checkpoint; a request while one is
+        # queued or running adds nothing (the next sync asks again if needed).
+        self._checkpoints = ThreadPoolExecutor(1, thread_name_prefix="igrt-store-checkpoint")
+        self._checkpoint_job: Future[None] | None = None
         self._closing = False
         try:
             self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -159,10 +159,7 @@ class CorrectionStore:
             except StoreError as exc:
                 log.error("%s", exc)
         self._closing = True
-        thread = self._checkpoint_thread
-        if thread is not None:
-            self._checkpoint_wanted.set()
-            thread.join(10.0)
+        self._checkpoints.shutdown(wait=True)  # a checkpoint under way finishes first
         with self._lock:
             if self._checkpointer is not None:
                 self._checkpointer.close()
@@ -194,31 +191,15 @@ class CorrectionStore:
 
     def _request_checkpoint(self) -> None:
         """Have the checkpoint thread copy the WAL into the database (no wait)."""
-        if self._closing:
+        job = self._checkpoint_job
+        if self._closing or (job is not None and not job.done()):
             return
-        if self._checkpoint_thread is None:
-            self._checkpoint_thread = threading.Thread(
-                target=self._checkpoint_loop, name="igrt-store-checkpoint", daemon=True)
-            self._checkpoint_thread.start()
-        with self._checkpoint_flags:
-            self._checkpoint_idle.clear()
-            self._checkpoint_wanted.set()
-
-    def _checkpoint_loop(self) -> None:
-        while True:
-            self._checkpoint_wanted.wait()
-            self._checkpoint_wanted.clear()
-            if self._closing:
-                self._checkpoint_idle.set()
-                return
-            self._checkpoint()
-            with self._checkpoint_flags:
-                if not self._checkpoint_wanted.is_set():
-                    self._checkpoint_idle.set()
+        self._checkpoint_job = self._checkpoints.submit(self._checkpoint)
 
     def wait_checkpoint_idle(self, timeout_s: float = 10.0) -> bool:
-        """True once no checkpoint is asked for or running (tests, shutdown)."""
-        return self._checkpoint_idle.wait(timeout_s)
+        """True once no checkpoint is asked for or running (tests)."""
+        job = self._checkpoint_job
+        return job is None or not wait([job], timeout_s).not_done
 
     def _fail_sync(self, exc: OSError) -> NoReturn:
         self._sync_failed = f"state store {self.path} could not be made durable: {exc}"

@@ -357,12 +357,15 @@ class MotionSupervisor:
             # confirmation: motion after it needs a fresh, explicit one (issue 5).
             # Hold-to-run and the imager arms are not interlocks here: before the
             # move they are legitimately released / extended.
-            open_il = self.room.plc.open_interlocks(self.room.plc.snapshot())
+            if snap is None:
+                snap = self.room.plc.snapshot()
+            open_il = self.room.plc.open_interlocks(snap)
             if open_il:
                 self.trip("interlock open before motion: " + ", ".join(open_il), S.STOPPED)
         elif self.room.workflow.state == S.SERVICE and self.room.plc is not None:
             # A jog in progress stops on any open interlock or a released enable, like a move.
-            snap = self.room.plc.snapshot()
+            if snap is None:
+                snap = self.room.plc.snapshot()
             if self.room.plc.open_interlocks(snap) or not self.room.plc.motion_enable_pressed(snap):
                 self.room.stop_couch_now()
         elif self.room.workflow.state == S.MONITORING:
