@@ -110,7 +110,9 @@ class Command(Generic[A_co]):
     help: str
     cli: str  # the igrtctl words that send it, e.g. "session open"
     handler: Handler[A_co]
-    moves: bool = False  # may start or continue motion of the couch or the imager arms
+    # May start or continue motion of the couch or the imager arms. The MQTT front
+    # end holds the consoles' events and state while it runs (daemon/publications.py).
+    moves: bool = False
     # A hold-to-run heartbeat (20 per second): the MQTT front end does not audit
     # each verified one, or they would drown the audit trail.
     heartbeat: bool = False

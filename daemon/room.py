@@ -28,6 +28,7 @@ from daemon.loop_step import AfterThisStep
 from daemon.motion_gate import MotionFacts, StartedMove
 from daemon.ports import AuditPort, CorrectionStorePort, CouchPort, RoomSafetyPort
 from daemon.proposals import SUPERSEDABLE, Proposal, ProposalStatus, TreatmentSession
+from daemon.publications import PublicationHold
 from daemon.workflow import RoomState, Workflow
 from drivers.plc import PlcSnapshot
 from safety.couch_model import CouchModel
@@ -98,6 +99,9 @@ class Room:
         self.hold = HoldToRun()
         self.state_listeners: list[Callable[[JsonObject], None]] = []
         self._publish_after_step = AfterThisStep(self._publish_state_now)
+        # Held while a command that may start motion runs (daemon/publications.py).
+        self.publications = PublicationHold(self._tell_event_listeners,
+                                            self._publish_after_step)
         # Told the new state on every transition (device polling rates follow it).
         self.transition_listeners: list[Callable[[str], None]] = []
         # An event is an audit record's event, actor and details as the parts passed
@@ -115,7 +119,11 @@ class Room:
     # ------------------------------------------------------------------ audit
     def audit(self, event: str, actor: str, **details: object) -> None:
         self.audit_log.append(event, actor, **details)
-        payload: JsonMapping = {"event": event, "actor": actor, "at": time.time(), **details}
+        if self.event_listeners:
+            self.publications.event(
+                {"event": event, "actor": actor, "at": time.time(), **details})
+
+    def _tell_event_listeners(self, payload: JsonMapping) -> None:
         for cb in list(self.event_listeners):
             try:
                 cb(payload)
@@ -155,7 +163,7 @@ class Room:
         transition still reaches consoles as its own `state` event.
         """
         if self.state_listeners:
-            self._publish_after_step()
+            self.publications.state()
 
     def _publish_state_now(self) -> None:
         if not self.state_listeners:

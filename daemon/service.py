@@ -155,6 +155,11 @@ class RoomService:
         """`cb` gets each audit record's event, actor, time and details (see Room.audit)."""
         self.room.event_listeners.append(cb)
 
+    def hold_publications(self) -> Callable[[], None]:
+        """Hold the consoles' events and state until the returned function is called
+        (daemon/publications.py): while a command that may start motion runs."""
+        return self.room.publications.hold()
+
     def snapshot(self) -> JsonObject:
         return self.room.snapshot()
 

@@ -91,6 +91,17 @@ def _log_audit(event: str, actor: str, details: JsonMapping) -> None:
     log.log(level, "audit %s actor=%s %s", event, actor, details)
 
 
+HoldPublications = Callable[[], Callable[[], None]]
+
+
+def _release_nothing() -> None:
+    return None
+
+
+def _hold_nothing() -> Callable[[], None]:
+    return _release_nothing
+
+
 class MqttConsole:
     def __init__(
         self,
@@ -113,11 +124,15 @@ class MqttConsole:
         max_inflight_commands: int = 32,
         client_id: str | None = None,
         listeners: CommandListeners | None = None,
+        hold_publications: HoldPublications | None = None,
     ) -> None:
         if verifier.room != room:
             raise ValueError(f"verifier is for room {verifier.room!r}, console for {room!r}")
         self.commands = room_commands
         self._listeners = listeners
+        # Held from a motion command's verification until its answer
+        # (daemon/publications.py); nothing held without it.
+        self._hold_publications = hold_publications or _hold_nothing
         self.verifier = verifier
         self.room = room
         self._host = broker_host
@@ -422,6 +437,7 @@ class MqttConsole:
 
     def _dispatch(self, vc: VerifiedCommand) -> None:
         command = COMMANDS[vc.cmd]  # the verifier accepts registered commands only
+        release = self._hold_publications() if command.moves else _release_nothing
         if not command.heartbeat:  # heartbeats at 20 Hz would drown the audit trail
             self._audit(
                 "console.command_verified",
@@ -429,9 +445,10 @@ class MqttConsole:
                 {"cmd": vc.cmd, "jti": vc.claims.jti, "console": vc.claims.reply_to},
             )
         if command.immediate:
-            self._spawn(self._execute(vc), vc.cmd)
+            self._spawn(self._execute(vc, release), vc.cmd)
             return
         if self._inflight >= self._max_inflight:
+            release()
             self._spawn(
                 self._reply(vc.claims.reply_to, ReplyMessage(
                     room=self.room, jti=vc.claims.jti, cmd=vc.cmd, ok=False, code=ErrorCode.BUSY,
@@ -441,7 +458,7 @@ class MqttConsole:
             )
             return
         self._inflight += 1
-        self._spawn(self._execute_in_order(vc), vc.cmd)
+        self._spawn(self._execute_in_order(vc, release), vc.cmd)
 
     def _reject(self, rej: CommandRejected) -> None:
         details = {
@@ -461,7 +478,8 @@ class MqttConsole:
             )
             self._spawn(self._reply(rej.reply_to, msg), "reply")
 
-    async def _execute_in_order(self, vc: VerifiedCommand) -> None:
+    async def _execute_in_order(self, vc: VerifiedCommand,
+                                release: Callable[[], None] = _release_nothing) -> None:
         key = f"{vc.user.user}@{vc.claims.reply_to}"
         lane = self._console_locks.get(key)
         if lane is None:
@@ -469,8 +487,9 @@ class MqttConsole:
         lane.users += 1
         try:
             async with lane.lock:  # asyncio.Lock wakes waiters in FIFO order
-                await self._execute(vc)
+                await self._execute(vc, release)
         finally:
+            release()
             self._inflight -= 1
             lane.users -= 1
             # Only drop the lane when nobody waits on it, or a newcomer would
@@ -478,7 +497,8 @@ class MqttConsole:
             if lane.users == 0:
                 del self._console_locks[key]
 
-    async def _execute(self, vc: VerifiedCommand) -> None:
+    async def _execute(self, vc: VerifiedCommand,
+                       release: Callable[[], None] = _release_nothing) -> None:
         actor = Actor(user=vc.user.user, role=vc.user.role, via=f"mqtt:{vc.claims.reply_to}")
 
         def fault(exc: BaseException) -> None:
@@ -486,8 +506,11 @@ class MqttConsole:
                 "cmd": vc.cmd, "jti": vc.claims.jti, "console": vc.claims.reply_to,
                 "reason": _one_line(exc)})
 
-        answer = await execute(self.commands, actor, vc.cmd, vc.args,
-                               audit=self._audit, on_fault=fault, listeners=self._listeners)
+        try:
+            answer = await execute(self.commands, actor, vc.cmd, vc.args,
+                                   audit=self._audit, on_fault=fault, listeners=self._listeners)
+        finally:
+            release()  # what was held goes out before the reply, as it was made
         # The reply goes out in a task of its own: waiting here for the broker's PUBACK
         # would hold this console's lane, and its next command (the first hold after
         # a confirm) would wait for it. Replies still leave in command order: each

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 
+from daemon.api import Actor
 from daemon.console.client import CommandRefused
 from daemon.console.schemas import StateMessage, StatusMessage, TelemetryMessage
 from daemon.store import CorrectionStore
@@ -245,3 +248,52 @@ async def test_busy_daemon_refuses_more_commands_but_still_takes_stop(
         assert (await asyncio.wait_for(slow, 5)).ok
 
 
+
+
+class _PublicationHolds:
+    """Stands in for the room's publication hold: counts the holds in force."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.taken = 0
+
+    def __call__(self) -> Callable[[], None]:
+        self.active += 1
+        self.taken += 1
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.active -= 1
+        return release
+
+
+async def test_a_motion_command_holds_publications_until_its_answer_before_its_reply(
+    broker, identities, fake_room: FakeRoom, audit: AuditLog
+) -> None:
+    holds = _PublicationHolds()
+    during: list[int] = []
+    confirm = fake_room.confirm
+
+    async def held_confirm(actor: Actor, proposal_id: str) -> dict[str, Any]:
+        during.append(holds.active)
+        return await confirm(actor, proposal_id)
+
+    fake_room.confirm = held_confirm  # type: ignore[method-assign]
+    async with serving(broker, identities, fake_room, audit, hold_publications=holds), \
+            console_client(broker, identities) as c:
+        await asyncio.wait_for(c.confirm("p1"), 10)
+        assert during == [1]
+        assert holds.active == 0  # released by the time its reply arrived
+
+
+async def test_a_command_that_cannot_move_holds_no_publications(
+    broker, identities, fake_room: FakeRoom, audit: AuditLog
+) -> None:
+    holds = _PublicationHolds()
+    async with serving(broker, identities, fake_room, audit, hold_publications=holds), \
+            console_client(broker, identities) as c:
+        await asyncio.wait_for(c.status(), 10)
+    assert holds.taken == 0

@@ -36,21 +36,71 @@ class _GatedSource:
         self.finished += 1
 
 
-async def test_a_barrier_returns_only_after_a_sync_that_started_after_it() -> None:
+async def test_a_barrier_waits_for_a_sync_that_began_after_the_last_record_before_it() -> None:
     src = _GatedSource()
     commit = GroupCommit([src])
     try:
         commit.written()  # a first sync starts and is held
         assert await asyncio.to_thread(src.started.wait, 5)
-        barrier = asyncio.ensure_future(commit.barrier())
+        commit.written()  # a record the held sync may not cover
+        barrier = commit.barrier()
         await asyncio.sleep(0.01)
         src.started.clear()
-        src.release.set()  # the held sync ends: it began before the barrier
+        src.release.set()  # the held sync ends: it began before the second record
         assert await asyncio.to_thread(src.started.wait, 5)  # a second sync began
         await asyncio.wait_for(barrier, 5)
         assert src.finished == 2
     finally:
         src.release.set()
+        commit.close()
+
+
+async def test_a_barrier_is_met_by_a_sync_under_way_that_began_after_every_record() -> None:
+    src = _GatedSource()
+    commit = GroupCommit([src])
+    try:
+        commit.written()  # the claim, say: a sync starts for it and is held
+        assert await asyncio.to_thread(src.started.wait, 5)
+        barrier = commit.barrier()  # nothing written since that sync began
+        await asyncio.sleep(0.01)
+        assert not barrier.done()
+        src.release.set()
+        await asyncio.wait_for(barrier, 5)
+        assert src.finished == 1
+    finally:
+        src.release.set()
+        commit.close()
+
+
+async def test_a_barrier_with_nothing_written_since_the_last_sync_returns_at_once() -> None:
+    src = _GatedSource()
+    src.release.set()
+    commit = GroupCommit([src])
+    try:
+        commit.written()
+        await asyncio.wait_for(commit.barrier(), 5)
+        finished = src.finished
+        await asyncio.wait_for(commit.barrier(), 5)
+        assert src.finished == finished
+    finally:
+        commit.close()
+
+
+async def test_the_sources_sync_side_by_side() -> None:
+    first, second = _GatedSource(), _GatedSource()
+    commit = GroupCommit([first, second])
+    try:
+        commit.written()
+        # Each is held until released: both must have begun before either ends.
+        assert await asyncio.to_thread(first.started.wait, 5)
+        assert await asyncio.to_thread(second.started.wait, 5)
+        barrier = commit.barrier()
+        first.release.set()
+        second.release.set()
+        await asyncio.wait_for(barrier, 5)
+    finally:
+        first.release.set()
+        second.release.set()
         commit.close()
 
 
@@ -60,6 +110,7 @@ async def test_a_failed_sync_refuses_every_later_barrier() -> None:
     src.release.set()
     commit = GroupCommit([src])
     try:
+        commit.written()
         with pytest.raises(DurabilityError, match="No space left on device"):
             await asyncio.wait_for(commit.barrier(), 5)
         with pytest.raises(DurabilityError, match="No space left on device"):
