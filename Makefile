@@ -16,6 +16,11 @@ system-packages:
 	@command -v mosquitto >/dev/null 2>&1 || command -v /usr/sbin/mosquitto >/dev/null 2>&1 || \
 	  { echo "installing mosquitto"; apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients; }
+	@# dcmtk: third-party DICOM network clients (echoscu, storescu, findscu) the
+	@# storage service's tests send with (tests/dicom/).
+	@command -v storescu >/dev/null 2>&1 || \
+	  { echo "installing dcmtk"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk; }
 	@# Third-party DICOM checkers (dciodvfy, plastimatch): tests use them where present.
 	@{ command -v dciodvfy >/dev/null 2>&1 && command -v plastimatch >/dev/null 2>&1; } || \
 	  { echo "installing dicom3tools and plastimatch"; apt-get update -qq && \

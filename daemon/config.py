@@ -26,6 +26,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator
 
 from daemon.api import Role
+from daemon.config_dicom import DicomConfig
 from daemon.config_problems import (
     ConfigError,
     Located,
@@ -95,6 +96,8 @@ class RoomConfig(StrictModel):
         default=None, description="intrafraction monitoring; absent: not offered in this room")
     record: RecordConfig | None = Field(
         default=None, description="session recording for replay; absent: off")
+    dicom: DicomConfig | None = Field(
+        default=None, description="DICOM node (igrt-dicomd, docs/dicom.md); absent: none")
     users: list[UserConfig] = Field(min_length=1)
 
     @field_validator("users")

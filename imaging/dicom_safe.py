@@ -22,7 +22,7 @@ import io
 import logging
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -141,4 +141,22 @@ def read_dataset(
     # igrt cannot vouch for, reported in one line rather than as a traceback.
     except Exception as exc:  # noqa: BLE001
         raise DicomFileError(f"cannot read DICOM file {p}: {describe(exc)}") from None
+    return ds
+
+
+def decoded(load: Callable[[], Dataset], what: str) -> Dataset:
+    """The dataset `load` returns, fully decoded inside the same guard as
+    `read_dataset` (a dataset received over the network: pynetdicom decodes it
+    lazily from the bytes a peer sent), or DicomFileError naming `what`."""
+    try:
+        with quiet_pydicom():
+            ds = load()
+            _Decoder().walk(ds, 0)
+    except DicomFileError as exc:
+        raise DicomFileError(f"cannot read {what}: {exc}") from None
+    except RecursionError:
+        raise DicomFileError(f"cannot read {what}: sequences nested too deeply "
+                             f"(limit {MAX_SEQUENCE_DEPTH} levels)") from None
+    except Exception as exc:  # noqa: BLE001 - third-party parser on untrusted bytes
+        raise DicomFileError(f"cannot read {what}: {describe(exc)}") from None
     return ds

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
-UNITS = ["igrtd.service", "igrt-sim-couch.service", "igrt-sim-plc.service", "igrt-sim.target"]
+UNITS = ["igrtd.service", "igrt-dicom.service", "igrt-sim-couch.service",
+         "igrt-sim-plc.service", "igrt-sim.target"]
 INSTALL_PREFIX = "/opt/igrt/.venv/bin/"
 MAX_EXPOSURE = 2.0
 
@@ -42,7 +43,7 @@ def staged_units(tmp_path: Path) -> Path:
     """
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    for exe in ("igrtd", "python"):
+    for exe in ("igrtd", "igrt-dicomd", "python"):
         (bindir / exe).write_text("#!/bin/sh\nexit 0\n")
         (bindir / exe).chmod(0o755)
     units = tmp_path / "units"
@@ -130,7 +131,8 @@ def exposure(unit: Path) -> float:
 
 @needs_analyze
 @pytest.mark.parametrize(
-    "name", ["igrtd.service", "igrt-sim-couch.service", "igrt-sim-plc.service"]
+    "name", ["igrtd.service", "igrt-dicom.service", "igrt-sim-couch.service",
+             "igrt-sim-plc.service"]
 )
 def test_security_exposure_is_at_most_two(name: str) -> None:
     assert exposure(SYSTEMD_DIR / name) <= MAX_EXPOSURE

@@ -1,0 +1,196 @@
+"""igrt's store of received DICOM instances: the files, durable, and their index.
+
+Each accepted instance is written as the Part 10 file the peer sent (no
+re-encoding: what is kept is what was received), to a temporary name, synced,
+renamed into place and its directory synced, and only then indexed: a crash
+at any point leaves either no trace (a temporary file, removed at the next
+open) or a complete file, never a partial one under its real name. The index
+(SQLite, synchronous=FULL) says where each instance is, by patient, study,
+series and frame of reference.
+
+Layout under the storage directory: `series/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`
+and `index.sqlite`.
+
+A SOP Instance UID names one instance for ever: the same bytes again are
+accepted and change nothing (a resend after a lost response); other bytes
+under a stored UID are refused. A series belongs to one patient, study and
+frame of reference: an instance that would mix them is refused, so nothing
+downstream ever meets a mixed series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.audit.segments import fsync_dir, write_all
+from imaging.dicom_instances import InstanceFacts
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    sop_class_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    patient_name TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    frame_of_reference_uid TEXT,
+    instance_number INTEGER,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_patient ON instances(patient_id);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE INDEX IF NOT EXISTS instances_for ON instances(frame_of_reference_uid);
+"""
+
+
+class ArchiveError(Exception):
+    """The archive cannot be used or cannot keep an instance (one line)."""
+
+
+class Conflict(Exception):
+    """The instance contradicts what is stored (one line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    facts: InstanceFacts
+    path: Path
+    size: int
+    sha256: str
+    calling_ae: str
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSummary:
+    series_uid: str
+    modality: str
+    patient_id: str
+    study_uid: str
+    frame_of_reference_uid: str | None
+    instances: int
+
+
+class DicomArchive:
+    """Safe to use from several threads (pynetdicom serves associations in threads)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._lock = threading.Lock()
+        try:
+            (self.directory / "series").mkdir(mode=0o750, parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.directory / "index.sqlite", isolation_level=None,
+                                       check_same_thread=False, timeout=10.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ArchiveError(f"cannot open the DICOM archive in {self.directory}: {exc}") \
+                from None
+        self._remove_leftovers()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of writes a crash interrupted: never indexed, never used."""
+        for tmp in (self.directory / "series").glob("*/.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ write
+    def keep(self, facts: InstanceFacts, part10: bytes, calling_ae: str) -> StoredInstance:
+        """Make the instance durable and indexed; Conflict if it contradicts the store;
+        ArchiveError if the disk refuses."""
+        digest = hashlib.sha256(part10).hexdigest()
+        with self._lock:
+            existing = self._db.execute(
+                "SELECT sha256, path, size, calling_ae, received_at FROM instances "
+                "WHERE sop_instance_uid = ?", (facts.sop_instance_uid,)).fetchone()
+            if existing is not None:
+                if existing[0] != digest:
+                    raise Conflict(f"SOP Instance UID {facts.sop_instance_uid} is already stored "
+                                   "with other content; a UID names one instance")
+                return StoredInstance(facts, Path(existing[1]), existing[2], existing[0],
+                                      existing[3], existing[4])
+            self._check_series(facts)
+            series_dir = self.directory / "series" / facts.series_uid
+            path = series_dir / f"{facts.sop_instance_uid}.dcm"
+            try:
+                series_dir.mkdir(mode=0o750, exist_ok=True)
+                _write_durably(path, part10)
+            except OSError as exc:
+                raise ArchiveError(f"cannot store instance {facts.sop_instance_uid}: "
+                                   f"{exc.strerror or exc}") from None
+            now = time.time()
+            try:
+                self._db.execute(
+                    "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (facts.sop_instance_uid, facts.sop_class_uid, facts.modality,
+                     facts.patient_id, facts.patient_name, facts.study_uid, facts.series_uid,
+                     facts.frame_of_reference_uid, facts.instance_number, str(path),
+                     len(part10), digest, calling_ae, now))
+            except sqlite3.Error as exc:
+                raise ArchiveError(f"cannot index instance {facts.sop_instance_uid}: {exc}") \
+                    from None
+            return StoredInstance(facts, path, len(part10), digest, calling_ae, now)
+
+    def _check_series(self, facts: InstanceFacts) -> None:
+        row = self._db.execute(
+            "SELECT patient_id, study_uid, frame_of_reference_uid, modality FROM instances "
+            "WHERE series_uid = ? LIMIT 1", (facts.series_uid,)).fetchone()
+        if row is None:
+            return
+        for name, stored, got in (("PatientID", row[0], facts.patient_id),
+                                  ("StudyInstanceUID", row[1], facts.study_uid),
+                                  ("FrameOfReferenceUID", row[2], facts.frame_of_reference_uid),
+                                  ("Modality", row[3], facts.modality)):
+            if stored != got:
+                raise Conflict(f"series {facts.series_uid} is stored with {name} {stored!r}; "
+                               f"this instance has {got!r} (a series is never mixed)")
+
+    # ------------------------------------------------------------------- read
+    def series(self, patient_id: str | None = None) -> list[SeriesSummary]:
+        query = ("SELECT series_uid, modality, patient_id, study_uid, frame_of_reference_uid, "
+                 "COUNT(*) FROM instances")
+        args: tuple[str, ...] = ()
+        if patient_id is not None:
+            query += " WHERE patient_id = ?"
+            args = (patient_id,)
+        query += " GROUP BY series_uid ORDER BY MIN(received_at)"
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [SeriesSummary(*row) for row in rows]
+
+    def instance_paths(self, series_uid: str) -> list[Path]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path FROM instances WHERE series_uid = ? "
+                "ORDER BY instance_number, sop_instance_uid", (series_uid,)).fetchall()
+        return [Path(r[0]) for r in rows]
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

@@ -1,0 +1,158 @@
+"""The DICOM network side of igrt's storage service: a pynetdicom Application
+Entity answering C-ECHO and C-STORE (docs/dicom.md). Wire protocol only: who
+may associate, and what happens to a received instance, are decided by the
+`StorageHandler` it is given.
+
+pynetdicom (the maintained DICOM networking library of the pydicom project)
+does the upper layer, association negotiation and DIMSE; this module adds
+only what igrt needs around it: an association is admitted by the calling AE
+title *and* the address it calls from (pynetdicom checks only the title),
+before any presentation context is negotiated; every received dataset reaches
+the handler with the bytes the peer sent, its SOP class and transfer syntax;
+and nothing a peer sends can raise out of a handler into pynetdicom (which
+would answer with a generic failure and log a traceback).
+
+pynetdicom serves each association in threads of its own; the handler is
+called in them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.events import Event, EventHandlerType
+
+log = logging.getLogger("igrt.dicom")
+
+VERIFICATION = "1.2.840.10008.1.1"
+# Uncompressed only: what planning systems, PACS and imaging workstations all
+# send when asked, and what igrt can vouch for without a codec.
+TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+STATUS_SUCCESS = 0x0000
+STATUS_PROCESSING_FAILURE = 0x0110
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who sent something: the calling AE title and the address it called from."""
+
+    ae_title: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedInstance:
+    peer: Peer
+    sop_class_uid: str  # of the presentation context it was sent under
+    transfer_syntax_uid: str
+    part10: bytes  # the peer's bytes as a DICOM Part 10 file (preamble, meta, dataset)
+
+
+class StorageHandler(Protocol):
+    def admit(self, peer: Peer) -> str | None:
+        """None to accept an association from `peer`, else why not (one line)."""
+        ...
+
+    def store(self, instance: ReceivedInstance, decode: DatasetDecoder) -> int:
+        """The C-STORE status to answer; the handler records why."""
+        ...
+
+    def echoed(self, peer: Peer) -> None:
+        """`peer` verified the connection (C-ECHO)."""
+        ...
+
+
+class DatasetDecoder(Protocol):
+    """Decodes the received dataset (lazily, as pynetdicom does): call it inside a guard."""
+
+    def __call__(self) -> object: ...
+
+
+class StorageServer:
+    """A Storage SCP on `bind`:`port` answering to `ae_title`."""
+
+    def __init__(self, handler: StorageHandler, *, ae_title: str, bind: str, port: int,
+                 sop_classes: list[str], max_associations: int,
+                 network_timeout_s: float = 30.0) -> None:
+        self._handler = handler
+        self._ae = AE(ae_title=ae_title)
+        self._ae.maximum_associations = max_associations
+        self._ae.require_called_aet = True  # answers to its own title only
+        self._ae.network_timeout = network_timeout_s
+        self._ae.acse_timeout = network_timeout_s
+        self._ae.dimse_timeout = network_timeout_s
+        self._ae.add_supported_context(VERIFICATION, TRANSFER_SYNTAXES)
+        for uid in sop_classes:
+            self._ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        self._address = (bind, port)
+        self._server: object | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        server = self._server
+        if server is None:
+            return self._address[1]
+        return int(server.server_address[1])  # type: ignore[attr-defined]
+
+    def start(self) -> None:
+        handlers: list[EventHandlerType] = [(evt.EVT_REQUESTED, self._on_requested),
+                                            (evt.EVT_C_ECHO, self._on_echo),
+                                            (evt.EVT_C_STORE, self._on_store)]
+        self._server = self._ae.start_server(self._address, block=False, evt_handlers=handlers)
+
+    def stop(self) -> None:
+        server = self._server
+        if server is not None:
+            server.shutdown()  # type: ignore[attr-defined]
+            self._server = None
+
+    # ------------------------------------------------------------ handlers
+    @staticmethod
+    def _peer(event: Event) -> Peer:
+        requestor = event.assoc.requestor
+        return Peer(str(requestor.ae_title).strip(), str(requestor.address))
+
+    def _on_requested(self, event: Event) -> None:
+        """Before negotiation: a caller not admitted is rejected (A-ASSOCIATE-RJ,
+        permanent, calling AE title not recognised) and nothing it sends is read."""
+        try:
+            primitive = event.assoc.requestor.primitive
+            refusal: str | None
+            if primitive is None:
+                refusal = "no association request"
+            else:
+                peer = Peer(str(primitive.calling_ae_title).strip(),
+                            str(event.assoc.requestor.address))
+                refusal = self._handler.admit(peer)
+        except Exception as exc:  # noqa: BLE001 - a fault here must reject, not admit
+            log.error("association admission failed: %s", exc)
+            refusal = "internal error while admitting the association"
+        if refusal is not None:
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+            event.assoc.kill()
+
+    def _on_echo(self, event: Event) -> int:
+        try:
+            self._handler.echoed(self._peer(event))
+        except Exception as exc:  # noqa: BLE001 - an echo is answered regardless
+            log.error("C-ECHO bookkeeping failed: %s", exc)
+        return STATUS_SUCCESS
+
+    def _on_store(self, event: Event) -> int:
+        try:
+            instance = ReceivedInstance(
+                peer=self._peer(event),
+                sop_class_uid=str(event.context.abstract_syntax),
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                part10=event.encoded_dataset(include_meta=True),
+            )
+            return self._handler.store(instance, lambda: event.dataset)
+        except Exception as exc:  # noqa: BLE001 - never a traceback into pynetdicom
+            log.error("C-STORE handling failed: %s", exc)
+            return STATUS_PROCESSING_FAILURE
