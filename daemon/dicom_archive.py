@@ -30,6 +30,8 @@ from pathlib import Path
 
 from daemon.audit.segments import fsync_dir, write_all
 from imaging.dicom_instances import InstanceFacts
+from imaging.dicom_safe import DicomFileError, one_line, read_dataset
+from imaging.dicom_series import SeriesGeometry, SliceGeometry, check_series
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -85,12 +87,24 @@ class SeriesSummary:
 class DicomArchive:
     """Safe to use from several threads (pynetdicom serves associations in threads)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, read_only: bool = False) -> None:
+        """`read_only`: a reader beside the running service (igrtctl, igrtd): it
+        creates nothing and changes nothing."""
         self.directory = Path(directory)
         self._lock = threading.Lock()
+        index = self.directory / "index.sqlite"
         try:
+            if read_only:
+                if not index.is_file():
+                    raise ArchiveError(f"no DICOM archive in {self.directory} (nothing stored "
+                                       "yet, or another directory)")
+                self._db = sqlite3.connect(f"{index.as_uri()}?mode=ro", uri=True,
+                                           isolation_level=None, check_same_thread=False,
+                                           timeout=10.0)
+                self._db.execute("SELECT COUNT(*) FROM instances").fetchone()
+                return
             (self.directory / "series").mkdir(mode=0o750, parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.directory / "index.sqlite", isolation_level=None,
+            self._db = sqlite3.connect(index, isolation_level=None,
                                        check_same_thread=False, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -179,6 +193,29 @@ class DicomArchive:
                 "SELECT path FROM instances WHERE series_uid = ? "
                 "ORDER BY instance_number, sop_instance_uid", (series_uid,)).fetchall()
         return [Path(r[0]) for r in rows]
+
+
+    def series_geometry(self, series_uid: str) -> SeriesGeometry:
+        """The volume a stored CT series makes (imaging/dicom_series.py), read from
+        its files' headers; SeriesRefused when it is not one regular volume,
+        ArchiveError when a stored file cannot be read."""
+        slices: list[SliceGeometry] = []
+        for path in self.instance_paths(series_uid):
+            try:
+                ds = read_dataset(path, stop_before_pixels=True)
+            except DicomFileError as exc:
+                raise ArchiveError(str(exc)) from None
+            try:
+                slices.append(SliceGeometry(
+                    str(ds.SOPInstanceUID),
+                    tuple(float(v) for v in ds.ImagePositionPatient),  # type: ignore[arg-type]
+                    tuple(float(v) for v in ds.ImageOrientationPatient),  # type: ignore[arg-type]
+                    tuple(float(v) for v in ds.PixelSpacing),  # type: ignore[arg-type]
+                    int(ds.Rows), int(ds.Columns)))
+            except (AttributeError, TypeError, ValueError) as exc:
+                raise ArchiveError(f"stored instance {path.name} is not a CT slice: "
+                                   f"{one_line(str(exc))}") from None
+        return check_series(slices)
 
 
 def _write_durably(path: Path, data: bytes) -> None:
