@@ -21,6 +21,11 @@ system-packages:
 	@command -v storescu >/dev/null 2>&1 || \
 	  { echo "installing dcmtk"; apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk; }
+	@# Orthanc: a real PACS for the DICOM tests and the simulated clinic (sim/pacs.py
+	@# starts its own instance on free loopback ports; a system one is left alone).
+	@{ command -v Orthanc >/dev/null 2>&1 || test -x /usr/sbin/Orthanc; } || \
+	  { echo "installing orthanc"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends orthanc; }
 	@# Third-party DICOM checkers (dciodvfy, plastimatch): tests use them where present.
 	@{ command -v dciodvfy >/dev/null 2>&1 && command -v plastimatch >/dev/null 2>&1; } || \
 	  { echo "installing dicom3tools and plastimatch"; apt-get update -qq && \
