@@ -12,6 +12,7 @@ of it reaches registration or planning.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -85,7 +86,7 @@ def check_series(slices: list[SliceGeometry]) -> SeriesGeometry:
                                 f"normal through the first slice (tolerance "
                                 f"{POSITION_TOLERANCE_MM} mm): gantry tilt or a shifted slice")
         along.append(t)
-    gaps = [b - a for a, b in zip(along, along[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(along)]
     for s, gap in zip(ordered[1:], gaps, strict=True):
         if gap <= POSITION_TOLERANCE_MM:
             raise SeriesRefused(f"slice {s.sop_instance_uid} is at the same position as "
