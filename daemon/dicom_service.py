@@ -75,6 +75,10 @@ class StorageService:
                      address=peer.address, reason=reason)
         return reason
 
+    def rejected(self, peer: Peer, reason: str) -> None:
+        self._record("dicom.association_rejected", f"dicom:{peer.ae_title[:16]}",
+                     address=peer.address, reason=reason)
+
     def echoed(self, peer: Peer) -> None:
         log.info("C-ECHO from %s at %s", peer.ae_title, peer.address)
 

@@ -19,13 +19,13 @@ called in them.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Protocol
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.transport import ThreadedAssociationServer
 
 log = logging.getLogger("igrt.dicom")
 
@@ -66,11 +66,24 @@ class StorageHandler(Protocol):
         """`peer` verified the connection (C-ECHO)."""
         ...
 
+    def rejected(self, peer: Peer, reason: str) -> None:
+        """pynetdicom rejected an association `admit` had let through (the called AE
+        title is not igrt's, too many associations at once)."""
+        ...
+
 
 class DatasetDecoder(Protocol):
     """Decodes the received dataset (lazily, as pynetdicom does): call it inside a guard."""
 
     def __call__(self) -> object: ...
+
+
+# pynetdicom's own rejections (PS3.8 A-ASSOCIATE-RJ result, source, diagnostic).
+_REJECTIONS = {
+    (0x01, 0x01, 0x07): "called AE title not recognised (not igrt's AE title)",
+    (0x02, 0x03, 0x02): "too many associations at once (dicom.max_associations)",
+    (0x01, 0x01, 0x03): "calling AE title not recognised",
+}
 
 
 class StorageServer:
@@ -90,18 +103,18 @@ class StorageServer:
         for uid in sop_classes:
             self._ae.add_supported_context(uid, TRANSFER_SYNTAXES)
         self._address = (bind, port)
-        self._server: object | None = None
-        self._lock = threading.Lock()
+        self._server: ThreadedAssociationServer | None = None
 
     @property
     def port(self) -> int:
         server = self._server
         if server is None:
             return self._address[1]
-        return int(server.server_address[1])  # type: ignore[attr-defined]
+        return int(server.server_address[1])
 
     def start(self) -> None:
         handlers: list[EventHandlerType] = [(evt.EVT_REQUESTED, self._on_requested),
+                                            (evt.EVT_REJECTED, self._on_rejected),
                                             (evt.EVT_C_ECHO, self._on_echo),
                                             (evt.EVT_C_STORE, self._on_store)]
         self._server = self._ae.start_server(self._address, block=False, evt_handlers=handlers)
@@ -109,7 +122,7 @@ class StorageServer:
     def stop(self) -> None:
         server = self._server
         if server is not None:
-            server.shutdown()  # type: ignore[attr-defined]
+            server.shutdown()
             self._server = None
 
     # ------------------------------------------------------------ handlers
@@ -136,6 +149,18 @@ class StorageServer:
         if refusal is not None:
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)
             event.assoc.kill()
+
+    def _on_rejected(self, event: Event) -> None:
+        try:
+            rj = event.assoc.acceptor.primitive
+            key = ((int(rj.result or 0), int(rj.result_source or 0), int(rj.diagnostic or 0))
+                   if rj is not None else (0, 0, 0))
+            reason = _REJECTIONS.get(key, f"rejected (result, source, diagnostic {key})")
+            primitive = event.assoc.requestor.primitive
+            title = str(primitive.calling_ae_title).strip() if primitive is not None else "?"
+            self._handler.rejected(Peer(title, str(event.assoc.requestor.address)), reason)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping only; the rejection stands
+            log.error("association rejection bookkeeping failed: %s", exc)
 
     def _on_echo(self, event: Event) -> int:
         try:

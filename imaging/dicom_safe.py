@@ -128,26 +128,15 @@ def read_dataset(
         raise DicomFileError(f"cannot read DICOM file {p}: {exc.strerror or exc}") from None
     if len(data) > max_bytes:
         raise DicomFileError(f"DICOM file {p} is larger than {max_bytes} bytes")
-    try:
-        with quiet_pydicom():
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
-            _Decoder().walk(ds, 0)
-    except DicomFileError as exc:
-        raise DicomFileError(f"cannot read DICOM file {p}: {exc}") from None
-    except RecursionError:
-        raise DicomFileError(f"cannot read DICOM file {p}: sequences nested too deeply "
-                             f"(limit {MAX_SEQUENCE_DEPTH} levels)") from None
-    # Third-party parser on untrusted bytes: any exception it raises means a file
-    # igrt cannot vouch for, reported in one line rather than as a traceback.
-    except Exception as exc:  # noqa: BLE001
-        raise DicomFileError(f"cannot read DICOM file {p}: {describe(exc)}") from None
-    return ds
+    return decoded(lambda: pydicom.dcmread(io.BytesIO(data),
+                                           stop_before_pixels=stop_before_pixels),
+                   f"DICOM file {p}")
 
 
 def decoded(load: Callable[[], Dataset], what: str) -> Dataset:
-    """The dataset `load` returns, fully decoded inside the same guard as
-    `read_dataset` (a dataset received over the network: pynetdicom decodes it
-    lazily from the bytes a peer sent), or DicomFileError naming `what`."""
+    """The dataset `load` returns, fully decoded inside one guard (a file's bytes,
+    or a dataset received over the network, which pynetdicom decodes lazily from
+    the bytes a peer sent), or DicomFileError naming `what`."""
     try:
         with quiet_pydicom():
             ds = load()

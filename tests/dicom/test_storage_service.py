@@ -173,3 +173,15 @@ def test_associations_beyond_the_limit_are_rejected_while_the_others_are_served(
         finally:
             for a in held:
                 a.release()
+        reasons = [str(d["reason"]) for e, d in svc.audit_events()
+                   if e == "dicom.association_rejected"]
+    assert reasons == ["too many associations at once (dicom.max_associations)"]
+
+
+def test_a_call_to_another_ae_title_is_rejected_and_audited(tmp_path: Path) -> None:
+    with running_dicom_service(tmp_path) as svc:
+        done = _dcmtk("echoscu", "-aet", SENDER, "-aec", "NOT_IGRT", "127.0.0.1", str(svc.port))
+        reasons = [str(d["reason"]) for e, d in svc.audit_events()
+                   if e == "dicom.association_rejected"]
+    assert done.returncode != 0
+    assert reasons == ["called AE title not recognised (not igrt's AE title)"]
