@@ -86,24 +86,6 @@ async def test_a_barrier_with_nothing_written_since_the_last_sync_returns_at_onc
         commit.close()
 
 
-async def test_the_sources_sync_side_by_side() -> None:
-    first, second = _GatedSource(), _GatedSource()
-    commit = GroupCommit([first, second])
-    try:
-        commit.written()
-        # Each is held until released: both must have begun before either ends.
-        assert await asyncio.to_thread(first.started.wait, 5)
-        assert await asyncio.to_thread(second.started.wait, 5)
-        barrier = commit.barrier()
-        first.release.set()
-        second.release.set()
-        await asyncio.wait_for(barrier, 5)
-    finally:
-        first.release.set()
-        second.release.set()
-        commit.close()
-
-
 async def test_a_failed_sync_refuses_every_later_barrier() -> None:
     src = _GatedSource()
     src.fail = "No space left on device"
