@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,3 +186,21 @@ def test_a_call_to_another_ae_title_is_rejected_and_audited(tmp_path: Path) -> N
                    if e == "dicom.association_rejected"]
     assert done.returncode != 0
     assert reasons == ["called AE title not recognised (not igrt's AE title)"]
+
+
+def test_a_room_config_without_a_dicom_section_is_a_one_line_error(tmp_path: Path) -> None:
+    config = tmp_path / "room.json"
+    config.write_text('{"room": "r", "state_dir": "%s", "couch": {"port": "/dev/null"}, '
+                      '"users": [{"name": "alice", "role": "therapist"}]}' % (tmp_path / "s"))
+    done = subprocess.run([sys.executable, "-m", "daemon.dicom_service", "--config", str(config)],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "no dicom section" in done.stderr
+
+
+def test_the_service_stops_on_sigterm_and_records_it(tmp_path: Path) -> None:
+    with running_dicom_service(tmp_path) as svc:
+        svc.proc.terminate()
+        assert svc.proc.wait(15) == 0
+        events = [e for e, _ in svc.audit_events()]
+    assert events[0] == "dicom.service_started" and events[-1] == "dicom.service_stopped"
