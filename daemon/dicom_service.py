@@ -55,12 +55,10 @@ class StorageService:
         self._senders = config.senders()
         self._max_bytes = config.max_instance_mb * 1024 * 1024
         self._archive = archive
-        self._audit = audit
-        self._lock = threading.Lock()  # pynetdicom calls from one thread per association
+        self._audit = audit  # appends from pynetdicom's threads: AuditLog locks itself
 
     def _record(self, event: str, actor: str, **details: object) -> None:
-        with self._lock:
-            self._audit.append(event, actor, **details)
+        self._audit.append(event, actor, **details)
 
     def admit(self, peer: Peer) -> str | None:
         allowed_from = self._senders.get(peer.ae_title)
@@ -71,8 +69,7 @@ class StorageService:
                       f"configured for {allowed_from}")
         else:
             return None
-        self._record("dicom.association_rejected", f"dicom:{peer.ae_title[:16]}",
-                     address=peer.address, reason=reason)
+        self.rejected(peer, reason)
         return reason
 
     def rejected(self, peer: Peer, reason: str) -> None:
@@ -90,10 +87,10 @@ class StorageService:
                                       f"instance of {len(instance.part10)} bytes, limit "
                                       f"{self._max_bytes} bytes (dicom.max_instance_mb)")
             try:
-                ds = decoded(decode, "the received dataset")  # type: ignore[arg-type]
+                ds = decoded(decode, "the received dataset")
             except DicomFileError as exc:
                 raise InstanceRefused(STATUS_CANNOT_UNDERSTAND, str(exc)) from None
-            facts = check_instance(ds, instance.sop_class_uid)  # type: ignore[arg-type]
+            facts = check_instance(ds, instance.sop_class_uid)
             try:
                 stored = self._archive.keep(facts, instance.part10, instance.peer.ae_title)
             except Conflict as exc:

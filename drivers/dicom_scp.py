@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.events import Event, EventHandlerType
@@ -75,7 +76,7 @@ class StorageHandler(Protocol):
 class DatasetDecoder(Protocol):
     """Decodes the received dataset (lazily, as pynetdicom does): call it inside a guard."""
 
-    def __call__(self) -> object: ...
+    def __call__(self) -> Dataset: ...
 
 
 # pynetdicom's own rejections (PS3.8 A-ASSOCIATE-RJ result, source, diagnostic).

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sim.parent_death import die_with_parent
+from sim.parent_death import die_with_parent, stop_child
 
 # The broker config is the project's own (systemd/mosquitto/), read from the source
 # tree: the simulator runs from a checkout or an editable install.
@@ -159,14 +159,8 @@ class Mosquitto:
         """A clean shutdown (SIGTERM), killed if it does not exit within `timeout_s`:
         for a simulated room going down, where nothing should be left running."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        if proc is not None:
+            stop_child(proc, timeout_s)
 
     @property
     def pid(self) -> int | None:

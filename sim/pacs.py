@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sim.broker import free_port
+from sim.parent_death import die_with_parent, stop_child
 
 ORTHANC_AET = "ORTHANC_TEST"
 
@@ -120,7 +121,8 @@ def running_orthanc(directory: Path, *, aet: str = ORTHANC_AET,
     log = root / "orthanc.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([exe, "--logfile=" + str(root / "orthanc-internal.log"),
-                                 str(conf)], stdout=out, stderr=subprocess.STDOUT)
+                                 str(conf)], stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent())  # noqa: PLW1509 - only prctl, see sim/parent_death.py
     pacs = Orthanc(aet, http_port, dicom_port, root, proc)
     try:
         deadline = time.monotonic() + start_timeout_s
@@ -138,9 +140,4 @@ def running_orthanc(directory: Path, *, aet: str = ORTHANC_AET,
                 time.sleep(0.1)
         yield pacs
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc, 15.0)

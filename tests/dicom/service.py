@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.audit.reading import read_records
+from sim.parent_death import stop_child
 
 AE = "IGRT_TEST"
 SENDER = "TPS_TEST"
@@ -66,9 +67,4 @@ def running_dicom_service(tmp_path: Path, *, peers: list[dict[str, object]] | No
             time.sleep(0.05)
         yield RunningService(port, tmp_path / "state" / "dicom", proc, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc, 10.0)
