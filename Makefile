@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-MODE ?= 3d
+MODE ?= dicom
 
 .PHONY: setup system-packages demo test campaign bench bench-long lint clean fuzz
 

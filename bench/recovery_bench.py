@@ -86,7 +86,8 @@ def _move_and_kill(proc: subprocess.Popen[bytes], sock: Path, room: SimRoom) -> 
     matrix = np.asarray(world.true_registration(Pose())).tolist()
     with ControlClient(sock, "alice") as c:
         assert c.call("open_session", patient_id="P", plan_uid="PL", frame_of_reference_uid="F",
-                      iso=list(ISO), patient_position="HFS")["ok"]
+                      iso=list(ISO), patient_position="HFS",
+                      manual_override="simulated room: no planning system")["ok"]
         reply = c.call("propose", matrix=matrix, iso=list(ISO), patient_position="HFS",
                        binding={"patient_id": "P", "plan_uid": "PL",
                                 "frame_of_reference_uid": "F",

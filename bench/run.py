@@ -36,6 +36,8 @@ BENCHES = [
     "bench.recovery_bench",
     "bench.imaging2d4d_bench",
     "bench.monitor_bench",
+    "bench.dicom_export_bench",
+    "bench.dicom_intake_bench",
 ]
 
 

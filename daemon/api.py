@@ -66,14 +66,26 @@ class ProposeRequest(BaseModel):
 
 
 class SessionRequest(BaseModel):
-    """The treatment session the room is set up for (from the record-and-verify system)."""
+    """The treatment session the room is set up for.
+
+    The isocentre, patient position and frame of reference come from the plan
+    igrt holds (docs/dicom.md, plan-driven sessions); given here as well, they
+    must agree with it. Typed values are used instead of the plan only under
+    `manual_override`, whose reason is audited.
+    """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     patient_id: str = Field(min_length=1, max_length=64)
-    plan_uid: str = Field(min_length=1, max_length=64)
-    frame_of_reference_uid: str = Field(min_length=1, max_length=64)
-    iso: tuple[float, float, float]
-    patient_position: str
+    plan_uid: str = Field(min_length=1, max_length=64, description="RT Plan SOP Instance UID")
+    beam: str | None = Field(default=None, min_length=1, max_length=64,
+                             description="beam (number or name) whose isocentre the session "
+                             "sets up, when the plan has several")
+    frame_of_reference_uid: str | None = Field(default=None, min_length=1, max_length=64)
+    iso: tuple[float, float, float] | None = Field(default=None, description="mm, planning frame")
+    patient_position: str | None = None
+    manual_override: str | None = Field(
+        default=None, min_length=8, max_length=256,
+        description="why typed values are used instead of the stored plan (audited)")
 
 
 class ImagingRequest(BaseModel):
@@ -88,7 +100,9 @@ class RegisterRequest(BaseModel):
     """Register a daily image to the planning image (run by igrtd in its worker process)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    fixed: str = Field(min_length=1, max_length=4096, description="planning CT (file or DICOM dir)")
+    fixed: str | None = Field(default=None, min_length=1, max_length=4096,
+                              description="planning CT (file or DICOM dir); default: the "
+                              "planning CT of the session's stored plan")
     moving: str = Field(min_length=1, max_length=4096, description="daily image (file or DICOM dir)")
     iso: tuple[float, float, float] | None = None
 

@@ -62,6 +62,13 @@ class DicomPeer(StrictModel):
             raise ValueError(f"peer {self.ae_title}: roles {self.roles} need a port")
         if len(set(self.roles)) != len(self.roles):
             raise ValueError(f"peer {self.ae_title}: a role is listed twice")
+        # What igrt retrieves from a PACS arrives as C-STOREs the PACS makes from
+        # its AE title and host, admitted like any push. Saying so in the config
+        # (rather than `query` quietly admitting the peer) keeps the allow-list of
+        # who may store to igrt readable from the `send` roles alone.
+        if "query" in self.roles and "send" not in self.roles:
+            raise ValueError(f"peer {self.ae_title}: role query needs role send too (what igrt "
+                             "retrieves arrives as C-STOREs from the peer's AE title and host)")
         return self
 
 
@@ -80,6 +87,26 @@ class DicomConfig(StrictModel):
                                        description="an instance larger than this is refused")
     storage_dir: Path | None = Field(default=None, strict=False,
                                      description="default: state_dir/dicom")
+    auto_register: bool = Field(default=True, description="igrtd registers a complete daily "
+                                "CT series of the open plan session's patient and proposes "
+                                "the correction (a person still confirms)")
+    registration_structure: str | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="ROI name (e.g. PTV) in the plan's structure set: registrations look in a "
+        "cube about it (half its largest extent plus registration_margin_mm) instead of "
+        "about the isocentre")
+    registration_margin_mm: float = Field(default=15.0, ge=0.0, le=100.0,
+                                          description="margin about registration_structure")
+    series_quiet_s: float = Field(default=2.0, ge=0.2, le=120.0,
+                                  description="a daily series counts as complete when no "
+                                  "slice of it arrived for this long and it is one volume")
+    export_retry_initial_s: float = Field(
+        default=10.0, ge=0.1, le=3600.0,
+        description="wait after a failed export to record-and-verify before the first "
+        "retry; doubled after each further failure up to export_retry_max_s")
+    export_retry_max_s: float = Field(
+        default=600.0, ge=0.1, le=86400.0,
+        description="longest wait between export retries (retries go on until delivered)")
 
     _title = field_validator("ae_title")(_ae_title)
 
@@ -100,7 +127,22 @@ class DicomConfig(StrictModel):
             seen.add(p.ae_title)
         if self.ae_title in seen:
             raise ValueError(f"igrt's own AE title {self.ae_title!r} is also a peer's")
+        if self.export_retry_max_s < self.export_retry_initial_s:
+            raise ValueError(f"export_retry_max_s {self.export_retry_max_s:g} is below "
+                             f"export_retry_initial_s {self.export_retry_initial_s:g}")
         return self
+
+    def exporters(self) -> list[DicomPeer]:
+        """Peers igrt stores its registrations to (record-and-verify), in config order."""
+        return [p for p in self.peers if "export" in p.roles]
+
+    def archive_dir(self, state_dir: Path) -> Path:
+        """Where igrt-dicomd stores and igrtd reads (storage_dir, else state_dir/dicom)."""
+        return self.storage_dir or state_dir / "dicom"
+
+    def query_peers(self) -> list[DicomPeer]:
+        """Peers igrt queries and retrieves from (role `query`)."""
+        return [p for p in self.peers if "query" in p.roles]
 
     def senders(self) -> dict[str, str]:
         """AE title -> the address it must call from, for peers allowed to store to igrt."""

@@ -12,7 +12,6 @@ hold-to-run heartbeat after confirmation starts the move
 
 from __future__ import annotations
 
-import math
 import time
 
 from daemon.api import (
@@ -33,6 +32,7 @@ from daemon.proposals import (
 from daemon.proposals import ProposalStatus as PS
 from daemon.registration_worker import RegistrationFailed, RegistrationWorker
 from daemon.room import Room, pose_json
+from daemon.session_setup import SessionRefused, session_setup
 from daemon.workflow import LATCHED, PROPOSABLE, RoomState
 from safety.correction import plan_correction
 from safety.geometry import parse_patient_position
@@ -49,19 +49,29 @@ class CorrectionWorkflow:
         self.registrations = RegistrationWorker()
 
     async def open_session(self, actor: Actor, req: SessionRequest) -> Reply:
-        if self.room.workflow.state not in (S.STANDBY, S.READY, S.DONE, S.PROPOSED):
+        openable = (S.STANDBY, S.READY, S.DONE, S.PROPOSED)
+        if self.room.workflow.state not in openable:
             raise self.room.refuse(actor, "open_session",
                                    f"cannot open a session in state {self.room.workflow.state}")
+        dicom = self.room.config.dicom
+        archive = dicom.archive_dir(self.room.config.state_dir) if dicom is not None else None
         try:
-            position = parse_patient_position(req.patient_position).value
-        except ValueError as exc:
+            setup = await session_setup(
+                req, archive, structure=dicom.registration_structure if dicom else None,
+                margin_mm=dicom.registration_margin_mm if dicom else 15.0)
+        except SessionRefused as exc:
             raise self.room.refuse(actor, "open_session", str(exc)) from None
-        if not all(math.isfinite(v) for v in req.iso):
+        if self.room.workflow.state not in openable:  # changed while the plan was read
             raise self.room.refuse(actor, "open_session",
-                                   "isocentre must be 3 finite numbers in mm")
-        self.room.session = TreatmentSession(req.patient_id, req.plan_uid,
-                                             req.frame_of_reference_uid,
-                                             req.iso, position, actor.user, time.time())
+                                   f"cannot open a session in state {self.room.workflow.state}")
+        self.room.session = TreatmentSession(
+            req.patient_id, req.plan_uid, setup.frame_of_reference_uid, setup.iso,
+            setup.patient_position, actor.user, time.time(), source=setup.source,
+            override_reason=setup.override_reason, beams=setup.beams,
+            planning_ct_series_uid=setup.planning_ct_series_uid,
+            planning_ct_dir=setup.planning_ct_dir,
+            registration_region=None if setup.region is None else (
+                setup.region.name, setup.region.centre, setup.region.half_mm))
         self.room.supersede_current("session opened")
         self.room.audit("session", actor.user, action="open", **self.room.session.view())
         if self.room.workflow.state != S.READY:
@@ -97,12 +107,23 @@ class CorrectionWorkflow:
     async def register(self, actor: Actor, req: RegisterRequest) -> Reply:
         """Rigid registration in the worker process: motion supervision keeps running
         and keeps the interpreter to itself (daemon/registration_worker.py)."""
+        fixed, iso, half = req.fixed, req.iso, None
+        if fixed is None:
+            # The plan's CT, about the plan's target region or isocentre unless told.
+            s = self.room.session
+            if s is None or s.planning_ct_dir is None:
+                raise self.room.refuse(actor, "register", "no planning CT given, and no session "
+                                       "opened from a stored plan to take it from")
+            fixed = s.planning_ct_dir
+            if iso is None:
+                iso, half = s.registration_centre()
         try:
-            result = await self.registrations.register_rigid(req.fixed, req.moving, req.iso)
+            result = await self.registrations.register_rigid(fixed, req.moving, iso,
+                                                             roi_half_mm=half)
         except (ValueError, RegistrationFailed) as exc:
             raise self.room.refuse(actor, "register", str(exc)) from None
         out: Reply = result.to_json_dict()
-        self.room.audit("registration", actor.user, fixed=req.fixed, moving=req.moving,
+        self.room.audit("registration", actor.user, fixed=fixed, moving=req.moving,
                         converged=out.get("converged"), metric=out.get("metric"),
                         translation_mm=out.get("translation_mm"),
                         rotation_deg=out.get("rotation_deg"),

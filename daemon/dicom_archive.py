@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE INDEX IF NOT EXISTS instances_patient ON instances(patient_id);
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
 CREATE INDEX IF NOT EXISTS instances_for ON instances(frame_of_reference_uid);
+CREATE INDEX IF NOT EXISTS instances_received ON instances(received_at);
+-- When a sender last released, in order, an association that stored instances of
+-- the series: to the sender the series was sent (daemon/daily_series.py).
+CREATE TABLE IF NOT EXISTS series_sent (
+    series_uid TEXT PRIMARY KEY,
+    sent_at REAL NOT NULL
+);
 """
 
 
@@ -82,6 +89,20 @@ class SeriesSummary:
     study_uid: str
     frame_of_reference_uid: str | None
     instances: int
+    first_received_at: float = 0.0
+    last_received_at: float = 0.0
+    sent_at: float | None = None  # the sender's association released after it
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedInstance:
+    sop_instance_uid: str
+    modality: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    frame_of_reference_uid: str | None
+    path: Path
 
 
 class DicomArchive:
@@ -102,6 +123,10 @@ class DicomArchive:
                                            isolation_level=None, check_same_thread=False,
                                            timeout=10.0)
                 self._db.execute("SELECT COUNT(*) FROM instances").fetchone()
+                # An index written by an older igrt-dicomd has no series_sent yet.
+                self._has_sent_table = self._db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                    "name = 'series_sent'").fetchone() is not None
                 return
             (self.directory / "series").mkdir(mode=0o750, parents=True, exist_ok=True)
             self._db = sqlite3.connect(index, isolation_level=None,
@@ -109,6 +134,7 @@ class DicomArchive:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._has_sent_table = True
         except (OSError, sqlite3.Error) as exc:
             raise ArchiveError(f"cannot open the DICOM archive in {self.directory}: {exc}") \
                 from None
@@ -175,17 +201,52 @@ class DicomArchive:
                                f"this instance has {got!r} (a series is never mixed)")
 
     # ------------------------------------------------------------------- read
-    def series(self, patient_id: str | None = None) -> list[SeriesSummary]:
-        query = ("SELECT series_uid, modality, patient_id, study_uid, frame_of_reference_uid, "
-                 "COUNT(*) FROM instances")
-        args: tuple[str, ...] = ()
+    def series(self, patient_id: str | None = None, *,
+               since: float | None = None) -> list[SeriesSummary]:
+        """Every stored series (of `patient_id`; with an instance received at or after
+        `since`), in the order they began to arrive."""
+        sent = ("(SELECT sent_at FROM series_sent WHERE series_uid = i.series_uid)"
+                if self._has_sent_table else "NULL")
+        query = ("SELECT i.series_uid, i.modality, i.patient_id, i.study_uid, "
+                 "i.frame_of_reference_uid, COUNT(*), MIN(i.received_at), "
+                 f"MAX(i.received_at), {sent} FROM instances i")
+        where: list[str] = []
+        args: list[str | float] = []
         if patient_id is not None:
-            query += " WHERE patient_id = ?"
-            args = (patient_id,)
-        query += " GROUP BY series_uid ORDER BY MIN(received_at)"
+            where.append("i.patient_id = ?")
+            args.append(patient_id)
+        if since is not None:
+            where.append("i.series_uid IN (SELECT series_uid FROM instances "
+                         "WHERE received_at >= ?)")
+            args.append(since)
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " GROUP BY i.series_uid ORDER BY MIN(i.received_at)"
         with self._lock:
             rows = self._db.execute(query, args).fetchall()
         return [SeriesSummary(*row) for row in rows]
+
+    def mark_sent(self, series_uids: list[str]) -> None:
+        """The sender released, in order, an association that stored these series."""
+        now = time.time()
+        with self._lock:
+            try:
+                self._db.executemany(
+                    "INSERT INTO series_sent VALUES (?, ?) ON CONFLICT(series_uid) "
+                    "DO UPDATE SET sent_at = excluded.sent_at",
+                    [(uid, now) for uid in series_uids])
+            except sqlite3.Error as exc:
+                raise ArchiveError(f"cannot mark series sent: {exc}") from None
+
+    def find_instance(self, sop_instance_uid: str) -> IndexedInstance | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sop_instance_uid, modality, patient_id, study_uid, series_uid, "
+                "frame_of_reference_uid, path FROM instances WHERE sop_instance_uid = ?",
+                (sop_instance_uid,)).fetchone()
+        if row is None:
+            return None
+        return IndexedInstance(row[0], row[1], row[2], row[3], row[4], row[5], Path(row[6]))
 
     def instance_paths(self, series_uid: str) -> list[Path]:
         with self._lock:
@@ -193,7 +254,6 @@ class DicomArchive:
                 "SELECT path FROM instances WHERE series_uid = ? "
                 "ORDER BY instance_number, sop_instance_uid", (series_uid,)).fetchall()
         return [Path(r[0]) for r in rows]
-
 
     def series_geometry(self, series_uid: str) -> SeriesGeometry:
         """The volume a stored CT series makes (imaging/dicom_series.py), read from

@@ -28,6 +28,7 @@ from daemon.audit import AuditLog
 from daemon.config import ConfigError, load_config
 from daemon.config_dicom import DicomConfig
 from daemon.dicom_archive import ArchiveError, Conflict, DicomArchive
+from daemon.dicom_export import QueueError, start_exporter
 from daemon.sdnotify import notify
 from drivers.dicom_scp import (
     STATUS_SUCCESS,
@@ -42,6 +43,7 @@ from imaging.dicom_instances import (
     STORED_CLASSES,
     InstanceRefused,
     check_instance,
+    is_uid,
 )
 from imaging.dicom_safe import DicomFileError, decoded, one_line
 
@@ -56,6 +58,9 @@ class StorageService:
         self._max_bytes = config.max_instance_mb * 1024 * 1024
         self._archive = archive
         self._audit = audit  # appends from pynetdicom's threads: AuditLog locks itself
+        # association -> the series it stored instances of, until it ends
+        self._sent: dict[int, set[str]] = {}
+        self._sent_lock = threading.Lock()
 
     def _record(self, event: str, actor: str, **details: object) -> None:
         self._audit.append(event, actor, **details)
@@ -75,6 +80,21 @@ class StorageService:
     def rejected(self, peer: Peer, reason: str) -> None:
         self._record("dicom.association_rejected", f"dicom:{peer.ae_title[:16]}",
                      address=peer.address, reason=reason)
+
+    def released(self, peer: Peer, association: int) -> None:
+        """The series this association stored are, to their sender, sent: say so in the
+        index, where igrtd looks for complete daily series (daemon/daily_series.py)."""
+        with self._sent_lock:
+            series = self._sent.pop(association, set())
+        if series:
+            try:
+                self._archive.mark_sent(sorted(series))
+            except ArchiveError as exc:
+                log.warning("cannot mark series sent: %s", exc)
+
+    def closed(self, association: int) -> None:
+        with self._sent_lock:  # aborted or dropped: what it stored is not known sent
+            self._sent.pop(association, None)
 
     def echoed(self, peer: Peer) -> None:
         log.info("C-ECHO from %s at %s", peer.ae_title, peer.address)
@@ -98,13 +118,16 @@ class StorageService:
         except InstanceRefused as exc:
             self._record("dicom.instance_refused", actor, address=instance.peer.address,
                          sop_class=instance.sop_class_uid, status=f"0x{exc.status:04X}",
-                         reason=exc.reason)
+                         reason=exc.reason, **_named(instance))
             return exc.status
         except ArchiveError as exc:
             self._record("dicom.instance_refused", actor, address=instance.peer.address,
                          sop_class=instance.sop_class_uid,
-                         status=f"0x{STATUS_OUT_OF_RESOURCES:04X}", reason=one_line(str(exc)))
+                         status=f"0x{STATUS_OUT_OF_RESOURCES:04X}", reason=one_line(str(exc)),
+                         **_named(instance))
             return STATUS_OUT_OF_RESOURCES
+        with self._sent_lock:
+            self._sent.setdefault(instance.association, set()).add(facts.series_uid)
         self._record("dicom.instance_stored", actor, sop_instance=facts.sop_instance_uid,
                      sop_class=facts.sop_class_uid, patient_id=facts.patient_id,
                      series=facts.series_uid, frame_of_reference=facts.frame_of_reference_uid,
@@ -112,8 +135,16 @@ class StorageService:
         return STATUS_SUCCESS
 
 
+def _named(instance: ReceivedInstance) -> dict[str, str]:
+    """The refused instance's SOP Instance UID as its C-STORE request named it, when
+    that is a well-formed UID: `igrtctl dicom retrieve` tells which instance of a
+    retrieve was refused, and why, by it."""
+    uid = instance.affected_sop_instance_uid.strip()
+    return {"sop_instance": uid} if is_uid(uid) else {}
+
+
 def storage_dir(config_dicom: DicomConfig, state_dir: Path) -> Path:
-    return config_dicom.storage_dir or state_dir / "dicom"
+    return config_dicom.archive_dir(state_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"igrt-dicomd: cannot listen on {d.bind}:{d.port}: {exc.strerror or exc}",
                   file=sys.stderr)
             return 1
+        try:
+            exporter = start_exporter(d, directory, audit, stop)
+        except QueueError as exc:
+            server.stop()
+            print(f"igrt-dicomd: {exc}", file=sys.stderr)
+            return 1
         audit.append("dicom.service_started", "system", ae_title=d.ae_title, bind=d.bind,
                      port=server.port, peers=[p.ae_title for p in d.peers])
         notify(f"READY=1\nSTATUS=listening on {d.bind}:{server.port} as {d.ae_title}")
@@ -161,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         stop.wait()
         server.stop()
+        if exporter is not None:
+            exporter.join(5.0)
         audit.append("dicom.service_stopped", "system")
     finally:
         audit.close()

@@ -96,6 +96,23 @@ class TreatmentSession:
     opened_by: str
     opened_at: float
     imaging: dict[str, ImagingRecord] = field(default_factory=dict)
+    # "plan": read from the stored RT Plan (daemon/plan_source.py); "manual":
+    # typed under an override, whose reason is kept and shown.
+    source: str = "manual"
+    override_reason: str | None = None
+    beams: tuple[str, ...] = ()
+    planning_ct_series_uid: str | None = None
+    planning_ct_dir: str | None = None
+    # Where registrations to the plan's CT look: (centre mm, half size mm) of a
+    # cube about the room's target structure; None: about the isocentre.
+    registration_region: tuple[str, tuple[float, float, float], float] | None = None
+
+    def registration_centre(self) -> tuple[tuple[float, float, float], float | None]:
+        """Centre and half size (None: the registration's default) of the region a
+        registration to the planning CT looks at."""
+        if self.registration_region is None:
+            return self.iso, None
+        return self.registration_region[1], self.registration_region[2]
 
     def view(self) -> JsonObject:
         return {
@@ -107,6 +124,14 @@ class TreatmentSession:
             "opened_by": self.opened_by,
             "opened_at": self.opened_at,
             "imaging_sessions": [*sorted(self.imaging)],  # a list[JsonValue] for mypy
+            "source": self.source,
+            "override_reason": self.override_reason,
+            "beams": [*self.beams],
+            "planning_ct_series_uid": self.planning_ct_series_uid,
+            "registration_region": None if self.registration_region is None else {
+                "structure": self.registration_region[0],
+                "centre_mm": list(self.registration_region[1]),
+                "half_mm": self.registration_region[2]},
         }
 
 

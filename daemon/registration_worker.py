@@ -71,15 +71,15 @@ def _worker_init(parent: int) -> None:
         os._exit(1)
 
 
-def _register_files(fixed: str, moving: str,
-                    iso: tuple[float, float, float] | None) -> RegistrationResult:
+def _register_files(fixed: str, moving: str, iso: tuple[float, float, float] | None,
+                    roi_half_mm: float | None = None) -> RegistrationResult:
     """Runs in the worker: read both images and register them."""
     from imaging.registration import register_rigid
     from imaging.volumes import read_image
 
     f = read_image(fixed)
     m = read_image(moving)
-    return register_rigid(f.image, m.image, iso_mm=iso)
+    return register_rigid(f.image, m.image, iso_mm=iso, roi_half_mm=roi_half_mm)
 
 
 class RegistrationWorker:
@@ -95,14 +95,15 @@ class RegistrationWorker:
         return self._pool
 
     async def register_rigid(self, fixed: str, moving: str,
-                             iso: tuple[float, float, float] | None) -> RegistrationResult:
+                             iso: tuple[float, float, float] | None, *,
+                             roi_half_mm: float | None = None) -> RegistrationResult:
         """The registration of `moving` to `fixed`; ValueError for bad input (one line),
         RegistrationFailed when the worker was lost."""
         async with self._turn:
             loop = asyncio.get_running_loop()
             try:
                 return await loop.run_in_executor(self._executor(), _register_files,
-                                                  fixed, moving, iso)
+                                                  fixed, moving, iso, roi_half_mm)
             except BrokenProcessPool:
                 self._discard()
                 raise RegistrationFailed("the registration worker process ended unexpectedly; "

@@ -24,6 +24,7 @@ changing state - so nothing queued ahead of it on the event loop delays it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -46,6 +47,7 @@ from daemon.beam_monitoring import BeamMonitoring
 from daemon.commands import ALLOWED_ROLES
 from daemon.config import RoomConfig
 from daemon.correction_workflow import CorrectionWorkflow
+from daemon.daily_series import DailySeriesWatch
 from daemon.jsontypes import JsonMapping, JsonObject
 from daemon.motion_gate import MotionGate
 from daemon.ports import (
@@ -88,6 +90,11 @@ class RoomService:
         self.monitoring = BeamMonitoring(self.room)
         self.service_mode = ServiceMode(self.room, self.motion.gate)
         self.arms_control = ArmsControl(self.room, self.motion.gate)
+        dicom = config.dicom
+        self.daily_series = (
+            DailySeriesWatch(self.room, self.corrections, dicom.archive_dir(config.state_dir),
+                             quiet_s=dicom.series_quiet_s)
+            if dicom is not None and dicom.auto_register else None)
         self.room.monitoring_brief = self.monitoring.brief
         self.motion.monitoring_plc_check = self.monitoring.plc_check
 
@@ -187,8 +194,12 @@ class RoomService:
         await self.motion.start()
 
     async def run(self) -> None:
-        """Supervision: event driven for the PLC, polled for hold-to-run and the couch."""
-        await self.motion.run()
+        """Supervision: event driven for the PLC, polled for hold-to-run and the couch;
+        and, where the room has a DICOM archive, daily series to propose from."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.motion.run())
+            if self.daily_series is not None:
+                tg.create_task(self.daily_series.run())
 
     # ------------------------------------------------------------- roles
     def _require(self, actor: Actor, cmd: str) -> None:

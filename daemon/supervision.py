@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from daemon.api import Actor, CommandError, Reply
 from daemon.couch_watch import SETTLE_PROBE_S, CouchWatch
+from daemon.dicom_outbox import RegistrationOutbox, VerifiedRegistration
 from daemon.jsontypes import JsonObject, as_str
 from daemon.motion_gate import ConfirmationTicket, MotionGate, MotionRefused
 from daemon.ports import ImagerArmsPort
@@ -77,6 +78,9 @@ class MotionSupervisor:
         self._starting: str | None = None
         # In MONITORING a PLC change is beam-on monitoring's to judge (set by RoomService).
         self.monitoring_plc_check: Callable[[], None] = lambda: None
+        # After a verified move the applied registration goes to record-and-verify
+        # (daemon/dicom_outbox.py, written in a thread); None: the room exports nothing.
+        self.outbox = RegistrationOutbox.from_config(config, room.audit)
 
     def _motion_commanded(self) -> None:
         self.watch.motion_commanded()
@@ -543,6 +547,12 @@ class MotionSupervisor:
             p.to(PS.COMPLETED)
         self.room.audit("verified", "system", **result)
         self.room.to(S.DONE, f"reached target within {tol_mm} mm / {tol_deg} deg")
+        if self.outbox is not None and p is not None:
+            # Off the event loop and never failing here: a REG not written is audited.
+            c = p.confirmation
+            self.room.spawn(self.outbox.put(VerifiedRegistration.of(
+                self.room.config.room, p, active.started.confirmation_id,
+                c.user if c is not None else active.user, time.time())))
 
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> None:

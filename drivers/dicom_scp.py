@@ -52,6 +52,12 @@ class ReceivedInstance:
     sop_class_uid: str  # of the presentation context it was sent under
     transfer_syntax_uid: str
     part10: bytes  # the peer's bytes as a DICOM Part 10 file (preamble, meta, dataset)
+    # as the C-STORE request's command named it, unchecked (the dataset may say
+    # otherwise): lets a refusal name the instance even when its bytes are unreadable
+    affected_sop_instance_uid: str = ""
+    # Which association brought it (unique while the service runs): a series whose
+    # association was released in order is, to its sender, sent.
+    association: int = 0
 
 
 class StorageHandler(Protocol):
@@ -70,6 +76,15 @@ class StorageHandler(Protocol):
     def rejected(self, peer: Peer, reason: str) -> None:
         """pynetdicom rejected an association `admit` had let through (the called AE
         title is not igrt's, too many associations at once)."""
+        ...
+
+    def released(self, peer: Peer, association: int) -> None:
+        """`peer` released `association` in order (A-RELEASE): it sent all it meant to.
+        Not called for an aborted or dropped association."""
+        ...
+
+    def closed(self, association: int) -> None:
+        """The connection of `association` closed, however it ended."""
         ...
 
 
@@ -117,7 +132,9 @@ class StorageServer:
         handlers: list[EventHandlerType] = [(evt.EVT_REQUESTED, self._on_requested),
                                             (evt.EVT_REJECTED, self._on_rejected),
                                             (evt.EVT_C_ECHO, self._on_echo),
-                                            (evt.EVT_C_STORE, self._on_store)]
+                                            (evt.EVT_C_STORE, self._on_store),
+                                            (evt.EVT_RELEASED, self._on_released),
+                                            (evt.EVT_CONN_CLOSE, self._on_closed)]
         self._server = self._ae.start_server(self._address, block=False, evt_handlers=handlers)
 
     def stop(self) -> None:
@@ -177,8 +194,24 @@ class StorageServer:
                 sop_class_uid=str(event.context.abstract_syntax),
                 transfer_syntax_uid=str(event.context.transfer_syntax),
                 part10=event.encoded_dataset(include_meta=True),
+                # a C-STORE request always has it; pynetdicom types `request` as any DIMSE
+                affected_sop_instance_uid=str(
+                    getattr(event.request, "AffectedSOPInstanceUID", None) or ""),
+                association=id(event.assoc),
             )
             return self._handler.store(instance, lambda: event.dataset)
         except Exception as exc:  # noqa: BLE001 - never a traceback into pynetdicom
             log.error("C-STORE handling failed: %s", exc)
             return STATUS_PROCESSING_FAILURE
+
+    def _on_released(self, event: Event) -> None:
+        try:
+            self._handler.released(self._peer(event), id(event.assoc))
+        except Exception as exc:  # noqa: BLE001 - bookkeeping only; the release stands
+            log.error("association release bookkeeping failed: %s", exc)
+
+    def _on_closed(self, event: Event) -> None:
+        try:
+            self._handler.closed(id(event.assoc))
+        except Exception as exc:  # noqa: BLE001 - bookkeeping only
+            log.error("connection close bookkeeping failed: %s", exc)

@@ -45,6 +45,12 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_NOT_AUTHORISED = 0x0124
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+UID_PATTERN = _UID.pattern
+
+
+def is_uid(text: str) -> bool:
+    """A well-formed UID: digits and dots, no leading zeros, at most 64 characters."""
+    return len(text) <= 64 and _UID.fullmatch(text) is not None
 
 
 class InstanceRefused(ValueError):

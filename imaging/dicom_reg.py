@@ -118,8 +118,10 @@ def write_registration(
     content_label: str = "IGRT_MATCH",
     description: str = "igrt rigid CBCT to planning CT registration",
     operator: str = "",
+    sop_instance_uid: str | None = None,
 ) -> str:
-    """Write a Spatial Registration Storage object; returns its SOP Instance UID."""
+    """Write a Spatial Registration Storage object; returns its SOP Instance UID
+    (`sop_instance_uid`, else a new one)."""
     t = np.asarray(matrix_itk_fixed_to_moving, dtype=float)
     _check_rigid(t, "registration matrix")
     for name, uid in (("fixed", fixed_frame_of_reference_uid),
@@ -127,7 +129,7 @@ def write_registration(
         if not uid or len(uid) > 64:
             raise ValueError(f"{name} frame of reference UID {uid!r} is not a valid UID")
     when = (content_datetime or dt.datetime.now()).replace(microsecond=0)
-    sop_uid = generate_uid()
+    sop_uid = UID(sop_instance_uid) if sop_instance_uid else generate_uid()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(SPATIAL_REGISTRATION_SOP_CLASS)
     meta.MediaStorageSOPInstanceUID = sop_uid

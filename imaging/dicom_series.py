@@ -12,9 +12,17 @@ of it reaches registration or planning.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import math
+import re
 from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+# DICOM DT (or DA followed by TM): date and time digits, a fraction, an offset.
+_DATETIME = re.compile(r"^(\d{8,14})(?:\.(\d{1,6}))?([+-]\d{4})?$")
+_ZONE = re.compile(r"^([+-])(\d{2})(\d{2})$")
 
 # Positions and spacings are written with 4-6 decimals by scanners; these are far
 # above that rounding and far below anything that would move a target.
@@ -43,6 +51,26 @@ class SeriesGeometry:
     rows: int
     columns: int
     pixel_spacing: tuple[float, float]
+    # The first slice's ImagePositionPatient and the series' orientation: where
+    # the volume is, for questions like "is the plan's isocentre inside it".
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    orientation: tuple[float, float, float, float, float, float] = (1, 0, 0, 0, 1, 0)
+
+    def contains(self, point: tuple[float, float, float]) -> bool:
+        """Whether `point` (patient frame, mm) lies within the imaged volume
+        (centres of the first and last voxels along each axis)."""
+        row, col = self.orientation[:3], self.orientation[3:]
+        normal = (row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2],
+                  row[0] * col[1] - row[1] * col[0])
+        d = [p - o for p, o in zip(point, self.origin, strict=True)]
+        extents = ((row, (self.columns - 1) * self.pixel_spacing[1]),
+                   (col, (self.rows - 1) * self.pixel_spacing[0]),
+                   (normal, (len(self.slices) - 1) * self.spacing_mm))
+        for axis, length in extents:
+            t = sum(a * b for a, b in zip(d, axis, strict=True))
+            if t < -POSITION_TOLERANCE_MM or t > length + POSITION_TOLERANCE_MM:
+                return False
+        return True
 
 
 def _axis_aligned(v: tuple[float, ...]) -> bool:
@@ -101,4 +129,40 @@ def check_series(slices: list[SliceGeometry]) -> SeriesGeometry:
                                 f"one, the series spacing is {spacing:.3f} mm (tolerance "
                                 f"{POSITION_TOLERANCE_MM} mm): {what}")
     return SeriesGeometry(tuple(s.sop_instance_uid for s in ordered), spacing, first.rows,
-                          first.columns, first.pixel_spacing)
+                          first.columns, first.pixel_spacing, ordered[0].position,
+                          first.orientation)
+
+
+def acquisition_time(header: Dataset) -> float | None:
+    """When the image was acquired (UNIX time), from AcquisitionDateTime, else
+    AcquisitionDate + AcquisitionTime, else ContentDate + ContentTime; None when the
+    header does not say. DICOM times are the scanner's local time unless
+    TimezoneOffsetFromUTC says otherwise; fractions of a second are kept."""
+    text = str(header.get("AcquisitionDateTime", "") or "").strip()
+    if not text:
+        for date_kw, time_kw in (("AcquisitionDate", "AcquisitionTime"),
+                                 ("ContentDate", "ContentTime")):
+            date = str(header.get(date_kw, "") or "").strip()
+            if date:
+                text = date + str(header.get(time_kw, "") or "").strip()
+                break
+    if not text:
+        return None
+    m = _DATETIME.match(text)
+    if m is None:
+        return None
+    digits, fraction, zone = m.group(1), m.group(2) or "", m.group(3)
+    zone = zone or str(header.get("TimezoneOffsetFromUTC", "") or "").strip() or None
+    try:
+        when = dt.datetime.strptime(digits.ljust(14, "0"), "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+    when = when.replace(microsecond=int(fraction.ljust(6, "0")) if fraction else 0)
+    if zone is not None:
+        z = _ZONE.match(zone)
+        if z is None:
+            return None
+        minutes = int(z.group(2)) * 60 + int(z.group(3))
+        when = when.replace(tzinfo=dt.timezone(dt.timedelta(
+            minutes=minutes if z.group(1) == "+" else -minutes)))
+    return when.timestamp()

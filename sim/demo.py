@@ -128,6 +128,10 @@ def compare(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def run(mode: str, out: Path, registration: str, seed: int) -> int:
+    if mode == "dicom":
+        from sim import demo_dicom
+
+        return demo_dicom.run(out, seed)
     if mode not in IMAGING:
         from sim import demo_modes
 
@@ -233,7 +237,7 @@ def _print_report(report: dict[str, Any], before: Residual, after: Residual) -> 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sim.demo")
-    ap.add_argument("--mode", default="3d", choices=["2d", "3d", "4d", "monitor"])
+    ap.add_argument("--mode", default="dicom", choices=["dicom", "2d", "3d", "4d", "monitor"])
     ap.add_argument("--out", type=Path, default=Path("out/demo"))
     ap.add_argument("--registration", default="cbct", choices=["cbct", "truth"])
     ap.add_argument("--seed", type=int, default=1)

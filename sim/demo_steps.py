@@ -42,7 +42,8 @@ def igrtctl(*args: str, user: str, socket: Path, capture: bool = False) -> subpr
 def open_session(sock: Path, iso: tuple[float, float, float]) -> None:
     if igrtctl("session", "open", "--patient", PATIENT, "--plan", PLAN,
                "--frame-of-reference", FOR, "--iso", ",".join(map(str, iso)),
-               "--patient-position", POSITION, user="alice", socket=sock,
+               "--patient-position", POSITION,
+               "--manual-override", "simulated room: no planning system", user="alice", socket=sock,
                capture=True).returncode:
         raise RuntimeError("session open refused")
 
@@ -65,7 +66,12 @@ def propose_and_move(room: SimRoom, sock: Path, reg_path: Path, imaging_uid: str
     if prop.returncode != 0:
         say(prop.stdout + prop.stderr)
         raise RuntimeError("proposal refused")
-    proposal = json.loads(prop.stdout)
+    confirm_and_move(room, sock, json.loads(prop.stdout), report)
+
+
+def confirm_and_move(room: SimRoom, sock: Path, proposal: dict[str, Any],
+                     report: dict[str, Any]) -> None:
+    """Confirm a proposal (and approve it where its tier needs), hold to run the move."""
     pid = proposal["id"]
     report["proposal"] = {k: proposal[k] for k in ("id", "target", "delta", "verdict", "reasons")}
     say(f"   proposal {pid}: verdict {proposal['verdict']}")

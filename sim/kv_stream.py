@@ -345,7 +345,7 @@ def _run_through_igrtd(
             with ControlClient(sock, "alice") as c:
                 c.call("open_session", patient_id="DEMO-MON", plan_uid="PLAN-MON",
                        frame_of_reference_uid="FOR-MON", iso=[0.0, 0.0, 0.0],
-                       patient_position="HFS")
+                       patient_position="HFS", manual_override="simulated room: no planning system")
 
                 def ready() -> bool:
                     st = c.call("monitor_status")["result"]

@@ -83,18 +83,47 @@ class Orthanc:
         answer = self._call("GET", "/instances")
         return [str(i) for i in answer] if isinstance(answer, list) else []
 
+    def series_uids(self, modality: str) -> list[str]:
+        """The Series Instance UIDs of the series of `modality` Orthanc holds."""
+        body = json.dumps({"Level": "Series", "Expand": True,
+                           "Query": {"Modality": modality}}).encode()
+        answer = self._call("POST", "/tools/find", body)
+        if not isinstance(answer, list):
+            return []
+        return [str(i["MainDicomTags"]["SeriesInstanceUID"]) for i in answer
+                if isinstance(i, dict)]
+
+    def sop_instance_uids(self) -> list[str]:
+        """The SOP Instance UID of every instance Orthanc holds (one per instance)."""
+        answer = self._call("GET", "/instances?expand")
+        if not isinstance(answer, list):
+            return []
+        return [str(i["MainDicomTags"]["SOPInstanceUID"]) for i in answer
+                if isinstance(i, dict)]
+
+    def download(self, orthanc_id: str) -> bytes:
+        """The DICOM file Orthanc holds as instance `orthanc_id`."""
+        url = f"http://127.0.0.1:{self.http_port}/instances/{orthanc_id}/file"
+        try:
+            with urllib.request.urlopen(url, timeout=60.0) as resp:
+                return bytes(resp.read())
+        except OSError as exc:
+            raise PacsError(f"Orthanc GET {url}: {exc}") from None
+
 
 @contextlib.contextmanager
 def running_orthanc(directory: Path, *, aet: str = ORTHANC_AET,
                     peers: dict[str, tuple[str, str, int]] | None = None,
-                    start_timeout_s: float = 30.0) -> Iterator[Orthanc]:
-    """Orthanc on free loopback ports; `peers`: name -> (AE title, host, port)."""
+                    start_timeout_s: float = 30.0,
+                    dicom_port: int | None = None) -> Iterator[Orthanc]:
+    """Orthanc on free loopback ports (`dicom_port`: this DICOM port instead);
+    `peers`: name -> (AE title, host, port)."""
     exe = orthanc_binary()
     if exe is None:
         raise PacsError("Orthanc is not installed (Debian package orthanc): run make setup")
     root = Path(directory) / "orthanc"
     (root / "storage").mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port = free_port(), dicom_port or free_port()
     config = {
         "Name": "igrt-sim-pacs",
         "StorageDirectory": str(root / "storage"),

@@ -124,7 +124,8 @@ class Flow:
         p = self.room.description.patient
         return await self.call(user, "open_session", {
             "patient_id": PATIENT, "plan_uid": PLAN, "frame_of_reference_uid": FOR,
-            "iso": list(p.iso_mm), "patient_position": p.patient_position})
+            "iso": list(p.iso_mm), "patient_position": p.patient_position,
+            "manual_override": "simulated room: no planning system"})
 
     async def propose(self, a: Propose) -> dict[str, Any]:
         if self.room.couch is None:

@@ -50,16 +50,34 @@ class Cli:
 
 def _session_open(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patient", required=True)
-    p.add_argument("--plan", required=True)
-    p.add_argument("--frame-of-reference", required=True)
-    p.add_argument("--iso", required=True)
-    p.add_argument("--patient-position", required=True)
+    p.add_argument("--plan", required=True, help="RT Plan SOP Instance UID: igrtd reads the "
+                   "isocentre, patient position and frame of reference from the stored plan")
+    p.add_argument("--beam", help="beam (number or name) to set up for, when the plan has "
+                   "several isocentres")
+    p.add_argument("--manual-override", metavar="REASON",
+                   help="use the typed --frame-of-reference, --iso and --patient-position "
+                   "instead of the stored plan (audited with REASON)")
+    p.add_argument("--frame-of-reference", help="typed: checked against the plan, or used "
+                   "under --manual-override")
+    p.add_argument("--iso", help="X,Y,Z mm; typed: checked against the plan, or used under "
+                   "--manual-override")
+    p.add_argument("--patient-position", help="HFS, FFS, ...; typed: checked against the "
+                   "plan, or used under --manual-override")
 
 
 def _session_args(a: argparse.Namespace) -> JsonObject:
-    return {"patient_id": a.patient, "plan_uid": a.plan,
-            "frame_of_reference_uid": a.frame_of_reference,
-            "iso": list(triple(a.iso, "--iso")), "patient_position": a.patient_position}
+    out: JsonObject = {"patient_id": a.patient, "plan_uid": a.plan}
+    if a.beam is not None:
+        out["beam"] = a.beam
+    if a.manual_override is not None:
+        out["manual_override"] = a.manual_override
+    if a.frame_of_reference is not None:
+        out["frame_of_reference_uid"] = a.frame_of_reference
+    if a.iso is not None:
+        out["iso"] = list(triple(a.iso, "--iso"))
+    if a.patient_position is not None:
+        out["patient_position"] = a.patient_position
+    return out
 
 
 def _imaging(p: argparse.ArgumentParser) -> None:
@@ -81,13 +99,16 @@ def _propose(p: argparse.ArgumentParser) -> None:
 
 
 def _register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--fixed", required=True, help="planning CT as igrtd sees it (file or dir)")
+    p.add_argument("--fixed", help="planning CT as igrtd sees it (file or dir); default: "
+                   "the planning CT of the session's stored plan")
     p.add_argument("--moving", required=True, help="daily image as igrtd sees it (file or dir)")
     p.add_argument("--iso", help="isocentre X,Y,Z in planning mm (default: daily image centre)")
 
 
 def _register_args(a: argparse.Namespace) -> JsonObject:
-    out: JsonObject = {"fixed": a.fixed, "moving": a.moving}
+    out: JsonObject = {"moving": a.moving}
+    if a.fixed is not None:
+        out["fixed"] = a.fixed
     if a.iso:
         out["iso"] = list(triple(a.iso, "--iso"))
     return out

@@ -235,7 +235,7 @@ class Rig:
 
     def open_session(self) -> None:
         self.ok("open_session", patient_id=PATIENT, plan_uid=PLAN, frame_of_reference_uid=FOR,
-                iso=list(ISO), patient_position="HFS")
+                iso=list(ISO), patient_position="HFS", manual_override="typed for the test room")
 
     def propose_to(self, target: Pose, at_imaging: Pose, *, age_s: float = 0.0,
                    true_pose: Pose | None = None) -> dict[str, Any]:
@@ -362,7 +362,8 @@ class Rig:
                 # Not raising: the room may latch FAULT as it is asked (a controller
                 # fault read as the link came back); the next round resets it.
                 self.call("open_session", patient_id=PATIENT, plan_uid=PLAN,
-                          frame_of_reference_uid=FOR, iso=list(ISO), patient_position="HFS")
+                          frame_of_reference_uid=FOR, iso=list(ISO), patient_position="HFS",
+                          manual_override="typed for the test room")
             if time.monotonic() > deadline:
                 raise AssertionError(f"room did not settle between scenarios: {state} "
                                      f"({st['reason']}), interlocks {st['interlocks']}, "

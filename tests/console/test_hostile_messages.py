@@ -191,7 +191,7 @@ def _finite_violations() -> list[tuple[str, type[BaseModel], dict[str, Any]]]:
     propose = {"matrix": [[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]],
                "iso": [0.0, 0.0, 0.0], "patient_position": "HFS", "binding": binding}
     session = {"patient_id": "P", "plan_uid": "PL", "frame_of_reference_uid": "F",
-               "iso": [0.0, 0.0, 0.0], "patient_position": "HFS"}
+               "iso": [0.0, 0.0, 0.0], "patient_position": "HFS", "manual_override": "typed for the test room"}
     cases = []
     for bad in (math.nan, math.inf):
         matrix = [row[:] for row in propose["matrix"]]

@@ -52,34 +52,87 @@ def ct_slice(*, z: float = 0.0, rows: int = 8, cols: int = 8, **kw: str) -> File
     return ds
 
 
-def rt_plan(*, isocentre: tuple[float, float, float] = (0.0, 10.0, -5.0), **kw: str) -> FileDataset:
+def rt_plan(*, isocentre: tuple[float, float, float] = (0.0, 10.0, -5.0),
+            beams: list[tuple[int, str, tuple[float, float, float], int]] | None = None,
+            setups: dict[int, str] | None = None, structure_set: str | None = None,
+            **kw: str) -> FileDataset:
+    """One AP beam at `isocentre`, patient setup 1 HFS, unless `beams` (number,
+    name, isocentre, setup number) and `setups` (number -> PatientPosition) say
+    otherwise; `structure_set` is the SOP Instance UID the plan refers to."""
     ds = _base(RT_PLAN, "RTPLAN", frame=kw.pop("frame", None) or generate_uid(), **kw)
-    cp = Dataset()
-    cp.ControlPointIndex = 0
-    cp.IsocenterPosition = list(isocentre)
-    beam = Dataset()
-    beam.BeamNumber = 1
-    beam.BeamName = "AP"
-    beam.ControlPointSequence = Sequence([cp])
-    ds.BeamSequence = Sequence([beam])
-    setup = Dataset()
-    setup.PatientSetupNumber = 1
-    setup.PatientPosition = "HFS"
-    ds.PatientSetupSequence = Sequence([setup])
+    items = []
+    for number, name, iso, setup_number in beams or [(1, "AP", isocentre, 1)]:
+        cp = Dataset()
+        cp.ControlPointIndex = 0
+        cp.IsocenterPosition = list(iso)
+        beam = Dataset()
+        beam.BeamNumber = number
+        beam.BeamName = name
+        beam.ReferencedPatientSetupNumber = setup_number
+        beam.ControlPointSequence = Sequence([cp])
+        items.append(beam)
+    ds.BeamSequence = Sequence(items)
+    setup_items = []
+    for number, position in (setups or {1: "HFS"}).items():
+        setup = Dataset()
+        setup.PatientSetupNumber = number
+        setup.PatientPosition = position
+        setup_items.append(setup)
+    ds.PatientSetupSequence = Sequence(setup_items)
+    if structure_set is not None:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = RT_STRUCTURE_SET
+        ref.ReferencedSOPInstanceUID = structure_set
+        ds.ReferencedStructureSetSequence = Sequence([ref])
     return ds
 
 
-def rt_structures(**kw: str) -> FileDataset:
+def rt_structures(*, ct_series: str | None = None,
+                  ptv: list[tuple[float, float, float]] | None = None,
+                  **kw: str) -> FileDataset:
+    """A PTV in `frame`; `ct_series`: the image series it was drawn on; `ptv`: the
+    points of its one contour."""
     ds = _base(RT_STRUCTURE_SET, "RTSTRUCT", **kw)
     ref = Dataset()
     ref.FrameOfReferenceUID = kw.get("frame") or generate_uid()
+    if ct_series is not None:
+        series = Dataset()
+        series.SeriesInstanceUID = ct_series
+        study = Dataset()
+        study.ReferencedSOPInstanceUID = generate_uid()
+        study.RTReferencedSeriesSequence = Sequence([series])
+        ref.RTReferencedStudySequence = Sequence([study])
     ds.ReferencedFrameOfReferenceSequence = Sequence([ref])
     roi = Dataset()
     roi.ROINumber = 1
     roi.ROIName = "PTV"
     roi.ReferencedFrameOfReferenceUID = ref.FrameOfReferenceUID
     ds.StructureSetROISequence = Sequence([roi])
+    if ptv is not None:
+        contour = Dataset()
+        contour.ContourGeometricType = "CLOSED_PLANAR"
+        contour.NumberOfContourPoints = len(ptv)
+        contour.ContourData = [v for point in ptv for v in point]
+        item = Dataset()
+        item.ReferencedROINumber = 1
+        item.ContourSequence = Sequence([contour])
+        ds.ROIContourSequence = Sequence([item])
     return ds
+
+
+def ct_series(*, frame: str, slices: int = 6, spacing: float = 2.5,
+              position: str | None = "HFS", **kw: str) -> list[FileDataset]:
+    """A small planning CT: 8x8 pixels of 1 mm, `slices` slices from z=0."""
+    series = kw.pop("series", None) or generate_uid()
+    study = kw.pop("study", None) or generate_uid()
+    out = []
+    for i in range(slices):
+        ds = ct_slice(z=i * spacing, frame=frame, series=series, study=study, **kw)
+        ds.InstanceNumber = i + 1
+        if position is not None:
+            ds.PatientPosition = position
+        out.append(ds)
+    return out
 
 
 def part10(ds: FileDataset) -> bytes:

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.audit.reading import read_records
-from sim.parent_death import stop_child
+from sim.dicom_node import DicomServiceProcess
 
 AE = "IGRT_TEST"
 SENDER = "TPS_TEST"
@@ -55,16 +52,10 @@ def running_dicom_service(tmp_path: Path, *, peers: list[dict[str, object]] | No
     path = tmp_path / "room.json"
     path.write_text(json.dumps(config))
     log = tmp_path / "igrt-dicomd.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "daemon.dicom_service", "--config",
-                                 str(path)], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    node = DicomServiceProcess(path, log)
     try:
-        deadline = time.monotonic() + 20
-        while b"listening on" not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"igrt-dicomd did not start: {log.read_text()[-500:]}")
-            time.sleep(0.05)
-        yield RunningService(port, tmp_path / "state" / "dicom", proc, log)
+        node.start()
+        assert node.proc is not None
+        yield RunningService(port, tmp_path / "state" / "dicom", node.proc, log)
     finally:
-        stop_child(proc, 10.0)
+        node.stop()

@@ -52,3 +52,8 @@ def test_a_peer_with_igrts_own_title_is_refused() -> None:
 def test_a_non_integer_port_is_refused() -> None:
     with pytest.raises(ValidationError):
         _config(port=11112.5)
+
+
+def test_an_export_retry_maximum_below_the_initial_wait_is_refused() -> None:
+    with pytest.raises(ValidationError, match="export_retry_max_s 5 is below"):
+        _config(export_retry_initial_s=10.0, export_retry_max_s=5.0)

@@ -64,3 +64,27 @@ def test_mixed_matrices_are_refused() -> None:
 def test_a_single_slice_is_not_a_volume() -> None:
     with pytest.raises(SeriesRefused, match="at least 2 slices"):
         check_series(_series([0.0]))
+
+
+def test_the_acquisition_time_is_read_with_its_fraction_and_offset() -> None:
+    import datetime as dt
+
+    from pydicom.dataset import Dataset
+
+    from imaging.dicom_series import acquisition_time
+
+    ds = Dataset()
+    ds.AcquisitionDateTime = "20261207031500.5+0100"
+    assert acquisition_time(ds) == dt.datetime(2026, 12, 7, 2, 15, 0, 500000,
+                                               tzinfo=dt.UTC).timestamp()
+    ds = Dataset()
+    ds.AcquisitionDate, ds.AcquisitionTime = "20261207", "031500.25"
+    assert acquisition_time(ds) == dt.datetime(2026, 12, 7, 3, 15, 0, 250000).timestamp()
+
+
+def test_a_header_without_an_acquisition_time_says_none() -> None:
+    from pydicom.dataset import Dataset
+
+    from imaging.dicom_series import acquisition_time
+
+    assert acquisition_time(Dataset()) is None

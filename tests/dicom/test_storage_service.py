@@ -9,6 +9,7 @@ import contextlib
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,3 +205,38 @@ def test_the_service_stops_on_sigterm_and_records_it(tmp_path: Path) -> None:
         assert svc.proc.wait(15) == 0
         events = [e for e, _ in svc.audit_events()]
     assert events[0] == "dicom.service_started" and events[-1] == "dicom.service_stopped"
+
+
+def _sent_at(svc: RunningService, series_uid: str) -> float | None:
+    from daemon.dicom_archive import DicomArchive
+
+    archive = DicomArchive(svc.storage, read_only=True)
+    try:
+        [series] = [s for s in archive.series() if s.series_uid == series_uid]
+        return series.sent_at
+    finally:
+        archive.close()
+
+
+def test_a_series_whose_association_is_released_is_marked_sent(tmp_path: Path) -> None:
+    files, ident = _series(tmp_path)
+    with running_dicom_service(tmp_path) as svc:
+        assert _store(svc, files).returncode == 0
+        deadline = time.monotonic() + 5
+        while _sent_at(svc, str(ident.series_uid)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _sent_at(svc, str(ident.series_uid)) is not None
+
+
+def test_a_series_whose_association_is_aborted_is_not_marked_sent(tmp_path: Path) -> None:
+    files, ident = _series(tmp_path)
+    scu = ScuAE(ae_title=SENDER)
+    scu.add_requested_context(CT_IMAGE, ExplicitVRLittleEndian)
+    with running_dicom_service(tmp_path) as svc:
+        assoc = scu.associate("127.0.0.1", svc.port, ae_title=AE)
+        assert assoc.is_established
+        for f in files:
+            assert assoc.send_c_store(f).Status == 0x0000
+        assoc.abort()
+        time.sleep(0.3)
+        assert _sent_at(svc, str(ident.series_uid)) is None

@@ -347,7 +347,8 @@ def drive(sock: Path, ledger: Ledger, point: str, rng: random.Random, kill: Any)
         if point == "idle":
             return None
         client.call("open_session", patient_id=PATIENT, plan_uid=PLAN,
-                    frame_of_reference_uid=FOR, iso=list(ISO), patient_position="HFS")
+                    frame_of_reference_uid=FOR, iso=list(ISO), patient_position="HFS",
+                    manual_override="typed for the test room")
         if point == "after_session":
             return None
         # 1.2 .. 2.8 mm per axis: beyond the 1 mm tolerance, under the 5 mm that

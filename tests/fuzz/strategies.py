@@ -168,7 +168,7 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "jog": {"axis": "lat", "velocity": 1.0, "duration_s": 0.2},
     "open_session": {"patient_id": "PAT-1", "plan_uid": "PLAN-1",
                      "frame_of_reference_uid": "FOR-1", "iso": [0.0, 0.0, 0.0],
-                     "patient_position": "HFS"},
+                     "patient_position": "HFS", "manual_override": "typed for the test room"},
 }
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.igrt_room("room.json")
 
 ISO = [8.0, -12.0, 20.0]
 SESSION = {"patient_id": "P1", "plan_uid": "PLAN1", "frame_of_reference_uid": "FOR1",
-           "iso": ISO, "patient_position": "HFS"}
+           "iso": ISO, "patient_position": "HFS", "manual_override": "typed for the test room"}
 
 
 def shift_mm(lat: float, long: float = 0.0, vert: float = 0.0) -> list[list[float]]:

@@ -90,7 +90,7 @@ class Console:
 
     def open_session(self) -> None:
         self.ok("open_session", patient_id=PATIENT, plan_uid=PLAN, frame_of_reference_uid=FOR,
-                iso=list(ISO), patient_position="HFS")
+                iso=list(ISO), patient_position="HFS", manual_override="typed for the test room")
 
     def propose(self, error: Pose, **binding: Any) -> dict[str, Any]:
         world = PatientWorld.with_setup_error(ISO, "HFS", tuple(CouchModel.default().pivot), error)

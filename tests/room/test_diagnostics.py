@@ -112,7 +112,7 @@ async def move(service: RoomService, error: Pose) -> dict[str, Any]:
     """One confirmed correction, held to run until the room leaves MOVING."""
     await service.open_session(ALICE, SessionRequest(
         patient_id="P", plan_uid="PL", frame_of_reference_uid="F", iso=ISO,
-        patient_position="HFS"))
+        patient_position="HFS", manual_override="typed for the test room"))
     world = PatientWorld.with_setup_error(ISO, "HFS", _pivot(), error)
     matrix = np.asarray(world.true_registration(Pose())).tolist()
     prop = await service.propose(ALICE, ProposeRequest.model_validate({

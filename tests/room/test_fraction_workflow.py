@@ -118,7 +118,8 @@ def test_viewer_cannot_stop_or_propose(daemon) -> None:
     assert c.call("status")["ok"]
     assert not c.call("stop")["ok"]
     assert not c.call("open_session", patient_id="P", plan_uid="x", frame_of_reference_uid="f",
-                      iso=[0, 0, 0], patient_position="HFS")["ok"]
+                      iso=[0, 0, 0], patient_position="HFS",
+                      manual_override="typed for the test room")["ok"]
 
 
 def test_malformed_request_gets_one_line_error_and_changes_nothing(alice: Console) -> None:

@@ -167,7 +167,8 @@ async def test_igrtd_starting_with_a_retained_command_comes_up_and_refuses_it(
             load_private_key(keys["alice"]), cmd="open_session", sub="alice", aud=ROOM,
             reply_to="console1", lifetime_s=25, jti=jti,
             args={"patient_id": PATIENT, "plan_uid": PLAN, "frame_of_reference_uid": FOR,
-                  "iso": list(ISO), "patient_position": "HFS"})
+                  "iso": list(ISO), "patient_position": "HFS",
+                  "manual_override": "typed for the test room"})
     await _publish(broker, payload, retain=True)
     d = _daemon(room, broker, tmp_path).start()
     try:

@@ -138,7 +138,8 @@ def test_an_unsigned_request_from_an_unmapped_account_is_unauthenticated(room, t
     try:
         reply = _raw(d.socket_path, {"cmd": "open_session", "user": "alice", "args": {
             "patient_id": "P", "plan_uid": "PL", "frame_of_reference_uid": "F",
-            "iso": [0, 0, 0], "patient_position": "HFS"}})
+            "iso": [0, 0, 0], "patient_position": "HFS",
+            "manual_override": "typed for the test room"}})
         assert not reply["ok"] and reply["code"] == "unauthenticated", reply
         assert "--key" in reply["error"] and "local_uid" in reply["error"]
         assert _raw(d.socket_path, {"cmd": "status", "user": "alice"})["result"]["state"] != "READY"
@@ -180,7 +181,8 @@ def test_the_other_account_cannot_claim_alice_either(room, tmp_path, shared_dir)
         reply = as_os_account(OTHER_UID, lambda: _raw(sock, {
             "cmd": "open_session", "user": "alice", "args": {
                 "patient_id": "P", "plan_uid": "PL", "frame_of_reference_uid": "F",
-                "iso": [0, 0, 0], "patient_position": "HFS"}}))
+                "iso": [0, 0, 0], "patient_position": "HFS",
+                "manual_override": "typed for the test room"}}))
         assert not reply["ok"] and reply["code"] == "forbidden", reply
         assert f"uid={OTHER_UID} (bob)" in reply["error"]
     finally:

@@ -148,7 +148,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         r = Rig(room, d)
         try:
             r.ok("open_session", patient_id=PATIENT, plan_uid=PLAN, frame_of_reference_uid=FOR,
-                 iso=list(ISO), patient_position="HFS")
+                 iso=list(ISO), patient_position="HFS", manual_override="typed for the test room")
             yield r
         finally:
             r.close()

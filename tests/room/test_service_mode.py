@@ -23,7 +23,7 @@ def test_clinical_workflow_is_locked_out_in_service_mode(daemon: DaemonProcess,
                                                          alice: Console) -> None:
     _sam(daemon).ok("enter_service")
     reply = alice.call("open_session", patient_id="P", plan_uid="x", frame_of_reference_uid="f",
-                       iso=[0, 0, 0], patient_position="HFS")
+                       iso=[0, 0, 0], patient_position="HFS", manual_override="typed for the test room")
     assert not reply["ok"]
 
 

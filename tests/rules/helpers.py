@@ -29,7 +29,7 @@ async def propose(room: FakeRoom, error: Pose, by: Actor = ALICE, *,
     if open_session:
         await room.service.open_session(by, SessionRequest(
             patient_id="P", plan_uid="PL", frame_of_reference_uid="F", iso=ISO,
-            patient_position="HFS"))
+            patient_position="HFS", manual_override="typed for the test room"))
     p = CouchModel.default().pivot
     world = PatientWorld.with_setup_error(ISO, "HFS", (float(p[0]), float(p[1]), float(p[2])),
                                           error)

@@ -45,7 +45,7 @@ def test_a_couch_fault_during_a_move_latches_fault_and_stops(tmp_path: Path) -> 
         p = room.info
         iso = [8.0, -12.0, 20.0]
         room.igrtd("open_session", patient_id="P1", plan_uid="PL1", frame_of_reference_uid="F1",
-                   iso=iso, patient_position="HFS")
+                   iso=iso, patient_position="HFS", manual_override="typed for the test room")
         world = PatientWorld.with_setup_error(tuple(iso), "HFS",  # type: ignore[arg-type]
                                               tuple(CouchModel.default().pivot),
                                               Pose(20.0, 15.0, -10.0, 0.0, 0.0, 0.0))
