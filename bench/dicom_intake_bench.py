@@ -84,7 +84,7 @@ def run() -> dict[str, Any]:
         cfg = room.room_config(tmp / "state", dicom={
             "ae_title": IGRT_AE, "port": port, "peers": [
                 {"ae_title": TPS_AE, "host": "127.0.0.1", "roles": ["send"]},
-                {"ae_title": CBCT_AE, "host": "127.0.0.1", "roles": ["send"]}]})
+                {"ae_title": CBCT_AE, "host": "127.0.0.1", "roles": ["send", "imaging"]}]})
         daemon = DaemonProcess(cfg, tmp / "state", tmp / "igrtd.log").start()
         dicomd = DicomServiceProcess(daemon.config_path, tmp / "igrt-dicomd.log").start()
         try:

@@ -23,7 +23,7 @@ from daemon.config_sections import StrictModel
 # a title of spaces only is not allowed.
 AE_TITLE_PATTERN = r"^[ -\[\]-~]{1,16}$"
 
-PeerRole = Literal["send", "query", "export"]
+PeerRole = Literal["send", "query", "export", "imaging"]
 
 
 def _ae_title(v: str) -> str:
@@ -43,7 +43,9 @@ class DicomPeer(StrictModel):
                                    description="the peer's DICOM port (outbound roles)")
     roles: list[PeerRole] = Field(min_length=1, description="send: may store instances to "
                                   "igrt; query: igrt queries and retrieves from it; export: "
-                                  "igrt stores registrations to it")
+                                  "igrt stores registrations to it; imaging: the room's "
+                                  "imaging system, whose images must be of the patient of "
+                                  "the session open in igrt")
 
     _title = field_validator("ae_title")(_ae_title)
 
@@ -69,6 +71,9 @@ class DicomPeer(StrictModel):
         if "query" in self.roles and "send" not in self.roles:
             raise ValueError(f"peer {self.ae_title}: role query needs role send too (what igrt "
                              "retrieves arrives as C-STOREs from the peer's AE title and host)")
+        if "imaging" in self.roles and "send" not in self.roles:
+            raise ValueError(f"peer {self.ae_title}: role imaging needs role send too (the "
+                             "imaging system stores its images to igrt)")
         return self
 
 
@@ -139,6 +144,10 @@ class DicomConfig(StrictModel):
     def archive_dir(self, state_dir: Path) -> Path:
         """Where igrt-dicomd stores and igrtd reads (storage_dir, else state_dir/dicom)."""
         return self.storage_dir or state_dir / "dicom"
+
+    def imaging_peers(self) -> frozenset[str]:
+        """AE titles of the room's imaging systems (their CT images: the session's patient)."""
+        return frozenset(p.ae_title for p in self.peers if "imaging" in p.roles)
 
     def query_peers(self) -> list[DicomPeer]:
         """Peers igrt queries and retrieves from (role `query`)."""

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom.dataset import Dataset
+
 from daemon.audit import AuditError, read_records
 from daemon.dicom_archive import ArchiveError, DicomArchive, IndexedInstance
 from daemon.dicom_query import (
@@ -30,7 +32,9 @@ from daemon.dicom_query import (
     StudyMatch,
 )
 from drivers.dicom_qr import MoveStatus
-from imaging.dicom_instances import RT_PLAN
+from imaging.dicom_instances import RT_PLAN, is_uid
+from imaging.dicom_plan import referenced_ct_series
+from imaging.dicom_safe import DicomFileError, read_dataset
 from imaging.dicom_series import SeriesRefused
 
 _AUDIT_SLACK_S = 2.0  # audit records are looked at from this long before the move began
@@ -123,13 +127,29 @@ class Retrieval:
             expected += self._pacs.instances(series, limit=MAX_INSTANCES - len(expected))
         return Part("study", studies[0], tuple(expected))
 
-    def planning_ct(self, frame_of_reference_uid: str) -> Part:
-        """The CT series with the plan's frame of reference: exactly one, or a
-        refusal naming the candidates (a 4D CT's phases share one frame; which
-        of them is the planning CT is for a person to say, with --series)."""
+    def structure_set(self, sop_instance_uid: str) -> Part | None:
+        """The RT Structure Set a plan refers to, looked for in the patient's RTSTRUCT
+        series; None when the PACS does not hold it."""
+        for series in self._pacs.patient_series(self._patient, modality="RTSTRUCT"):
+            found = self._pacs.instances(series, sop_instance_uid)
+            if found:
+                return Part("RT Structure Set", found[0], (found[0],), "RTSTRUCT")
+        return None
+
+    def planning_ct(self, frame_of_reference_uid: str, *,
+                    named: frozenset[str] = frozenset()) -> Part:
+        """The CT series with the plan's frame of reference: the one the plan's
+        structure set was drawn on (`named`), else exactly one, or a refusal naming
+        the candidates (a 4D CT's phases share one frame; which of them is the
+        planning CT is for a person to say, with --series)."""
         cts = self._pacs.patient_series(self._patient, modality="CT",
                                         frame_of_reference_uid=frame_of_reference_uid)
         matching = [s for s in cts if s.frame_of_reference_uid == frame_of_reference_uid]
+        if named:
+            # Named by the structure set: a PACS that leaves the frame unsaid will do,
+            # the frame of every arriving slice is checked all the same.
+            matching = [s for s in cts if s.series_uid in named
+                        and s.frame_of_reference_uid in (frame_of_reference_uid, None)]
         where = f"PACS {self._pacs.peer.ae_title}"
         if not matching:
             silent = [s.series_uid for s in cts if s.frame_of_reference_uid is None]
@@ -232,6 +252,30 @@ def _mismatch(got: IndexedInstance, want: InstanceMatch, part: Part) -> str:
         return (f"stored with frame of reference {got.frame_of_reference_uid}, the plan's is "
                 f"{part.frame_of_reference_uid}")
     return ""
+
+
+def _stored(outcome: PartOutcome) -> Dataset:
+    """igrt's own validated copy of a retrieved instance."""
+    try:
+        return read_dataset(outcome.arrived[0].path, stop_before_pixels=True)
+    except DicomFileError as exc:
+        raise QueryError(f"the stored {outcome.part.label} cannot be read: {exc}") from None
+
+
+def plan_structure_sets(outcome: PartOutcome) -> list[str]:
+    """The structure sets a retrieved plan refers to (its ReferencedStructureSetSequence)."""
+    if not outcome.complete or not outcome.arrived:
+        return []
+    return [str(item.ReferencedSOPInstanceUID)
+            for item in _stored(outcome).get("ReferencedStructureSetSequence") or []
+            if is_uid(str(item.get("ReferencedSOPInstanceUID", "")))]
+
+
+def drawn_on(outcome: PartOutcome, frame_of_reference_uid: str) -> frozenset[str]:
+    """The CT series a retrieved structure set was drawn on, in the plan's frame."""
+    if not outcome.complete or not outcome.arrived:
+        return frozenset()
+    return frozenset(referenced_ct_series(_stored(outcome), frame_of_reference_uid))
 
 
 def plan_frame_of_reference(outcome: PartOutcome) -> str:

@@ -30,6 +30,7 @@ from daemon.config_dicom import DicomConfig
 from daemon.dicom_archive import ArchiveError, Conflict, DicomArchive
 from daemon.dicom_export import QueueError, start_exporter
 from daemon.sdnotify import notify
+from daemon.session_beacon import read_beacon
 from drivers.dicom_scp import (
     STATUS_SUCCESS,
     DatasetDecoder,
@@ -41,6 +42,7 @@ from imaging.dicom_instances import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,
     STORED_CLASSES,
+    InstanceFacts,
     InstanceRefused,
     check_instance,
     is_uid,
@@ -55,6 +57,7 @@ class StorageService:
 
     def __init__(self, config: DicomConfig, archive: DicomArchive, audit: AuditLog) -> None:
         self._senders = config.senders()
+        self._imaging = config.imaging_peers()
         self._max_bytes = config.max_instance_mb * 1024 * 1024
         self._archive = archive
         self._audit = audit  # appends from pynetdicom's threads: AuditLog locks itself
@@ -96,6 +99,23 @@ class StorageService:
         with self._sent_lock:  # aborted or dropped: what it stored is not known sent
             self._sent.pop(association, None)
 
+    def _check_session(self, facts: InstanceFacts) -> None:
+        """An image from the room's imaging system is of the patient igrt is set up
+        for (daemon/session_beacon.py), or refused for the operator to see now."""
+        session = read_beacon(self._archive.directory)
+        if session is None:
+            raise InstanceRefused(STATUS_CANNOT_UNDERSTAND, "no treatment session is open in "
+                                  "igrt: the room's imaging system sends images of the "
+                                  "patient being treated")
+        if facts.patient_id != session.patient_id:
+            raise InstanceRefused(STATUS_CANNOT_UNDERSTAND, f"PatientID {facts.patient_id!r} "
+                                  "is not the patient of the session open in igrt "
+                                  f"({session.patient_id!r})")
+        if facts.frame_of_reference_uid == session.frame_of_reference_uid:
+            raise InstanceRefused(STATUS_CANNOT_UNDERSTAND, "the image is in the plan's frame "
+                                  f"of reference {session.frame_of_reference_uid}: a daily "
+                                  "image has the imaging system's own")
+
     def echoed(self, peer: Peer) -> None:
         log.info("C-ECHO from %s at %s", peer.ae_title, peer.address)
 
@@ -111,6 +131,8 @@ class StorageService:
             except DicomFileError as exc:
                 raise InstanceRefused(STATUS_CANNOT_UNDERSTAND, str(exc)) from None
             facts = check_instance(ds, instance.sop_class_uid)
+            if instance.peer.ae_title in self._imaging and facts.modality == "CT":
+                self._check_session(facts)
             try:
                 stored = self._archive.keep(facts, instance.part10, instance.peer.ae_title)
             except Conflict as exc:

@@ -91,7 +91,10 @@ class Room:
         )
         self.policy = VerdictPolicy.model_validate(config.policy or {})
         self.workflow = Workflow()
-        self.session: TreatmentSession | None = None
+        # Told the session whenever one opens or closes (None); igrt's DICOM node
+        # learns from it whose images the room expects (daemon/session_beacon.py).
+        self.session_listeners: list[Callable[[TreatmentSession | None], None]] = []
+        self._session: TreatmentSession | None = None
         self.proposals: dict[str, Proposal] = {}
         self.current: Proposal | None = None
         self.active: ActiveMove | None = None
@@ -115,6 +118,19 @@ class Room:
         self._tasks: set[asyncio.Task[object]] = set()
         # Beam-on monitoring's line of the snapshot (set by RoomService).
         self.monitoring_brief: Callable[[], JsonObject | None] = lambda: None
+
+    @property
+    def session(self) -> TreatmentSession | None:
+        return self._session
+
+    @session.setter
+    def session(self, session: TreatmentSession | None) -> None:
+        self._session = session
+        for cb in list(self.session_listeners):
+            try:
+                cb(session)
+            except Exception:  # a broken listener must never break the workflow
+                log.exception("session listener failed")
 
     # ------------------------------------------------------------------ audit
     def audit(self, event: str, actor: str, **details: object) -> None:

@@ -61,6 +61,7 @@ from daemon.ports import (
 from daemon.proposals import Proposal, TreatmentSession
 from daemon.room import ActiveMove, Room
 from daemon.service_mode import ServiceMode
+from daemon.session_beacon import SessionBeacon
 from daemon.supervision import MotionSupervisor
 from daemon.workflow import Workflow
 
@@ -91,6 +92,11 @@ class RoomService:
         self.service_mode = ServiceMode(self.room, self.motion.gate)
         self.arms_control = ArmsControl(self.room, self.motion.gate)
         dicom = config.dicom
+        if dicom is not None:
+            # No session outlives igrtd: the DICOM node learns which one is open.
+            beacon = SessionBeacon(dicom.archive_dir(config.state_dir))
+            beacon.clear()
+            self.room.session_listeners.append(beacon)
         self.daily_series = (
             DailySeriesWatch(self.room, self.corrections, dicom.archive_dir(config.state_dir),
                              quiet_s=dicom.series_quiet_s)

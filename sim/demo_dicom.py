@@ -92,7 +92,8 @@ def _send_cbct(out: Path, label: str, world: PatientWorld, couch: Pose, phantom:
 
 
 def _peers(pacs: Orthanc | None) -> list[dict[str, Any]]:
-    peers: list[dict[str, Any]] = [{"ae_title": CBCT_AE, "host": "127.0.0.1", "roles": ["send"]}]
+    peers: list[dict[str, Any]] = [{"ae_title": CBCT_AE, "host": "127.0.0.1",
+                                    "roles": ["send", "imaging"]}]
     if pacs is None:
         peers.append({"ae_title": TPS_AE, "host": "127.0.0.1", "roles": ["send"]})
     else:

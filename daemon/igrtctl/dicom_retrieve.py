@@ -31,7 +31,14 @@ from daemon.dicom_query import (
     check_uid,
     query_peer,
 )
-from daemon.dicom_retrieve import Part, PartOutcome, Retrieval, plan_frame_of_reference
+from daemon.dicom_retrieve import (
+    Part,
+    PartOutcome,
+    Retrieval,
+    drawn_on,
+    plan_frame_of_reference,
+    plan_structure_sets,
+)
 from daemon.igrtctl.exits import ExitCode, UsageError
 from daemon.jsontypes import JsonObject, JsonValue
 from drivers.dicom_qr import MoveStatus, QrError, QrUnreachable, QueryRetrieveScu
@@ -244,7 +251,13 @@ def _retrieve(args: argparse.Namespace, pacs: Pacs, dicom: DicomConfig, archive_
         if plan:
             first = run(retrieval.plan(plan))
             if args.with_planning_ct and first.complete:
-                run(retrieval.planning_ct(plan_frame_of_reference(first)))
+                frame = plan_frame_of_reference(first)
+                named: frozenset[str] = frozenset()
+                for uid in plan_structure_sets(first):  # they say which CT, when several
+                    part = retrieval.structure_set(uid)
+                    if part is not None:
+                        named |= drawn_on(run(part), frame)
+                run(retrieval.planning_ct(frame, named=named))
         elif series:
             run(retrieval.series(series))
         elif study:

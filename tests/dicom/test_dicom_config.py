@@ -57,3 +57,8 @@ def test_a_non_integer_port_is_refused() -> None:
 def test_an_export_retry_maximum_below_the_initial_wait_is_refused() -> None:
     with pytest.raises(ValidationError, match="export_retry_max_s 5 is below"):
         _config(export_retry_initial_s=10.0, export_retry_max_s=5.0)
+
+
+def test_an_imaging_peer_that_may_not_send_is_refused() -> None:
+    with pytest.raises(ValidationError, match="role imaging needs role send"):
+        _config(peers=[{"ae_title": "CBCT", "host": "10.0.0.6", "roles": ["imaging"]}])

@@ -135,3 +135,26 @@ def test_a_foreign_file_in_the_outbox_is_refused_in_one_line_and_never_sent(
     assert refused["file"] == "notes.dcm" and "\n" not in str(refused["reason"])
     assert attempts == []
     assert (box / "refused" / "notes.dcm").exists() and not (box / "notes.dcm").exists()
+
+
+def test_an_rv_system_killed_during_export_holds_each_reg_once_after_it_returns(
+        tmp_path: Path) -> None:
+    storage = tmp_path / "state" / "dicom"
+    uids = sorted(_queue_reg(storage, f"conf-{i}") for i in range(30))
+    port = free_port()
+    with running_dicom_service(tmp_path, peers=_export_peer(port), **FAST_RETRY) as svc:
+        peers = {"igrt": (AE, "127.0.0.1", svc.port)}
+        with _rv(tmp_path, peers=peers, dicom_port=port) as rv:
+            _wait_for(svc, "dicom.export_sent")
+            rv.proc.kill()  # mid-queue, as a power cut would
+            rv.proc.wait(10)
+        before = {str(d["sop_instance_uid"]) for d in _events(svc, "dicom.export_sent")}
+        _wait_for(svc, "dicom.export_failed")
+        with _rv(tmp_path, peers=peers, dicom_port=port) as rv:  # back, with its storage
+            _wait_for(svc, "dicom.export_sent", len(uids), timeout_s=40)
+            held = rv.sop_instance_uids()
+        records = svc.audit_events()
+    assert 0 < len(before) < len(uids), "the kill did not land mid-queue"
+    assert sorted(held) == uids  # each once: nothing lost, nothing twice
+    sent = [str(d["sop_instance_uid"]) for e, d in records if e == "dicom.export_sent"]
+    assert sorted(sent) == uids

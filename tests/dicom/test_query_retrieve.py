@@ -35,12 +35,13 @@ from daemon.igrtctl.dicom import run_dicom
 from daemon.igrtctl.dicom_retrieve import Progress
 from drivers.dicom_qr import PATIENT_ROOT_FIND, MoveStatus
 
-from .builders import ct_slice, part10, rt_plan
+from .builders import ct_slice, part10, rt_plan, rt_structures
 from .service import AE, RunningService, free_port, running_dicom_service
 
 PATIENT = "PAT-QR-1"  # a plan, its planning CT (4 slices) and a CBCT of another frame
 REFUSED_PATIENT = "PAT-QR-2"  # a plan whose planning CT has a slice at a NaN position
 TWO_CT_PATIENT = "PAT-QR-3"  # a plan and two CT series in its frame of reference (a 4D CT)
+STRUCTURES_PATIENT = "PAT-QR-4"  # the same, and a structure set drawn on one of the two
 
 
 @dataclass
@@ -55,6 +56,9 @@ class Clinic:
     nan_slice: FileDataset
     two_ct_plan: FileDataset
     two_cts: list[str]
+    drawn_plan: FileDataset
+    drawn_structures: FileDataset
+    drawn_cts: list[str]  # the first is the one the structures were drawn on
 
 
 def _series(patient: str, frame: str, zs: list[float]) -> list[FileDataset]:
@@ -84,6 +88,12 @@ def clinic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clinic]:
     two_ct_plan = rt_plan(patient=TWO_CT_PATIENT)
     phases = [_series(TWO_CT_PATIENT, str(two_ct_plan.FrameOfReferenceUID), [0.0, 2.5])
               for _ in range(2)]
+    drawn_frame = generate_uid()
+    drawn_phases = [_series(STRUCTURES_PATIENT, drawn_frame, [0.0, 2.5]) for _ in range(2)]
+    drawn_structures = rt_structures(patient=STRUCTURES_PATIENT, frame=drawn_frame,
+                                     ct_series=str(drawn_phases[0][0].SeriesInstanceUID))
+    drawn_plan = rt_plan(patient=STRUCTURES_PATIENT, frame=drawn_frame,
+                         structure_set=str(drawn_structures.SOPInstanceUID))
     # The PACS may store to igrt (send) and is queried (query); igrt-dicomd reads
     # only who may send, so its port is filled in for igrtctl once Orthanc is up.
     pacs_peer: dict[str, object] = {"ae_title": ORTHANC_AET, "host": "127.0.0.1", "port": 1,
@@ -91,12 +101,14 @@ def clinic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clinic]:
     with running_dicom_service(tmp, peers=[pacs_peer]) as svc, \
             running_orthanc(tmp, peers={"igrt": (AE, "127.0.0.1", svc.port)}) as pacs:
         for ds in [plan, *planning_ct, *cbct, refused_plan, *refused_ct, two_ct_plan,
-                   *phases[0], *phases[1]]:
+                   *phases[0], *phases[1], drawn_structures, drawn_plan, *drawn_phases[0],
+                   *drawn_phases[1]]:
             pacs.upload(part10(ds))
         config = _room_config(tmp, tmp / "room.json",
                               [{**pacs_peer, "port": pacs.dicom_port}])
         yield Clinic(svc, pacs, config, plan, planning_ct, cbct, refused_plan, nan_slice,
-                     two_ct_plan, [str(p[0].SeriesInstanceUID) for p in phases])
+                     two_ct_plan, [str(p[0].SeriesInstanceUID) for p in phases], drawn_plan,
+                     drawn_structures, [str(p[0].SeriesInstanceUID) for p in drawn_phases])
 
 
 def _igrtctl(config: Path, *argv: str) -> tuple[int, str, str]:
@@ -347,3 +359,19 @@ def test_a_pacs_answering_a_malformed_uid_is_refused_in_one_line(tmp_path: Path)
     assert len(err.splitlines()) == 1
     assert err.startswith("igrtctl dicom: the PACS answered an unusable study-level match: "
                           "StudyInstanceUID '1.2.03.x'")
+
+
+def test_the_plans_structure_set_comes_with_it_and_says_which_ct_to_retrieve(
+        clinic: Clinic) -> None:
+    code, _, err = _igrtctl(clinic.config, "retrieve", "--patient", STRUCTURES_PATIENT,
+                            "--plan", str(clinic.drawn_plan.SOPInstanceUID),
+                            "--with-planning-ct")
+    assert (code, err) == (0, "")
+    archive = DicomArchive(clinic.svc.storage, read_only=True)
+    try:
+        stored = {s.series_uid: s.modality for s in archive.series(STRUCTURES_PATIENT)}
+    finally:
+        archive.close()
+    assert stored.get(str(clinic.drawn_structures.SeriesInstanceUID)) == "RTSTRUCT"
+    drawn_on, other_phase = clinic.drawn_cts
+    assert stored.get(drawn_on) == "CT" and other_phase not in stored

@@ -134,3 +134,31 @@ def test_registration_without_a_planning_ct_needs_a_session_from_a_stored_plan(
     reply = alice.call("register", moving="/nonexistent/cbct")
     assert not reply["ok"]
     assert "no session opened from a stored plan" in reply["error"]
+
+
+def test_igrtd_tells_the_dicom_node_whose_session_is_open_and_when_it_closes(
+        plan: FileDataset, plan_daemon: DaemonProcess, tmp_path: Path) -> None:
+    from daemon.session_beacon import read_beacon
+
+    alice = Console(plan_daemon.socket_path, "alice")
+    alice.ok("open_session", patient_id=PATIENT, plan_uid=plan.SOPInstanceUID)
+    beacon = read_beacon(tmp_path / "dicom")
+    assert beacon is not None and (beacon.patient_id, beacon.plan_uid) == \
+        (PATIENT, plan.SOPInstanceUID)
+    alice.ok("close_session")
+    assert read_beacon(tmp_path / "dicom") is None
+
+
+def test_a_session_left_by_an_earlier_igrtd_is_not_told_to_the_dicom_node(
+        room: SimRoom, tmp_path: Path) -> None:
+    from daemon.session_beacon import BEACON_FILE
+
+    (tmp_path / "dicom").mkdir()
+    stale = tmp_path / "dicom" / BEACON_FILE
+    stale.write_text('{"patient_id": "P", "plan_uid": "1.2", "frame_of_reference_uid": "1.3"}')
+    cfg = room.room_config(tmp_path / "state", dicom={"storage_dir": str(tmp_path / "dicom")})
+    d = DaemonProcess(cfg, tmp_path / "state", tmp_path / "igrtd.log").start()
+    try:
+        assert not stale.exists()
+    finally:
+        d.stop()
