@@ -375,3 +375,45 @@ def test_the_plans_structure_set_comes_with_it_and_says_which_ct_to_retrieve(
     assert stored.get(str(clinic.drawn_structures.SeriesInstanceUID)) == "RTSTRUCT"
     drawn_on, other_phase = clinic.drawn_cts
     assert stored.get(drawn_on) == "CT" and other_phase not in stored
+
+
+def _findscu(clinic: Clinic, *keys: str) -> subprocess.CompletedProcess[str]:
+    import shutil
+
+    exe = shutil.which("findscu")
+    assert exe is not None, "findscu (Debian dcmtk) is not installed: run make setup"
+    args = [exe, "-v", "-P", "-aet", AE, "-aec", ORTHANC_AET, "127.0.0.1",
+            str(clinic.pacs.dicom_port)]
+    for key in keys:
+        args += ["-k", key]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_find_lists_the_series_a_third_party_client_finds(clinic: Clinic) -> None:
+    """dcmtk's findscu asks the same PACS the same question: the same series."""
+    import re
+
+    done = _findscu(clinic, "QueryRetrieveLevel=SERIES", f"PatientID={PATIENT}",
+                    f"StudyInstanceUID={clinic.planning_ct[0].StudyInstanceUID}",
+                    "SeriesInstanceUID", "Modality")
+    assert done.returncode == 0, done.stderr[-300:]
+    theirs = set(re.findall(r"\(0020,000e\) UI \[([0-9.]+)\]", done.stdout + done.stderr))
+    code, out, _ = _igrtctl(clinic.config, "find", "--patient", PATIENT, "--json")
+    assert code == 0
+    ours = {m["series_uid"] for m in json.loads(out)["matches"]
+            if m["study_uid"] == str(clinic.planning_ct[0].StudyInstanceUID)}
+    assert theirs == ours == {str(clinic.planning_ct[0].SeriesInstanceUID)}
+
+
+def test_igrt_is_not_a_query_scp_and_says_so_at_negotiation(clinic: Clinic) -> None:
+    """findscu pointed at igrt itself: the Query/Retrieve context is not accepted."""
+    import shutil
+
+    exe = shutil.which("findscu")
+    assert exe is not None
+    done = subprocess.run([exe, "-P", "-aet", ORTHANC_AET, "-aec", AE, "127.0.0.1",
+                           str(clinic.svc.port), "-k", "QueryRetrieveLevel=PATIENT",
+                           "-k", f"PatientID={PATIENT}"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0
+    assert "no acceptable presentation contexts" in (done.stdout + done.stderr).lower()
