@@ -1,7 +1,7 @@
 """igrtctl: the command-line client of igrtd.
 
 Offline tools (no daemon needed): plan, register, register2d, register4d,
-reg show, audit, dicom status. The room commands of the command registry (daemon/commands.py)
+reg show, audit, dicom status|find|retrieve. The room commands of the command registry (daemon/commands.py)
 over the local control socket, or with `--broker URL` over MQTT, with the same
 subcommands on both. On the local socket a user name counts only with a
 proof: `--key FILE` (or $IGRT_KEY, or $IGRT_KEY_DIR/<user>.key) signs each
@@ -30,7 +30,8 @@ from daemon.igrtctl.room_cli import VECTOR_OPTIONS, add_room_commands, command_a
 
 DEFAULT_SOCKET = Path("/var/lib/igrt/igrtd.sock")
 OFFLINE_HELP = """\
-offline tools:  plan, register, register2d, register4d, reg show, audit, dicom status
+offline tools:  plan, register, register2d, register4d, reg show, audit,
+                dicom status|find|retrieve (igrt's DICOM node and the clinic's PACS)
 over MQTT:      igrtctl --broker URL [--key FILE ...] <room command>  (same commands)
 console admin:  keygen, users
 simulated room: igrtctl sim OP [--arg KEY=VALUE ...] [--run-dir DIR | --sim-socket PATH]"""
