@@ -44,7 +44,7 @@ from daemon.dicom_archive import ArchiveError, DicomArchive, SeriesSummary
 from daemon.proposals import TreatmentSession
 from daemon.registration_worker import RegistrationFailed
 from daemon.room import Room
-from daemon.workflow import PROPOSABLE
+from daemon.workflow import PROPOSABLE, RoomState
 from imaging.dicom_safe import DicomFileError, read_dataset
 from imaging.dicom_series import SeriesRefused, acquisition_time
 
@@ -57,6 +57,13 @@ Judgement = Literal["wait", "ignore", "register"]
 
 # How far ahead of igrtd's clock an imaging system's acquisition time may be.
 CLOCK_SKEW_S = 60.0
+
+# Where igrtd proposes from a daily series by itself. Not once a person has
+# confirmed (CONFIRMED, AWAITING_APPROVAL): a proposal of igrtd's own would
+# supersede theirs under them. A series that arrives meanwhile waits; after the
+# move it is refused as acquired before the couch moved, and re-imaging follows.
+AUTO_PROPOSABLE = frozenset({RoomState.READY, RoomState.PROPOSED, RoomState.DONE})
+assert AUTO_PROPOSABLE <= PROPOSABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +148,7 @@ class DailySeriesWatch:
     def _usable(self, session: TreatmentSession) -> bool:
         return (self.room.session is session and session.source == "plan"
                 and session.planning_ct_dir is not None
-                and self.room.workflow.state in PROPOSABLE)
+                and self.room.workflow.state in AUTO_PROPOSABLE)
 
     async def scan_once(self) -> None:
         session = self.room.session

@@ -79,3 +79,12 @@ def test_an_image_without_an_acquisition_time_is_refused() -> None:
 
 def test_an_image_from_a_clock_far_ahead_is_refused() -> None:
     assert "in the future" in not_of_this_pose(OPENED + 600, OPENED, moving=False, moved_at=0.0)
+
+
+def test_igrtd_never_proposes_by_itself_over_a_persons_confirmation() -> None:
+    from daemon.daily_series import AUTO_PROPOSABLE
+    from daemon.workflow import RoomState
+
+    assert RoomState.CONFIRMED not in AUTO_PROPOSABLE
+    assert RoomState.AWAITING_APPROVAL not in AUTO_PROPOSABLE
+    assert {RoomState.READY, RoomState.PROPOSED, RoomState.DONE} <= AUTO_PROPOSABLE
