@@ -397,7 +397,8 @@ def test_find_lists_the_series_a_third_party_client_finds(clinic: Clinic) -> Non
                     f"StudyInstanceUID={clinic.planning_ct[0].StudyInstanceUID}",
                     "SeriesInstanceUID", "Modality")
     assert done.returncode == 0, done.stderr[-300:]
-    theirs = set(re.findall(r"\(0020,000e\) UI \[([0-9.]+)\]", done.stdout + done.stderr))
+    # a UID of odd length is shown with its NUL padding: "[1.2.3\x00]"
+    theirs = set(re.findall(r"\(0020,000e\) UI \[([0-9.]+)\x00?\]", done.stdout + done.stderr))
     code, out, _ = _igrtctl(clinic.config, "find", "--patient", PATIENT, "--json")
     assert code == 0
     ours = {m["series_uid"] for m in json.loads(out)["matches"]
