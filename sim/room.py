@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -143,6 +144,17 @@ def raise_priority(pid: int, nice: int = IGRTD_NICE) -> bool:
     return True
 
 
+def _accepts(path: Path) -> bool:
+    """Whether the socket at `path` takes connections: its file appears at bind(),
+    a moment before listen(), and a client in between is refused."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 class DaemonProcess:
     """igrtd as a child process, the way systemd would run it (at its Nice=)."""
 
@@ -176,7 +188,7 @@ class DaemonProcess:
                 lines = self.log_path.read_text(errors="replace").strip().splitlines() or [""]
                 raise RuntimeError(f"igrtd exited with {self.proc.returncode} ({lines[-1][-300:]}); "
                                    f"see {self.log_path}")
-            if self.socket_path.exists():
+            if self.socket_path.exists() and _accepts(self.socket_path):
                 return self
             time.sleep(0.05)
         raise TimeoutError(f"igrtd did not open {self.socket_path} within {timeout:.0f} s")
