@@ -119,7 +119,7 @@ class DicomArchive:
                 if not index.is_file():
                     raise ArchiveError(f"no DICOM archive in {self.directory} (nothing stored "
                                        "yet, or another directory)")
-                self._db = sqlite3.connect(f"{index.as_uri()}?mode=ro", uri=True,
+                self._db = sqlite3.connect(f"{index.absolute().as_uri()}?mode=ro", uri=True,
                                            isolation_level=None, check_same_thread=False,
                                            timeout=10.0)
                 self._db.execute("SELECT COUNT(*) FROM instances").fetchone()

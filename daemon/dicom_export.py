@@ -146,7 +146,7 @@ class ExportQueue:
         self._lock = threading.Lock()
         try:
             if read_only:
-                self._db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True,
+                self._db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
                                            isolation_level=None, check_same_thread=False,
                                            timeout=10.0)
                 self._db.execute("SELECT COUNT(*) FROM exports").fetchone()

@@ -74,3 +74,10 @@ def test_a_write_a_crash_interrupted_is_removed_at_the_next_open(tmp_path: Path)
     leftover.write_bytes(b"half")
     DicomArchive(tmp_path)
     assert not leftover.exists()
+
+
+def test_a_reader_opens_an_archive_named_by_a_relative_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _keep(DicomArchive(tmp_path / "dicom"), ct_slice())
+    monkeypatch.chdir(tmp_path)
+    assert len(DicomArchive(Path("dicom"), read_only=True).series()) == 1
