@@ -5,7 +5,6 @@ one that is not the session's, or not one volume, is audited and never used."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from dicom.builders import PATIENT, ct_series, part10, rt_plan
 from pydicom.dataset import FileDataset
 from pydicom.uid import generate_uid
+from support.waiting import until
 
 from daemon.audit import read_records
 from daemon.dicom_archive import DicomArchive
@@ -54,16 +54,6 @@ def _daemon(room: SimRoom, tmp_path: Path) -> DaemonProcess:
 def _daily_records(tmp_path: Path, outcome: str) -> list[dict[str, Any]]:
     return [r.details for r in read_records(tmp_path / "state" / "audit")
             if r.event == "daily_series" and r.details.get("outcome") == outcome]
-
-
-def _wait_for(what: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = what()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 @pytest.fixture
@@ -115,8 +105,8 @@ class PhantomFraction:
         return str(daily.series_uid)
 
     def proposal(self) -> dict[str, Any]:
-        status = _wait_for(lambda: (s := self.alice.ok("status"))["state"] == "PROPOSED" and s,
-                           60)
+        status = until(lambda: (s := self.alice.ok("status"))["state"] == "PROPOSED" and s,
+                       60, "a proposal")
         return dict(status["proposal"])
 
 
@@ -153,7 +143,7 @@ def test_a_daily_series_acquired_before_the_couch_last_moved_is_refused(
     assert fraction.alice.wait_state("DONE", "FAULT", "STOPPED")["state"] == "DONE"
     holder.stop()
     fraction.send_cbct("late", acquired_at=before_move)
-    [refused] = _wait_for(lambda: _daily_records(tmp_path, "refused"))
+    [refused] = until(lambda: _daily_records(tmp_path, "refused"), 30, "a daily series refused", 0.1)
     assert "the couch moved" in refused["reason"] and "re-image" in refused["reason"]
     assert fraction.alice.ok("status")["state"] == "DONE"
 
@@ -162,7 +152,7 @@ def test_a_daily_series_with_a_missing_slice_is_refused_and_not_proposed(
         small_plan_daemon: Console, tmp_path: Path) -> None:
     daily = ct_series(frame=generate_uid())
     _store(tmp_path / "dicom", *daily[:2], *daily[3:])
-    [refused] = _wait_for(lambda: _daily_records(tmp_path, "refused"))
+    [refused] = until(lambda: _daily_records(tmp_path, "refused"), 30, "a daily series refused", 0.1)
     assert refused["series_uid"] == daily[0].SeriesInstanceUID
     assert "1 slice(s) missing" in refused["reason"]
     assert small_plan_daemon.ok("status")["state"] == "READY"
@@ -171,7 +161,7 @@ def test_a_daily_series_with_a_missing_slice_is_refused_and_not_proposed(
 def test_another_patients_series_is_ignored_and_audited(
         small_plan_daemon: Console, tmp_path: Path) -> None:
     _store(tmp_path / "dicom", *ct_series(frame=generate_uid(), patient="PAT-OTHER"))
-    [ignored] = _wait_for(lambda: _daily_records(tmp_path, "ignored"))
+    [ignored] = until(lambda: _daily_records(tmp_path, "ignored"), 30, "a daily series ignored", 0.1)
     assert "patient 'PAT-OTHER'; the open session is for 'PAT-001'" in ignored["reason"]
     assert small_plan_daemon.ok("status")["state"] == "READY"
 
@@ -179,14 +169,14 @@ def test_another_patients_series_is_ignored_and_audited(
 def test_a_series_in_the_plans_own_frame_is_not_taken_as_a_daily_image(
         small_plan_daemon: Console, tmp_path: Path) -> None:
     _store(tmp_path / "dicom", *ct_series(frame=FRAME))
-    [ignored] = _wait_for(lambda: _daily_records(tmp_path, "ignored"))
+    [ignored] = until(lambda: _daily_records(tmp_path, "ignored"), 30, "a daily series ignored", 0.1)
     assert "a planning image, not a daily one" in ignored["reason"]
 
 
 def test_a_daily_series_without_an_acquisition_time_is_refused(
         small_plan_daemon: Console, tmp_path: Path) -> None:
     _store(tmp_path / "dicom", *ct_series(frame=generate_uid()))
-    [refused] = _wait_for(lambda: _daily_records(tmp_path, "refused"))
+    [refused] = until(lambda: _daily_records(tmp_path, "refused"), 30, "a daily series refused", 0.1)
     assert "no acquisition date and time" in refused["reason"]
     assert small_plan_daemon.ok("status")["state"] == "READY"
 
@@ -199,7 +189,7 @@ def test_dicom_status_shows_what_igrtd_made_of_a_daily_series(
 
     daily = ct_series(frame=generate_uid(), patient="PAT-OTHER")
     _store(tmp_path / "dicom", *daily)
-    _wait_for(lambda: _daily_records(tmp_path, "ignored"))
+    until(lambda: _daily_records(tmp_path, "ignored"), 30, "a daily series ignored", 0.1)
     out = io.StringIO()
     assert run_dicom(["status", "--dir", str(tmp_path / "dicom"), "--igrtd-audit",
                       str(tmp_path / "state" / "audit")], out=out) == 0

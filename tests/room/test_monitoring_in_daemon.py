@@ -12,12 +12,13 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from support.waiting import until
 
 from daemon.audit import read_records
 from daemon.config import MonitoringConfig
@@ -78,16 +79,6 @@ def alice(daemon: DaemonProcess) -> Iterator[Console]:
     c.c.close()
 
 
-def _until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not reached within {timeout} s")
-
-
 def _coil(room: SimRoom) -> bool:
     return bool(room.call(lambda: room.plc.coil("beam_hold")))
 
@@ -103,17 +94,17 @@ def _audit(state: Path, event: str) -> list[Any]:
 def _ready(alice: Console) -> None:
     """Session open, PLC link up, imaging system connected."""
     alice.open_session()
-    _until(lambda: alice.ok("interlocks")["link_ok"], what="PLC link up")
-    _until(lambda: alice.ok("monitor_status")["imager"]["connected"], what="imager connected")
+    until(lambda: alice.ok("interlocks")["link_ok"], what="PLC link up")
+    until(lambda: alice.ok("monitor_status")["imager"]["connected"], what="imager connected")
 
 
 def _start_monitoring(alice: Console, room: SimRoom, kv: SimKvImager) -> dict[str, Any]:
     _ready(alice)
     result = alice.ok("monitor_start", markers_mm=[list(m) for m in MARKERS_MM],
                       target_mm=list(TARGET_MM))
-    _until(lambda: room.call(lambda: kv.acquiring), what="acquisition started")
+    until(lambda: room.call(lambda: kv.acquiring), what="acquisition started")
     # A few in-tolerance frames: the monitor has a valid estimate before anything else.
-    _until(lambda: (alice.ok("monitor_status")["run"]["last_frame"] or {}).get("hold") is False,
+    until(lambda: (alice.ok("monitor_status")["run"]["last_frame"] or {}).get("hold") is False,
            what="first in-tolerance estimate")
     return result
 
@@ -126,7 +117,7 @@ def test_drift_beyond_tolerance_holds_the_beam_through_the_plc_and_audits_it(
     assert alice.ok("status")["state"] == "MONITORING"
     assert not _coil(room)
     _set_scene(room, imager, OUT_MM)
-    _until(lambda: _coil(room), what="beam-hold coil set")
+    until(lambda: _coil(room), what="beam-hold coil set")
     holds = _audit(state, "beam_hold")
     assert holds and holds[-1].details["cause"] == "deviation"
     assert holds[-1].details["deviation_norm_mm"] > 3.0
@@ -137,9 +128,9 @@ def test_target_back_within_tolerance_releases_the_beam(
         state: Path) -> None:
     _start_monitoring(alice, room, imager)
     _set_scene(room, imager, OUT_MM)
-    _until(lambda: _coil(room), what="beam-hold coil set")
+    until(lambda: _coil(room), what="beam-hold coil set")
     _set_scene(room, imager, (0.0, 0.0, 0.0))
-    _until(lambda: not _coil(room), what="beam-hold coil released")
+    until(lambda: not _coil(room), what="beam-hold coil released")
     assert [r.details["cause"] for r in _audit(state, "beam_release")] == ["in_tolerance"]
     status = alice.ok("monitor_status")["run"]
     assert (status["holds"], status["releases"]) == (1, 1)
@@ -151,7 +142,7 @@ def test_losing_the_imager_link_holds_the_beam_at_once(
     _start_monitoring(alice, room, imager)
     room.run(imager.close())
     t_lost = time.monotonic()
-    _until(lambda: _coil(room), what="beam-hold coil set")
+    until(lambda: _coil(room), what="beam-hold coil set")
     # Well before the 0.5 s stale-image rule would have held it.
     assert time.monotonic() - t_lost < 0.45
     assert _audit(state, "beam_hold")[-1].details["cause"] == "imager_link_lost"
@@ -162,13 +153,13 @@ def test_a_reconnected_imager_releases_only_after_an_in_tolerance_run(
         room: SimRoom, daemon: DaemonProcess, imager: SimKvImager, alice: Console) -> None:
     _start_monitoring(alice, room, imager)
     room.run(imager.close())
-    _until(lambda: _coil(room), what="beam-hold coil set")
+    until(lambda: _coil(room), what="beam-hold coil set")
     _set_scene(room, imager, OUT_MM)
     room.run(imager.connect())
     time.sleep(0.8)
     assert _coil(room), "released although the target is out of tolerance"
     _set_scene(room, imager, (0.0, 0.0, 0.0))
-    _until(lambda: not _coil(room), what="beam-hold coil released")
+    until(lambda: not _coil(room), what="beam-hold coil released")
     assert alice.ok("monitor_status")["run"]["segments"] == 2
 
 
@@ -177,7 +168,7 @@ def test_bad_frame_bytes_during_monitoring_drop_the_link_and_hold_the_beam(
         state: Path) -> None:
     _start_monitoring(alice, room, imager)
     room.run(imager.send_raw(PREFIX.pack(b"IGKV", 10, 0) + b"not json!!"))
-    _until(lambda: _coil(room), what="beam-hold coil set")
+    until(lambda: _coil(room), what="beam-hold coil set")
     rejected = _audit(state, "imager_frame_rejected")
     assert len(rejected) == 1 and "\n" not in rejected[0].details["error"]
     assert "not UTF-8 JSON" in rejected[0].details["error"]
@@ -195,7 +186,7 @@ def test_bad_frame_bytes_are_dropped_with_a_one_line_error_and_change_nothing(
     alice.open_session()
     before = alice.ok("status")
     room.run(imager.send_raw(garbage))
-    _until(lambda: alice.ok("monitor_status")["imager"]["frames_rejected"] == 1,
+    until(lambda: alice.ok("monitor_status")["imager"]["frames_rejected"] == 1,
            what="frame rejected")
     after = alice.ok("status")
     assert (after["state"], after["session"]) == (before["state"], before["session"])
@@ -207,20 +198,20 @@ def test_bad_frame_bytes_are_dropped_with_a_one_line_error_and_change_nothing(
     # The imaging system may connect again and be used.
     room.run(imager.close())
     room.run(imager.connect())
-    _until(lambda: alice.ok("monitor_status")["imager"]["connected"], what="reconnected")
+    until(lambda: alice.ok("monitor_status")["imager"]["connected"], what="reconnected")
 
 
 def test_frames_from_another_geometry_give_no_estimate_and_hold_the_beam(
         room: SimRoom, daemon: DaemonProcess, imager: SimKvImager, alice: Console) -> None:
     _start_monitoring(alice, room, imager)
     room.call(lambda: setattr(imager, "geometries", (COMPACT_PAIR[0], COMPACT_PAIR[0])))
-    _until(lambda: _coil(room), what="beam-hold coil set")
+    until(lambda: _coil(room), what="beam-hold coil set")
 
     def named() -> dict[str, Any] | None:
         last = alice.ok("monitor_status")["run"]["last_frame"]
         return last if "angle" in last["reason"] else None
 
-    last = _until(named, what="geometry named")
+    last = until(named, what="geometry named")
     assert last["deviation_mm"] is None
     assert "view 1: angle 0 deg differs from the commissioned 90 deg" in last["reason"]
 
@@ -237,7 +228,7 @@ def test_no_couch_motion_command_reaches_the_couch_during_monitoring(
     assert not confirm["ok"] and not hold["ok"]
     assert "beam is on" in hold["error"]
     _set_scene(room, imager, OUT_MM)  # a hold for deviation suggests nothing to the couch
-    _until(lambda: _coil(room), what="beam-hold coil set")
+    until(lambda: _coil(room), what="beam-hold coil set")
     assert alice.ok("status")["state"] == "MONITORING"
     assert [executed(room, k) for k in ("TARGET", "GO", "JOG")] == [[], [], []]
 
@@ -262,7 +253,7 @@ def test_couch_tracking_cannot_be_enabled_in_the_configuration() -> None:
 def test_monitoring_needs_a_connected_imaging_system(
         room: SimRoom, daemon: DaemonProcess, alice: Console) -> None:
     alice.open_session()
-    _until(lambda: alice.ok("interlocks")["link_ok"], what="PLC link up")
+    until(lambda: alice.ok("interlocks")["link_ok"], what="PLC link up")
     reply = alice.call("monitor_start", markers_mm=[list(MARKERS_MM[0])])
     assert not reply["ok"] and "no kV imaging system is connected" in reply["error"]
     assert alice.ok("status")["state"] == "READY"
@@ -281,7 +272,7 @@ def test_monitor_stop_leaves_a_hold_asserted_unless_the_therapist_releases_it(
         state: Path) -> None:
     _start_monitoring(alice, room, imager)
     _set_scene(room, imager, OUT_MM)
-    _until(lambda: _coil(room), what="beam-hold coil set")
+    until(lambda: _coil(room), what="beam-hold coil set")
     result = alice.ok("monitor_stop")
     assert result["beam_held"] is True and _coil(room)
     assert alice.ok("status")["state"] == "READY"
@@ -309,7 +300,7 @@ def test_losing_the_plc_link_during_monitoring_is_a_fault_and_the_hold_follows(
     room.call(lambda: room.plc.drop_connections())
     alice.wait_state("FAULT", timeout=5)
     # The PLC link comes back by itself; the hold is written as soon as it does.
-    _until(lambda: _coil(room), what="beam-hold coil set after the PLC link returned")
+    until(lambda: _coil(room), what="beam-hold coil set after the PLC link returned")
     assert not alice.ok("monitor_status")["active"]
 
 
