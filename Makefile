@@ -1,5 +1,6 @@
 # igrt developer entry points. `make setup` is idempotent: it (re)creates .venv
-# only when pyproject.toml (or the C ray caster) changed since the last install.
+# only when pyproject.toml (or the C ray caster) changed since the last install,
+# and re-runs npm only when the browser console's package-lock.json changed.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,19 @@ MODE ?= dicom
 
 .PHONY: setup system-packages demo test campaign bench bench-long lint clean fuzz
 
-setup: $(STAMP) system-packages
+# The browser console's JavaScript dependency (the MQTT client, served by
+# igrt-console from node_modules; no CDN): npm ci writes node_modules/.package-lock.json,
+# so it runs again only when package-lock.json is newer. --ignore-scripts: no
+# package's install script runs on this machine.
+CONSOLE_WEB := daemon/console_web
+NODE_STAMP := $(CONSOLE_WEB)/node_modules/.package-lock.json
+
+setup: $(STAMP) system-packages $(NODE_STAMP)
+
+# npm comes from system-packages (order-only: a phony target must not make it stale).
+$(NODE_STAMP): $(CONSOLE_WEB)/package-lock.json $(CONSOLE_WEB)/package.json | system-packages
+	cd $(CONSOLE_WEB) && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
 
 # Mosquitto (the broker the console API and its tests use) comes from Debian;
 # installed only when missing, so repeated runs change nothing.
@@ -31,6 +44,16 @@ system-packages:
 	  { echo "installing dicom3tools and plastimatch"; apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools plastimatch || \
 	    echo "warning: dicom3tools/plastimatch not installed; their checks will be skipped"; }
+	@# npm: installs the browser console's MQTT client (daemon/console_web/package-lock.json).
+	@command -v npm >/dev/null 2>&1 || \
+	  { echo "installing nodejs and npm"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	@# Chromium and its driver: the browser tests (tests/browser/) drive Debian's
+	@# /usr/bin/chromium through Playwright; `playwright install` (a browser download)
+	@# is never run.
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || \
+	  { echo "installing chromium"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 # imaging/_raycast.c is compiled by the install (setup.py): a change to it re-installs.
 $(STAMP): pyproject.toml setup.py imaging/_raycast.c

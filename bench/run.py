@@ -38,6 +38,7 @@ BENCHES = [
     "bench.monitor_bench",
     "bench.dicom_export_bench",
     "bench.dicom_intake_bench",
+    "bench.console_browser_bench",
 ]
 
 

@@ -99,6 +99,10 @@ class RoomConfig(StrictModel):
     dicom: DicomConfig | None = Field(
         default=None, description="DICOM node (igrt-dicomd, docs/dicom.md); absent: none")
     users: list[UserConfig] = Field(min_length=1)
+    users_file: Path | None = Field(
+        default=None, strict=False,
+        description="user registry file (`igrtctl users add/remove`): its users are added to "
+        "`users` and re-read when it changes (docs/console-api.md 'User registry')")
 
     @field_validator("users")
     @classmethod
@@ -235,6 +239,13 @@ def _file_problems(config: RoomConfig) -> list[str]:
     """Files igrtd reads at start (daemon.console_link.open_console): unreadable ones
     are refused here, in one line, rather than by a traceback when the console opens."""
     problems: list[str] = []
+    if config.users_file is not None:
+        from daemon.console.users import RegistryError, read_users_file
+
+        try:
+            read_users_file(config.users_file, (u.name for u in config.users))
+        except RegistryError as exc:
+            problems.append(f"users_file: {exc}")
     m = config.mqtt
     if m is None:
         return problems

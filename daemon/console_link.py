@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Protocol
 
@@ -20,8 +21,9 @@ from daemon.commands import CommandListeners
 from daemon.config import RoomConfig
 from daemon.console.server import MqttConsole
 from daemon.console.tokens import CommandVerifier, ReplayCache
-from daemon.console.users import UserRegistry
+from daemon.console.users import RoomUserRegistry, room_registry
 from daemon.jsontypes import JsonMapping, JsonObject, JsonValue, as_object, as_str
+from imaging.review_messages import ReviewMessages
 
 log = logging.getLogger("igrt.console")
 
@@ -36,6 +38,24 @@ class ConsoleService(RoomCommands, Protocol):
     def hold_publications(self) -> Callable[[], None]: ...
     def add_state_listener(self, cb: Callable[[JsonObject], None]) -> None: ...
     def add_event_listener(self, cb: Callable[[JsonMapping], None]) -> None: ...
+    def add_review_listener(self, cb: Callable[[ReviewMessages], None]) -> None: ...
+
+
+# At rest, a telemetry message at least this often (seconds): consoles call a room
+# stale after 3 s without one (docs/console.md).
+IDLE_TELEMETRY_S = 1.0
+
+
+def _telemetry(snap: JsonObject) -> JsonObject:
+    prop = as_object(snap.get("proposal") or {}, "proposal")
+    couch = as_object(snap.get("couch") or {}, "couch")
+    return {
+        "couch": couch.get("pose"),
+        "interlocks": snap.get("interlocks"),
+        "motion": {"state": snap.get("state"), "couch_state": couch.get("state"),
+                   "moving": couch.get("moving"), "link_ok": couch.get("link_ok"),
+                   "target": prop.get("target")},
+    }
 
 
 class _Publisher:
@@ -45,8 +65,10 @@ class _Publisher:
         self.console = console
         self._last_key: tuple[JsonValue, ...] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
+        self._last_sent = time.monotonic()
 
     def _spawn(self, coro: Coroutine[object, object, object]) -> None:
+        self._last_sent = time.monotonic()
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
@@ -65,14 +87,18 @@ class _Publisher:
             self._last_key = key
             self._spawn(self.console.publish_state(snap))
         else:
-            couch = as_object(snap.get("couch") or {}, "couch")
-            self._spawn(self.console.publish_telemetry({
-                "couch": couch.get("pose"),
-                "interlocks": snap.get("interlocks"),
-                "motion": {"state": snap.get("state"), "couch_state": couch.get("state"),
-                           "moving": couch.get("moving"), "link_ok": couch.get("link_ok"),
-                           "target": prop.get("target")},
-            }))
+            self._spawn(self.console.publish_telemetry(_telemetry(snap)))
+
+    async def idle_telemetry(self, snapshot: Callable[[], JsonObject],
+                             period_s: float = IDLE_TELEMETRY_S) -> None:
+        """Telemetry at least every `period_s` while nothing else goes out: at rest igrtd
+        publishes nothing otherwise, and a console could not tell a quiet room from a
+        hung igrtd or a stalled broker path (its "stale since" banner). One snapshot and
+        one small QoS 0 message a second: well inside the idle CPU budget."""
+        while True:
+            await asyncio.sleep(period_s)
+            if time.monotonic() - self._last_sent >= period_s and self.console.connected:
+                self._spawn(self.console.publish_telemetry(_telemetry(snapshot())))
 
     def on_event(self, ev: JsonMapping) -> None:
         details = {k: v for k, v in ev.items() if k not in ("event", "actor")}
@@ -81,15 +107,23 @@ class _Publisher:
             as_str(ev["event"], "event"), None if actor is None else as_str(actor, "actor"),
             details))
 
+    def on_review(self, review: ReviewMessages) -> None:
+        # Encoded by the registration worker: only bytes are sent from igrtd's loop.
+        self._spawn(self.console.publish_review(review))
+
 
 @contextlib.asynccontextmanager
 async def open_console(config: RoomConfig, service: ConsoleService, store: ReplayCache,
-                       listeners: CommandListeners | None = None) -> AsyncIterator[MqttConsole]:
+                       listeners: CommandListeners | None = None,
+                       users: RoomUserRegistry | None = None) -> AsyncIterator[MqttConsole]:
+    """`users`: the registry the local socket uses too (igrtd passes one for both)."""
     m = config.mqtt
     assert m is not None
     password = m.password_file.read_text().strip() if m.password_file else None
     tls = ssl.create_default_context(cafile=str(m.tls_ca)) if m.tls_ca else None
-    verifier = CommandVerifier(UserRegistry.from_config_users(config.users), config.room, store)
+    if users is None:
+        users = room_registry(config.users, config.users_file, service)
+    verifier = CommandVerifier(users, config.room, store)
     console = MqttConsole(
         service, verifier, broker_host=m.host, broker_port=m.port, room=config.room,
         username=m.username, password=password, tls=tls,
@@ -102,4 +136,12 @@ async def open_console(config: RoomConfig, service: ConsoleService, store: Repla
     pub = _Publisher(console)
     service.add_state_listener(pub.on_state)
     service.add_event_listener(pub.on_event)
-    yield console
+    service.add_review_listener(pub.on_review)
+    idle = asyncio.get_running_loop().create_task(pub.idle_telemetry(service.snapshot),
+                                                  name="console idle telemetry")
+    try:
+        yield console
+    finally:
+        idle.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await idle

@@ -58,7 +58,7 @@ from daemon.console.tokens import (
     ReplayCache,
     sign_command,
 )
-from daemon.console.users import RegistryError, UserRegistry
+from daemon.console.users import RoomUserRegistry, room_registry
 from daemon.errors import ErrorCode
 from daemon.jsontypes import JsonMapping, JsonObject, JsonValue, as_object
 from safety import strict_json
@@ -135,7 +135,8 @@ class LocalFrontEnd:
 
     def __init__(self, service: LocalService, config: RoomConfig,
                  replay_cache: ReplayCache | None = None,
-                 listeners: commands.CommandListeners | None = None) -> None:
+                 listeners: commands.CommandListeners | None = None,
+                 users: RoomUserRegistry | None = None) -> None:
         self._service = service
         self._config = config
         self._listeners = listeners
@@ -149,15 +150,13 @@ class LocalFrontEnd:
             # Only a stand-in service (tests, fuzzing) has no durable store; RoomService has.
             log.warning("no durable replay cache: signed local requests are remembered in memory")
             cache = MemoryReplayCache()
-        try:
-            registry = UserRegistry.from_config_users(config.users)
-        except RegistryError as exc:
-            # --check-config refuses this first; should one slip through, igrtd stays up
-            # (stop must work) and accepts no signature rather than exiting in a loop.
-            log.error("no signed local requests: %s", exc)
-            registry = UserRegistry([])
+        # The config's users and the users file's (re-read when it changes); igrtd
+        # passes the registry the MQTT front end uses too. A bad config key slipping
+        # past --check-config leaves igrtd up (stop must work), without that key.
+        self.users = users if users is not None else room_registry(
+            config.users, config.users_file, service)
         # The MQTT front end's verifier, keys and replay cache: one rule for a signature.
-        self.verifier = CommandVerifier(registry, config.room, cache)
+        self.verifier = CommandVerifier(self.users, config.room, cache)
 
     def peer(self, sock: socket.socket | TransportSocket | None) -> Peer:
         """`sock`: what the stream gives as its "socket" extra info (asyncio's wrapper)."""
@@ -205,7 +204,8 @@ class LocalFrontEnd:
         if not isinstance(cmd, str) or not isinstance(user, str) or not isinstance(args, dict):
             return _refusal("request needs string cmd and user, object args", ErrorCode.BAD_REQUEST)
         via = f"local:{peer.label}"
-        role = self._config.role_of(user)
+        # A user of the users file is known here too (a claim for read or stop commands).
+        role = self._config.role_of(user) or self.users.role_of(user)
         if role is None:
             self._audit("reject", user, command=cmd, reason="unknown user", via=via)
             return _refusal(f"unknown user {user!r}", ErrorCode.FORBIDDEN)
@@ -268,9 +268,10 @@ class LocalFrontEnd:
 class ControlServer:
     def __init__(self, service: LocalService, config: RoomConfig,
                  replay_cache: ReplayCache | None = None,
-                 listeners: commands.CommandListeners | None = None) -> None:
+                 listeners: commands.CommandListeners | None = None,
+                 users: RoomUserRegistry | None = None) -> None:
         self._config = config
-        self.front = LocalFrontEnd(service, config, replay_cache, listeners)
+        self.front = LocalFrontEnd(service, config, replay_cache, listeners, users)
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:

@@ -34,6 +34,7 @@ from daemon.registration_worker import RegistrationFailed, RegistrationWorker
 from daemon.room import Room, pose_json
 from daemon.session_setup import SessionRefused, session_setup
 from daemon.workflow import LATCHED, PROPOSABLE, RoomState
+from imaging.review_messages import ReviewMessages, ReviewRequest
 from safety.correction import plan_correction
 from safety.geometry import parse_patient_position
 from safety.policy import Verdict
@@ -41,6 +42,11 @@ from safety.pose import AXES, Pose
 from safety.travel import couch_moved_reasons
 
 S = RoomState
+
+
+def planning_ct_label(session: TreatmentSession) -> str:
+    """How the review images name the plan's CT (its archive path means nothing to a person)."""
+    return f"planning CT {session.planning_ct_series_uid or session.planning_ct_dir}"
 
 
 class CorrectionWorkflow:
@@ -108,6 +114,7 @@ class CorrectionWorkflow:
         """Rigid registration in the worker process: motion supervision keeps running
         and keeps the interpreter to itself (daemon/registration_worker.py)."""
         fixed, iso, half = req.fixed, req.iso, None
+        fixed_label, review_iso = req.fixed, req.iso
         if fixed is None:
             # The plan's CT, about the plan's target region or isocentre unless told.
             s = self.room.session
@@ -115,20 +122,41 @@ class CorrectionWorkflow:
                 raise self.room.refuse(actor, "register", "no planning CT given, and no session "
                                        "opened from a stored plan to take it from")
             fixed = s.planning_ct_dir
+            fixed_label = planning_ct_label(s)
+            # The review planes cross at the plan's isocentre, which is in this CT's frame.
+            review_iso = review_iso or s.iso
             if iso is None:
                 iso, half = s.registration_centre()
+        review = self.review_request(fixed_label or fixed, req.moving, review_iso)
         try:
-            result = await self.registrations.register_rigid(fixed, req.moving, iso,
-                                                             roi_half_mm=half)
+            done = await self.registrations.register(fixed, req.moving, iso, roi_half_mm=half,
+                                                     review=review)
         except (ValueError, RegistrationFailed) as exc:
             raise self.room.refuse(actor, "register", str(exc)) from None
-        out: Reply = result.to_json_dict()
+        out: Reply = done.result.to_json_dict()
         self.room.audit("registration", actor.user, fixed=fixed, moving=req.moving,
                         converged=out.get("converged"), metric=out.get("metric"),
                         translation_mm=out.get("translation_mm"),
                         rotation_deg=out.get("rotation_deg"),
-                        seconds=out.get("seconds"), via=actor.via)
+                        seconds=out.get("seconds"), via=actor.via,
+                        **self.reviewed(done.review))
         return out
+
+    def review_request(self, fixed_label: str, moving_label: str,
+                       iso: tuple[float, float, float] | None) -> ReviewRequest | None:
+        """What the worker needs to make the consoles' review images of a registration;
+        None when nobody would publish them (no broker configured)."""
+        if not self.room.review_listeners:
+            return None
+        return ReviewRequest(room=self.room.config.room, registration_id=new_id("reg"),
+                             fixed_label=fixed_label, moving_label=moving_label, iso_mm=iso)
+
+    def reviewed(self, review: ReviewMessages | None) -> dict[str, object]:
+        """Hand the review images to the consoles; the audit details that name them."""
+        if review is None:
+            return {}
+        self.room.publish_review(review)
+        return {"registration_id": review.registration_id}
 
     def _binding_refusals(self, req: ProposeRequest) -> list[str]:
         s = self.room.session

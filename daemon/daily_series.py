@@ -39,7 +39,7 @@ from typing import Literal
 from pydicom.dataset import Dataset
 
 from daemon.api import Actor, Binding, CommandError, ImagingRequest, ProposeRequest, Role
-from daemon.correction_workflow import CorrectionWorkflow
+from daemon.correction_workflow import CorrectionWorkflow, planning_ct_label
 from daemon.dicom_archive import ArchiveError, DicomArchive, SeriesSummary
 from daemon.proposals import TreatmentSession
 from daemon.registration_worker import RegistrationFailed
@@ -212,18 +212,22 @@ class DailySeriesWatch:
         assert session.planning_ct_dir is not None
         self._note(series, "complete", moving=moving)
         centre, half = session.registration_centre()
+        # Review planes through the plan's isocentre, as for a registration asked for.
+        review = self.corrections.review_request(planning_ct_label(session),
+                                                 f"daily CT {series.series_uid}", session.iso)
         try:
-            result = await self.corrections.registrations.register_rigid(
-                session.planning_ct_dir, moving, centre, roi_half_mm=half)
+            done = await self.corrections.registrations.register(
+                session.planning_ct_dir, moving, centre, roi_half_mm=half, review=review)
         except (ValueError, RegistrationFailed) as exc:
             self._note(series, "refused", f"registration failed: {exc}")
             return
+        result = done.result
         out = result.to_json_dict()
         self.room.audit("registration", IGRTD.user, fixed=session.planning_ct_dir,
                         moving=moving, converged=out.get("converged"), metric=out.get("metric"),
                         translation_mm=out.get("translation_mm"),
                         rotation_deg=out.get("rotation_deg"), seconds=out.get("seconds"),
-                        via=IGRTD.via)
+                        via=IGRTD.via, **self.corrections.reviewed(done.review))
         if not result.converged:
             self._note(series, "refused", f"registration did not converge: {result.reason}")
             return

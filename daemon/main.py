@@ -37,6 +37,7 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
     from daemon import diagnostics, sdnotify
     from daemon.audit import AuditLog
     from daemon.commands import CommandListeners
+    from daemon.console.users import room_registry
     from daemon.control import ControlServer
     from daemon.group_commit import GroupCommit
     from daemon.recording import attach_recorder, attach_room
@@ -81,7 +82,10 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
                 await imager.start()
                 stack.push_async_callback(imager.close)
             diagnostics.install(service)
-            control = ControlServer(service, config, listeners=listeners)
+            # One user registry for both front ends: an enrolment or a revocation in
+            # the users file reaches the local socket and MQTT at the same moment.
+            users = room_registry(config.users, config.users_file, service)
+            control = ControlServer(service, config, listeners=listeners, users=users)
             await control.start()
             stack.push_async_callback(control.close)
             console = None
@@ -89,7 +93,7 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
                 from daemon.console_link import open_console
 
                 console = await stack.enter_async_context(open_console(config, service, store,
-                                                                         listeners))
+                                                                         listeners, users))
             # What is alive now (modules, configuration, models, the drivers) lives as
             # long as igrtd: out of the collector's way, a full collection during a
             # move scans only what igrtd made since, and pauses the loop (and the

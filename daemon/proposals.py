@@ -201,6 +201,9 @@ class Proposal:
             "patient_position": self.patient_position,
             "couch_at_imaging": dict(self.couch_at_imaging.as_dict()),  # JSON for mypy
             "source": self.source,
+            # The registration it came from: a console shows the review images whose
+            # matrix this is (docs/console-api.md, "Review images").
+            "matrix": [list(row) for row in self.matrix],
             **self.plan.to_json_dict(),
             "confirmation": None if c is None else {
                 "id": c.id, "user": c.user, "at": c.at, "approver": c.approver,
@@ -210,4 +213,4 @@ class Proposal:
 
     def record(self) -> JsonObject:
         """What the persistent store keeps (enough to explain it after a restart)."""
-        return {**self.view(), "matrix": [list(row) for row in self.matrix]}  # JSON for mypy
+        return self.view()  # the matrix included

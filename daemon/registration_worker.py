@@ -12,8 +12,16 @@ One worker, started on the first registration and kept warm (importing
 SimpleITK and numpy takes about a second); a second registration asked for
 while one runs waits its turn. It dies with igrtd (PR_SET_PDEATHSIG), and a
 worker that dies (killed, out of memory) is replaced on the next call; the
-call it was running is refused with a one-line reason. Only file paths go to
-the worker and only the result comes back.
+call it was running is refused with a one-line reason. Only file paths (and
+the labels of a review) go to the worker and only the result (and the review's
+encoded messages) comes back.
+
+Asked for (`register(..., review=ReviewRequest(...))`), the worker also makes
+the browser console's review images of a converged registration while it has
+both images loaded, and encodes them as the MQTT messages igrtd publishes
+(imaging/review_slices.py): igrtd's loop only passes the bytes on. The review
+is an addition: if it cannot be made, the registration stands and the reason
+is logged.
 """
 
 from __future__ import annotations
@@ -25,11 +33,18 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+# No numpy here: igrtd unpickles these from the worker (imaging/review_messages.py).
+from imaging.review_messages import ReviewMessages, ReviewRequest
+
 if TYPE_CHECKING:  # numpy and SimpleITK are loaded in the worker, not in igrtd
+    import SimpleITK as sitk
+
     from imaging.registration_result import RegistrationResult
 
 log = logging.getLogger("igrt.registration")
@@ -43,6 +58,17 @@ _PR_SET_PDEATHSIG = 1
 
 class RegistrationFailed(Exception):
     """The registration could not be run (bad input, worker lost); str() is one line."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registration and, when asked for and it converged, its review messages."""
+
+    result: RegistrationResult
+    review: ReviewMessages | None = None
+    # Why there is no review although one was asked for ("" otherwise): one line,
+    # for igrtd's log (the worker's own log line may not reach the journal).
+    review_error: str = ""
 
 
 def _worker_init(parent: int) -> None:
@@ -72,14 +98,36 @@ def _worker_init(parent: int) -> None:
 
 
 def _register_files(fixed: str, moving: str, iso: tuple[float, float, float] | None,
-                    roi_half_mm: float | None = None) -> RegistrationResult:
-    """Runs in the worker: read both images and register them."""
+                    roi_half_mm: float | None = None,
+                    review: ReviewRequest | None = None) -> Registered:
+    """Runs in the worker: read both images, register them and, if asked for and
+    the registration converged, make its review messages."""
     from imaging.registration import register_rigid
     from imaging.volumes import read_image
 
     f = read_image(fixed)
     m = read_image(moving)
-    return register_rigid(f.image, m.image, iso_mm=iso, roi_half_mm=roi_half_mm)
+    result = register_rigid(f.image, m.image, iso_mm=iso, roi_half_mm=roi_half_mm)
+    if review is None or not result.converged:
+        return Registered(result)
+    try:
+        messages = _review(f.image, m.image, result, iso, review)
+    except Exception as exc:  # the review is an addition: the registration stands
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        log.warning("review images of registration %s not made: %s", review.registration_id,
+                    reason, exc_info=True)
+        return Registered(result, None, reason)
+    return Registered(result, messages)
+
+
+def _review(fixed: sitk.Image, moving: sitk.Image, result: RegistrationResult,
+            iso: tuple[float, float, float] | None, review: ReviewRequest) -> ReviewMessages:
+    from imaging.registration import image_centre
+    from imaging.review_slices import encode_review, review_slices
+
+    # The planes cross where asked, else where the registration was centred.
+    centre = review.iso_mm or iso or image_centre(moving)
+    return encode_review(review_slices(fixed, moving, result.matrix, centre), review, time.time())
 
 
 class RegistrationWorker:
@@ -99,15 +147,27 @@ class RegistrationWorker:
                              roi_half_mm: float | None = None) -> RegistrationResult:
         """The registration of `moving` to `fixed`; ValueError for bad input (one line),
         RegistrationFailed when the worker was lost."""
+        return (await self.register(fixed, moving, iso, roi_half_mm=roi_half_mm)).result
+
+    async def register(self, fixed: str, moving: str,
+                       iso: tuple[float, float, float] | None, *,
+                       roi_half_mm: float | None = None,
+                       review: ReviewRequest | None = None) -> Registered:
+        """As `register_rigid`, with the review messages of a converged registration
+        when `review` asks for them (None, with the reason, if they failed)."""
         async with self._turn:
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(self._executor(), _register_files,
-                                                  fixed, moving, iso, roi_half_mm)
+                done = await loop.run_in_executor(self._executor(), _register_files,
+                                                  fixed, moving, iso, roi_half_mm, review)
             except BrokenProcessPool:
                 self._discard()
                 raise RegistrationFailed("the registration worker process ended unexpectedly; "
                                          "try again") from None
+        if done.review_error:
+            log.warning("review images of registration %s not made: %s",
+                        review.registration_id if review else "?", done.review_error)
+        return done
 
     def _discard(self) -> None:
         pool, self._pool = self._pool, None

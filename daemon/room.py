@@ -31,6 +31,7 @@ from daemon.proposals import SUPERSEDABLE, Proposal, ProposalStatus, TreatmentSe
 from daemon.publications import PublicationHold
 from daemon.workflow import RoomState, Workflow
 from drivers.plc import PlcSnapshot
+from imaging.review_messages import ReviewMessages
 from safety.couch_model import CouchModel
 from safety.policy import VerdictPolicy
 from safety.pose import Pose
@@ -111,6 +112,10 @@ class Room:
         # them (poses as dicts, enums, lists): readable as a mapping; the audit log
         # and the console's message model turn the details into JSON.
         self.event_listeners: list[Callable[[JsonMapping], None]] = []
+        # Told the review images of each successful registration, already encoded by
+        # the registration worker (the console publishes them). Nobody listening (no
+        # broker configured): the worker is not asked to make them.
+        self.review_listeners: list[Callable[[ReviewMessages], None]] = []
         # Wakes the supervision loops at once on every state change (a move starting
         # included) and on every couch link change: while nothing can move they wait
         # on it instead of waking on a timer (daemon/supervision.py).
@@ -145,6 +150,13 @@ class Room:
                 cb(payload)
             except Exception:  # a broken listener must never break the workflow
                 log.exception("event listener failed")
+
+    def publish_review(self, review: ReviewMessages) -> None:
+        for cb in list(self.review_listeners):
+            try:
+                cb(review)
+            except Exception:  # a broken listener must never break the workflow
+                log.exception("review listener failed")
 
     def refuse(self, actor: Actor, cmd: str, reason: str, **details: object) -> CommandError:
         """Audit a refusal and return the error to raise."""

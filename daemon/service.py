@@ -64,6 +64,7 @@ from daemon.service_mode import ServiceMode
 from daemon.session_beacon import SessionBeacon
 from daemon.supervision import MotionSupervisor
 from daemon.workflow import Workflow
+from imaging.review_messages import ReviewMessages
 
 log = logging.getLogger("igrt.room")
 
@@ -167,6 +168,10 @@ class RoomService:
     def add_event_listener(self, cb: Callable[[JsonMapping], None]) -> None:
         """`cb` gets each audit record's event, actor, time and details (see Room.audit)."""
         self.room.event_listeners.append(cb)
+
+    def add_review_listener(self, cb: Callable[[ReviewMessages], None]) -> None:
+        """`cb` gets the encoded review images of each successful registration."""
+        self.room.review_listeners.append(cb)
 
     def hold_publications(self) -> Callable[[], None]:
         """Hold the consoles' events and state until the returned function is called

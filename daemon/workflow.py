@@ -60,8 +60,11 @@ TRANSITIONS: dict[RoomState, frozenset[RoomState]] = {
                         S.MONITORING}),
     S.PROPOSED: frozenset({S.PROPOSED, S.AWAITING_APPROVAL, S.CONFIRMED, S.READY, S.DONE,
                            S.STANDBY, S.OFFLINE, S.FAULT}),
+    # STOPPED too: a STOP while a confirmation awaits its second approval spends that
+    # confirmation and latches like a STOP in CONFIRMED (without it the room stayed
+    # AWAITING_APPROVAL with a proposal no longer awaiting anything: stuck).
     S.AWAITING_APPROVAL: frozenset({S.CONFIRMED, S.PROPOSED, S.READY, S.STANDBY, S.OFFLINE,
-                                    S.FAULT}),
+                                    S.FAULT, S.STOPPED}),
     S.CONFIRMED: frozenset({S.MOVING, S.PROPOSED, S.READY, S.STANDBY, S.OFFLINE, S.FAULT,
                             S.STOPPED}),
     S.MOVING: frozenset({S.VERIFYING, S.STOPPED, S.FAULT, S.OFFLINE}),

@@ -7,13 +7,19 @@ it lives with the simulator; tests/support/mosquitto.py re-exports it.
 
     with running_mosquitto(tmp_path) as broker:
         host, port, creds = broker          # creds: {"igrtd": pw, "console1": pw, ...}
-        broker.restart()                    # same port, e.g. for reconnect tests
+        broker.ws_url                       # "ws://127.0.0.1:<ws_port>": browser consoles
+        broker.restart()                    # same ports, e.g. for reconnect tests
 
 The config is derived from the project's systemd/mosquitto/mosquitto.conf
 (its global settings: no anonymous access, packet size limit, ...) and uses
-its ACL file verbatim; only the listener (one plain loopback listener on a
-free port), password file, persistence and logging are replaced. The
-system's own Mosquitto (port 1883) is never touched.
+its ACL file verbatim; only the listeners, password file, persistence and
+logging are replaced. There are two listeners, both on loopback and on free
+ports: plain MQTT (`port`, igrtd and igrtctl) and MQTT over WebSockets
+(`ws_port`, the browser console; production serves it over TLS, see
+systemd/mosquitto/mosquitto.conf). `per_listener_settings false` in the
+production config makes authentication and the ACL global, so both listeners
+refuse anonymous clients and apply the same ACL. The system's own Mosquitto
+(port 1883) is never touched.
 """
 
 from __future__ import annotations
@@ -51,6 +57,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def _global_settings() -> list[str]:
@@ -97,6 +111,9 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
         self.port = free_port()
+        self.ws_port = free_port()
+        while self.ws_port == self.port:
+            self.ws_port = free_port()
         self.creds = {u: secrets.token_urlsafe(12) for u in users}
         self.conf = self.workdir / "mosquitto.conf"
         self.log = self.workdir / "mosquitto.log"
@@ -119,12 +136,22 @@ class Mosquitto:
             "log_type error",
             "log_type warning",
             f"listener {self.port} {self.host}",
+            # The browser console's listener (MQTT over WebSockets). Global
+            # settings (auth, ACL, limits) apply to it too: per_listener_settings false.
+            f"listener {self.ws_port} {self.host}",
+            "protocol websockets",
         ]
         self.conf.write_text("\n".join(lines) + "\n")
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __iter__(self) -> Iterator[object]:
+        # (host, port, creds): the plain MQTT listener, as callers have always unpacked it.
         return iter((self.host, self.port, self.creds))
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSockets listener as a browser's MQTT client names it."""
+        return f"ws://{self.host}:{self.ws_port}"
 
     def start(self, timeout_s: float = 10.0) -> None:
         with open(self.log, "ab") as log:
@@ -139,13 +166,12 @@ class Mosquitto:
                 raise RuntimeError(
                     f"mosquitto exited with {self._proc.returncode}: {self.log.read_text()[-2000:]}"
                 )
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
+            if all(_listening(self.host, p) for p in (self.port, self.ws_port)):
+                return
+            time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout_s} s")
+        raise RuntimeError(f"mosquitto did not listen on {self.port} and {self.ws_port} "
+                           f"within {timeout_s} s")
 
     def stop(self) -> None:
         """Kill (not a clean shutdown: the test wants a broker that just vanishes)."""

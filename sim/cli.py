@@ -51,6 +51,7 @@ def _text(info: dict[str, Any]) -> str:
     if info["broker"]:
         b = info["broker"]
         lines.append(f"  MQTT broker      {b['host']}:{b['port']} (topics {b['topic_prefix']}...)")
+        lines.append(f"  MQTT WebSockets  {b['ws_url']} (browser console)")
         lines += [f"    password of {u:<10} {pw}" for u, pw in b["passwords"].items()]
     if info["kv_imager"]:
         lines.append(f"  kV imager        connected to {info['kv_imager']['socket']}")

@@ -1,6 +1,8 @@
 """`make demo`: one simulated treatment fraction, end to end.
 
-    python -m sim.demo [--mode 3d] [--out out/demo] [--registration cbct|truth]
+    python -m sim.demo [--mode dicom|3d|2d|4d|monitor|console] [--out out/demo] [--registration cbct|truth]
+
+`--mode console` (sim/demo_console.py) starts two rooms and the browser console instead.
 
 What happens (3d):
  1. A simulated couch controller comes up on a pty; igrtd starts as its own
@@ -127,7 +129,12 @@ def compare(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"max_mm": r.max_mm, "rotation_deg": r.rotation_deg}
 
 
-def run(mode: str, out: Path, registration: str, seed: int) -> int:
+def run(mode: str, out: Path, registration: str, seed: int,
+        seconds: float | None = None) -> int:
+    if mode == "console":
+        from sim import demo_console
+
+        return demo_console.run(out, seed, seconds)
     if mode == "dicom":
         from sim import demo_dicom
 
@@ -237,13 +244,15 @@ def _print_report(report: dict[str, Any], before: Residual, after: Residual) -> 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sim.demo")
-    ap.add_argument("--mode", default="dicom", choices=["dicom", "2d", "3d", "4d", "monitor"])
+    ap.add_argument("--mode", default="dicom", choices=["dicom", "2d", "3d", "4d", "monitor", "console"])
     ap.add_argument("--out", type=Path, default=Path("out/demo"))
     ap.add_argument("--registration", default="cbct", choices=["cbct", "truth"])
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="console mode: end after this many seconds (default: at Ctrl-C)")
     a = ap.parse_args(argv)
     try:
-        return run(a.mode, a.out, a.registration, a.seed)
+        return run(a.mode, a.out, a.registration, a.seed, a.seconds)
     except (RuntimeError, TimeoutError, OSError) as exc:
         say(f"demo failed: {exc}")
         return 1

@@ -11,6 +11,20 @@ directory, the simulated kV imaging system connected to igrtd's imager
 socket, and the control API (sim/control_server.py) on a Unix socket in the
 run directory. On exit everything stops in reverse order; igrtd and
 Mosquitto are killed if they do not stop, so nothing is left running.
+
+Several rooms may share one broker, as the rooms of a department do (the
+browser console's department view):
+
+    with running_mosquitto(tmp, ["igrtd", "console1", "alice"]) as broker:
+        async with SimulatedRoom(d1, run1, broker=broker), \
+                   SimulatedRoom(d2, run2, broker=broker):
+            ...
+
+A room given a running broker uses it (its igrtd logs in as `igrtd`; each
+igrtd's MQTT client id is `igrtd-<room>`, so they do not displace each other)
+and leaves it running on exit. The broker's password file is fixed when it
+starts, so its creator gives it every account: `igrtd` and the description's
+`broker.consoles`.
 """
 
 from __future__ import annotations
@@ -44,8 +58,10 @@ MOTION_PERIOD_S = 0.02
 class SimulatedRoom:
     """Use as `async with`; `info()` while it runs. Not thread-safe: one loop."""
 
-    def __init__(self, description: RoomDescription, run_dir: Path | None = None) -> None:
+    def __init__(self, description: RoomDescription, run_dir: Path | None = None,
+                 broker: Mosquitto | None = None) -> None:
         self.description = description
+        self._shared_broker = broker
         self._run_dir_given = run_dir
         self.run_dir = Path(run_dir) if run_dir is not None else Path()
         self.couch: SimCouchController | None = None
@@ -79,6 +95,11 @@ class SimulatedRoom:
         return self.run_dir / "control.sock"
 
     @property
+    def users_file(self) -> Path:
+        """igrtd's `users_file`: empty at start; `igrtctl users add --registry` enrols."""
+        return self.run_dir / "users.json"
+
+    @property
     def running(self) -> bool:
         return self._running
 
@@ -108,6 +129,7 @@ class SimulatedRoom:
         d = self.description
         self._make_run_dir()
         self._write_keys()
+        self.users_file.write_text('{"v": 1, "users": []}\n')
         self.couch = SimCouchController(initial_pose=d.couch.start_pose.pose(),
                                         speed_scale=d.couch.speed_scale,
                                         noise_mm=d.couch.noise_mm, seed=d.seed,
@@ -119,7 +141,10 @@ class SimulatedRoom:
             self.plc = SimRoomPlc()
             await self.plc.start()
             self._stack.push_async_callback(self.plc.stop)
-        if d.broker.enabled:
+        if self._shared_broker is not None:
+            self.broker = self._use_shared_broker(self._shared_broker)
+            _write_private(self.run_dir / "igrtd.mqtt.pw", self.broker.creds["igrtd"])
+        elif d.broker.enabled:
             self.broker = Mosquitto(self.run_dir / "broker", ["igrtd", *d.broker.consoles])
             self._stack.callback(self.broker.terminate)  # first: a half-started one too
             await asyncio.to_thread(self.broker.start)
@@ -166,6 +191,21 @@ class SimulatedRoom:
             await asyncio.sleep(MOTION_PERIOD_S)
 
     # ------------------------------------------------------------ set-up
+    def _use_shared_broker(self, broker: Mosquitto) -> Mosquitto:
+        """The caller's broker, checked: running, with this room's accounts. Not stopped
+        by this room."""
+        d = self.description
+        if not d.broker.enabled:
+            raise ValueError(f"room {d.room!r}: a broker is given but the description "
+                             "has broker.enabled false")
+        if not broker.running:
+            raise ValueError(f"room {d.room!r}: the given broker is not running")
+        missing = [u for u in ("igrtd", *d.broker.consoles) if u not in broker.creds]
+        if missing:
+            raise ValueError(f"room {d.room!r}: the given broker has no account for "
+                             f"{', '.join(missing)} (create it with every room's accounts)")
+        return broker
+
     def _make_run_dir(self) -> None:
         if self._run_dir_given is None:
             self.run_dir = Path(tempfile.mkdtemp(prefix="igrt-sim-"))
@@ -203,6 +243,7 @@ class SimulatedRoom:
             # link.baudrate included: igrtd's line speed is the simulator's.
             "couch": {"port": self.couch.device_path, **d.couch.link.model_dump()},
             "users": users,
+            "users_file": str(self.users_file),
         }
         if self.plc is not None:
             cfg["plc"] = {"host": self.plc.host, "port": self.plc.port}
@@ -227,15 +268,22 @@ class SimulatedRoom:
                   "key": str(self.key_dir / f"{u.name}.key") if u.identity == "demo_key"
                   else None} for u in d.users]
         broker = None
+        shared = self._shared_broker is not None
         if self.broker is not None:
+            # This room's accounts only (a shared broker holds other rooms' and people's too).
+            accounts = ("igrtd", *d.broker.consoles)
             broker = {"host": self.broker.host, "port": self.broker.port,
-                      "topic_prefix": f"igrt/{d.room}/", "passwords": dict(self.broker.creds)}
+                      "ws_url": self.broker.ws_url, "shared": shared,
+                      "topic_prefix": f"igrt/{d.room}/",
+                      "passwords": {u: pw for u, pw in self.broker.creds.items()
+                                    if u in accounts}}
         return {
             "room": d.room,
             "run_dir": str(self.run_dir),
             "control_socket": str(self.control_socket),
             "igrtd": None if daemon is None else {
                 "socket": str(daemon.socket_path), "config": str(daemon.config_path),
+                "users_file": str(self.users_file),
                 "log": str(daemon.log_path),
                 "pid": daemon.proc.pid if daemon.proc is not None else None},
             "audit_dir": str(self.state_dir / "audit"),
@@ -248,7 +296,8 @@ class SimulatedRoom:
             "key_dir_env": KEY_DIR_ENV,
             "pids": {"igrt_sim": os.getpid(),
                      "igrtd": daemon.proc.pid if daemon and daemon.proc else None,
-                     "mosquitto": self.broker.pid if self.broker else None},
+                     # A shared broker is not this room's process.
+                     "mosquitto": self.broker.pid if self.broker and not shared else None},
         }
 
 

@@ -46,3 +46,23 @@ def test_results_have_enough_samples_for_each_p99(path: Path) -> None:
     if not path.exists():
         pytest.skip(f"{path.name} not produced")
     assert unsupported_p99_keys(json.loads(path.read_text())) == []
+
+
+# The browser console's figures (issue 15 item 9, bench/console_browser_bench.py): each
+# tail figure with its sample count; the p99 ones in the long run's results.
+CONSOLE_TAILS = ("console_stop_click_to_stop_frame", "console_state_to_screen")
+
+
+@pytest.mark.parametrize("path", [RESULTS, LONG_RESULTS], ids=lambda p: f"bench/{p.name}")
+def test_results_have_the_browser_console_figures(path: Path) -> None:
+    if not path.exists():
+        pytest.skip(f"{path.name} not produced")
+    results = json.loads(path.read_text())
+    missing = [k for k in ("console_first_paint_ms", *(f"{n}_samples" for n in CONSOLE_TAILS))
+               if k not in results]
+    assert not missing, f"{path.name} lacks {missing}: run python -m bench.run"
+    for name in CONSOLE_TAILS:
+        tails = [k for k in results if k.startswith(f"{name}_p9") and k.endswith("_ms")]
+        assert tails, f"{path.name}: no p90/p99 figure of {name}"
+        if path == LONG_RESULTS:
+            assert f"{name}_p99_ms" in results, f"{name}_p99_ms missing from the long run"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +34,13 @@ def topic(room: str, leaf: str) -> str:
 
 def reply_topic(room: str, console_id: str) -> str:
     return f"igrt/{room}/reply/{console_id}"
+
+
+def review_topic(room: str, plane: str | None = None, image: str | None = None) -> str:
+    """`igrt/{room}/review/meta`, or `igrt/{room}/review/{plane}/{image}` for one image."""
+    if plane is None or image is None:
+        return topic(room, "review/meta")
+    return topic(room, f"review/{plane}/{image}")
 
 
 # Free-form JSON objects inside a message are `Mapping[str, object]`: pydantic
@@ -128,6 +135,61 @@ class StatusMessage(_Message):
     status: Literal["online", "offline"]
 
 
+# --- review images (docs/console-api.md, "Review images") ------------------
+# Encoded in igrtd's registration worker (imaging/review_slices.py), not from
+# these models: the worker does not load the daemon. A test holds the two together.
+
+ReviewPlane = Literal["axial", "coronal", "sagittal"]
+ReviewImageName = Literal["fixed", "moving_before", "moving_after"]
+_MatrixRow = Annotated[list[float], Field(min_length=4, max_length=4)]
+
+
+class ReviewWindow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    centre: float = Field(description="HU")
+    width: float = Field(gt=0, description="HU")
+
+
+class ReviewMetaMessage(_Message):
+    """What the review images of the latest registration show, retained on
+    igrt/{room}/review/meta; published after its nine images."""
+
+    room: str
+    ts: float
+    registration_id: str = Field(description="the same in each of its image messages")
+    matrix: list[_MatrixRow] = Field(
+        min_length=4, max_length=4,
+        description="4x4 fixed -> moving registration, as the register reply and the "
+                    "proposal carry it")
+    iso_mm: tuple[float, float, float] = Field(
+        description="where the planes cross; pixel ((cols-1)/2, (rows-1)/2) of each image")
+    fixed: str = Field(description="planning image (label)")
+    moving: str = Field(description="daily image (label)")
+    planes: list[ReviewPlane]
+    images: list[ReviewImageName]
+    rows: int = Field(gt=0)
+    cols: int = Field(gt=0)
+    pixel_mm: float = Field(gt=0)
+    window: ReviewWindow = Field(description="suggested display window")
+    no_data: Literal[-32768] = Field(default=-32768, description="pixel value: outside the image")
+
+
+class ReviewImageMessage(_Message):
+    """One review image, retained on igrt/{room}/review/{plane}/{image}: HU on the
+    planning CT's scale, row 0 at the top, column 0 at the left."""
+
+    room: str
+    registration_id: str
+    plane: ReviewPlane
+    image: ReviewImageName
+    rows: int = Field(gt=0)
+    cols: int = Field(gt=0)
+    pixel_mm: float = Field(gt=0)
+    dtype: Literal["int16le"]
+    data: str = Field(description="base64 of rows*cols little-endian int16, row-major; "
+                                  "-32768 = no data")
+
+
 def dumps(model: BaseModel) -> bytes:
     return model.model_dump_json(exclude_none=False).encode()
 
@@ -139,6 +201,8 @@ _EXPORTED: dict[str, type[BaseModel]] = {
     "telemetry": TelemetryMessage,
     "event": EventMessage,
     "status": StatusMessage,
+    "review-meta": ReviewMetaMessage,
+    "review-image": ReviewImageMessage,
     **{f"{name}-args": model for name, model in ARGS_MODELS.items()},
 }
 

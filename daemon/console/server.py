@@ -25,6 +25,10 @@ rejection with code `internal`, answered when the reply topic is known, and
 the loop goes on. Tasks the console starts are guarded the same way, and an
 unexpected error in the connection itself reconnects like a broker loss.
 
+Review images of a registration (`publish_review`) are nine messages of about
+130 KB: encoded in the registration worker, they are only sent from here, one
+at a time, each awaited, so the loop is never held for the whole megabyte.
+
 A command carrying the MQTT retain flag is refused before it is parsed (code
 `retained`): a retained message is a stored one, replayed by the broker to
 every new subscriber, never a person's live request. Mosquitto cannot forbid
@@ -54,11 +58,13 @@ from daemon.console.schemas import (
     TelemetryMessage,
     dumps,
     reply_topic,
+    review_topic,
     topic,
 )
 from daemon.console.tokens import CommandRejected, CommandVerifier, VerifiedCommand
 from daemon.errors import ErrorCode
 from daemon.jsontypes import JsonMapping
+from imaging.review_messages import ReviewMessages
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,15 @@ _Job = Coroutine[object, None, None]
 # Without TCP_NODELAY, Nagle + delayed ACK stall small request/reply
 # exchanges over loopback by tens of milliseconds.
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+# An upper bound of what a PUBLISH packet adds to topic and payload: fixed header
+# (1 + up to 4 bytes of remaining length), topic length (2), packet id (2),
+# properties length (1, no properties).
+_PUBLISH_OVERHEAD = 10
+# Sends of one review begun before it is given up: one more after the link broke
+# under it, not a reconnect loop should the review itself be what breaks the link
+# (a broker that announces no packet limit but enforces one).
+_REVIEW_TRIES = 2
 
 
 class _Lane:
@@ -161,6 +176,15 @@ class MqttConsole:
         self._console_locks: dict[str, _Lane] = {}
         self._inflight = 0
         self.connections = 0  # successful connects, for tests and diagnostics
+        # The broker's Maximum Packet Size (MQTT 5 CONNACK), None when it sets none.
+        self.broker_max_packet: int | None = None
+        # The latest review, and the one whose messages need no more sending (all
+        # with the broker, or too large for it): a review the link lost half-way is
+        # sent again after the next connect.
+        self._review: ReviewMessages | None = None
+        self._review_done: ReviewMessages | None = None
+        self._review_tries = 0  # of the latest review: sends begun
+        self._review_turn = asyncio.Lock()
 
     # --- topics -------------------------------------------------------------
 
@@ -211,6 +235,7 @@ class MqttConsole:
                     socket_options=[NODELAY],
                     timeout=5,
                 )
+                self._watch_connack(client)
                 async with client:
                     await self._on_connected(client)
                     backoff = self._reconnect_min
@@ -262,6 +287,34 @@ class MqttConsole:
         self._connected.set()
         log.info("console API connected to %s:%s (room %s)", self._host, self._port, self.room)
         self._link_changed(True)
+        review = self._review
+        if (review is not None and review is not self._review_done
+                and self._review_tries < _REVIEW_TRIES):
+            self._spawn(self._resend_review(review), "review images")
+
+    def _watch_connack(self, client: aiomqtt.Client) -> None:
+        """Note the Maximum Packet Size the broker announces when it accepts igrtd.
+
+        Mosquitto drops a client that sends a larger packet, and with igrtd's link
+        every console's hold-to-run: a review image too large for the broker must be
+        left unsent, not sent. aiomqtt does not pass the CONNACK properties on, so
+        its paho client's connect callback is wrapped; should that ever be missing,
+        the limit stays unknown and the review goes out as the contract says.
+        """
+        self.broker_max_packet = None
+        paho = getattr(client, "_client", None)
+        inner = getattr(paho, "on_connect", None)
+        if paho is None or inner is None:
+            log.warning("cannot read the broker's maximum packet size (aiomqtt changed?)")
+            return
+
+        def on_connect(c: object, userdata: object, flags: object, reason_code: object,
+                       properties: object = None) -> None:
+            size = getattr(properties, "MaximumPacketSize", None)
+            self.broker_max_packet = size if isinstance(size, int) and size > 0 else None
+            inner(c, userdata, flags, reason_code, properties)
+
+        paho.on_connect = on_connect
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
         try:
@@ -347,6 +400,54 @@ class MqttConsole:
             details=details or {},
         )
         return await self._publish(topic(self.room, "events"), dumps(msg), qos=1)
+
+    async def publish_review(self, review: ReviewMessages) -> bool:
+        """Retained, QoS 1: the review images of a registration (docs/console-api.md,
+        "Review images"). The nine images first, the meta last: a page that reads a
+        meta finds its images already there (each names its registration_id). True
+        when all reached the broker; otherwise the latest review is sent again after
+        the next connect, unless the broker's packet limit refuses it."""
+        self._review = review
+        self._review_tries = 0
+        return await self._send_review(review)
+
+    async def _resend_review(self, review: ReviewMessages) -> None:
+        await self._send_review(review)
+
+    async def _send_review(self, review: ReviewMessages) -> bool:
+        # One review at a time, so two registrations' images never interleave.
+        async with self._review_turn:
+            if review is not self._review:
+                return False  # a newer registration's review follows
+            if self._client is None:
+                return False  # sent after the next connect
+            topics = [(review_topic(self.room, i.plane, i.image), i.payload)
+                      for i in review.images]
+            topics.append((review_topic(self.room), review.meta))
+            limit = self.broker_max_packet
+            largest = max(len(t) + len(p) for t, p in topics) + _PUBLISH_OVERHEAD
+            if limit is not None and largest > limit:
+                self._review_done = review  # it would not fit after a reconnect either
+                log.error("review images of registration %s not published: a message of "
+                          "%d bytes exceeds the broker's max_packet_size %d (see "
+                          "systemd/mosquitto/mosquitto.conf)", review.registration_id,
+                          largest, limit)
+                self._audit("console.review_not_published", "system", {
+                    "registration_id": review.registration_id, "bytes": largest,
+                    "broker_max_packet": limit})
+                return False
+            self._review_tries += 1
+            for t, payload in topics:
+                if review is not self._review:
+                    return False  # superseded half-way: the newer review replaces these
+                # Awaited one by one (QoS 1: until the broker has it): the loop runs
+                # everything else between them.
+                if not await self._publish(t, payload, qos=1, retain=True):
+                    return False
+            self._review_done = review
+            log.info("review images of registration %s published (%d bytes)",
+                     review.registration_id, review.total_bytes)
+            return True
 
     async def publish_telemetry(self, data: JsonMapping) -> None:
         """Latest-wins, at most telemetry_max_hz: a burst is coalesced and the

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
-UNITS = ["igrtd.service", "igrt-dicom.service", "igrt-sim-couch.service",
-         "igrt-sim-plc.service", "igrt-sim.target"]
+UNITS = ["igrtd.service", "igrt-dicom.service", "igrt-console.service",
+         "igrt-sim-couch.service", "igrt-sim-plc.service", "igrt-sim.target"]
 INSTALL_PREFIX = "/opt/igrt/.venv/bin/"
 MAX_EXPOSURE = 2.0
 
@@ -43,7 +43,7 @@ def staged_units(tmp_path: Path) -> Path:
     """
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    for exe in ("igrtd", "igrt-dicomd", "python"):
+    for exe in ("igrtd", "igrt-dicomd", "igrt-console", "python"):
         (bindir / exe).write_text("#!/bin/sh\nexit 0\n")
         (bindir / exe).chmod(0o755)
     units = tmp_path / "units"
@@ -81,6 +81,18 @@ def test_igrtd_runs_as_a_dedicated_unprivileged_user() -> None:
     assert d["User"] == ["igrt"]
     assert d["CapabilityBoundingSet"] == [""] and d["NoNewPrivileges"] == ["yes"]
     assert d["StateDirectory"] == ["igrt"]
+
+
+def test_the_console_server_is_its_own_user_and_writes_nowhere() -> None:
+    d = directives("igrt-console.service")
+    assert d["DynamicUser"] == ["yes"] and d["User"] == ["igrt-console"]
+    assert d["ExecStart"] == [
+        "/opt/igrt/.venv/bin/igrt-console --config /etc/igrt-console/console.json"]
+    assert d["ProtectSystem"] == ["strict"] and d["NoNewPrivileges"] == ["yes"]
+    assert d["CapabilityBoundingSet"] == [""]
+    for writable in ("ReadWritePaths", "StateDirectory", "LogsDirectory", "CacheDirectory",
+                     "RuntimeDirectory"):
+        assert writable not in d
 
 
 @needs_analyze
@@ -131,8 +143,8 @@ def exposure(unit: Path) -> float:
 
 @needs_analyze
 @pytest.mark.parametrize(
-    "name", ["igrtd.service", "igrt-dicom.service", "igrt-sim-couch.service",
-             "igrt-sim-plc.service"]
+    "name", ["igrtd.service", "igrt-dicom.service", "igrt-console.service",
+             "igrt-sim-couch.service", "igrt-sim-plc.service"]
 )
 def test_security_exposure_is_at_most_two(name: str) -> None:
     assert exposure(SYSTEMD_DIR / name) <= MAX_EXPOSURE

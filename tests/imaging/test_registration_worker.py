@@ -5,6 +5,7 @@ with a registration."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -12,7 +13,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from daemon.registration_worker import WORKER_NICE, RegistrationFailed, RegistrationWorker
+from daemon.registration_worker import (
+    WORKER_NICE,
+    Registered,
+    RegistrationFailed,
+    RegistrationWorker,
+)
 
 
 def _volume(shift_x_mm: float) -> sitk.Image:
@@ -83,3 +89,42 @@ def test_a_killed_worker_is_reported_and_replaced(images: tuple[str, str]) -> No
             worker.close()
 
     assert asyncio.run(go()) == pytest.approx(3.0, abs=0.2)
+
+
+def test_the_worker_returns_the_review_messages_with_the_registration(
+        images: tuple[str, str]) -> None:
+    from imaging.review_messages import ReviewMessages, ReviewRequest
+
+    async def go() -> Registered:
+        worker = RegistrationWorker()
+        try:
+            return await worker.register(*images, None, review=ReviewRequest(
+                "room1", "reg-0123456789ab", "plan", "daily", (56.0, 56.0, 50.0)))
+        finally:
+            worker.close()
+
+    done = asyncio.run(go())
+    assert done.result.converged and done.review_error == ""
+    # A numpy-free type: igrtd unpickles it without loading the imaging stack.
+    assert type(done.review) is ReviewMessages
+    meta = json.loads(done.review.meta)
+    assert meta["registration_id"] == "reg-0123456789ab" and meta["iso_mm"] == [56.0, 56.0, 50.0]
+    assert meta["matrix"] == done.result.to_json_dict()["matrix"]
+    assert len(done.review.images) == 9
+
+
+def test_a_review_that_cannot_be_made_leaves_the_registration_standing(
+        images: tuple[str, str]) -> None:
+    from imaging.review_messages import ReviewRequest
+
+    async def go() -> Registered:
+        worker = RegistrationWorker()
+        try:
+            return await worker.register(*images, None, review=ReviewRequest(
+                "room1", "reg-0123456789ab", "plan", "daily", (float("nan"), 0.0, 0.0)))
+        finally:
+            worker.close()
+
+    done = asyncio.run(go())
+    assert done.result.translation_mm[0] == pytest.approx(3.0, abs=0.2)
+    assert done.review is None and "isocentre" in done.review_error

@@ -166,3 +166,20 @@ async def test_a_replayed_command_is_refused_after_igrtd_restarts(room, broker, 
     rejects = [r for r in read_records(mqtt_daemon.state_dir / "audit")
                if r.details.get("jti") == jti and r.event != "command"]
     assert rejects, "the replayed command left no audit record"
+
+
+async def test_igrtd_at_rest_publishes_telemetry_every_second(broker, mqtt_daemon) -> None:
+    """A console tells a quiet room from a hung igrtd by this (its "stale since" banner)."""
+    import aiomqtt
+
+    arrivals: list[float] = []
+    async with aiomqtt.Client(broker.host, broker.port, username="console1",
+                              password=broker.creds["console1"]) as c:
+        await c.subscribe("igrt/demo/telemetry")
+        async with asyncio.timeout(10):
+            async for _ in c.messages:
+                arrivals.append(time.monotonic())
+                if len(arrivals) == 4:
+                    break
+    gaps = np.diff(arrivals)
+    assert gaps.max() < 1.6, gaps

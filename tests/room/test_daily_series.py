@@ -45,9 +45,9 @@ def _store_dir(directory: Path, series_dir: Path) -> None:
     _store(directory, *(pydicom.dcmread(p) for p in sorted(series_dir.glob("*.dcm"))))
 
 
-def _daemon(room: SimRoom, tmp_path: Path) -> DaemonProcess:
+def _daemon(room: SimRoom, tmp_path: Path, **config: Any) -> DaemonProcess:
     cfg = room.room_config(tmp_path / "state", dicom={
-        "storage_dir": str(tmp_path / "dicom"), "series_quiet_s": QUIET_S})
+        "storage_dir": str(tmp_path / "dicom"), "series_quiet_s": QUIET_S}, **config)
     return DaemonProcess(cfg, tmp_path / "state", tmp_path / "igrtd.log").start()
 
 
@@ -71,7 +71,7 @@ class PhantomFraction:
     """A planning CT of the phantom with its plan stored, igrtd with the session open
     from it, and the patient lying with a set-up error."""
 
-    def __init__(self, room: SimRoom, tmp_path: Path) -> None:
+    def __init__(self, room: SimRoom, tmp_path: Path, **config: Any) -> None:
         from sim.imager import planning_ct
         from sim.phantom import make_phantom
 
@@ -84,7 +84,7 @@ class PhantomFraction:
         plan = rt_plan(isocentre=self.iso, frame=FRAME)
         _store_dir(tmp_path / "dicom", tmp_path / "ct")
         _store(tmp_path / "dicom", plan)
-        self.daemon = _daemon(room, tmp_path)
+        self.daemon = _daemon(room, tmp_path, **config)
         self.alice = Console(self.daemon.socket_path, "alice")
         self.alice.ok("open_session", patient_id=PATIENT, plan_uid=plan.SOPInstanceUID)
         self.model = CouchModel.default()
@@ -130,6 +130,51 @@ def test_a_complete_daily_series_becomes_a_proposal_bound_to_it(
         assert abs(proposal["target"][axis] - truth.target.get(axis)) <= tol, axis
     [proposed] = _daily_records(tmp_path, "proposed")
     assert proposed["series_uid"] == series
+
+
+def test_the_review_images_of_a_daily_series_are_published_for_its_proposal(
+        room: SimRoom, tmp_path: Path) -> None:
+    import asyncio
+
+    import aiomqtt
+    from support.mosquitto import running_mosquitto
+
+    from daemon.console.schemas import ReviewImageMessage, ReviewMetaMessage
+
+    async def review(broker: Any) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        async with aiomqtt.Client(broker.host, broker.port, username="console1",
+                                  password=broker.creds["console1"]) as page:
+            await page.subscribe("igrt/demo/review/#", qos=1)
+            async with asyncio.timeout(20):
+                async for m in page.messages:
+                    assert isinstance(m.payload, bytes)
+                    out[m.topic.value] = m.payload
+                    if len(out) == 10:
+                        return out
+        raise AssertionError("unreachable")
+
+    with running_mosquitto(tmp_path / "broker") as broker:
+        (tmp_path / "pw").write_text(broker.creds["igrtd"])
+        f = PhantomFraction(room, tmp_path, mqtt={
+            "host": broker.host, "port": broker.port, "username": "igrtd",
+            "password_file": str(tmp_path / "pw")})
+        try:
+            series = f.send_cbct("cbct")
+            proposal = f.proposal()
+            got = asyncio.run(review(broker))
+        finally:
+            f.daemon.stop()
+    meta = ReviewMetaMessage.model_validate_json(got.pop("igrt/demo/review/meta"))
+    # How the page knows these images are this proposal's: the same matrix.
+    assert np.abs(np.array(meta.matrix) - np.array(proposal["matrix"])).max() < 1e-6
+    assert meta.moving == f"daily CT {series}" and meta.iso_mm == f.iso
+    for payload in got.values():
+        img = ReviewImageMessage.model_validate_json(payload)
+        assert img.registration_id == meta.registration_id
+    [registered] = [r.details for r in read_records(tmp_path / "state" / "audit")
+                    if r.event == "registration"]
+    assert registered["registration_id"] == meta.registration_id
 
 
 def test_a_daily_series_acquired_before_the_couch_last_moved_is_refused(

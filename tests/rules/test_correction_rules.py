@@ -48,6 +48,20 @@ async def test_second_approval_by_the_person_who_confirmed_is_refused(tmp_path: 
     assert room.audit.events("approval") == []
 
 
+async def test_a_stop_while_awaiting_approval_latches_and_spends_the_confirmation(
+        tmp_path: Path) -> None:
+    room = await fake_room(tmp_path)
+    pid = await propose(room, LARGE)
+    await room.service.confirm(ALICE, pid)
+    await room.service.stop(BOB, "patient moved")
+    assert str(room.service.workflow.state) == "STOPPED"
+    with pytest.raises(CommandError):
+        await room.service.approve(BOB, pid)  # the confirmation is spent
+    await room.service.reset(ALICE)
+    assert str(room.service.workflow.state) == "READY"
+    assert room.journal.count("GO") == 0
+
+
 async def test_a_completed_correction_is_not_confirmed_again(tmp_path: Path) -> None:
     room = await fake_room(tmp_path)
     async with supervised(room):
