@@ -31,14 +31,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 LISTENING = re.compile(r"igrt-console listening on (http://\S+/)")
-T = TypeVar("T")
 
 # People at the consoles. Their broker account, igrt user name and console id are the
 # same (contract: "A person may log in with their own account").
@@ -300,19 +299,6 @@ class ConsoleServer:
         stop_child(proc)  # type: ignore[arg-type]
         if proc.stdout is not None:
             proc.stdout.close()
-
-
-# ========================================================================= waiting
-def until(pred: Callable[[], T], timeout: float = 5.0, what: str = "condition",
-          period: float = 0.02) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(period)
 
 
 BROWSER_NICE = 10

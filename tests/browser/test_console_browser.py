@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.waiting import until
 
 from .conftest import key_file
-from .stack import NEWCOMER, PHYSICIST, REPO, THERAPIST, RoomsProcess, browser_missing, until
+from .stack import NEWCOMER, PHYSICIST, REPO, THERAPIST, RoomsProcess, browser_missing
 
 _missing = browser_missing()
 if _missing:

@@ -30,6 +30,8 @@ from daemon.console_web.bridge import (
 from sim.broker import free_port, running_mosquitto
 from sim.parent_death import die_with_parent
 
+from .process import stop_console
+
 REPO = Path(__file__).resolve().parents[2]
 KEY = base64.b64encode(os.urandom(16)).decode()
 
@@ -71,14 +73,7 @@ class Console:
         return s, head
 
     def stop(self) -> str:
-        self.proc.terminate()
-        try:
-            _, err = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate(timeout=10)
-            raise AssertionError("igrt-console did not stop on SIGTERM within 10 s") from None
-        return err
+        return stop_console(self.proc)[1]
 
 
 @pytest.fixture

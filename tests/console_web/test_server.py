@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import select
-import signal
 import socket
 import ssl
 import subprocess
@@ -19,6 +18,8 @@ from typing import Any
 import pytest
 
 from sim.parent_death import die_with_parent
+
+from .process import stop_console
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER_URL = "ws://127.0.0.1:9001"
@@ -137,15 +138,7 @@ class Console:
             return out
 
     def stop(self) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate(timeout=10)
-            raise AssertionError("igrt-console did not stop on SIGTERM within 10 s") from None
-        return self.proc.returncode, err
+        return stop_console(self.proc)
 
 
 @pytest.fixture
