@@ -39,6 +39,7 @@ BENCHES = [
     "bench.dicom_export_bench",
     "bench.dicom_intake_bench",
     "bench.console_browser_bench",
+    "bench.qa_bench",
 ]
 
 

@@ -16,7 +16,7 @@ whichever front end it came through.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal, Protocol, TypeAlias
+from typing import Annotated, Literal, Protocol, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -149,6 +149,119 @@ class ArmsRequest(BaseModel):
     extend: bool
 
 
+class QaPose(BaseModel):
+    """An absolute couch pose (mm, deg), every axis given."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    lat: float = Field(ge=-2000.0, le=2000.0, description="mm")
+    long: float = Field(ge=-2000.0, le=2000.0, description="mm")
+    vert: float = Field(ge=-2000.0, le=2000.0, description="mm")
+    yaw: float = Field(ge=-180.0, le=180.0, description="deg")
+    pitch: float = Field(ge=-180.0, le=180.0, description="deg")
+    roll: float = Field(ge=-180.0, le=180.0, description="deg")
+
+
+QaKind = Literal["daily", "sag"]
+QaProfile = Literal["conventional", "srs"]
+_QA_REASON = Field(min_length=8, max_length=256, description="why (audited)")
+
+
+class QaStartRequest(BaseModel):
+    """Open a QA session (no clinical session open): the QA home pose is the couch pose now."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    kind: QaKind = Field(default="daily", description="daily: TG-142 daily QA; sag: couch "
+                         "sag at long extensions (commissioning)")
+    profile: QaProfile | None = Field(default=None,
+                                      description="tolerance profile; default the room's qa.profile")
+    load_kg: float = Field(default=0.0, ge=0.0, le=300.0, description="load on the couch")
+
+
+# Where a QA phantom may be laid at the QA home pose (room frame, mm): a couch-sag run lays
+# it up to qa.sag_max_extension_mm (<= 1200) toward the foot.
+_PhantomAt = Annotated[float, Field(ge=-1500.0, le=1500.0)]
+
+
+class QaImageRequest(BaseModel):
+    """A CBCT of the QA phantom, read by igrtd's registration worker."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    image: str = Field(min_length=1, max_length=4096,
+                       description="image file or DICOM directory, as igrtd sees it")
+    label: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:+-]+$",
+                       description='"baseline" for the reference image (the first), any '
+                       'other label for the later ones')
+    load_kg: float | None = Field(default=None, ge=0.0, le=300.0,
+                                  description="load on the couch now; default the session's")
+    phantom_at_mm: tuple[_PhantomAt, _PhantomAt, _PhantomAt] = Field(
+        default=(0.0, 0.0, 0.0), strict=False,
+        description="where the phantom's centre was laid at the QA home pose, room frame "
+        "(x, y, z mm; default the treatment isocentre); e.g. (0, -E, 0) in a couch-sag run "
+        "extended by E. The BB's home position is this plus qa.phantom_bb_offset_mm")
+
+
+class QaMoveRequest(BaseModel):
+    """A QA move to an absolute couch pose within the QA envelope of the QA home pose."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    target: QaPose
+
+
+class QaFinishRequest(BaseModel):
+    """End the QA session: evaluate and store the result, or abort it."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    abort: bool = Field(default=False, description="close without evaluating (stored as "
+                        "aborted; never passes)")
+    reason: str | None = Field(default=None, min_length=8, max_length=256,
+                               description="why it is aborted (needed with abort)")
+
+
+class QaResultsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    kind: QaKind | None = None
+    limit: int = Field(default=20, ge=1, le=500)
+
+
+class QaOverrideRequest(BaseModel):
+    """Let clinical corrections through for the open clinical session without a passed
+    daily QA (physicist; audited with the reason)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    reason: str = _QA_REASON
+
+
+class QaCalibrationProposeRequest(BaseModel):
+    """Propose a calibration from stored QA results (it applies only once approved)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    result_id: int | None = Field(default=None, ge=1,
+                                  description="daily QA result; default the newest")
+    sag_result_id: int | None = Field(default=None, ge=1,
+                                      description="couch-sag result; default the newest, if any")
+    reason: str | None = Field(default=None, max_length=256)
+
+
+class QaCalibrationApproveRequest(BaseModel):
+    """Second approval of a proposed calibration, by another physicist: it becomes active."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    version: int = Field(ge=1)
+
+
+class QaCalibrationRevertRequest(BaseModel):
+    """Make an earlier approved calibration active again; version 0: none."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    version: int = Field(ge=0, description="approved version to return to; 0 = no calibration")
+    reason: str = _QA_REASON
+
+
+class QaCalibrationsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    limit: int = Field(default=20, ge=1, le=500)
+
+
 class CommandError(Exception):
     """A command refused by the daemon; `reason` is the one-line answer to the user.
 
@@ -192,4 +305,17 @@ class RoomCommands(Protocol):
     async def monitor_stop(self, actor: Actor, req: MonitorStopRequest) -> Reply: ...
     async def monitor_status(self, actor: Actor) -> Reply: ...
     async def arms(self, actor: Actor, req: ArmsRequest) -> Reply: ...
+    async def qa_start(self, actor: Actor, req: QaStartRequest) -> Reply: ...
+    async def qa_image(self, actor: Actor, req: QaImageRequest) -> Reply: ...
+    async def qa_move(self, actor: Actor, req: QaMoveRequest) -> Reply: ...
+    async def qa_finish(self, actor: Actor, req: QaFinishRequest) -> Reply: ...
+    async def qa_results(self, actor: Actor, req: QaResultsRequest) -> Reply: ...
+    async def qa_override(self, actor: Actor, req: QaOverrideRequest) -> Reply: ...
+    async def qa_calibration_propose(self, actor: Actor,
+                                     req: QaCalibrationProposeRequest) -> Reply: ...
+    async def qa_calibration_approve(self, actor: Actor,
+                                     req: QaCalibrationApproveRequest) -> Reply: ...
+    async def qa_calibration_revert(self, actor: Actor,
+                                    req: QaCalibrationRevertRequest) -> Reply: ...
+    async def qa_calibrations(self, actor: Actor, req: QaCalibrationsRequest) -> Reply: ...
 

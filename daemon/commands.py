@@ -45,6 +45,16 @@ from daemon.api import (
     MonitorStartRequest,
     MonitorStopRequest,
     ProposeRequest,
+    QaCalibrationApproveRequest,
+    QaCalibrationProposeRequest,
+    QaCalibrationRevertRequest,
+    QaCalibrationsRequest,
+    QaFinishRequest,
+    QaImageRequest,
+    QaMoveRequest,
+    QaOverrideRequest,
+    QaResultsRequest,
+    QaStartRequest,
     RegisterRequest,
     Reply,
     Role,
@@ -126,6 +136,9 @@ _OPERATORS = frozenset({Role.THERAPIST, Role.APPROVER})
 # Everyone who is allowed near the couch may stop it; a viewer display may not.
 _STOPPERS = frozenset({Role.THERAPIST, Role.APPROVER, Role.SERVICE})
 _SERVICE = frozenset({Role.SERVICE})
+# Daily QA and commissioning: physicists and service engineers (issue 16).
+_QA = frozenset({Role.APPROVER, Role.SERVICE})
+_PHYSICIST = frozenset({Role.APPROVER})
 
 # Not annotated: each entry keeps its own argument model (Command[ProposalArgs], ...),
 # so mypy checks each handler against its model; COMMANDS widens them.
@@ -159,9 +172,9 @@ _DECLARED = (
             "second approval of a large correction, by another person; with its hold-to-run "
             "already held, the move starts", "approve",
             lambda service, a, x: service.approve(a, x.proposal_id), moves=True),
-    Command("hold", ProposalArgs, _OPERATORS, Access.PROOF,
+    Command("hold", ProposalArgs, _OPERATORS | _SERVICE, Access.PROOF,
             "hold-to-run heartbeat: the confirmed move runs while these arrive (held before "
-            "the confirmation, it starts as that lands)", "hold",
+            "the confirmation, it starts as that lands); service: QA moves only", "hold",
             lambda service, a, x: service.hold(a, x.proposal_id), moves=True, heartbeat=True),
     # release only ever takes motion enable away, so it is as open as stop.
     Command("release", NoArgs, _STOPPERS, Access.STOP,
@@ -199,6 +212,38 @@ _DECLARED = (
     Command("arms", ArmsRequest, _STOPPERS, Access.PROOF,
             "kV imager arms: extend for imaging, retract to park", "arms",
             lambda service, a, x: service.arms(a, x), moves=True),
+    # Daily QA and commissioning (docs/qa.md): a QA move is proposed and confirmed by
+    # qa_move and run by `hold` through the MotionGate like any correction.
+    Command("qa_start", QaStartRequest, _QA, Access.PROOF,
+            "open a QA session (no clinical session open); QA home = the couch pose now",
+            "qa start", lambda service, a, x: service.qa_start(a, x)),
+    Command("qa_image", QaImageRequest, _QA, Access.PROOF,
+            "a QA phantom image: the baseline's BB (iso offset), later ones registered to it",
+            "qa image", lambda service, a, x: service.qa_image(a, x)),
+    Command("qa_move", QaMoveRequest, _QA, Access.PROOF,
+            "a QA couch move within the QA envelope, confirmed by the sender; hold runs it",
+            "qa move", lambda service, a, x: service.qa_move(a, x)),
+    Command("qa_finish", QaFinishRequest, _QA, Access.PROOF,
+            "evaluate, store and close the QA session (or abort it with a reason)",
+            "qa finish", lambda service, a, x: service.qa_finish(a, x)),
+    Command("qa_results", QaResultsRequest, _ALL, Access.READ,
+            "stored QA results of this room, newest first", "qa results",
+            lambda service, a, x: service.qa_results(a, x)),
+    Command("qa_override", QaOverrideRequest, _PHYSICIST, Access.PROOF,
+            "let clinical corrections through without a passed daily QA, for this session only",
+            "qa override", lambda service, a, x: service.qa_override(a, x)),
+    Command("qa_calibration_propose", QaCalibrationProposeRequest, _PHYSICIST, Access.PROOF,
+            "propose a calibration from stored QA results (applies once approved)",
+            "qa cal-propose", lambda service, a, x: service.qa_calibration_propose(a, x)),
+    Command("qa_calibration_approve", QaCalibrationApproveRequest, _PHYSICIST, Access.PROOF,
+            "second approval of a proposed calibration, by another physicist: it becomes active",
+            "qa cal-approve", lambda service, a, x: service.qa_calibration_approve(a, x)),
+    Command("qa_calibration_revert", QaCalibrationRevertRequest, _PHYSICIST, Access.PROOF,
+            "return to an earlier approved calibration, or (version 0) to none",
+            "qa cal-revert", lambda service, a, x: service.qa_calibration_revert(a, x)),
+    Command("qa_calibrations", QaCalibrationsRequest, _ALL, Access.READ,
+            "calibration versions of this room and the active one", "qa cal-list",
+            lambda service, a, x: service.qa_calibrations(a, x)),
 )
 
 COMMANDS: Mapping[str, Command[BaseModel]] = {c.name: c for c in _DECLARED}

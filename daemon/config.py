@@ -46,6 +46,7 @@ from daemon.config_sections import (
     MotionConfig,
     MqttConfig,
     PlcConfig,
+    QaConfig,
     RecordConfig,
     StrictModel,
     UserConfig,
@@ -68,6 +69,7 @@ __all__ = [
     "MotionConfig",
     "MqttConfig",
     "PlcConfig",
+    "QaConfig",
     "RecordConfig",
     "RoomConfig",
     "UserConfig",
@@ -98,6 +100,8 @@ class RoomConfig(StrictModel):
         default=None, description="session recording for replay; absent: off")
     dicom: DicomConfig | None = Field(
         default=None, description="DICOM node (igrt-dicomd, docs/dicom.md); absent: none")
+    qa: QaConfig = Field(default_factory=QaConfig,
+                         description="daily QA gate, tolerances and QA moves (docs/qa.md)")
     users: list[UserConfig] = Field(min_length=1)
     users_file: Path | None = Field(
         default=None, strict=False,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     # SimpleITK (imaging.drr) unless the file has a monitoring section.
     from imaging.drr import KvGeometry
     from safety.beam_hold import BeamHoldPolicy
+    from safety.qa_tolerances import Profile
 
 # Serial rates a couch controller UART actually runs at; anything else (1e30,
 # 1, true) is a typo that would only show as a dead link at start.
@@ -277,6 +278,61 @@ class BindingConfig(StrictModel):
     # and again before TARGET and GO.
     couch_moved_tolerance_mm: float = Field(default=0.5, ge=0.05, le=5.0)
     couch_moved_tolerance_deg: float = Field(default=0.2, ge=0.01, le=2.0)
+
+
+_QaTolerance = Annotated[StrictFloat, Field(gt=0.0, le=20.0, allow_inf_nan=False)]
+_BbOffset = Annotated[StrictFloat, Field(ge=-60.0, le=60.0, allow_inf_nan=False)]
+QaProfileName = Literal["conventional", "srs"]
+# Stricter profiles rank higher: a daily QA passed under a looser profile than the
+# configured one does not open the gate.
+QA_PROFILE_RANK: dict[str, int] = {"conventional": 0, "srs": 1}
+
+
+class QaConfig(StrictModel):
+    """Daily QA and commissioning (issue 16, docs/qa.md): the gate on clinical
+    corrections, the tolerance profile, the QA move envelope and the QA phantom."""
+
+    gate: bool = Field(
+        default=True, description="clinical corrections need a daily QA of this room passed "
+        "within window_h (a physicist may override for one session)")
+    window_h: float = Field(default=24.0, ge=1.0, le=168.0)
+    profile: QaProfileName = Field(default="conventional",
+                                   description="TG-142 tolerance profile (safety.qa_tolerances)")
+    tolerances: dict[QaProfileName, dict[str, _QaTolerance]] | None = Field(
+        default=None, strict=False,
+        description="per profile, overrides of its tolerances (names of "
+        "safety.qa_tolerances.Profile), e.g. {\"srs\": {...}}")
+    envelope_mm: float = Field(default=25.0, ge=1.0, le=100.0,
+                               description="QA moves: farthest translation from the QA home pose")
+    envelope_deg: float = Field(default=2.5, ge=0.1, le=10.0,
+                                description="QA moves: farthest rotation from the QA home pose")
+    sag_max_extension_mm: float = Field(
+        default=700.0, ge=0.0, le=1200.0,
+        description="couch-sag QA: farthest long extension from the QA home pose")
+    phantom_bb_offset_mm: tuple[_BbOffset, _BbOffset, _BbOffset] = Field(
+        default=(4.0, -3.0, 2.5), strict=False,
+        description="the QA phantom's BB relative to its centre, room frame, couch at the QA "
+        "home pose (the phantom's centre set up at the treatment isocentre)")
+    patient_load_kg: float = Field(
+        default=75.0, ge=0.0, le=300.0,
+        description="load assumed on the couch when an active calibration's sag model "
+        "compensates a clinical target")
+
+    @model_validator(mode="after")
+    def _tolerances_valid(self) -> QaConfig:
+        for name in QA_PROFILE_RANK:
+            self.profile_for(name)
+        return self
+
+    def profile_for(self, name: str) -> Profile:
+        """The tolerance profile `name` with this room's overrides (safety.qa_tolerances)."""
+        from safety.qa_tolerances import resolve_profile
+
+        overrides = next((v for k, v in (self.tolerances or {}).items() if k == name), None)
+        try:
+            return resolve_profile(name, overrides)
+        except ValueError as exc:
+            raise Located((f"tolerances.{name}", str(exc))) from None
 
 
 class RecordConfig(StrictModel):

@@ -23,6 +23,7 @@ from daemon.api import (
     SessionRequest,
 )
 from daemon.proposals import (
+    QA_SOURCE,
     Confirmation,
     ImagingRecord,
     Proposal,
@@ -35,6 +36,7 @@ from daemon.room import Room, pose_json
 from daemon.session_setup import SessionRefused, session_setup
 from daemon.workflow import LATCHED, PROPOSABLE, RoomState
 from imaging.review_messages import ReviewMessages, ReviewRequest
+from safety.calibrated_correction import plan_calibrated_correction
 from safety.correction import plan_correction
 from safety.geometry import parse_patient_position
 from safety.policy import Verdict
@@ -54,11 +56,27 @@ class CorrectionWorkflow:
         self.room = room
         self.registrations = RegistrationWorker()
 
+    def _in_qa_session(self) -> bool:
+        return self.room.session is not None and self.room.session.source == QA_SOURCE
+
+    def _qa_refusal(self, cmd: str) -> str:
+        return (f"{cmd} refused: a QA session is open (QA phantom, not a patient); finish it "
+                "first (qa_finish)")
+
+    def _gate(self, actor: Actor, cmd: str, **details: object) -> None:
+        """The daily-QA gate: a clinical correction is refused while this room's daily QA
+        has not passed within the configured window (docs/qa.md, H-QA-GATE)."""
+        refusal = self.room.qa_gate()
+        if refusal is not None:
+            raise self.room.refuse(actor, cmd, refusal, gate="qa", **details)
+
     async def open_session(self, actor: Actor, req: SessionRequest) -> Reply:
         openable = (S.STANDBY, S.READY, S.DONE, S.PROPOSED)
         if self.room.workflow.state not in openable:
             raise self.room.refuse(actor, "open_session",
                                    f"cannot open a session in state {self.room.workflow.state}")
+        if self._in_qa_session():
+            raise self.room.refuse(actor, "open_session", self._qa_refusal("open_session"))
         dicom = self.room.config.dicom
         archive = dicom.archive_dir(self.room.config.state_dir) if dicom is not None else None
         try:
@@ -70,6 +88,8 @@ class CorrectionWorkflow:
         if self.room.workflow.state not in openable:  # changed while the plan was read
             raise self.room.refuse(actor, "open_session",
                                    f"cannot open a session in state {self.room.workflow.state}")
+        if self._in_qa_session():  # opened while the plan was read
+            raise self.room.refuse(actor, "open_session", self._qa_refusal("open_session"))
         self.room.session = TreatmentSession(
             req.patient_id, req.plan_uid, setup.frame_of_reference_uid, setup.iso,
             setup.patient_position, actor.user, time.time(), source=setup.source,
@@ -113,6 +133,9 @@ class CorrectionWorkflow:
     async def register(self, actor: Actor, req: RegisterRequest) -> Reply:
         """Rigid registration in the worker process: motion supervision keeps running
         and keeps the interpreter to itself (daemon/registration_worker.py)."""
+        if self._in_qa_session():
+            raise self.room.refuse(actor, "register", self._qa_refusal("register") +
+                                   "; QA images go to qa_image")
         fixed, iso, half = req.fixed, req.iso, None
         fixed_label, review_iso = req.fixed, req.iso
         if fixed is None:
@@ -192,6 +215,10 @@ class CorrectionWorkflow:
         if self.room.workflow.state not in PROPOSABLE:
             raise self.room.refuse(actor, "propose",
                                    f"cannot propose in state {self.room.workflow.state}")
+        if self._in_qa_session() or req.source == QA_SOURCE:
+            raise self.room.refuse(actor, "propose", self._qa_refusal("propose") +
+                                   "; QA moves are made by qa_move")
+        self._gate(actor, "propose")
         refusals = self._binding_refusals(req)
         uid = req.binding.imaging_session_uid
         rec = self.room.session.imaging.get(uid)
@@ -228,10 +255,20 @@ class CorrectionWorkflow:
         if rec is not None or req.couch_at_imaging is None:
             refusals.extend(couch_moved_reasons(p_img, current, tol_mm, tol_deg))
         axes = frozenset(req.axes) if req.axes else frozenset(AXES)
+        calibration = self.room.calibration
         try:
-            plan = plan_correction(req.matrix, req.iso, req.patient_position, p_img,
-                                   self.room.model,
-                                   self.room.policy, axes, extra_refusals=refusals, current=current)
+            if calibration is None:
+                # No calibration active: exactly the geometry contract (docs/geometry.md).
+                plan = plan_correction(req.matrix, req.iso, req.patient_position, p_img,
+                                       self.room.model, self.room.policy, axes,
+                                       extra_refusals=refusals, current=current)
+            else:
+                # The target compensates for the approved calibration: the couch is sent
+                # where its real pose is the planned one (safety/calibrated_correction.py).
+                plan = plan_calibrated_correction(
+                    req.matrix, req.iso, req.patient_position, p_img, self.room.model,
+                    self.room.policy, calibration, self.room.config.qa.patient_load_kg, axes,
+                    extra_refusals=refusals, current=current)
         except ValueError as exc:
             raise self.room.refuse(actor, "propose", str(exc)) from None
         self.room.supersede_current("new proposal")
@@ -250,7 +287,9 @@ class CorrectionWorkflow:
                         delta=plan.delta.as_dict(),
                         couch_at_imaging=p_img.as_dict(), couch_now=current.as_dict(),
                         travel=plan.travel.as_dict() if plan.travel else None,
-                        binding=req.binding.model_dump(), via=actor.via)
+                        binding=req.binding.model_dump(), via=actor.via,
+                        calibration_version=(None if calibration is None
+                                             else calibration.version))
         if plan.verdict is Verdict.WITHIN_TOLERANCE:
             self.room.last_result = {"proposal_id": pid, "outcome": "within_tolerance",
                                      "delta": pose_json(plan.delta)}
@@ -266,6 +305,10 @@ class CorrectionWorkflow:
 
     async def confirm(self, actor: Actor, proposal_id: str) -> Reply:
         p = self.room.proposal(actor, "confirm", proposal_id)
+        if p.source == QA_SOURCE:
+            raise self.room.refuse(actor, "confirm", f"proposal {proposal_id} is a QA move: "
+                                   "QA moves are confirmed by qa_move (make a new one)",
+                                   proposal_id=proposal_id)
         if self.room.workflow.state != S.PROPOSED or p.status not in (PS.PROPOSED, PS.INTERRUPTED):
             raise self.room.refuse(actor, "confirm", f"proposal {proposal_id} is {p.status}; "
                                    f"room is {self.room.workflow.state}; nothing to confirm",
@@ -276,6 +319,7 @@ class CorrectionWorkflow:
                                    proposal_id=proposal_id)
         if self.room.store.proposal_completed(proposal_id):
             raise self.room.refuse(actor, "confirm", f"proposal {proposal_id} was already applied")
+        self._gate(actor, "confirm", proposal_id=proposal_id)
         age = time.time() - p.binding.acquired_at
         if age > self.room.config.binding.max_registration_age_s:
             raise self.room.refuse(actor, "confirm", f"registration is {age:.0f} s old, limit "
@@ -306,6 +350,7 @@ class CorrectionWorkflow:
             raise self.room.refuse(actor, "approve", "second approval must come from another "
                                    f"person than {c.user}, who confirmed",
                                    proposal_id=proposal_id)
+        self._gate(actor, "approve", proposal_id=proposal_id)
         c.approver, c.approved_at = actor.user, time.time()
         self.room.store.record_confirmation(c.id, p.id, c.user, c.at, approver=actor.user)
         p.to(PS.CONFIRMED)

@@ -34,6 +34,11 @@ from safety.correction import CorrectionPlan
 from safety.policy import Verdict
 from safety.pose import Pose
 
+# The source of a QA session and of its moves (daemon/qa_workflow.py): the QA
+# phantom, never a patient. Clinical commands refuse them and they refuse clinical
+# ones; the daily-QA gate applies to every other source.
+QA_SOURCE = "qa"
+
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"

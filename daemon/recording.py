@@ -57,7 +57,7 @@ _TAIL_RESERVE = 512
 _TYPE_NAMES = {int(m): m.name for m in cp.MsgType}
 # Configuration sections a replay needs to behave like the recorded igrtd; none
 # holds a secret (users are reduced to name and role below).
-_REPLAY_SECTIONS = ("room", "couch", "couch_model", "policy", "plc", "motion", "binding")
+_REPLAY_SECTIONS = ("room", "couch", "couch_model", "policy", "plc", "motion", "binding", "qa")
 
 
 def config_digest(config: RoomConfig) -> str:

@@ -34,10 +34,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 # No numpy here: igrtd unpickles these from the worker (imaging/review_messages.py).
 from imaging.review_messages import ReviewMessages, ReviewRequest
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # numpy and SimpleITK are loaded in the worker, not in igrtd
     from imaging.registration_result import RegistrationResult
 
 log = logging.getLogger("igrt.registration")
+T = TypeVar("T")
 
 # Below igrtd (Nice=-10 in systemd/igrtd.service) and below ordinary work.
 WORKER_NICE = 10
@@ -120,6 +122,130 @@ def _register_files(fixed: str, moving: str, iso: tuple[float, float, float] | N
     return Registered(result, messages)
 
 
+@dataclass(frozen=True)
+class QaBb:
+    """The QA phantom's BB found in a baseline image (image physical frame, DICOM LPS, mm)."""
+
+    position_mm: tuple[float, float, float]
+    peak_hu: float
+    voxels: int
+
+
+@dataclass(frozen=True)
+class QaShift:
+    """A QA image measured against the baseline (`_qa_shift_files`).
+
+    `shift`: how the BB moved in the room and how the table top turned (x, y, z mm;
+    yaw, pitch, roll deg), relative to the baseline (safety.qa.room_shift_from_registration).
+    `couch`: the same motion as a couch delta from the QA home pose (lat, long, vert mm;
+    yaw, pitch, roll deg; safety.qa.couch_delta_from_room_shift), what a commanded
+    QA move is compared with. `bb_mm`: the BB in this image (DICOM LPS, mm).
+    The motion is a rigid fit of the phantom's fiducials, not an image registration:
+    `converged` is True (a fit that fails refuses with ValueError instead) and `metric`
+    is the fit's residual RMS in mm (its fiducials' disagreement with a rigid motion;
+    ~0.05 mm on a good image). `fiducials_mm`: the fiducials found in this image
+    (BB first, then the air holes; DICOM LPS, mm)."""
+
+    shift: tuple[float, float, float, float, float, float]
+    couch: tuple[float, float, float, float, float, float]
+    converged: bool
+    metric: float
+    reason: str = ""
+    bb_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    fiducials_mm: tuple[tuple[float, float, float], ...] = ()
+
+
+# The BB is found again within this of where it was in the baseline (the QA envelope's
+# 25 mm and the lever arm of a 2.5 deg rotation stay inside).
+QA_BB_SEARCH_MM = 40.0
+# An air hole is searched this far about where it is expected: in the baseline, the BB's
+# position plus the phantom geometry's offset (a phantom laid within ~2 deg of the
+# lasers); later, its baseline position moved by the BB's displacement (a 2.5 deg QA
+# rotation moves a hole ~80 mm from the BB by 3.5 mm). The holes sit 30 mm or more from
+# the cube's faces and from each other, so nothing else dark is in reach.
+QA_HOLE_SEARCH_MM = 10.0
+Six = tuple[float, float, float, float, float, float]
+Vec3 = tuple[float, float, float]
+# An air hole of the QA phantom relative to its BB: (offset in the image frame (DICOM
+# LPS, mm) at the baseline, radius mm). daemon/qa_workflow.py builds them from the
+# phantom's geometry.
+QaHole = tuple[Vec3, float]
+
+
+def _qa_bb_file(image: str, expected_mm: tuple[float, float, float],
+                search_radius_mm: float) -> QaBb:
+    """Runs in the worker: read a QA image and find its one BB (ValueError otherwise)."""
+    from imaging.qa_bb import find_bb
+    from imaging.volumes import read_image
+
+    found = find_bb(read_image(image).image, expected_mm, search_radius_mm)
+    p = found.position_mm
+    return QaBb((float(p[0]), float(p[1]), float(p[2])), float(found.peak_hu), int(found.voxels))
+
+
+def _v3(p: Any) -> Vec3:  # a sequence or numpy array of 3 numbers
+    return (float(p[0]), float(p[1]), float(p[2]))
+
+
+def _qa_shift_files(baseline: str, image: str, bb_mm: tuple[float, float, float],
+                    bb_room_mm: tuple[float, float, float], home: Six,
+                    pivot_mm: tuple[float, float, float],
+                    holes: tuple[QaHole, ...] = ()) -> QaShift:
+    """Runs in the worker: how the phantom moved from `baseline` to `image`.
+
+    From fiducials, not an image registration (a rigid registration of the nearly
+    featureless cube fell into rotations 0.2 deg off, which the couch's pivot lever turns
+    into 0.5-0.8 mm of false long/lat error): the BB (imaging.qa_bb.find_bb) and the
+    phantom's air holes (imaging.qa_bb.find_air_hole) are found in both images to a
+    fraction of a voxel and a least-squares rigid fit (safety.qa.rigid_fit) of the
+    baseline's onto this image's gives the ITK fixed -> moving matrix. Its translation
+    is then set so that it maps the baseline's BB exactly onto this image's (the BB is
+    the best-found point; the fit's rotation stands), for
+    safety.qa.room_shift_from_registration. `bb_mm`: the BB in the baseline; `holes`:
+    each air hole's offset from the BB in the baseline image (DICOM, mm) and radius (at
+    least two, not in line with the BB); `bb_room_mm`: the BB's room position at the
+    home pose (where the phantom was set up); `home`, `pivot_mm`: the couch's, for the
+    couch delta. ValueError (one line) when a fiducial is not found or the fit's
+    residual says one was misfound."""
+    import numpy as np
+
+    from imaging.qa_bb import find_air_hole, find_bb
+    from imaging.volumes import read_image
+    from safety.pose import Pose
+    from safety.qa import couch_delta_from_room_shift, rigid_fit, room_shift_from_registration
+
+    if len(holes) < 2:
+        raise ValueError(f"QA measurement needs at least 2 air holes of the phantom besides "
+                         f"its BB, got {len(holes)}")
+    fixed = read_image(baseline).image
+    moving = read_image(image).image
+    bb0 = np.asarray(bb_mm, dtype=float)
+    bb1 = np.asarray(find_bb(moving, bb_mm, QA_BB_SEARCH_MM).position_mm, dtype=float)
+    moved = bb1 - bb0
+    before: list[Vec3] = [_v3(bb0)]
+    after: list[Vec3] = [_v3(bb1)]
+    for k, (offset, radius) in enumerate(holes):
+        at = bb0 + np.asarray(offset, dtype=float)
+        try:
+            h0 = np.asarray(find_air_hole(fixed, _v3(at), radius, QA_HOLE_SEARCH_MM)
+                            .position_mm, dtype=float)
+        except ValueError as exc:
+            raise ValueError(f"air hole {k + 1} in the baseline: {exc}") from None
+        try:
+            h1 = find_air_hole(moving, _v3(h0 + moved), radius, QA_HOLE_SEARCH_MM).position_mm
+        except ValueError as exc:
+            raise ValueError(f"air hole {k + 1}: {exc}") from None
+        before.append(_v3(h0))
+        after.append(_v3(h1))
+    fit = rigid_fit(before, after)
+    matrix = np.array(fit.matrix, dtype=float)
+    matrix[:3, 3] = bb1 - matrix[:3, :3] @ bb0  # T(bb in the baseline) = bb in this image
+    shift = room_shift_from_registration(matrix, "HFS", bb_mm)
+    couch = couch_delta_from_room_shift(shift, Pose(*home), pivot_mm, bb_room_mm)
+    return QaShift(shift.as_tuple(), couch.as_tuple(), True, float(fit.rms_mm), "",
+                   _v3(bb1), tuple(after))
+
+
 def _review(fixed: sitk.Image, moving: sitk.Image, result: RegistrationResult,
             iso: tuple[float, float, float] | None, review: ReviewRequest) -> ReviewMessages:
     from imaging.registration import image_centre
@@ -168,6 +294,31 @@ class RegistrationWorker:
             log.warning("review images of registration %s not made: %s",
                         review.registration_id if review else "?", done.review_error)
         return done
+
+    async def _in_worker(self, fn: Callable[..., T], *args: object) -> T:
+        async with self._turn:
+            loop = asyncio.get_running_loop()
+            try:
+                return await loop.run_in_executor(self._executor(), fn, *args)
+            except BrokenProcessPool:
+                self._discard()
+                raise RegistrationFailed("the registration worker process ended unexpectedly; "
+                                         "try again") from None
+
+    async def qa_bb(self, image: str, expected_mm: tuple[float, float, float],
+                    search_radius_mm: float) -> QaBb:
+        """The BB of a QA baseline image, found in the worker; ValueError (one line) when
+        the image cannot be read or holds no BB or more than one."""
+        return await self._in_worker(_qa_bb_file, image, expected_mm, search_radius_mm)
+
+    async def qa_shift(self, baseline: str, image: str, bb_mm: tuple[float, float, float],
+                       bb_room_mm: tuple[float, float, float], home: Six,
+                       pivot_mm: tuple[float, float, float],
+                       holes: tuple[QaHole, ...] = ()) -> QaShift:
+        """`image` measured against `baseline` from the phantom's fiducials (BB and air
+        holes), in the worker (daemon/qa_workflow.py)."""
+        return await self._in_worker(_qa_shift_files, baseline, image, bb_mm, bb_room_mm, home,
+                                     pivot_mm, holes)
 
     def _discard(self) -> None:
         pool, self._pool = self._pool, None

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from daemon.api import Actor, CommandError
 from daemon.config import RoomConfig
@@ -35,6 +36,9 @@ from imaging.review_messages import ReviewMessages
 from safety.couch_model import CouchModel
 from safety.policy import VerdictPolicy
 from safety.pose import Pose
+
+if TYPE_CHECKING:
+    from safety.qa_calibration import Calibration
 
 log = logging.getLogger("igrt.room")
 
@@ -123,6 +127,15 @@ class Room:
         self._tasks: set[asyncio.Task[object]] = set()
         # Beam-on monitoring's line of the snapshot (set by RoomService).
         self.monitoring_brief: Callable[[], JsonObject | None] = lambda: None
+        # Daily QA (daemon/qa_workflow.py, wired by RoomService): why a clinical
+        # correction may not be proposed or confirmed now (None: it may), and the
+        # snapshot's `qa` line.
+        self.qa_gate: Callable[[], str | None] = lambda: None
+        self.qa_brief: Callable[[], JsonObject | None] = lambda: None
+        # The active couch/imaging calibration (approved by two people, versioned):
+        # planned clinical targets compensate for it. None: planning exactly as
+        # without calibration (docs/geometry.md).
+        self.calibration: Calibration | None = None
 
     @property
     def session(self) -> TreatmentSession | None:
@@ -305,6 +318,7 @@ class Room:
             "hold": {"user": self.hold.user, "fresh": self.hold_fresh(snap)},
             "last_result": self.last_result,
             "monitoring": self.monitoring_brief(),
+            "qa": self.qa_brief(),
         }
 
     def progress(self) -> JsonObject:

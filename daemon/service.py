@@ -12,7 +12,10 @@ command to the part that owns it; the parts check the room's state:
   motion, and daemon/couch_watch.py (uncommanded motion, position plausibility);
 * daemon/beam_monitoring.py: beam-on intrafraction monitoring;
 * daemon/service_mode.py: service mode, jog, diag;
-* daemon/arms_control.py: the kV imager arms.
+* daemon/arms_control.py: the kV imager arms;
+* daemon/qa_workflow.py: daily QA and calibration (a QA move is a proposal of
+  source "qa" that supervision runs like any other), and the daily-QA gate that
+  the correction workflow asks through `Room.qa_gate`.
 
 What they share (state, audit, state changes, snapshot, motion facts, STOP)
 is daemon/room.py. Devices come in through the Protocols of daemon/ports.py.
@@ -37,6 +40,16 @@ from daemon.api import (
     MonitorStartRequest,
     MonitorStopRequest,
     ProposeRequest,
+    QaCalibrationApproveRequest,
+    QaCalibrationProposeRequest,
+    QaCalibrationRevertRequest,
+    QaCalibrationsRequest,
+    QaFinishRequest,
+    QaImageRequest,
+    QaMoveRequest,
+    QaOverrideRequest,
+    QaResultsRequest,
+    QaStartRequest,
     RegisterRequest,
     Reply,
     Role,
@@ -58,7 +71,8 @@ from daemon.ports import (
     ImagerLinkPort,
     RoomSafetyPort,
 )
-from daemon.proposals import Proposal, TreatmentSession
+from daemon.proposals import QA_SOURCE, Proposal, TreatmentSession
+from daemon.qa_workflow import QaWorkflow
 from daemon.room import ActiveMove, Room
 from daemon.service_mode import ServiceMode
 from daemon.session_beacon import SessionBeacon
@@ -104,6 +118,10 @@ class RoomService:
             if dicom is not None and dicom.auto_register else None)
         self.room.monitoring_brief = self.monitoring.brief
         self.motion.monitoring_plc_check = self.monitoring.plc_check
+        # QA images go to the registration worker the clinical registrations use.
+        self.qa = QaWorkflow(self.room, self.corrections.registrations)
+        self.room.qa_gate = self.qa.gate_refusal
+        self.room.qa_brief = self.qa.brief
 
     # ------------------------------------------------- what diagnostics reads
     @property
@@ -192,8 +210,9 @@ class RoomService:
         self.monitoring.attach_imager(link)
 
     def close_workers(self) -> None:
-        """igrtd is stopping: end the registration worker process."""
+        """igrtd is stopping: end the registration worker process, close the QA store."""
         self.corrections.registrations.close()
+        self.qa.close()
 
     async def shutdown_monitoring(self) -> None:
         """igrtd is stopping: end monitoring with the beam held (fail safe)."""
@@ -201,8 +220,10 @@ class RoomService:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Reconcile after a (possibly unclean) restart; the room comes up stopped."""
+        """Reconcile after a (possibly unclean) restart; the room comes up stopped. Then the
+        room's QA store: the daily-QA gate and the active calibration."""
         await self.motion.start()
+        await self.qa.start()
 
     async def run(self) -> None:
         """Supervision: event driven for the PLC, polled for hold-to-run and the couch;
@@ -279,6 +300,14 @@ class RoomService:
     async def hold(self, actor: Actor, proposal_id: str) -> Reply:
         """Hold-to-run heartbeat. The first one after confirmation starts the move."""
         self._require(actor, "hold")
+        if actor.role == Role.SERVICE:
+            # A service engineer holds QA moves only (the QA phantom, never a patient).
+            p = self.room.current
+            if p is None or p.id != proposal_id or p.source != QA_SOURCE:
+                self.room.audit("reject", actor.user, command="hold", proposal_id=proposal_id,
+                                reason="service role holds QA moves only", via=actor.via)
+                raise CommandError(f"hold of {proposal_id}: a {actor.role} user may hold QA "
+                                   "moves only", "forbidden")
         return await self.motion.hold(actor, proposal_id)
 
     async def release(self, actor: Actor) -> Reply:
@@ -329,3 +358,49 @@ class RoomService:
     async def monitor_status(self, actor: Actor) -> Reply:
         self._require(actor, "monitor_status")
         return await self.monitoring.monitor_status(actor)
+
+    # ------------------------------------------------------------ daily QA
+    async def qa_start(self, actor: Actor, req: QaStartRequest) -> Reply:
+        self._require(actor, "qa_start")
+        return await self.qa.qa_start(actor, req)
+
+    async def qa_image(self, actor: Actor, req: QaImageRequest) -> Reply:
+        """A QA image analysed in the registration worker: motion supervision keeps running."""
+        self._require(actor, "qa_image")
+        return await self.qa.qa_image(actor, req)
+
+    async def qa_move(self, actor: Actor, req: QaMoveRequest) -> Reply:
+        """A QA move proposed and confirmed by the sender; `hold` runs it (MotionGate)."""
+        self._require(actor, "qa_move")
+        return await self.qa.qa_move(actor, req)
+
+    async def qa_finish(self, actor: Actor, req: QaFinishRequest) -> Reply:
+        self._require(actor, "qa_finish")
+        return await self.qa.qa_finish(actor, req)
+
+    async def qa_results(self, actor: Actor, req: QaResultsRequest) -> Reply:
+        self._require(actor, "qa_results")
+        return await self.qa.qa_results(actor, req)
+
+    async def qa_override(self, actor: Actor, req: QaOverrideRequest) -> Reply:
+        self._require(actor, "qa_override")
+        return await self.qa.qa_override(actor, req)
+
+    async def qa_calibration_propose(self, actor: Actor,
+                                     req: QaCalibrationProposeRequest) -> Reply:
+        self._require(actor, "qa_calibration_propose")
+        return await self.qa.qa_calibration_propose(actor, req)
+
+    async def qa_calibration_approve(self, actor: Actor,
+                                     req: QaCalibrationApproveRequest) -> Reply:
+        self._require(actor, "qa_calibration_approve")
+        return await self.qa.qa_calibration_approve(actor, req)
+
+    async def qa_calibration_revert(self, actor: Actor,
+                                    req: QaCalibrationRevertRequest) -> Reply:
+        self._require(actor, "qa_calibration_revert")
+        return await self.qa.qa_calibration_revert(actor, req)
+
+    async def qa_calibrations(self, actor: Actor, req: QaCalibrationsRequest) -> Reply:
+        self._require(actor, "qa_calibrations")
+        return await self.qa.qa_calibrations(actor, req)

@@ -30,6 +30,7 @@ from daemon.dicom_outbox import RegistrationOutbox, VerifiedRegistration
 from daemon.jsontypes import JsonObject, as_str
 from daemon.motion_gate import ConfirmationTicket, MotionGate, MotionRefused
 from daemon.ports import ImagerArmsPort
+from daemon.proposals import QA_SOURCE
 from daemon.proposals import ProposalStatus as PS
 from daemon.room import ActiveMove, Room, pose_json
 from daemon.workflow import LATCHED, RoomState
@@ -547,8 +548,9 @@ class MotionSupervisor:
             p.to(PS.COMPLETED)
         self.room.audit("verified", "system", **result)
         self.room.to(S.DONE, f"reached target within {tol_mm} mm / {tol_deg} deg")
-        if self.outbox is not None and p is not None:
+        if self.outbox is not None and p is not None and p.source != QA_SOURCE:
             # Off the event loop and never failing here: a REG not written is audited.
+            # (A QA move of the phantom is no treatment: nothing to record and verify.)
             c = p.confirmation
             self.room.spawn(self.outbox.put(VerifiedRegistration.of(
                 self.room.config.room, p, active.started.confirmation_id,

@@ -24,14 +24,20 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, StrictFloat, TypeAdapter, ValidationError, model_validator
 
+from safety.pose import Pose
 from sim.control_faults import Fault, FaultError, clear_all, inject
 from sim.room_description import Breathing, SetupError
+from sim.room_imperfections import MAX_LOAD_KG, RealCouch, pose_error
 from sim.validation import Strict, one_line
 
 if TYPE_CHECKING:
     from sim.room_handle import RoomHandle
 
 _Drift = Annotated[StrictFloat, Field(ge=-5.0, le=5.0, allow_inf_nan=False)]
+_Centre = Annotated[StrictFloat, Field(ge=-200.0, le=200.0, allow_inf_nan=False)]
+# Along the table (room y) the cube is slid up to 700 mm toward the foot, so that a couch
+# extended by as much brings it to the isocentre (`igrtctl qa couch-sag`).
+_CentreLong = Annotated[StrictFloat, Field(ge=-700.0, le=200.0, allow_inf_nan=False)]
 IMAGE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
 GANTRY_NOTE = ("kept in the simulated world only: igrtd does not see it until the PLC "
                "gantry register exists (separate issue)")
@@ -76,6 +82,20 @@ class RecordArgs(Strict):
 class AcquireArgs(Strict):
     path: str = Field(min_length=1, max_length=4096, description=(
         "image file (.mha .mhd .nii .nii.gz .nrrd); relative paths go to RUN_DIR/images/"))
+    subject: Literal["patient", "qa_phantom"] = Field(
+        default="patient", description="what lies on the couch: the patient, or the daily QA "
+        "cube phantom (sim/qa_phantom.py)")
+
+
+class CouchLoadArgs(Strict):
+    kg: float = Field(ge=0.0, le=MAX_LOAD_KG, description="load on the table top (couch sag "
+                      "grows with it; no effect in a room without imperfections)")
+
+
+class QaPlaceArgs(Strict):
+    centre_mm: tuple[_Centre, _CentreLong, _Centre] = Field(
+        default=(0.0, 0.0, 0.0), strict=False, description="room x, y, z where the cube's "
+        "centre is laid, with the couch where it really is now (0: the treatment isocentre)")
 
 
 @dataclass(frozen=True)
@@ -90,6 +110,55 @@ class Op:
         return TypeAdapter(self.args)
 
 
+# ------------------------------------------------------------------ the real couch
+def real_couch(room: RoomHandle) -> RealCouch:
+    """The room's couch as it really is (imperfections, load, moves); one per room."""
+    rc = room.cache.get("real_couch")
+    if rc is None:
+        rc = room.cache["real_couch"] = RealCouch(room.description.imperfections,
+                                                  room.description.seed)
+    assert isinstance(rc, RealCouch)
+    return rc
+
+
+def true_couch_pose(room: RoomHandle) -> Pose | None:
+    """The real table-top pose now (the controller's own pose in a perfect room)."""
+    couch = room.couch
+    if couch is None:
+        return None
+    return real_couch(room).pose(couch.pose, RealCouch.moves(couch.executed_commands))
+
+
+def _qa_placement(room: RoomHandle) -> tuple[Any, tuple[float, float, float]]:
+    """(placement A, centre_room) of the QA cube: laid at the treatment isocentre with
+    the couch at the description's start pose (its real pose before any move, at the
+    description's load) unless op qa_phantom_place laid it since."""
+    if "qa_placement" not in room.cache:
+        from sim.qa_phantom import lay_phantom
+
+        d = room.description
+        start = d.couch.start_pose.pose()
+        imp = d.imperfections
+        real = start if imp is None else imp.true_pose(start, imp.load_kg,
+                                                       real_couch(room).rng(0))
+        room.cache["qa_placement"] = (lay_phantom(real, pivot=room.patient.world.pivot),
+                                      (0.0, 0.0, 0.0))
+    placement, centre = room.cache["qa_placement"]
+    return placement, centre
+
+
+def _qa_truth(room: RoomHandle, real: Pose) -> dict[str, Any]:
+    from sim.qa_phantom import bb_room_mm, room_point
+
+    placement, centre = _qa_placement(room)
+    pivot = room.patient.world.pivot
+    return {"bb_offset_mm": list(room.description.qa_phantom.bb_offset_mm),
+            "laid_at_mm": list(centre),
+            "centre_room_mm": list(room_point(placement, real, (0.0, 0.0, 0.0), pivot)),
+            "bb_true_room_mm": list(bb_room_mm(placement, real, room.description.qa_phantom,
+                                               pivot))}
+
+
 # ------------------------------------------------------------------ operations
 def _describe(room: RoomHandle, _: NoArgs) -> dict[str, Any]:
     return {"room": room.description.model_dump(mode="json"), "info": room.info(),
@@ -100,15 +169,21 @@ def _truth(room: RoomHandle, _: NoArgs) -> dict[str, Any]:
     couch = room.couch
     plc = room.plc
     pose = couch.pose if couch is not None else None
+    real = true_couch_pose(room)
+    rc = real_couch(room)
     return {
         "t_monotonic": time.monotonic(), "t_wall": time.time(),
-        "couch": None if couch is None or pose is None else {
+        "couch": None if couch is None or pose is None or real is None else {
             "pose": pose.as_dict(), "state": couch.state, "fault_code": couch.fault_code,
-            "moving": couch.is_moving},
+            "moving": couch.is_moving, "true_pose": real.as_dict(),
+            "true_minus_reported": pose_error(real, pose),
+            "moves": RealCouch.moves(couch.executed_commands)},
+        **rc.as_dict(),
+        "qa_phantom": None if real is None else _qa_truth(room, real),
         "plc": None if plc is None else {
             "inputs": plc.inputs(), "coils": plc.coils(), "fault_code": plc.fault_code,
             "heartbeat": plc.heartbeat, "openings": dict(plc.openings)},
-        "patient": None if pose is None else room.patient.truth(pose),
+        "patient": None if real is None else room.patient.truth(real),
         "gantry": {"angle_deg": room.patient.gantry_angle_deg, "note": GANTRY_NOTE},
         "kv_imager": None if room.kv is None else {
             "connected": room.kv.connected, "acquiring": room.kv.acquiring,
@@ -126,15 +201,16 @@ async def _clear(room: RoomHandle, _: NoArgs) -> dict[str, Any]:
 
 def _patient(room: RoomHandle, a: PatientArgs) -> dict[str, Any]:
     if a.setup_error is not None:
-        if room.couch is None:
+        real = true_couch_pose(room)
+        if real is None:
             raise OpError("the couch controller is not running")
-        room.patient.place(room.couch.pose, a.setup_error.pose())
+        room.patient.place(real, a.setup_error.pose())
     if a.drift_mm_s is not None:
         room.patient.set_drift(a.drift_mm_s)
     if a.breathing is not None:
         room.patient.set_breathing(a.breathing.amplitude_mm, a.breathing.period_s)
-    pose = room.couch.pose if room.couch is not None else None
-    return {"patient": room.patient.truth(pose) if pose is not None else None}
+    real = true_couch_pose(room)
+    return {"patient": room.patient.truth(real) if real is not None else None}
 
 
 def _gantry(room: RoomHandle, a: GantryArgs) -> dict[str, Any]:
@@ -217,9 +293,20 @@ async def _acquire_cbct(room: RoomHandle, a: AcquireArgs) -> dict[str, Any]:
     if room.couch is None:
         raise OpError("the couch controller is not running")
     path = _image_path(room, a.path)
-    pose = room.couch.pose  # the true pose at acquisition, read on the room's loop
+    # Read on the room's loop at acquisition: the pose the controller reports (what
+    # igrtd sees) and where the table top really is (imperfections applied).
+    pose = room.couch.pose
+    real = true_couch_pose(room)
+    assert real is not None
+    imp = room.description.imperfections
+    shot = real if imp is None else imp.imaging_pose(real)  # about the imaging isocentre
     world = room.patient.world
     t0 = time.monotonic()
+    common = {"subject": a.subject, "couch_pose": pose.as_dict(), "true_pose": real.as_dict(),
+              "imaging_iso_offset_mm": [0.0, 0.0, 0.0] if imp is None
+              else list(imp.imaging_iso_offset_mm)}
+    if a.subject == "qa_phantom":
+        return await _acquire_qa_cbct(room, path, real, shot, t0, common)
 
     def work() -> Path:
         import numpy as np
@@ -229,21 +316,83 @@ async def _acquire_cbct(room: RoomHandle, a: AcquireArgs) -> dict[str, Any]:
 
         phantom, plan = _imaging(room)
         rng = np.random.default_rng([room.description.seed, int(t0 * 1000)])
-        cbct = acquire_cbct(phantom, world.placement, pose, world.pivot, world.iso,
+        cbct = acquire_cbct(phantom, world.placement, shot, world.pivot, world.iso,
                             world.patient_position, rng)
         sitk.WriteImage(cbct, str(path))
         return plan
 
     plan = await asyncio.to_thread(work)
-    return {"path": str(path), "planning_ct": str(plan), "couch_pose": pose.as_dict(),
+    return {"path": str(path), "planning_ct": str(plan), **common,
             "iso_mm": list(world.iso), "patient_position": world.patient_position,
             "acquired_monotonic": t0, "seconds": round(time.monotonic() - t0, 3)}
 
 
+async def _acquire_qa_cbct(room: RoomHandle, path: Path, real: Pose, shot: Pose, t0: float,
+                           common: dict[str, Any]) -> dict[str, Any]:
+    from sim.qa_phantom import (
+        QA_ISO_MM,
+        QA_PATIENT_POSITION,
+        image_point,
+        make_qa_phantom,
+        table_top_for,
+    )
+
+    spec = room.description.qa_phantom
+    placement, _ = _qa_placement(room)
+    pivot = room.patient.world.pivot
+    truth = _qa_truth(room, real)
+    imp = room.description.imperfections
+    seen = truth["bb_true_room_mm"] if imp is None else imp.imaging_shift(
+        truth["bb_true_room_mm"])
+
+    def work() -> None:
+        import numpy as np
+        import SimpleITK as sitk
+
+        from sim.imager import acquire_cbct
+
+        if "qa_phantom" not in room.cache:
+            room.cache["qa_phantom"] = make_qa_phantom(spec)
+        rng = np.random.default_rng([room.description.seed, int(t0 * 1000)])
+        cbct = acquire_cbct(room.cache["qa_phantom"], placement, shot, pivot, QA_ISO_MM,
+                            QA_PATIENT_POSITION, rng, table_top=table_top_for(placement))
+        sitk.WriteImage(cbct, str(path))
+
+    await asyncio.to_thread(work)
+    return {"path": str(path), "planning_ct": None, **common,
+            "iso_mm": list(QA_ISO_MM), "patient_position": QA_PATIENT_POSITION,
+            "bb_offset_mm": truth["bb_offset_mm"],
+            "bb_true_room_mm": truth["bb_true_room_mm"],
+            "bb_image_mm": list(image_point(seen)),
+            "acquired_monotonic": t0, "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _couch_load(room: RoomHandle, a: CouchLoadArgs) -> dict[str, Any]:
+    rc = real_couch(room)
+    rc.load_kg = a.kg
+    real = true_couch_pose(room)
+    out: dict[str, Any] = {"couch_load_kg": a.kg,
+                           "true_pose": None if real is None else real.as_dict()}
+    if rc.imperfections is None:
+        out["note"] = "this room has no imperfections: the load changes nothing"
+    return out
+
+
+def _qa_phantom_place(room: RoomHandle, a: QaPlaceArgs) -> dict[str, Any]:
+    from sim.qa_phantom import lay_phantom
+
+    real = true_couch_pose(room)
+    if real is None:
+        raise OpError("the couch controller is not running")
+    centre = (float(a.centre_mm[0]), float(a.centre_mm[1]), float(a.centre_mm[2]))
+    room.cache["qa_placement"] = (lay_phantom(real, centre, room.patient.world.pivot), centre)
+    return {"qa_phantom": _qa_truth(room, real), "true_pose": real.as_dict()}
+
+
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("describe", NoArgs, "the room description, connection info and this table", _describe),
-    Op("truth", NoArgs, "ground truth: couch pose/state/fault, PLC inputs/coils, patient, "
-       "gantry, kV imager", _truth),
+    Op("truth", NoArgs, "ground truth: couch pose/state/fault and real pose, imperfections "
+       "and load, QA phantom, PLC inputs/coils, patient, gantry, kV imager", _truth),
     Op("inject", Fault, "inject one fault into a real simulated device (the `fault` key "
        "picks which)", _inject),
     Op("clear", NoArgs, "undo every injection (a couch FAULT stays until igrtd resets it)",
@@ -256,8 +405,13 @@ OPS: dict[str, Op] = {op.name: op for op in (
        "(PLC input)", _pendant),
     Op("record", RecordArgs, "device-side record: commands that reached the couch, or PLC "
        "coil writes and input changes", _record),
-    Op("acquire_cbct", AcquireArgs, "write a CBCT through the true pose (and the planning CT) "
-       "for the client to register", _acquire_cbct),
+    Op("acquire_cbct", AcquireArgs, "write a CBCT of the patient (and the planning CT) or of "
+       "the QA phantom, through the couch's real pose and about the imaging isocentre",
+       _acquire_cbct),
+    Op("couch_load", CouchLoadArgs, "set the load on the table top (couch sag grows with it)",
+       _couch_load),
+    Op("qa_phantom_place", QaPlaceArgs, "lay the QA phantom on the table with its centre at a "
+       "room point, the couch as it is now", _qa_phantom_place),
 )}
 
 

@@ -29,7 +29,7 @@ import numpy as np
 AIR_HU = -1000.0
 EDGE_MM = 1.0  # width of the soft edge ramp
 
-Kind = Literal["ellipsoid", "cylinder", "ring"]
+Kind = Literal["ellipsoid", "cylinder", "ring", "box"]
 
 
 def _rot(axis: str, deg: float) -> np.ndarray:
@@ -52,6 +52,7 @@ class Primitive:
     * ring: a band of radial half-thickness `thickness` around the ellipse (a, b) in
       local xy, half-width c along local z, kept only where |u_x| >= gap (a rib pair
       with the sternal gap in front).
+    * box: half-sides (a, b, c) along local x, y, z (the QA cube, sim/qa_phantom.py).
     """
 
     kind: Kind
@@ -84,11 +85,23 @@ class Primitive:
             if np.isfinite(c):
                 sd = np.maximum(sd, np.abs(uz) - np.float32(c))
             return sd
+        if self.kind == "box":
+            return _box_sd(ux, uy, uz, a, b, c)
         sd = np.abs(_ellipse_sd(ux, uy, a, b)) - np.float32(self.thickness)
         sd = np.maximum(sd, np.abs(uz) - np.float32(c))
         if self.gap > 0:
             sd = np.maximum(sd, np.float32(self.gap) - np.abs(ux))
         return sd
+
+
+def _box_sd(x: np.ndarray, y: np.ndarray, z: np.ndarray, a: float, b: float,
+            c: float) -> np.ndarray:
+    """Exact signed distance to a box of half-sides (a, b, c) centred on the origin."""
+    qx = np.abs(x) - np.float32(a)
+    qy = np.abs(y) - np.float32(b)
+    qz = np.abs(z) - np.float32(c)
+    outside = np.sqrt(np.maximum(qx, 0) ** 2 + np.maximum(qy, 0) ** 2 + np.maximum(qz, 0) ** 2)
+    return outside + np.minimum(np.maximum(np.maximum(qx, qy), qz), 0)
 
 
 def _ellipse_sd(

@@ -149,6 +149,12 @@ def igrtd_config(original: Recording, work_dir: Path, couch_path: str,
     cfg["users"] = users
     cfg["state_dir"] = str(work_dir / "state")
     cfg["record"] = {"path": str(work_dir / "replayed.jsonl")}
+    # The replay's state directory holds none of the room's daily QA results: with the
+    # gate on, every recorded correction would be refused. The gate is off in a replay
+    # (`replay` says so when the recorded room had it on); a recording made before igrtd
+    # had a qa section has none either.
+    qa = recorded.get("qa")
+    cfg["qa"] = {**(qa if isinstance(qa, dict) else {}), "gate": False}
     return cfg
 
 
@@ -214,6 +220,10 @@ async def replay(original: Recording, work_dir: Path) -> Report:
     plc = ReplayPlc(original, clock) if has_plc else None
     await couch.start()
     notes: list[str] = []
+    recorded_qa = recorded_cfg.get("qa") if isinstance(recorded_cfg, dict) else None
+    if isinstance(recorded_qa, dict) and recorded_qa.get("gate") is True:
+        notes.append("the recorded room had the daily-QA gate on; the replay runs with it off "
+                     "(it has none of the room's QA results)")
     try:
         if plc is not None:
             await plc.start()

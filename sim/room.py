@@ -107,10 +107,12 @@ class SimRoom:
 
 
 def room_config(state_dir: Path, couch_port: str, plc_port: int | None, *,
-                couch_baudrate: int | None = None, **overrides: Any) -> dict[str, Any]:
+                couch_baudrate: int | None = None, qa_gate: bool = False,
+                **overrides: Any) -> dict[str, Any]:
     """igrtd's configuration for a simulated room: its couch pty (and the simulated
     wire's speed), its PLC port (if any) and the demo users, whose signing keys this
-    process installs."""
+    process installs. The daily-QA gate (igrtd's `qa.gate`, on by default in a real
+    room) is off unless `qa_gate`: a simulated room has no daily QA to pass."""
     couch: dict[str, Any] = {"port": couch_port}
     if couch_baudrate is not None:
         # igrtd's line speed is the simulated wire's (None: an instant pty, where
@@ -121,6 +123,7 @@ def room_config(state_dir: Path, couch_port: str, plc_port: int | None, *,
         "state_dir": str(state_dir),
         "couch": couch,
         "users": DEMO_USERS,
+        "qa": {"gate": qa_gate},
     }
     install_demo_keys()  # the signing demo users' private keys, for this process's clients
     if plc_port is not None:

@@ -22,6 +22,8 @@ from drivers.couch_protocol import DEFAULT_BAUDRATE
 from safety.pose import Pose
 from safety.strict_json import JsonInputError
 from safety.strict_json import loads as strict_loads
+from sim.qa_phantom import QaPhantomSpec
+from sim.room_imperfections import Imperfections
 from sim.validation import Strict, one_line, schema_main
 
 FORMAT = "igrt-sim-room/1"
@@ -158,6 +160,15 @@ class RoomDescription(Strict):
                          "RUN_DIR/recording.jsonl, for igrt-sim replay (docs/record-replay.md)")
     patient: PatientSpec = PatientSpec()
     users: list[UserSpec] = Field(default_factory=_demo_users, min_length=1, max_length=32)
+    imperfections: Imperfections | None = Field(
+        default=None, description="simulator only: imaging isocentre offset, couch axis "
+        "scale/offset errors, sag, load, repeatability (sim/room_imperfections.py); "
+        "null: a perfect room")
+    qa_phantom: QaPhantomSpec = Field(
+        default=QaPhantomSpec(), description="the daily QA cube phantom (sim/qa_phantom.py), "
+        "imaged by op acquire_cbct with subject qa_phantom")
+    qa_gate: bool = Field(default=False, description="igrtd's qa.gate: clinical corrections "
+                          "need a passed daily QA (false: the gate is off in this room)")
 
     @field_validator("users")
     @classmethod

@@ -41,6 +41,7 @@ from typing import Any, Self
 
 from daemon.control import KEY_DIR_ENV
 from sim.broker import Mosquitto
+from sim.control_ops import true_couch_pose
 from sim.couch import SimCouchController
 from sim.identities import demo_private_jwk, demo_public_jwk
 from sim.intrafraction import COMPACT_PAIR
@@ -136,7 +137,9 @@ class SimulatedRoom:
                                         baudrate=d.couch.link.baudrate)
         await self.couch.start()
         self._stack.push_async_callback(self.couch.stop)
-        self.patient.place(self.couch.pose, self.patient.setup_error)
+        # The patient lies on the table top as it really is (sim/room_imperfections.py;
+        # in a perfect room the controller's own pose).
+        self.patient.place(true_couch_pose(self) or self.couch.pose, self.patient.setup_error)
         if d.plc:
             self.plc = SimRoomPlc()
             await self.plc.start()
@@ -244,6 +247,8 @@ class SimulatedRoom:
             "couch": {"port": self.couch.device_path, **d.couch.link.model_dump()},
             "users": users,
             "users_file": str(self.users_file),
+            # igrtd's daily-QA gate is on in a real room; off here unless the description asks.
+            "qa": {"gate": d.qa_gate},
         }
         if self.plc is not None:
             cfg["plc"] = {"host": self.plc.host, "port": self.plc.port}

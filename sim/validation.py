@@ -24,9 +24,11 @@ class Strict(BaseModel):
 
 
 # Unit of a field from its name, so a range error reads "900 s exceeds the limit 600 s".
-_UNIT_BY_NAME = {"seconds": "s", "since": "s", "angle_deg": "deg", "code": "", "n": "frames"}
+_UNIT_BY_NAME = {"seconds": "s", "since": "s", "angle_deg": "deg", "code": "", "n": "frames",
+                 "kg": "kg", "mm_per_m": "mm/m", "deg_per_m": "deg/m",
+                 "mm_per_m_per_100kg": "mm/m per 100 kg", "deg_per_m_per_100kg": "deg/m per 100 kg"}
 _UNIT_SUFFIXES = (("_mm_s", "mm/s"), ("_deg_s", "deg/s"), ("_mm", "mm"), ("_deg", "deg"),
-                  ("_s", "s"))
+                  ("_kg", "kg"), ("_s", "s"))
 _POSE_UNITS = {"lat": "mm", "long": "mm", "vert": "mm", "yaw": "deg", "pitch": "deg",
                "roll": "deg"}
 _LIMIT_TEXT = {"greater_than": ("gt", "must be above"),

@@ -33,6 +33,11 @@ _REQUIRED: dict[str, list[str]] = {
     "jog": ["lat", "1.5"],
     "monitor_start": ["--marker", "1,2,3"],
     "arms": ["extend"],
+    "qa_image": ["qa.mha", "--label", "baseline"],
+    "qa_move": ["--target", "10,0,0,0,0,0"],
+    "qa_override": ["--reason", "QA phantom broken today"],
+    "qa_calibration_approve": ["2"],
+    "qa_calibration_revert": ["0", "--reason", "back to no calibration"],
 }
 
 

@@ -543,7 +543,8 @@ class MqttConsole:
             self._audit(
                 "console.command_verified",
                 vc.user.user,
-                {"cmd": vc.cmd, "jti": vc.claims.jti, "console": vc.claims.reply_to},
+                {"cmd": vc.cmd, "jti": vc.claims.jti, "console": vc.claims.reply_to,
+                 **({"accepted_outside_time_window": vc.time_note} if vc.time_note else {})},
             )
         if command.immediate:
             self._spawn(self._execute(vc, release), vc.cmd)

@@ -128,6 +128,9 @@ class VerifiedCommand:
     claims: CommandClaims
     user: RegisteredUser
     args: BaseModel
+    # Set when a stop was accepted though dated outside the time window: what was wrong
+    # with its time, for the audit record (daemon/console/server.py).
+    time_note: str | None = None
 
     @property
     def cmd(self) -> str:
@@ -314,7 +317,7 @@ class CommandVerifier:
             raise CommandRejected(
                 ErrorCode.WRONG_ROOM, f"command is for room {claims.aud!r}, this is room {self.room!r}", **ctx
             )
-        self._check_time(claims, ctx)
+        time_note = self._check_time(claims, ctx)
         if not commands.may(user.role, claims.cmd):
             raise CommandRejected(
                 ErrorCode.FORBIDDEN,
@@ -334,8 +337,11 @@ class CommandVerifier:
                 ErrorCode.BAD_ARGS, f"{claims.cmd} args: {first_problem(exc, 'args')}", **ctx
             ) from None
         # Last, so only a command that would otherwise be accepted uses up its jti.
+        # A stop accepted outside its time window is remembered for a whole lifetime from
+        # now: it may have expired already, and must still run once only.
+        keep_until = max(claims.exp, self.clock() + self.max_lifetime_s) if time_note else claims.exp
         try:
-            fresh = self.replay_cache.remember_jti(claims.jti, claims.exp + self.max_clock_skew_s)
+            fresh = self.replay_cache.remember_jti(claims.jti, keep_until + self.max_clock_skew_s)
         except Exception as exc:  # noqa: BLE001 - any store failure: fail closed, except stop
             if claims.cmd != "stop":
                 raise CommandRejected(
@@ -348,9 +354,15 @@ class CommandVerifier:
             raise CommandRejected(
                 ErrorCode.REPLAYED, f"command {claims.jti} was already received; not run again", **ctx
             )
-        return VerifiedCommand(claims=claims, user=user, args=args)
+        return VerifiedCommand(claims=claims, user=user, args=args, time_note=time_note)
 
-    def _check_time(self, claims: CommandClaims, ctx: Hints) -> None:
+    def _check_time(self, claims: CommandClaims, ctx: Hints) -> str | None:
+        """Refuses a command outside its time window, except a stop: that is accepted, and
+        what was wrong with its time returned for the audit. A console whose clock is off
+        (a browser on a ward PC without NTP) must still be able to stop the couch;
+        stopping late or twice is harmless, refusing a stop is not. Its signature, room,
+        role and single use are checked as for every command; times that are not finite
+        numbers or a lifetime beyond the limit are refused even for a stop."""
         # Every comparison with NaN is false, so a NaN iat or exp would pass
         # each check below; the claims model refuses them, and so does this
         # (the one place the lifetime rule is decided must not depend on it).
@@ -362,13 +374,6 @@ class CommandVerifier:
                 )
         now = self.clock()
         skew = self.max_clock_skew_s
-        if claims.iat > now + skew:
-            raise CommandRejected(
-                ErrorCode.NOT_YET_VALID,
-                f"command issued {claims.iat - now:.1f} s in the future "
-                f"(clock skew limit {skew:g} s)",
-                **ctx,
-            )
         lifetime = claims.exp - claims.iat
         if lifetime <= 0:
             raise CommandRejected(ErrorCode.MALFORMED, "claims: exp is not after iat", **ctx)
@@ -378,10 +383,23 @@ class CommandVerifier:
                 f"command lifetime {lifetime:.1f} s exceeds limit {self.max_lifetime_s:g} s",
                 **ctx,
             )
-        if now > claims.exp + skew:
-            raise CommandRejected(
+        refusal: CommandRejected | None = None
+        if claims.iat > now + skew:
+            refusal = CommandRejected(
+                ErrorCode.NOT_YET_VALID,
+                f"command issued {claims.iat - now:.1f} s in the future "
+                f"(clock skew limit {skew:g} s)",
+                **ctx,
+            )
+        elif now > claims.exp + skew:
+            refusal = CommandRejected(
                 ErrorCode.EXPIRED, f"command expired {now - claims.exp:.1f} s ago", **ctx
             )
+        if refusal is None:
+            return None
+        if claims.cmd != "stop":
+            raise refusal
+        return f"{refusal.code}: {refusal}"
 
     def _reject_plain_json(self, text: str) -> None:
         ctx: Hints = {}

@@ -34,7 +34,8 @@ offline tools:  plan, register, register2d, register4d, reg show, audit,
                 dicom status|find|retrieve (igrt's DICOM node and the clinic's PACS)
 over MQTT:      igrtctl --broker URL [--key FILE ...] <room command>  (same commands)
 console admin:  keygen, users
-simulated room: igrtctl sim OP [--arg KEY=VALUE ...] [--run-dir DIR | --sim-socket PATH]"""
+simulated room: igrtctl sim OP [--arg KEY=VALUE ...] [--run-dir DIR | --sim-socket PATH]
+QA (docs/qa.md): igrtctl qa daily|couch-sag|calibrate|report ... (igrtctl qa --help)"""
 
 
 def local_parser() -> ArgParser:
@@ -117,6 +118,12 @@ def _dispatch(argv: list[str]) -> int:
     tool = _offline(argv[0])
     if tool is not None:
         return tool(argv[1:])
+    from daemon.igrtctl.qa import is_qa_tool
+
+    if is_qa_tool(argv):  # QA runs: many igrtd commands each (qa.py); `qa start` etc. below
+        from daemon.igrtctl.qa import run_qa
+
+        return run_qa(argv)
     if argv[0] == "sim":  # the simulated room's control API, not an igrtd command
         from daemon.igrtctl.sim_control import run_sim
 

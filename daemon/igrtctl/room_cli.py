@@ -10,6 +10,7 @@ registered command without an entry (tests/test_command_registry.py).
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,104 @@ def _arms(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["extend", "retract"])
 
 
+def _pose6(text: str, what: str) -> JsonObject:
+    """LAT,LONG,VERT,YAW,PITCH,ROLL (mm, deg) as a pose object; UsageError otherwise."""
+    try:
+        vals = [float(p) for p in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{what} must be LAT,LONG,VERT,YAW,PITCH,ROLL, got {text!r}") from None
+    if len(vals) != 6 or not all(math.isfinite(v) for v in vals):
+        raise UsageError(f"{what} must be 6 finite numbers LAT,LONG,VERT (mm),YAW,PITCH,ROLL "
+                         f"(deg), got {text!r}")
+    return dict(zip(AXES, vals, strict=True))
+
+
+def _qa_start(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", choices=["daily", "sag"], default="daily")
+    p.add_argument("--profile", choices=["conventional", "srs"],
+                   help="tolerance profile (default: the room's qa.profile)")
+    p.add_argument("--load-kg", type=float, default=0.0, help="load on the couch")
+
+
+def _qa_start_args(a: argparse.Namespace) -> JsonObject:
+    out: JsonObject = {"kind": a.kind, "load_kg": a.load_kg}
+    if a.profile is not None:
+        out["profile"] = a.profile
+    return out
+
+
+def _qa_image(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="QA phantom image as igrtd sees it (file or DICOM dir)")
+    p.add_argument("--label", required=True, help='"baseline" first, then e.g. lat+10, home')
+    p.add_argument("--load-kg", type=float, help="load on the couch (default the session's)")
+
+
+def _qa_image_args(a: argparse.Namespace) -> JsonObject:
+    out: JsonObject = {"image": a.image, "label": a.label}
+    if a.load_kg is not None:
+        out["load_kg"] = a.load_kg
+    return out
+
+
+def _qa_move(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, metavar="LAT,LONG,VERT,YAW,PITCH,ROLL",
+                   help="absolute couch pose (mm, deg) within the QA envelope of the home pose")
+
+
+def _qa_finish(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--abort", metavar="REASON", help="close without a result (audited)")
+
+
+def _qa_finish_args(a: argparse.Namespace) -> JsonObject:
+    if a.abort is None:
+        return {}
+    return {"abort": True, "reason": a.abort}
+
+
+def _qa_results(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", choices=["daily", "sag"])
+    p.add_argument("--limit", type=int, default=20)
+
+
+def _qa_results_args(a: argparse.Namespace) -> JsonObject:
+    out: JsonObject = {"limit": a.limit}
+    if a.kind is not None:
+        out["kind"] = a.kind
+    return out
+
+
+def _reason(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason", required=True, help="why (audited)")
+
+
+def _qa_cal_propose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--result", type=int, help="daily QA result id (default the newest)")
+    p.add_argument("--sag-result", type=int, help="couch-sag result id (default the newest)")
+    p.add_argument("--reason")
+
+
+def _qa_cal_propose_args(a: argparse.Namespace) -> JsonObject:
+    out: JsonObject = {}
+    for key, value in (("result_id", a.result), ("sag_result_id", a.sag_result),
+                       ("reason", a.reason)):
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _version(p: argparse.ArgumentParser) -> None:
+    p.add_argument("version", type=int)
+
+
+def _qa_cal_revert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("version", type=int, help="approved version to return to; 0: none")
+    p.add_argument("--reason", required=True, help="why (audited)")
+
+
+def _limit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", type=int, default=20)
+
+
 CLI: dict[str, Cli] = {
     "status": Cli(),
     "interlocks": Cli(),
@@ -205,6 +304,17 @@ CLI: dict[str, Cli] = {
                                                   "include_records": a.records}),
     "monitor_status": Cli(),
     "arms": Cli(_arms, lambda a: {"extend": a.action == "extend"}),
+    "qa_start": Cli(_qa_start, _qa_start_args),
+    "qa_image": Cli(_qa_image, _qa_image_args),
+    "qa_move": Cli(_qa_move, lambda a: {"target": _pose6(a.target, "--target")}),
+    "qa_finish": Cli(_qa_finish, _qa_finish_args),
+    "qa_results": Cli(_qa_results, _qa_results_args),
+    "qa_override": Cli(_reason, lambda a: {"reason": a.reason}),
+    "qa_calibration_propose": Cli(_qa_cal_propose, _qa_cal_propose_args),
+    "qa_calibration_approve": Cli(_version, lambda a: {"version": a.version}),
+    "qa_calibration_revert": Cli(_qa_cal_revert, lambda a: {"version": a.version,
+                                                           "reason": a.reason}),
+    "qa_calibrations": Cli(_limit, lambda a: {"limit": a.limit}),
 }
 
 

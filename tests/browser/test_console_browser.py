@@ -362,6 +362,25 @@ def test_browser_key_enrolled_is_accepted_and_refused_after_removal(
     nina.shot("12-refused-unknown-user-after-removal")
 
 
+def test_a_console_whose_clock_is_off_says_so_and_its_stop_still_stops(
+        rooms: RoomsProcess, people: dict[str, ConsolePage]) -> None:
+    """A ward PC a minute fast: its commands are dated outside igrtd's window. The page
+    warns, and its STOP is accepted all the same (docs/console-api.md)."""
+    import datetime
+
+    page = people["fast-clock"]
+    page.page.clock.set_system_time(datetime.datetime.now() + datetime.timedelta(seconds=60))
+    page.login(THERAPIST, rooms.info["broker"]["creds"][THERAPIST])
+    expect(page.tid("rooms")).to_be_visible()
+    page.import_key(key_file(rooms, OTHER, THERAPIST))
+    page.open_room(OTHER)
+    expect(page.tid("clock-warning")).to_contain_text("ahead of", timeout=15_000)
+    t0 = rooms.sim(OTHER, "truth")["t_monotonic"]
+    page.click("btn-stop")
+    until(lambda: stops_since(rooms, t0, OTHER), timeout=3, what="the STOP at the couch")
+    page.shot("13-clock-warning-stop-accepted")
+
+
 def test_no_script_errors_on_the_pages(people: dict[str, ConsolePage]) -> None:
     errors = {who: [e for e in p.console_errors if "pageerror" in e or "Content Security" in e]
               for who, p in people.items()}

@@ -112,7 +112,7 @@ def test_key_of_one_user_does_not_sign_for_another(verifier, identities) -> None
 @pytest.mark.parametrize(
     "user, cmd",
     [("vera", "stop"), ("vera", "confirm"), ("vera", "hold"), ("alice", "approve"),
-     ("sam", "confirm"), ("sam", "hold"), ("sam", "approve")],
+     ("sam", "confirm"), ("sam", "approve")],
 )
 def test_role_table_refuses(verifier, identities, user, cmd) -> None:
     rej = rejection(verifier, token(identities, user, cmd, args=_args(cmd)))
@@ -121,8 +121,11 @@ def test_role_table_refuses(verifier, identities, user, cmd) -> None:
 
 @pytest.mark.parametrize(
     "user, cmd",
+    # sam (service) may send hold: RoomService lets a service user hold QA moves only
+    # (tests/rules/test_qa_rules.py::test_a_service_user_holds_qa_moves_only).
     [("vera", "status"), ("vera", "interlocks"), ("alice", "stop"), ("bob", "stop"),
-     ("sam", "stop"), ("sam", "reset"), ("alice", "hold"), ("bob", "approve"), ("bob", "confirm")],
+     ("sam", "stop"), ("sam", "reset"), ("alice", "hold"), ("bob", "approve"), ("bob", "confirm"),
+     ("sam", "hold")],
 )
 def test_role_table_allows(verifier, identities, user, cmd) -> None:
     assert verifier.verify(token(identities, user, cmd, args=_args(cmd))).cmd == cmd
@@ -198,3 +201,23 @@ def test_real_store_replay_cache_survives_reopening(identities, tmp_path: Path) 
     with CorrectionStore(tmp_path / "s.db") as store:
         v = CommandVerifier(identities.registry(), ROOM, store, clock=lambda: NOW)
         assert rejection(v, t).code == "replayed"
+
+
+@pytest.mark.parametrize("dated", [NOW + 3600.0, NOW - 3600.0], ids=["future", "expired"])
+def test_a_stop_dated_outside_the_time_window_is_accepted_and_says_why(
+        verifier, identities, dated) -> None:
+    """A console whose clock is off must still stop the couch (docs/console-api.md)."""
+    vc = verifier.verify(token(identities, "alice", "stop", args={"reason": ""}, now=dated))
+    assert vc.cmd == "stop"
+    assert vc.time_note is not None and vc.time_note.split(":")[0] in ("not_yet_valid", "expired")
+
+
+def test_a_stop_accepted_outside_its_time_window_still_runs_once(verifier, identities) -> None:
+    t = token(identities, "alice", "stop", args={"reason": ""}, now=NOW - 3600.0)
+    verifier.verify(t)
+    assert rejection(verifier, t).code == "replayed"
+
+
+def test_a_stop_with_a_lifetime_beyond_the_limit_is_still_refused(verifier, identities) -> None:
+    t = token(identities, "alice", "stop", args={"reason": ""}, lifetime_s=31)
+    assert rejection(verifier, t).code == "lifetime_too_long"

@@ -269,25 +269,32 @@ class FakeRoom:
     journal: Journal
 
 
-def room_config(tmp_path: Path, **motion: object) -> RoomConfig:
+def room_config(tmp_path: Path, *, qa: dict[str, object] | None = None,
+                **motion: object) -> RoomConfig:
+    """The fake room's configuration; `qa`: its daily-QA section (default: the gate off,
+    as in a simulated room; tests/rules/test_qa_rules.py turns it on)."""
     return RoomConfig.model_validate({
         "room": "fakeroom",
         "state_dir": str(tmp_path),
         "couch": {"port": "/dev/null"},
         "motion": motion,
-        "users": [{"name": "alice", "role": "therapist"}, {"name": "bob", "role": "approver"}],
+        "qa": {"gate": False} if qa is None else qa,
+        "users": [{"name": "alice", "role": "therapist"}, {"name": "bob", "role": "approver"},
+                  {"name": "carol", "role": "approver"}, {"name": "sam", "role": "service"}],
     })
 
 
 async def fake_room(tmp_path: Path, *, store: FakeStore | None = None,
                     barrier: Callable[[], Awaitable[None]] | None = None,
+                    qa: dict[str, object] | None = None,
                     **motion: object) -> FakeRoom:
     """A started RoomService on fakes (supervision loops not running: see `supervised`).
-    `barrier`: igrtd's group commit (None: every record durable as written)."""
+    `barrier`: igrtd's group commit (None: every record durable as written); `qa`: the
+    configuration's qa section (default: gate off)."""
     journal = Journal()
     couch, plc, audit = FakeCouch(journal), FakePlc(journal), FakeAudit(journal)
     store = store or FakeStore()
-    service = RoomService(room_config(tmp_path, **motion), couch, audit, store, plc=plc,
+    service = RoomService(room_config(tmp_path, qa=qa, **motion), couch, audit, store, plc=plc,
                           arms=FakeArms(journal), barrier=barrier)
     await service.start()
     return FakeRoom(service, couch, plc, store, audit, journal)

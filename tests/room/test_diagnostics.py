@@ -64,6 +64,7 @@ def room_config(tmp_path: Path, port: str, **extra_users: Any) -> RoomConfig:
         "state_dir": str(tmp_path / "state"),
         "couch": {"port": port},
         "mqtt": {"host": "127.0.0.1", "username": "igrtd", "password_file": str(secret_file)},
+        "qa": {"gate": False},  # no daily QA in this test room (the gate is tested elsewhere)
         "users": users,
     })
 

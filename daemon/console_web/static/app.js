@@ -231,6 +231,7 @@ function onMessage({ topic, text }) {
     c.telemetry = msg;
     const now = Date.now();
     noteTelemetryRhythm(c, now);
+    noteClock(c, msg.ts, now);
     c.lastLive = now;
     onTelemetry(msg);
     return;
@@ -300,6 +301,29 @@ function noteTelemetryRhythm(c, now) {
     if (c.regular >= 5) c.heartbeat = true;
   }
   c.lastTelemetry = now;
+}
+
+// igrtd's clock against this computer's, from the telemetry igrtd stamps (at least
+// once a second): igrtd's ts minus the arrival time is the offset less the transit
+// time, so the largest of the recent samples is the best estimate. Commands are
+// dated by this computer's clock and igrtd refuses those more than 2 s ahead or
+// expired (a STOP it accepts whatever its date): say so while the clocks disagree.
+const CLOCK_SAMPLES = 30;
+const CLOCK_WARN_S = 1.5;
+
+function noteClock(c, ts, nowMs) {
+  if (!isNum(ts)) return;
+  c.clockSamples = (c.clockSamples || []).concat([ts - nowMs / 1000]).slice(-CLOCK_SAMPLES);
+  c.clockOffset = Math.max(...c.clockSamples);
+  const w = $("clock-warning");
+  const off = c.clockOffset;
+  const show = Math.abs(off) > CLOCK_WARN_S;
+  w.hidden = !show;
+  if (show) {
+    const text = `This computer's clock is ${Math.abs(off).toFixed(1)} s ${off > 0 ? "behind" : "ahead of"} `
+      + "igrtd's: commands other than STOP may be refused until the clock is set right (NTP).";
+    if (w.textContent !== text) w.textContent = text;
+  }
 }
 
 function expectsLive(c) {
