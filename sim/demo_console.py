@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -162,6 +163,9 @@ async def _serve(out: Path, seed: int, seconds: float | None) -> int:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), seconds)
             say("\nstopping the demo")
+            # Going down, the PLC simulator's server sees its client vanish mid-poll and
+            # pymodbus logs the last frames as errors: noise at the end of a clean stop.
+            logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     finally:
         if server is not None:
             server.terminate()
