@@ -7,8 +7,9 @@ isocentre 0.7 mm lateral of the treatment isocentre, a vertical scale error,
 a yaw offset, couch sag, a small random repeatability; broker off) in a child
 process (`igrt-sim up`, as the tests' rooms), and one whole `igrtctl qa daily
 --imaging sim` run against it by the physicist bob: qa_start, the baseline
-CBCT of the QA phantom, the 24 poses of the daily pattern (+-10 mm on each
-translation, +-1 deg on each rotation, home between), each moved to through
+CBCT of the QA phantom, the 33 poses of the daily pattern (+-10 mm on each
+translation, +-1 deg on each rotation, home between; then each translation
+alone +-50 mm and home, the travels), each moved to through
 igrtd's MotionGate with hold-to-run and imaged, and qa_finish.
 
 Figures:
@@ -22,6 +23,9 @@ Figures:
   table top (the simulator's truth at that acquisition), worst translation axis
   and pose; qa_couch_accuracy_error_deg the same for the rotations.
 * qa_daily_passed: 1.0 when the imperfect room passed under its profile.
+* qa_scale_error_pct: the scale of each translation the travels found minus the
+  one injected, worst axis (percentage points); qa_yaw_offset_error_deg the same
+  for the couch's yaw offset (safety.qa_travel).
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from safety.geometry import rot_z
 from sim.room_description import ROOMS_DIR
 
 ROOM = ROOMS_DIR / "imperfect.json"
@@ -61,7 +68,14 @@ def accuracy_errors(result: dict[str, Any], acquired: list[dict[str, Any]]) -> t
     home = acquired[0]["true_pose"]
     worst_mm = worst_deg = 0.0
     for m, shot in zip(measurements, shots):
-        measured, real = m["measured"], shot["true_pose"]
+        real = shot["true_pose"]
+        if "travel" in m:  # the BB alone: translation, carried along the table top's real yaw
+            moved = rot_z(real["yaw"]) @ np.array([real[ax] - home[ax] for ax in TRANSLATIONS])
+            got = m["travel"]["measured_mm"]
+            worst_mm = max(worst_mm, *(abs(got[ax] - float(v))
+                                        for ax, v in zip(TRANSLATIONS, moved, strict=True)))
+            continue
+        measured = m["measured"]
         for ax in TRANSLATIONS:
             worst_mm = max(worst_mm, abs(measured[ax] - (real[ax] - home[ax])))
         for ax in ROTATIONS:
@@ -70,7 +84,7 @@ def accuracy_errors(result: dict[str, Any], acquired: list[dict[str, Any]]) -> t
 
 
 def daily_once(run_dir: Path) -> dict[str, float]:
-    from daemon.igrtctl import qa
+    from daemon.igrtctl import qa, qa_daily, qa_link
     from daemon.igrtctl.links import LocalLink
     from sim.testing import IgrtRoom
 
@@ -81,19 +95,22 @@ def daily_once(run_dir: Path) -> dict[str, float]:
         key = next(Path(u["key"]) for u in room.info["users"] if u["name"] == USER)
         a = argparse.Namespace(tool="daily", imaging="sim", run_dir=room.run_dir,
                                control_socket=None, profile=None, step_mm=10.0, step_deg=1.0,
-                               rate=qa.HOLD_RATE_HZ, json=True)
-        sim = qa.SimRoom.from_args(a)
+                               rate=qa.HOLD_RATE_HZ, json=True, travel_mm=50.0)
+        sim = qa_link.SimRoom.from_args(a)
         link = LocalLink(Path(room.info["igrtd"]["socket"]), USER, key)
         try:
             t0 = time.monotonic()
             with contextlib.redirect_stdout(io.StringIO()):
-                result = asyncio.run(qa.daily_run(a, link, sim))
+                result = asyncio.run(qa_daily.daily_run(a, link, sim))
             elapsed = time.monotonic() - t0
         finally:
             link.close()
     finally:
         room.close()
     found = result["iso_offset_mm"]
+    fit = result["axis_fit"]
+    scales = description["imperfections"].get("axis_scale", {})
+    offsets = description["imperfections"].get("axis_offset", {})
     mm, deg = accuracy_errors(result, sim.acquired)
     return {
         "qa_daily_s": round(elapsed, 2),
@@ -101,6 +118,11 @@ def daily_once(run_dir: Path) -> dict[str, float]:
         "qa_couch_accuracy_error_mm": round(mm, 4),
         "qa_couch_accuracy_error_deg": round(deg, 4),
         "qa_daily_passed": float(bool(result.get("passed"))),
+        # The travels' findings against what the room was built with.
+        "qa_scale_error_pct": round(100 * max(
+            abs(fit["scale"].get(ax, 0.0) - scales.get(ax, 0.0)) for ax in TRANSLATIONS), 4),
+        "qa_yaw_offset_error_deg": round(abs(fit["yaw_offset_deg"] - offsets.get("yaw", 0.0)),
+                                         4),
     }
 
 

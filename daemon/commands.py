@@ -10,7 +10,7 @@ onto `daemon.api.RoomCommands`. Everything else is derived from here:
 * the argument models the MQTT verifier and the local socket validate with
   (`COMMANDS[name].args`; strict: unknown fields and NaN/Infinity refused),
 * both dispatchers (`execute`, used by daemon/control.py and
-  daemon/console/server.py),
+  daemon/console/dispatch.py),
 * the igrtctl subcommands of both transports (daemon/igrtctl/room.py),
 * docs/schemas/*-args.schema.json and the command table in
   docs/console-api.md (daemon/command_docs.py; a test fails when they differ).

@@ -306,6 +306,10 @@ class QaConfig(StrictModel):
                                description="QA moves: farthest translation from the QA home pose")
     envelope_deg: float = Field(default=2.5, ge=0.1, le=10.0,
                                 description="QA moves: farthest rotation from the QA home pose")
+    travel_mm: float = Field(
+        default=60.0, ge=0.0, le=100.0,
+        description="daily QA travel moves (one translation alone, for scale and yaw offset): "
+        "farthest from the QA home pose; 0: none")
     sag_max_extension_mm: float = Field(
         default=700.0, ge=0.0, le=1200.0,
         description="couch-sag QA: farthest long extension from the QA home pose")

@@ -161,6 +161,7 @@ class RoomInterlocks:
             ],
             "arms_moving": dict(snap.arms_moving),
             "arm_position_pct": dict(snap.arm_position_pct),
+            "gantry_deg": snap.gantry_deg,
             "outputs": dict(snap.outputs),
             "open": list(verdict.open_interlocks),
             "motion_enable_pressed": verdict.motion_enable_pressed,
@@ -220,7 +221,8 @@ def _block_reading(
 
     others = tuple(
         v for reg in StatusRegister
-        if reg not in _ARM_REGISTERS and reg != StatusRegister.FAULT_CODE
+        if reg not in _ARM_REGISTERS
+        and reg not in (StatusRegister.FAULT_CODE, StatusRegister.GANTRY_ANGLE)
         and (v := value(reg)) is not None
     )
     return PlcReading(
@@ -240,6 +242,7 @@ def _block_reading(
         registers=others,
         openings=tuple(c for name in (*_INTERLOCKS, HOLD_TO_RUN)
                        if (c := counter(name)) is not None),
+        gantry_angle=value(StatusRegister.GANTRY_ANGLE),
     )
 
 

@@ -27,6 +27,7 @@ from typing import Self
 
 from daemon.audit import jsonable
 from daemon.jsontypes import JsonObject, as_object
+from daemon.sqlite_db import open_versioned
 
 SCHEMA_VERSION = 1
 CALIBRATION_STATES = ("proposed", "active", "superseded", "reverted")
@@ -88,30 +89,15 @@ class QaStore:
         self.path = Path(path)
         self.room = room
         self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None,
-                                       check_same_thread=False, timeout=10.0)
-        except (OSError, sqlite3.Error) as exc:
-            raise QaStoreError(f"cannot open QA store {self.path}: {exc}") from None
-        try:
-            self._db.row_factory = sqlite3.Row
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise QaStoreError(f"QA store {self.path}: cannot use WAL journal (got {mode})")
-            self._db.execute("PRAGMA synchronous=FULL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise QaStoreError(f"QA store {self.path} has schema {version}, newer than "
-                                   f"{SCHEMA_VERSION}")
-            self._db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise QaStoreError(f"QA store {self.path} unusable: {exc}") from None
-        except QaStoreError:
-            self._db.close()
-            raise
+        self._db = open_versioned(
+            self.path,
+            label="QA store",
+            error=QaStoreError,
+            schema=_SCHEMA,
+            schema_version=SCHEMA_VERSION,
+            synchronous="FULL",
+            foreign_keys=False,
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -15,12 +15,15 @@ exactly like a treatment move:
 * `qa_image` hands an image file to the registration worker (images are read
   there, never on igrtd's loop): the baseline's BB is found
   (imaging.qa_bb.find_bb); in each later image and in the baseline the BB and
-  the phantom's three air holes (QA_PHANTOM_AIR_HOLES, imaging.qa_bb.find_air_hole)
-  are found, a least-squares rigid fit of the four points (safety.qa.rigid_fit)
+  the phantom's three air holes (QA_PHANTOM_AIR_HOLES, imaging.qa_air_holes.find_air_hole)
+  are found, a least-squares rigid fit of the four points (safety.qa_geometry.rigid_fit)
   gives the phantom's motion, and that is turned into the measured room-frame
-  change (safety.qa.room_shift_from_registration) and the couch delta. (An
+  change (safety.qa_geometry.room_shift_from_registration) and the couch delta. (An
   image registration of the nearly featureless cube gave rotations biased by
   ~0.2 deg: 0.5-0.8 mm of false error through the couch's pivot lever.)
+* A daily travel (one translation alone beyond the envelope, at most
+  `qa.travel_mm`; safety.qa_travel) is imaged and measured by its BB alone,
+  searched where the commanded travel should have carried it.
 * `qa_finish` evaluates (safety.qa.evaluate_daily with the profile's TG-142
   tolerances, or safety.qa_sag.fit_sag), stores the result durably
   (daemon/qa_store.py), audits `qa` action "result" and closes the session.
@@ -64,48 +67,45 @@ measured couch motion with the motion the calibration predicts for the commanded
 uncompensated step (safety.qa_calibration.predict_real). The result records
 `calibration_version` (0: none) and the calibration it used; with none active the
 verdict and every value are exactly those without calibration.
+
+The parts: daemon/qa_base.py (the open run, shared refusals), qa_envelope.py
+(how far a QA move may go), qa_phantom_geometry.py (the phantom and the QA CBCT
+frame), qa_images.py (qa_image), qa_results.py (the verdicts),
+qa_calibration_commands.py (calibrations); this module: sessions, moves, the
+gate and the override.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
 
 from daemon.api import (
     Actor,
     Binding,
-    QaCalibrationApproveRequest,
-    QaCalibrationProposeRequest,
-    QaCalibrationRevertRequest,
-    QaCalibrationsRequest,
     QaFinishRequest,
-    QaImageRequest,
     QaMoveRequest,
     QaOverrideRequest,
     QaResultsRequest,
     QaStartRequest,
     Reply,
 )
-from daemon.config_sections import QA_PROFILE_RANK, QaConfig
-from daemon.jsontypes import JsonObject, JsonValue, as_float, as_list, as_object
+from daemon.jsontypes import JsonObject, as_float, as_list
 from daemon.proposals import QA_SOURCE, Confirmation, Proposal, TreatmentSession, new_id
 from daemon.proposals import ProposalStatus as PS
+from daemon.qa_base import QaBase, QaOverride, QaRun
+from daemon.qa_calibration_commands import QaCalibrationCommands
+from daemon.qa_envelope import envelope_refusals
+from daemon.qa_images import QaImages
+from daemon.qa_phantom_geometry import QA_ISO, QA_POSITION
+from daemon.qa_results import QaResults
 from daemon.qa_store import QaStore, QaStoreError
-from daemon.registration_worker import QaBb, QaShift, RegistrationFailed
-from daemon.room import Room, pose_json
+from daemon.room import pose_json
 from daemon.workflow import RoomState
 from safety.correction import CorrectionPlan
 from safety.policy import Verdict
-from safety.pose import AXES, ROTATION_AXES, UNITS, Pose
-from safety.qa import DailyQaResult, QaMeasurement, evaluate_daily, iso_offset_from_bb
-from safety.qa_calibration import Calibration
-from safety.qa_calibration_proposal import propose_calibration
-from safety.qa_sag import SagModel, SagPoint, fit_sag
+from safety.pose import Pose
 
 log = logging.getLogger("igrt.qa")
 
@@ -114,141 +114,13 @@ Vec3 = tuple[float, float, float]
 Six = tuple[float, float, float, float, float, float]
 
 QA_PATIENT = "QA-PHANTOM"
-BASELINE = "baseline"
-QA_ISO: Vec3 = (0.0, 0.0, 0.0)
-QA_POSITION = "HFS"
-BB_SEARCH_RADIUS_MM = 40.0
-# The room's QA phantom: centres (phantom frame = its planning frame, DICOM LPS mm about
-# the cube's centre, as imaged HFS: x = room x, y = -room z, z = room y when laid along
-# the lasers) and radii (mm) of its three air holes. With the BB they are the fiducials
-# whose rigid fit measures each QA image's motion (registration_worker._qa_shift_files).
-# They describe the physical phantom (sim/qa_phantom.py AIR_HOLES models the same one;
-# tests/simroom/test_qa_phantom.py checks they agree).
-QA_PHANTOM_AIR_HOLES: tuple[tuple[Vec3, float], ...] = (
-    ((-45.0, 35.0, 50.0), 5.0),
-    ((50.0, -40.0, -35.0), 4.0),
-    ((-35.0, -50.0, -50.0), 6.0),
-)
-# A couch-sag move changes long only: the other axes stay at home within this.
-SAG_OTHER_AXES_TOLERANCE = 0.01
 _IDENTITY = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0],
              [0.0, 0.0, 0.0, 1.0]]
 # States a QA session may be finished (or aborted) in: nothing moving, nothing latched.
 _FINISHABLE = frozenset({S.READY, S.DONE, S.PROPOSED, S.CONFIRMED})
-# A commanded pose within this of the home pose (mm, deg) is the home pose (safety.qa).
-HOME_EPSILON = 1e-6
-# States in which a calibration may change: no correction pending, nothing moving.
-_CALIBRATION_STATES = frozenset({S.OFFLINE, S.STANDBY, S.READY, S.DONE, S.SERVICE,
-                                 S.STOPPED, S.FAULT})
-
-
-class QaImaging(Protocol):
-    """Where QA images are analysed (the registration worker; a fake in rule tests)."""
-
-    async def qa_bb(self, image: str, expected_mm: Vec3, search_radius_mm: float) -> QaBb: ...
-    async def qa_shift(self, baseline: str, image: str, bb_mm: Vec3, bb_room_mm: Vec3,
-                       home: Six, pivot_mm: Vec3,
-                       holes: tuple[tuple[Vec3, float], ...] = ()) -> QaShift: ...
-
-
-def room_from_image(q: Vec3) -> Vec3:
-    """An image (DICOM LPS, HFS about iso 0) point in the room frame: M(HFS) q."""
-    return (q[0], q[2], -q[1])
-
-
-def image_from_room(r: Vec3) -> Vec3:
-    """A room point in the image frame of a QA CBCT: M(HFS)^-1 r."""
-    return (r[0], -r[2], r[1])
-
-
-def holes_from_bb(bb_offset_room_mm: Vec3) -> tuple[tuple[Vec3, float], ...]:
-    """The phantom's air holes relative to its BB in the image frame of a QA CBCT (DICOM
-    LPS, mm; HFS) and their radii: hole centre - BB centre in the phantom frame, the BB
-    being at `bb_offset_room_mm` (config `qa.phantom_bb_offset_mm`) from the centre."""
-    bb = image_from_room(bb_offset_room_mm)
-    return tuple(((c[0] - bb[0], c[1] - bb[1], c[2] - bb[2]), r)
-                 for c, r in QA_PHANTOM_AIR_HOLES)
-
-
-def _vec(values: list[float] | tuple[float, ...]) -> list[JsonValue]:
-    return [float(v) for v in values]
-
-
-def envelope_refusals(kind: str, target: Pose, home: Pose, cfg: QaConfig) -> list[str]:
-    """Why a QA move to `target` is outside the QA envelope of `home` (value, limit, unit
-    named); [] when inside. Written "not <=" so that NaN refuses."""
-    out: list[str] = []
-    for axis in AXES:
-        d = target.get(axis) - home.get(axis)
-        unit = UNITS[axis]
-        if kind == "sag":
-            if axis == "long":
-                lim = cfg.sag_max_extension_mm
-                if not (d >= 0.0 and d <= lim):
-                    out.append(f"long {d:+.2f} mm from the QA home pose is outside the couch-sag "
-                               f"range 0..{lim:g} mm")
-            elif not abs(d) <= SAG_OTHER_AXES_TOLERANCE:
-                out.append(f"{axis} {d:+.3f} {unit} from the QA home pose: a couch-sag move "
-                           f"changes long only (limit {SAG_OTHER_AXES_TOLERANCE:g} {unit})")
-            continue
-        lim = cfg.envelope_deg if axis in ROTATION_AXES else cfg.envelope_mm
-        if not abs(d) <= lim:
-            out.append(f"{axis} {d:+.2f} {unit} from the QA home pose exceeds the QA envelope "
-                       f"{lim:g} {unit}")
-    return out
-
 
 def _when(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
-
-
-@dataclass
-class _Baseline:
-    image: str
-    bb_dicom_mm: Vec3
-    iso_offset_mm: Vec3
-    load_kg: float
-    index: int  # in QaRun.measurements
-
-
-@dataclass
-class QaRun:
-    """One open QA session."""
-
-    id: str
-    kind: str
-    profile: str
-    home: Pose
-    started_at: float
-    started_by: str
-    load_kg: float
-    session: TreatmentSession
-    calibration_version: int | None
-    baselines: list[_Baseline] = field(default_factory=list)
-    measurements: list[JsonObject] = field(default_factory=list)
-    last_move: str | None = None  # proposal id of the latest QA move
-    # The calibration active at qa_start: the daily result judges the room under it.
-    calibration: Calibration | None = None
-
-    def view(self) -> JsonObject:
-        return {"id": self.id, "kind": self.kind, "profile": self.profile,
-                "home": pose_json(self.home), "started_at": self.started_at,
-                "started_by": self.started_by, "load_kg": self.load_kg,
-                "calibration_version": self.calibration_version,
-                "images": [m["label"] for m in self.measurements],
-                "last_move": self.last_move}
-
-
-@dataclass(frozen=True)
-class _Override:
-    session: TreatmentSession
-    by: str
-    at: float
-    reason: str
-
-    def view(self) -> JsonObject:
-        return {"by": self.by, "at": self.at, "reason": self.reason,
-                "patient_id": self.session.patient_id}
 
 
 def _version_of(result: JsonObject) -> int:
@@ -264,24 +136,8 @@ def _brief(record: JsonObject | None) -> JsonObject | None:
     return {"id": record.get("id"), "passed": record.get("passed"), "at": record.get("at"),
             "by": record.get("by"), "profile": record.get("profile")}
 
-
-class QaWorkflow:
-    def __init__(self, room: Room, imaging: QaImaging, *,
-                 store_path: Path | None = None) -> None:
-        self.room = room
-        self.imaging = imaging
-        self.store_path = store_path or room.config.state_dir / "qa.sqlite"
-        self.store: QaStore | None = None
-        self.store_problem: str | None = "QA store not opened yet"
-        self.run: QaRun | None = None
-        self.override: _Override | None = None
-        self._last_daily: JsonObject | None = None
-        self._last_pass: JsonObject | None = None
-        self._calibration: JsonObject | None = None  # the active one, as stored
-
-    @property
-    def cfg(self) -> QaConfig:
-        return self.room.config.qa
+class QaWorkflow(QaImages, QaResults, QaCalibrationCommands, QaBase):
+    """igrtd's QA commands (module doc)."""
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -303,32 +159,8 @@ class QaWorkflow:
         if self.store is not None:
             self.store.close()
 
-    async def _refresh(self) -> None:
-        """The gate's and planning's view of the store (kept in memory: the status snapshot
-        and every propose read it)."""
-        store = self.store
-        if store is None:
-            return
-        allowed = tuple(p for p, r in QA_PROFILE_RANK.items()
-                        if r >= QA_PROFILE_RANK[self.cfg.profile])
-        self._last_daily = await asyncio.to_thread(store.last_result, "daily")
-        self._last_pass = await asyncio.to_thread(store.last_result, "daily", passed=True,
-                                                  profiles=allowed)
-        active = await asyncio.to_thread(store.active_calibration)
-        self._calibration = active
-        self.room.calibration = (None if active is None else Calibration.from_json(
-            as_object(active["calibration"], "calibration")))
-
     # ------------------------------------------------------------ gate
-    def _current_run(self) -> QaRun | None:
-        run = self.run
-        if run is not None and self.room.session is not run.session:
-            # The session closed (close_session, service mode): the run is over, unstored.
-            self.run = None
-            return None
-        return run
-
-    def _override_now(self) -> _Override | None:
+    def _override_now(self) -> QaOverride | None:
         o = self.override
         if o is not None and self.room.session is not o.session:
             self.override = None  # per session only: another (or no) session now
@@ -381,24 +213,6 @@ class QaWorkflow:
                 "approved_by": cal.get("approved_by"), "approved_at": cal.get("approved_at")},
             "store": "ok" if self.store_problem is None else self.store_problem,
         }
-
-    # ------------------------------------------------------------ helpers
-    def _store(self, actor: Actor, cmd: str) -> QaStore:
-        if self.store is None:
-            raise self.room.refuse(actor, cmd, f"QA store unavailable: {self.store_problem}")
-        return self.store
-
-    def _need_run(self, actor: Actor, cmd: str) -> QaRun:
-        run = self._current_run()
-        if run is None:
-            raise self.room.refuse(actor, cmd, "no QA session is open (qa_start)")
-        return run
-
-    async def _couch_pose(self, actor: Actor, cmd: str) -> Pose:
-        try:
-            return (await self.room.couch.status()).pose
-        except Exception as exc:  # noqa: BLE001 - no pose, no QA step
-            raise self.room.refuse(actor, cmd, f"couch pose could not be read: {exc}") from None
 
     def _close(self, actor: Actor, run: QaRun, why: str) -> None:
         self.room.supersede_current(why)
@@ -496,120 +310,6 @@ class QaWorkflow:
                      actor.user)
         return p.view()
 
-    # ------------------------------------------------------------ images
-    def _commanded(self, actor: Actor, run: QaRun) -> Pose:
-        """The couch pose the latest QA move reached (the home pose before any)."""
-        if run.last_move is None:
-            return run.home
-        p = self.room.proposals.get(run.last_move)
-        if p is None or p.status is not PS.COMPLETED:
-            status = "unknown" if p is None else str(p.status)
-            raise self.room.refuse(actor, "qa_image", f"QA move {run.last_move} has not reached "
-                                   f"its target ({status}): finish it (hold) or make a new "
-                                   "qa_move before imaging")
-        return p.target
-
-    async def qa_image(self, actor: Actor, req: QaImageRequest) -> Reply:
-        run = self._need_run(actor, "qa_image")
-        state = self.room.workflow.state
-        if state not in (S.READY, S.DONE):
-            raise self.room.refuse(actor, "qa_image", f"cannot take a QA image in state {state} "
-                                   "(the couch must be at rest after its QA move)")
-        commanded = self._commanded(actor, run)
-        pose = await self._couch_pose(actor, "qa_image")
-        off = pose.minus(commanded)
-        tol = self.room.config.motion
-        away = [f"{a} {off.get(a):+.3f} {UNITS[a]}" for a in AXES
-                if not abs(off.get(a)) <= (tol.arrival_tolerance_deg if a in ROTATION_AXES
-                                           else tol.arrival_tolerance_mm)]
-        if away:
-            raise self.room.refuse(actor, "qa_image", "the couch is not at the commanded QA pose "
-                                   f"({', '.join(away)} off): the image would not measure it")
-        relative = Pose(*(0.0 if abs(v) <= HOME_EPSILON else v
-                          for v in commanded.minus(run.home).as_tuple()))
-        load = run.load_kg if req.load_kg is None else req.load_kg
-        last_move = run.last_move
-        record: JsonObject = {"label": req.label, "image": req.image, "at": time.time(),
-                              "couch_pose": pose_json(pose), "commanded": pose_json(relative),
-                              "load_kg": load}
-        if req.label == BASELINE:
-            record.update(await self._baseline(actor, run, req, relative, load))
-        else:
-            record.update(await self._measure(actor, run, req, relative))
-        if self._current_run() is not run:
-            raise self.room.refuse(actor, "qa_image", "the QA session closed while the image was "
-                                   "analysed")
-        if run.last_move != last_move or self.room.workflow.state not in (S.READY, S.DONE):
-            raise self.room.refuse(actor, "qa_image", "a QA move was made while the image was "
-                                   "analysed: image again")
-        if req.label == BASELINE:
-            offset = as_list(record["iso_offset_mm"], "iso_offset_mm")
-            bb = as_list(record["bb_dicom_mm"], "bb_dicom_mm")
-            run.baselines.append(_Baseline(
-                req.image, (as_float(bb[0]), as_float(bb[1]), as_float(bb[2])),
-                (as_float(offset[0]), as_float(offset[1]), as_float(offset[2])), load,
-                len(run.measurements)))
-        run.measurements.append(record)
-        self.room.audit("qa", actor.user, action="image", qa_session=run.id, via=actor.via,
-                        **{k: v for k, v in record.items() if k != "registration"})
-        return record
-
-    async def _baseline(self, actor: Actor, run: QaRun, req: QaImageRequest, relative: Pose,
-                        load: float) -> JsonObject:
-        if run.baselines and run.kind != "sag":
-            raise self.room.refuse(actor, "qa_image", "the baseline of this QA session is taken; "
-                                   "label later images otherwise")
-        if any(relative.as_tuple()):
-            raise self.room.refuse(actor, "qa_image", "the baseline is taken at the QA home pose; "
-                                   f"the couch is commanded {relative} from it")
-        expected_room = self.cfg.phantom_bb_offset_mm
-        try:
-            bb = await self.imaging.qa_bb(req.image, image_from_room(expected_room),
-                                          BB_SEARCH_RADIUS_MM)
-        except (ValueError, OSError, RegistrationFailed) as exc:
-            raise self.room.refuse(actor, "qa_image", f"baseline: {exc}") from None
-        found_room = room_from_image(bb.position_mm)
-        offset = iso_offset_from_bb(bb.position_mm, expected_room, QA_POSITION, QA_ISO)
-        out: JsonObject = {"bb_mm": _vec(found_room), "bb_dicom_mm": _vec(bb.position_mm),
-                           "expected_bb_mm": _vec(expected_room), "iso_offset_mm": _vec(offset),
-                           "peak_hu": bb.peak_hu, "voxels": bb.voxels}
-        if run.calibration is not None:  # what the calibrated system still sees
-            o = run.calibration.imaging_iso_offset_mm
-            out["iso_offset_residual_mm"] = _vec([v - c for v, c in zip(offset, o, strict=True)])
-        return out
-
-    async def _measure(self, actor: Actor, run: QaRun, req: QaImageRequest,
-                       relative: Pose) -> JsonObject:
-        if not run.baselines:
-            raise self.room.refuse(actor, "qa_image", "take the baseline first (label "
-                                   f"{BASELINE!r}, couch at the QA home pose)")
-        base = run.baselines[-1]
-        pivot = self.room.model.pivot
-        offset = self.cfg.phantom_bb_offset_mm
-        at = req.phantom_at_mm
-        # The BB's room position at the home pose: where the phantom's centre was laid
-        # (`phantom_at_mm`, the treatment isocentre by default) plus the BB's offset. A few
-        # mm off changes the couch delta negligibly, but a couch-sag run lays the phantom
-        # up to 700 mm toward the foot, which times the sag's pitch is not negligible
-        # (safety.qa.couch_delta_from_room_shift).
-        bb_home = (at[0] + offset[0], at[1] + offset[1], at[2] + offset[2])
-        try:
-            got = await self.imaging.qa_shift(
-                base.image, req.image, base.bb_dicom_mm, bb_home,
-                run.home.as_tuple(), (float(pivot[0]), float(pivot[1]), float(pivot[2])),
-                holes_from_bb(offset))
-        except (ValueError, OSError, RegistrationFailed) as exc:
-            raise self.room.refuse(actor, "qa_image", f"{req.label}: {exc}") from None
-        reg: JsonObject = {"converged": got.converged, "metric": got.metric}
-        if not got.converged or not all(math.isfinite(v) for v in (*got.shift, *got.couch)):
-            raise self.room.refuse(actor, "qa_image", f"{req.label}: registration to the "
-                                   f"baseline not usable: {got.reason or 'not converged'}",
-                                   registration=reg)
-        measured = Pose(*got.couch)
-        return {"measured": pose_json(measured), "shift": _vec(got.shift),
-                "error": pose_json(measured.minus(relative)), "registration": reg,
-                "bb_dicom_mm": _vec(got.bb_mm), "baseline": base.index}
-
     # ------------------------------------------------------------ result
     async def qa_finish(self, actor: Actor, req: QaFinishRequest) -> Reply:
         run = self._need_run(actor, "qa_finish")
@@ -659,64 +359,6 @@ class QaWorkflow:
         except QaStoreError as exc:
             raise self.room.refuse(actor, "qa_finish", str(exc)) from None
 
-    def _daily_result(self, actor: Actor, run: QaRun) -> tuple[JsonObject, bool]:
-        if not run.baselines:
-            raise self.room.refuse(actor, "qa_finish", "daily QA incomplete: no baseline image; "
-                                   "abort with a reason instead (qa_finish abort)")
-        steps: list[QaMeasurement] = []
-        returns: list[QaMeasurement] = []
-        seen: set[tuple[str, int]] = set()
-        for m in run.measurements:
-            if "measured" not in m:
-                continue
-            commanded = Pose.from_dict(_floats(m["commanded"]))
-            measured = Pose.from_dict(_floats(m["measured"]))
-            meas = QaMeasurement(commanded=commanded, measured=measured,
-                                 label=str(m.get("label", "")))
-            moved = [a for a in AXES if commanded.get(a) != 0.0]
-            if moved:
-                steps.append(meas)
-                seen.update((a, 1 if commanded.get(a) > 0 else -1) for a in moved)
-            else:
-                returns.append(meas)
-        missing = [f"{a} {'+' if sign > 0 else '-'}" for a in AXES for sign in (1, -1)
-                   if (a, sign) not in seen]
-        if not returns:
-            missing.append("a return to the home pose")
-        if missing:
-            raise self.room.refuse(actor, "qa_finish", "daily QA incomplete: no measurement of "
-                                   f"{', '.join(missing)}; measure the whole pattern or abort "
-                                   "(qa_finish abort)")
-        try:
-            profile = self.cfg.profile_for(run.profile)
-            result = evaluate_daily(run.baselines[0].iso_offset_mm, steps, returns, profile,
-                                    run.calibration, home=run.home, load_kg=run.load_kg)
-        except ValueError as exc:
-            raise self.room.refuse(actor, "qa_finish", f"daily QA not evaluated: {exc}") from None
-        return as_object(result.to_json(), "daily QA result"), bool(result.passed)
-
-    def _sag_result(self, run: QaRun) -> tuple[JsonObject, bool]:
-        points: list[SagPoint] = []
-        for m in run.measurements:
-            if "measured" not in m:
-                continue
-            commanded = Pose.from_dict(_floats(m["commanded"]))
-            measured = Pose.from_dict(_floats(m["measured"]))
-            # Positive sag: the table top is lower (and pitched down) than commanded.
-            points.append(SagPoint(extension_mm=commanded.long,
-                                   load_kg=as_float(m["load_kg"], "load_kg"),
-                                   vert_sag_mm=-(measured.vert - commanded.vert),
-                                   pitch_deg=-(measured.pitch - commanded.pitch)))
-        model: SagModel | None = None
-        problem: str | None = None
-        try:
-            model = fit_sag(points)
-        except ValueError as exc:
-            problem = str(exc)
-        points_json: list[JsonValue] = [dict(p.to_json()) for p in points]
-        return {"sag": None if model is None else dict(model.to_json()), "fit_error": problem,
-                "points": points_json}, model is not None
-
     async def qa_results(self, actor: Actor, req: QaResultsRequest) -> Reply:
         store = self._store(actor, "qa_results")
         rows = await asyncio.to_thread(store.results, req.kind, req.limit)
@@ -744,102 +386,9 @@ class QaWorkflow:
         if self.room.session is not s:
             raise self.room.refuse(actor, "qa_override", "the session changed while the override "
                                    "was recorded")
-        self.override = _Override(s, actor.user, time.time(), reason)
+        self.override = QaOverride(s, actor.user, time.time(), reason)
         self.room.audit("qa", actor.user, action="override", reason=reason, session=session_key,
                         patient_id=s.patient_id, gate_was=gate_was, stored=stored is not None,
                         via=actor.via)
         self.room.publish_state()
         return {"override": self.override.view(), "gate_was": gate_was}
-
-    # ------------------------------------------------------------ calibration
-    def _calibration_may_change(self, actor: Actor, cmd: str) -> None:
-        state = self.room.workflow.state
-        if state not in _CALIBRATION_STATES:
-            raise self.room.refuse(actor, cmd, f"the calibration cannot change in state {state} "
-                                   "(a correction is pending or moving)")
-
-    async def qa_calibration_propose(self, actor: Actor,
-                                     req: QaCalibrationProposeRequest) -> Reply:
-        store = self._store(actor, "qa_calibration_propose")
-        daily = await self._result_for(actor, store, req.result_id, "daily")
-        sag_row = await self._result_for(actor, store, req.sag_result_id, "sag",
-                                         required=req.sag_result_id is not None)
-        sag_json = sag_row.get("sag")
-        try:
-            sag = SagModel.from_json(sag_json) if isinstance(sag_json, dict) else None
-            previous = self.room.calibration
-            cal = propose_calibration(DailyQaResult.from_json(daily), sag, previous=previous,
-                                      version=1 if previous is None else previous.version + 1)
-        except ValueError as exc:
-            raise self.room.refuse(actor, "qa_calibration_propose", str(exc)) from None
-        basis: JsonObject = {"result_id": daily["id"],
-                             "sag_result_id": sag_row.get("id") if sag is not None else None,
-                             "previous_version": None if previous is None else previous.version,
-                             "reason": req.reason}
-        try:
-            row = await asyncio.to_thread(store.propose_calibration, actor.user,
-                                          as_object(cal.to_json(), "calibration"), basis)
-        except QaStoreError as exc:
-            raise self.room.refuse(actor, "qa_calibration_propose", str(exc)) from None
-        self.room.audit("calibration", actor.user, action="propose", version=row["version"],
-                        calibration=row["calibration"], basis=basis, via=actor.via)
-        return row
-
-    async def _result_for(self, actor: Actor, store: QaStore, result_id: int | None, kind: str,
-                          *, required: bool = True) -> JsonObject:
-        if result_id is not None:
-            row = await asyncio.to_thread(store.result, result_id)
-            if row is None or row.get("kind") != kind or row.get("aborted"):
-                raise self.room.refuse(actor, "qa_calibration_propose",
-                                       f"no {kind} QA result {result_id} in room "
-                                       f"{self.room.config.room}")
-            return row
-        row = await asyncio.to_thread(store.last_result, kind,
-                                      passed=True if kind == "sag" else None)
-        if row is None and required:
-            raise self.room.refuse(actor, "qa_calibration_propose",
-                                   f"no {kind} QA result in room {self.room.config.room} to "
-                                   "calibrate from")
-        return row if row is not None else {}
-
-    async def qa_calibration_approve(self, actor: Actor,
-                                     req: QaCalibrationApproveRequest) -> Reply:
-        store = self._store(actor, "qa_calibration_approve")
-        self._calibration_may_change(actor, "qa_calibration_approve")
-        try:
-            row = await asyncio.to_thread(store.approve_calibration, req.version, actor.user)
-        except QaStoreError as exc:
-            raise self.room.refuse(actor, "qa_calibration_approve", str(exc)) from None
-        await self._refresh()
-        self.room.audit("calibration", actor.user, action="approve", version=req.version,
-                        proposed_by=row["proposed_by"], calibration=row["calibration"],
-                        via=actor.via)
-        self.room.publish_state()
-        return row
-
-    async def qa_calibration_revert(self, actor: Actor, req: QaCalibrationRevertRequest) -> Reply:
-        store = self._store(actor, "qa_calibration_revert")
-        self._calibration_may_change(actor, "qa_calibration_revert")
-        was = None if self._calibration is None else self._calibration.get("version")
-        try:
-            active = await asyncio.to_thread(store.revert_calibration, req.version, actor.user,
-                                             req.reason.strip())
-        except QaStoreError as exc:
-            raise self.room.refuse(actor, "qa_calibration_revert", str(exc)) from None
-        await self._refresh()
-        self.room.audit("calibration", actor.user, action="revert", from_version=was,
-                        to_version=req.version or None, reason=req.reason.strip(),
-                        via=actor.via)
-        self.room.publish_state()
-        return {"active": None if active is None else active["version"], "was": was}
-
-    async def qa_calibrations(self, actor: Actor, req: QaCalibrationsRequest) -> Reply:
-        store = self._store(actor, "qa_calibrations")
-        rows = await asyncio.to_thread(store.calibrations, req.limit)
-        return {"active": None if self._calibration is None else self._calibration["version"],
-                "calibrations": list(rows)}
-
-
-def _floats(value: JsonValue) -> dict[str, float]:
-    d = as_object(value, "pose")
-    return {a: as_float(d[a], a) for a in AXES}

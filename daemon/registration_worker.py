@@ -136,9 +136,9 @@ class QaShift:
     """A QA image measured against the baseline (`_qa_shift_files`).
 
     `shift`: how the BB moved in the room and how the table top turned (x, y, z mm;
-    yaw, pitch, roll deg), relative to the baseline (safety.qa.room_shift_from_registration).
+    yaw, pitch, roll deg), relative to the baseline (safety.qa_geometry.room_shift_from_registration).
     `couch`: the same motion as a couch delta from the QA home pose (lat, long, vert mm;
-    yaw, pitch, roll deg; safety.qa.couch_delta_from_room_shift), what a commanded
+    yaw, pitch, roll deg; safety.qa_geometry.couch_delta_from_room_shift), what a commanded
     QA move is compared with. `bb_mm`: the BB in this image (DICOM LPS, mm).
     The motion is a rigid fit of the phantom's fiducials, not an image registration:
     `converged` is True (a fit that fails refuses with ValueError instead) and `metric`
@@ -196,12 +196,12 @@ def _qa_shift_files(baseline: str, image: str, bb_mm: tuple[float, float, float]
     From fiducials, not an image registration (a rigid registration of the nearly
     featureless cube fell into rotations 0.2 deg off, which the couch's pivot lever turns
     into 0.5-0.8 mm of false long/lat error): the BB (imaging.qa_bb.find_bb) and the
-    phantom's air holes (imaging.qa_bb.find_air_hole) are found in both images to a
-    fraction of a voxel and a least-squares rigid fit (safety.qa.rigid_fit) of the
+    phantom's air holes (imaging.qa_air_holes.find_air_hole) are found in both images to a
+    fraction of a voxel and a least-squares rigid fit (safety.qa_geometry.rigid_fit) of the
     baseline's onto this image's gives the ITK fixed -> moving matrix. Its translation
     is then set so that it maps the baseline's BB exactly onto this image's (the BB is
     the best-found point; the fit's rotation stands), for
-    safety.qa.room_shift_from_registration. `bb_mm`: the BB in the baseline; `holes`:
+    safety.qa_geometry.room_shift_from_registration. `bb_mm`: the BB in the baseline; `holes`:
     each air hole's offset from the BB in the baseline image (DICOM, mm) and radius (at
     least two, not in line with the BB); `bb_room_mm`: the BB's room position at the
     home pose (where the phantom was set up); `home`, `pivot_mm`: the couch's, for the
@@ -209,10 +209,15 @@ def _qa_shift_files(baseline: str, image: str, bb_mm: tuple[float, float, float]
     residual says one was misfound."""
     import numpy as np
 
-    from imaging.qa_bb import find_air_hole, find_bb
+    from imaging.qa_air_holes import find_air_hole
+    from imaging.qa_bb import find_bb
     from imaging.volumes import read_image
     from safety.pose import Pose
-    from safety.qa import couch_delta_from_room_shift, rigid_fit, room_shift_from_registration
+    from safety.qa_geometry import (
+        couch_delta_from_room_shift,
+        rigid_fit,
+        room_shift_from_registration,
+    )
 
     if len(holes) < 2:
         raise ValueError(f"QA measurement needs at least 2 air holes of the phantom besides "

@@ -28,6 +28,7 @@ from typing import NoReturn, Self, TypeAlias
 
 from daemon.audit import jsonable
 from daemon.jsontypes import JsonMapping, JsonObject, as_object
+from daemon.sqlite_db import open_versioned
 
 log = logging.getLogger(__name__)
 
@@ -106,51 +107,29 @@ class CorrectionStore:
         self._checkpoints = ThreadPoolExecutor(1, thread_name_prefix="igrt-store-checkpoint")
         self._checkpoint_job: Future[None] | None = None
         self._closing = False
-        try:
-            self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a
-            # claim is exactly one durable transaction.
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open state store {self.path}: {exc}") from None
-        try:
-            self._db.row_factory = sqlite3.Row
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"state store {self.path}: cannot use WAL journal (got {mode})")
-            # Per connection, not persistent: FULL syncs the WAL on every commit.
-            # Deferred: this connection (igrtd's event loop) never syncs; sync()
-            # fdatasyncs the WAL in the group commit thread, and checkpoints run
-            # on their own connection at FULL, which syncs the database before the
-            # WAL may be reused. Not NORMAL: NORMAL syncs the WAL header whenever
-            # a commit starts the WAL afresh after a checkpoint, an fdatasync on
-            # the event loop (milliseconds under disk load; found tracing the
-            # confirm path, issue 13). journal_size_limit=0: that fresh start
-            # also cuts the file back, so its size says how much waits to be
-            # checkpointed (a reused 4 MiB file read as "checkpoint now" at every
-            # sync, and so a fresh WAL at nearly every commit).
-            if deferred_sync:
-                self._db.execute("PRAGMA synchronous=OFF")
-                self._db.execute("PRAGMA wal_autocheckpoint=0")
-                self._db.execute("PRAGMA journal_size_limit=0")
-            else:
-                self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"state store {self.path} has schema {version}, newer than {SCHEMA_VERSION}"
-                )
-            self._db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise StoreError(f"state store {self.path} unusable: {exc}") from None
-        except StoreError:
-            self._db.close()
-            raise
+        # Per connection: FULL syncs the WAL on every commit.
+        # Deferred: this connection (igrtd's event loop) never syncs; sync()
+        # fdatasyncs the WAL in the group commit thread, and checkpoints run
+        # on their own connection at FULL, which syncs the database before the
+        # WAL may be reused. Not NORMAL: NORMAL syncs the WAL header whenever
+        # a commit starts the WAL afresh after a checkpoint, an fdatasync on
+        # the event loop (milliseconds under disk load; found tracing the
+        # confirm path, issue 13). journal_size_limit=0: that fresh start
+        # also cuts the file back, so its size says how much waits to be
+        # checkpointed (a reused 4 MiB file read as "checkpoint now" at every
+        # sync, and so a fresh WAL at nearly every commit).
+        self._db = open_versioned(
+            self.path,
+            label="state store",
+            error=StoreError,
+            schema=_SCHEMA,
+            schema_version=SCHEMA_VERSION,
+            synchronous="OFF" if deferred_sync else "FULL",
+            extra_pragmas=(
+                ("wal_autocheckpoint=0", "journal_size_limit=0") if deferred_sync else ()
+            ),
+            foreign_keys=True,
+        )
 
     def close(self) -> None:
         if self.deferred_sync and self._sync_failed is None:

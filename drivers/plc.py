@@ -1,10 +1,11 @@
 """Room safety PLC over Modbus TCP: the host side of docs/protocols/room-plc.md.
 
 The PLC owns the room's safety inputs (door, e-stop chain, collision pads,
-hold-to-run, imager arms parked) and a few outputs (beam hold, motion-permit
-lamp, imager arm drive commands). This module polls its status block, keeps a
-fail-safe picture of the inputs and tells listeners the moment anything
-changes. It decides nothing: the daemon's MotionGate does.
+hold-to-run, imager arms parked), reports the gantry angle (register 9, for
+the collision model: `PlcSnapshot.gantry_deg`) and drives a few outputs (beam
+hold, motion-permit lamp, imager arm drive commands). This module polls its
+status block, keeps a fail-safe picture of the inputs and tells listeners the
+moment anything changes. It decides nothing: the daemon's MotionGate does.
 
 Fail-safe rules (see the protocol document for why):
 - every interlock input is "closed = safe = 1"; a value the host cannot vouch
@@ -39,6 +40,8 @@ from drivers.plc_registers import (
     ARMS,
     COILS,
     DEFAULT_DEVICE_ID,
+    GANTRY_COUNTS_PER_DEG,
+    GANTRY_FULL_CIRCLE,
     INTERLOCK_INPUTS,
     MIN_OPEN_VISIBLE_S,
     MOVING_BITS,
@@ -51,6 +54,7 @@ from drivers.plc_registers import (
     STATUS_BITS,
     STATUS_BLOCK_COUNT,
     StatusRegister,
+    gantry_angle_deg,
     opening_count,
 )
 
@@ -59,6 +63,8 @@ __all__ = [
     "ARM_POSITION_REGISTERS",
     "COILS",
     "DEFAULT_DEVICE_ID",
+    "GANTRY_COUNTS_PER_DEG",
+    "GANTRY_FULL_CIRCLE",
     "INTERLOCK_INPUTS",
     "MIN_OPEN_VISIBLE_S",
     "MOVING_BITS",
@@ -79,5 +85,6 @@ __all__ = [
     "PlcWriteError",
     "RoomPlcClient",
     "StatusRegister",
+    "gantry_angle_deg",
     "opening_count",
 ]

@@ -275,7 +275,12 @@ class RoomPlcClient(PlcPicture):
             recv = time.monotonic()
             if rr.isError():
                 code = getattr(rr, "exception_code", "?")
-                self._set_link_fault(f"room PLC answered with Modbus exception code {code}")
+                # Illegal data address to the status block read: most likely a PLC
+                # programmed with an older, shorter map (version 2 had 9 registers).
+                hint = (f" (illegal data address: is its status block shorter than map "
+                        f"version {REGISTER_MAP_VERSION}'s {STATUS_BLOCK_COUNT} registers?)"
+                        if code == 2 else "")
+                self._set_link_fault(f"room PLC answered with Modbus exception code {code}{hint}")
             elif len(rr.registers) < STATUS_BLOCK_COUNT:
                 self._set_link_fault(
                     f"room PLC status block has {len(rr.registers)} registers, "

@@ -25,6 +25,7 @@ from drivers.plc_registers import (
     INTERLOCK_INPUTS,
     POSITION_FULL_SCALE,
     StatusRegister,
+    gantry_angle_deg,
 )
 
 # The logger keeps the name it had before the driver was split into modules, so
@@ -52,7 +53,10 @@ class PlcSnapshot:
     and positions/outputs/fault code/registers are unknown (None): nothing
     stale can look safe. Values are reported as read, never clamped: an arm
     position register of 65535 is 6553.5 %, for safety.interlocks.judge_plc to
-    refuse.
+    refuse. The gantry angle is the one decoded value that is None instead
+    when its register is outside 0..35999 (an angle no one can vouch for is
+    not an angle: there is no "6553.5 %" of a circle); the raw value is in
+    `registers`.
     """
 
     inputs: Mapping[str, InputState]
@@ -71,6 +75,9 @@ class PlcSnapshot:
     # connect or link fault): comparing the opening counters of the two shows an
     # opening that closed again between the reads.
     previous_registers: tuple[int, ...] | None = None
+    # IEC 61217 gantry angle in degrees, 0 <= angle < 360 (register 9 / 100); None
+    # when unknown: link down, heartbeat stale, or the register out of range.
+    gantry_deg: float | None = None
 
     def open_inputs(self) -> tuple[str, ...]:
         return tuple(name for name, state in self.inputs.items() if not state.closed)
@@ -320,11 +327,13 @@ class PlcPicture:
             out = regs[StatusRegister.OUTPUT_ECHO]
             outputs: dict[str, bool | None] = {n: bool(out >> i & 1) for i, n in enumerate(COILS)}
             heartbeat: int | None = regs[StatusRegister.HEARTBEAT]
+            gantry = gantry_angle_deg(regs)
         else:
             moving = {arm: True for arm in ARMS}  # unknown counts as moving
             positions = {arm: None for arm in ARMS}
             outputs = {n: None for n in COILS}
             heartbeat = self._last_counter
+            gantry = None
         return PlcSnapshot(
             inputs=MappingProxyType(dict(pub.inputs)),
             arms_moving=MappingProxyType(moving),
@@ -342,6 +351,7 @@ class PlcPicture:
                 tuple(self._prev_regs) if regs is not None and self._prev_regs is not None
                 else None
             ),
+            gantry_deg=gantry,
         )
 
     def _notify(self, snap: PlcSnapshot) -> None:

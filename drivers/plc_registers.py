@@ -1,7 +1,7 @@
 """Room PLC register map (docs/protocols/room-plc.md): what each address on the
 wire carries. Addresses are 0-based protocol addresses as they appear on the wire.
 
-Constants only (and one pure accessor): the host driver, the daemon's reading of
+Constants only (and two pure accessors): the host driver, the daemon's reading of
 a block and the simulator all take the map from here, so they cannot disagree.
 """
 
@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from enum import IntEnum
 from types import MappingProxyType
 
-#: 2: registers 7-8, the opening counters, added (map version 1 had none).
-REGISTER_MAP_VERSION = 2
+#: 3: register 9, the gantry angle, added; 2: registers 7-8, the opening counters,
+#: added (map version 1 had none).
+REGISTER_MAP_VERSION = 3
 DEFAULT_DEVICE_ID = 1
 
 #: Interlock inputs, "closed = safe = 1". Bit n of the status word and
@@ -35,10 +36,14 @@ STATUS_BITS: tuple[str, ...] = INTERLOCK_INPUTS + MOVING_BITS
 COILS: tuple[str, ...] = ("beam_hold", "motion_permit_lamp", "kv_source_extend", "detector_extend")
 #: Arm position registers count 0.1 % of full travel: 0 parked, 1000 extended.
 POSITION_FULL_SCALE = 1000
+#: The gantry angle register counts 0.01 deg of the IEC 61217 gantry angle
+#: (0 = beam from above), 0..35999: a full circle is 36000 counts.
+GANTRY_COUNTS_PER_DEG = 100
+GANTRY_FULL_CIRCLE = 360 * GANTRY_COUNTS_PER_DEG
 
 
 class StatusRegister(IntEnum):
-    """Holding registers 0..8: the status block read in one request per cycle."""
+    """Holding registers 0..9: the status block read in one request per cycle."""
 
     STATUS_BITS = 0
     HEARTBEAT = 1
@@ -49,6 +54,7 @@ class StatusRegister(IntEnum):
     MAP_VERSION = 6
     ROOM_OPENINGS = 7
     ARM_OPENINGS = 8
+    GANTRY_ANGLE = 9
 
 
 STATUS_BLOCK_COUNT = len(StatusRegister)
@@ -86,7 +92,16 @@ REGISTER_RANGES: Mapping[StatusRegister, tuple[int, int]] = MappingProxyType({
     StatusRegister.MAP_VERSION: (REGISTER_MAP_VERSION, REGISTER_MAP_VERSION),
     StatusRegister.ROOM_OPENINGS: (0, 0xFFFF),  # four 4-bit counters
     StatusRegister.ARM_OPENINGS: (0, 0xFF),  # two 4-bit counters; bits 8..15 reserved, read 0
+    StatusRegister.GANTRY_ANGLE: (0, GANTRY_FULL_CIRCLE - 1),  # 0.01 deg; 360.00 is 0
 })
+
+
+def gantry_angle_deg(registers: tuple[int, ...] | list[int]) -> float | None:
+    """The gantry angle in degrees from a status block; None when the register is
+    outside its documented range (a value no one can vouch for is not an angle)."""
+    value = registers[StatusRegister.GANTRY_ANGLE]
+    low, high = REGISTER_RANGES[StatusRegister.GANTRY_ANGLE]
+    return value / GANTRY_COUNTS_PER_DEG if low <= value <= high else None
 
 
 def opening_count(registers: tuple[int, ...] | list[int], name: str) -> int:

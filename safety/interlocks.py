@@ -114,6 +114,9 @@ PLC_SOURCE = "room PLC"
 #: reads closed means the switch or the position sensor is lying, and we cannot
 #: tell which, so the arm is not parked.
 PARKED_POSITION_TOLERANCE = 0.02
+#: What the gantry angle register counts (PlcReading.gantry_angle), named in its
+#: out-of-range reason so the line says the unit as well as the value and range.
+GANTRY_ANGLE_UNIT = "0.01 deg"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +195,10 @@ class PlcReading:
     # Opening counters of the interlocks proper and of hold-to-run (the arms'
     # parked switches: ArmReading.parked_openings).
     openings: tuple[OpeningCounter, ...] = ()
+    # The gantry angle register, counting GANTRY_ANGLE_UNIT (IEC 61217, 0 = beam
+    # from above); None: not in this reading. Like an arm position, its own
+    # sensor: out of range it is a stop condition but leaves the rest vouched for.
+    gantry_angle: RegisterValue | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +224,10 @@ def judge_plc(reading: PlcReading, now: float, max_age_s: float) -> PlcVerdict:
     - link down or heartbeat not seen changing within `max_age_s`: every input open;
     - a non-zero fault code: a stop condition (the PLC says something is wrong);
     - a register outside its documented range: a stop condition, never clamped;
-      an arm position out of range makes that arm not parked, any other register
-      out of range means nothing in the block is vouched for (the PLC is confused);
+      an arm position out of range makes that arm not parked, a gantry angle out
+      of range is named with its unit (the collision model cannot place the
+      gantry), any other register out of range means nothing in the block is
+      vouched for (the PLC is confused);
     - an arm whose parked switch reads closed while its position is far from
       parked is not parked (one of the two sensors is wrong);
     - an input whose opening counter changed since the previous read opened in
@@ -281,6 +290,9 @@ def judge_plc(reading: PlcReading, now: float, max_age_s: float) -> PlcVerdict:
             stops.append(arm.position.out_of_range_text())
     if not reading.arms:
         arm_reasons.append(f"no imager arms in the {PLC_SOURCE} reading")
+    gantry = reading.gantry_angle
+    if gantry is not None and not gantry.in_range():
+        stops.append(f"{gantry.out_of_range_text()} (gantry angle in {GANTRY_ANGLE_UNIT})")
     return PlcVerdict(
         open_interlocks=tuple(stops),
         motion_enable_pressed=trusted and reading.motion_enable_pressed and not enable_opened,

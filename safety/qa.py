@@ -6,12 +6,19 @@ every axis +step, home, -step, home). Each later image is registered rigidly
 to the baseline, which gives how the table top moved (`room_shift_from_registration`,
 `couch_motion_from_registration`); the BB in the baseline gives where the
 imaging isocentre is relative to the treatment isocentre (`iso_offset_from_bb`).
+The geometry of that (fiducial fit, room shift, couch delta, iso offset) is
+safety.qa_geometry; the travel part of the pattern (each translation moved alone
+50 mm, for scale and yaw offset) is safety.qa_travel.
 `evaluate_daily` then checks, against a TG-142 profile (safety.qa_tolerances):
 
 * iso_coincidence (axis "vector"): length of the imaging-iso offset, mm;
 * positioning (each axis): max over the steps of |measured - commanded|;
 * repeatability (each axis): max over the returns to home of |measured - commanded|
-  (commanded is home, 0).
+  (commanded is home, 0);
+* travel (lat, long, vert, when the travel part was run): max over that axis's
+  travels of |measured - expected| of any translation component, mm;
+* axis_alignment (axis yaw, with travels of both lat and long): the couch's yaw
+  offset fitted from the translations, deg (safety.qa_travel).
 
 Every check names its value, limit and unit; a value passes when value <= limit.
 
@@ -57,20 +64,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from safety.correction import validate_registration_matrix
-from safety.geometry import (
-    PatientPosition,
-    decompose_rotation,
-    orientation_matrix,
-    pose_rotation,
-    pose_transform,
-    rot_z,
-    rotation_from_angles,
-)
 from safety.pose import AXES, ROTATION_AXES, UNITS, Pose
 from safety.qa_tolerances import PROFILES, Profile, finite_number, resolve_profile
+from safety.qa_travel import (
+    TRAVEL_AXES,
+    AxisFit,
+    TravelMeasurement,
+    expected_travel,
+    fit_axes,
+    travel_pattern,
+)
+from safety.qa_values import Vec3, clean, pose_json, pose_of, vec3
 
 if TYPE_CHECKING:  # safety.qa_calibration imports this module; at run time: imported late
     from safety.qa_calibration import Calibration
@@ -79,256 +83,23 @@ __all__ = [
     "Check",
     "DailyQaResult",
     "QaMeasurement",
-    "RigidFit",
-    "couch_delta_from_room_shift",
-    "couch_motion_from_registration",
     "evaluate_daily",
-    "iso_offset_from_bb",
     "qa_pattern",
-    "rigid_fit",
-    "room_shift_for_couch_delta",
-    "room_shift_from_registration",
 ]
-
-Vec3 = tuple[float, float, float]
 
 # A return is "at home" when its commanded delta is 0 within this (mm or deg).
 HOME_EPSILON = 1e-6
-CHECK_NAMES = ("iso_coincidence", "positioning", "repeatability")
-
-
-def _clean(v: float) -> float:
-    # As safety.correction: 1e-9 mm/deg matters for no tolerance; -0.0 reads as 0.0.
-    return round(v, 9) + 0.0
-
-
-def _vec3(value: Any, field_name: str, unit: str = "mm") -> Vec3:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-        raise ValueError(  # noqa: TRY004 - bad input: one-line ValueError
-            f"{field_name} must be 3 numbers (x, y, z {unit}), got {value!r}")
-    if len(value) != 3:
-        raise ValueError(f"{field_name} must be 3 numbers (x, y, z {unit}), got {len(value)}")
-    x, y, z = (finite_number(v, f"{field_name} {k}", unit) for k, v in zip("xyz", value))
-    return (x, y, z)
-
-
-def _pose(value: Any, field_name: str) -> Pose:
-    """A Pose from a Pose, a dict of the six axes or six numbers; every axis finite."""
-    if isinstance(value, Pose):
-        pose = value
-    elif isinstance(value, Mapping):
-        missing = [a for a in AXES if a not in value]
-        if missing:
-            raise ValueError(f"{field_name} is missing axes: {', '.join(missing)}")
-        extra = sorted(set(value) - set(AXES))
-        if extra:
-            raise ValueError(f"{field_name} has unknown axes: {', '.join(map(str, extra))}")
-        pose = Pose(**{a: finite_number(value[a], f"{field_name} {a}", UNITS[a]) for a in AXES})
-    elif isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes)):
-        if len(value) != 6:
-            raise ValueError(
-                f"{field_name} must be 6 numbers (lat, long, vert mm, yaw, pitch, roll deg), "
-                f"got {len(value)}")
-        pose = Pose(*(finite_number(v, f"{field_name} {a}", UNITS[a]) for a, v in zip(AXES, value)))
-    else:
-        raise ValueError(  # noqa: TRY004 - bad input: one-line ValueError
-            f"{field_name} must be a couch pose, got {type(value).__name__}")
-    for a in AXES:
-        finite_number(pose.get(a), f"{field_name} {a}", UNITS[a])
-    return pose
-
-
-def _wrap_deg(d: float) -> float:
-    """An angle difference in (-180, 180]."""
-    w = math.fmod(d, 360.0)
-    if w > 180.0:
-        w -= 360.0
-    elif w <= -180.0:
-        w += 360.0
-    return w
-
-
-def _pose_json(p: Pose) -> dict[str, float]:
-    return {a: _clean(v) for a, v in p.as_dict().items()}
-
-
-# --------------------------------------------------------------------------- geometry
-
-
-def room_shift_from_registration(
-    matrix: Any, patient_position: PatientPosition | str, centre_mm: Sequence[float],
-) -> Pose:
-    """How the table top moved between the baseline and a later image, in the room.
-
-    `matrix`: rigid 4x4 ITK fixed -> moving, fixed = baseline image, moving = the later
-    image, both DICOM LPS (the phantom material at baseline point q is at T(q) in the
-    later image). `centre_mm`: the point whose translation is reported (the BB or the
-    phantom centre), in the baseline image's DICOM frame.
-
-    Returns lat, long, vert = M (T(c) - c), the translation of that point along IEC
-    X, Y, Z (mm), and yaw, pitch, roll = the rotation M R M^T decomposed as
-    Rz(yaw) Rx(pitch) Ry(roll) (deg). An imaging-iso offset cancels (it shifts both
-    images alike).
-    """
-    t = validate_registration_matrix(matrix)
-    m = orientation_matrix(patient_position)
-    c = np.array(_vec3(centre_mm, "centre_mm"))
-    moved = t[:3, :3] @ c + t[:3, 3]
-    s = m @ (moved - c)
-    yaw, pitch, roll = decompose_rotation(m @ t[:3, :3] @ m.T)
-    return Pose(float(s[0]), float(s[1]), float(s[2]), yaw, pitch, roll)
-
-
-def couch_delta_from_room_shift(
-    shift: Pose | Sequence[float], home: Pose, pivot_mm: Sequence[float],
-    centre_room_mm: Sequence[float] = (0.0, 0.0, 0.0),
-) -> Pose:
-    """The couch delta (relative to `home`) whose move produces the measured room motion.
-
-    `shift` is a room shift (see the module doc) of the point that sat at room point
-    `centre_room_mm` at the home pose. The motion D(r) = R (r - p) + p + s is composed
-    with the home pose: F_new = D o F_home (docs/geometry.md kinematics, pivot
-    `pivot_mm`), and F_new decomposed into a pose. An error of a few mm in
-    `centre_room_mm` changes the result by that times sin(rotation): negligible.
-    """
-    sh = _pose(shift, "room shift")
-    home = _pose(home, "home pose")
-    c = np.array(_vec3(pivot_mm, "pivot_mm"))
-    p = np.array(_vec3(centre_room_mm, "centre_room_mm"))
-    r_d = rotation_from_angles(sh.yaw, sh.pitch, sh.roll)
-    s = np.array([sh.lat, sh.long, sh.vert])
-    yaw, pitch, roll = decompose_rotation(r_d @ pose_rotation(home))
-    f0 = pose_transform(home, c)
-    r0 = f0[:3, :3] @ c + f0[:3, 3]  # where the pivot is at the home pose
-    moved = r_d @ (r0 - p) + p + s
-    t = rot_z(yaw).T @ moved - c  # F_P(c) = Rz(yaw) (c + t)
-    return Pose(
-        float(t[0]) - home.lat, float(t[1]) - home.long, float(t[2]) - home.vert,
-        _wrap_deg(yaw - home.yaw), _wrap_deg(pitch - home.pitch), _wrap_deg(roll - home.roll),
-    )
-
-
-def room_shift_for_couch_delta(
-    delta: Pose, home: Pose, pivot_mm: Sequence[float],
-    centre_room_mm: Sequence[float] = (0.0, 0.0, 0.0),
-) -> Pose:
-    """The room shift (of the point at `centre_room_mm` at home) that moving the couch
-    from `home` by `delta` produces: the inverse of `couch_delta_from_room_shift`."""
-    delta = _pose(delta, "couch delta")
-    home = _pose(home, "home pose")
-    c = np.array(_vec3(pivot_mm, "pivot_mm"))
-    p = np.array(_vec3(centre_room_mm, "centre_room_mm"))
-    f0 = pose_transform(home, c)
-    f1 = pose_transform(home.plus(delta), c)
-    d = f1 @ np.linalg.inv(f0)
-    s = d[:3, :3] @ p + d[:3, 3] - p
-    yaw, pitch, roll = decompose_rotation(d[:3, :3])
-    return Pose(float(s[0]), float(s[1]), float(s[2]), yaw, pitch, roll)
-
-
-def couch_motion_from_registration(
-    matrix: Any, patient_position: PatientPosition | str, centre_mm: Sequence[float], *,
-    centre_room_mm: Sequence[float], home: Pose, pivot_mm: Sequence[float],
-) -> Pose:
-    """`room_shift_from_registration` turned into the couch delta relative to `home`
-    (`couch_delta_from_room_shift`): what `evaluate_daily` compares with the commanded
-    delta. `centre_room_mm` is the room position of `centre_mm` at home (the BB's,
-    e.g. from the baseline image)."""
-    shift = room_shift_from_registration(matrix, patient_position, centre_mm)
-    return couch_delta_from_room_shift(shift, home, pivot_mm, centre_room_mm)
-
-
-def iso_offset_from_bb(
-    bb_image_mm: Sequence[float], expected_bb_room_mm: Sequence[float],
-    patient_position: PatientPosition | str = PatientPosition.HFS,
-    image_iso_mm: Sequence[float] = (0.0, 0.0, 0.0),
-) -> Vec3:
-    """Where the imaging isocentre is relative to the treatment isocentre (room X, Y, Z,
-    mm), from the BB found in the baseline image.
-
-    The image is labelled as if centred on the treatment isocentre (`image_iso_mm` is
-    the treatment isocentre in image coordinates), so room point r appears at image
-    point M^-1 (r - o) + iso: offset o = expected BB room position - M (bb - iso).
-    """
-    m = orientation_matrix(patient_position)
-    bb = np.array(_vec3(bb_image_mm, "bb_image_mm"))
-    expected = np.array(_vec3(expected_bb_room_mm, "expected_bb_room_mm"))
-    iso = np.array(_vec3(image_iso_mm, "image_iso_mm"))
-    o = expected - m @ (bb - iso)
-    return (float(o[0]), float(o[1]), float(o[2]))
-
-
-# Fiducials of a QA phantom are found to ~0.05 mm; a residual above this means one of them
-# was misfound (another dark or bright spot), not noise.
-RIGID_FIT_MAX_RMS_MM = 0.5
-
-
-@dataclass(frozen=True)
-class RigidFit:
-    """`rigid_fit`'s answer: `matrix` (4x4, maps points_from onto points_to), the residual
-    RMS and the largest residual (mm) of the points after the fit."""
-
-    matrix: np.ndarray
-    rms_mm: float
-    max_residual_mm: float
-
-
-def rigid_fit(points_from: Any, points_to: Any, *,
-              max_rms_mm: float = RIGID_FIT_MAX_RMS_MM) -> RigidFit:
-    """The least-squares rigid motion T (rotation and translation, no scale, no
-    reflection: Kabsch/Umeyama) with T(points_from[i]) ~ points_to[i].
-
-    For a QA image: points_from = the fiducials (BB, air holes) in the baseline image,
-    points_to = the same fiducials in the later image (DICOM LPS, mm), so `matrix` is the
-    ITK fixed -> moving matrix `room_shift_from_registration` takes. At least 3 points,
-    not all on one line. ValueError (one line) when the residual RMS exceeds
-    `max_rms_mm` (a fiducial was misfound or the phantom deformed)."""
-    def points(value: Any, name: str) -> np.ndarray:
-        if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-            raise ValueError(  # noqa: TRY004 - bad input: one-line ValueError
-                f"{name} must be a list of points (x, y, z mm), got {type(value).__name__}")
-        return np.array([_vec3(v, f"{name}[{i}]") for i, v in enumerate(value)], dtype=float)
-
-    a = points(points_from, "points_from")
-    b = points(points_to, "points_to")
-    limit = finite_number(max_rms_mm, "max_rms_mm", "mm")
-    if a.shape != b.shape:
-        raise ValueError(f"rigid_fit needs as many points_to as points_from, got {len(b)} and "
-                         f"{len(a)}")
-    if len(a) < 3:
-        raise ValueError(f"rigid_fit needs at least 3 points, got {len(a)}")
-    ca, cb = a.mean(axis=0), b.mean(axis=0)
-    da, db = a - ca, b - cb
-    # Degenerate: all points on one line (the rotation about it is undetermined).
-    sv = np.linalg.svd(da, compute_uv=False)
-    if not sv[1] > 1e-6 * max(float(sv[0]), 1.0):
-        raise ValueError("rigid_fit: the points_from lie on one line (or coincide): the "
-                         "rotation is undetermined")
-    u, _, vt = np.linalg.svd(db.T @ da)
-    d = np.diag([1.0, 1.0, float(np.sign(np.linalg.det(u @ vt)) or 1.0)])
-    r = u @ d @ vt
-    t = cb - r @ ca
-    matrix = np.eye(4)
-    matrix[:3, :3] = r
-    matrix[:3, 3] = t
-    res = np.linalg.norm(a @ r.T + t - b, axis=1)
-    rms = float(np.sqrt(np.mean(res * res)))
-    worst = float(res.max())
-    if not rms <= limit:
-        k = int(np.argmax(res))
-        raise ValueError(
-            f"rigid fit of {len(a)} fiducials refused: residual RMS {rms:.2f} mm exceeds "
-            f"{limit:g} mm (point {k} off by {worst:.2f} mm: misfound?)")
-    return RigidFit(matrix, rms, worst)
+CHECK_NAMES = ("iso_coincidence", "positioning", "repeatability", "travel", "axis_alignment")
 
 
 # --------------------------------------------------------------------------- pattern
 
 
 def qa_pattern(step_mm: float = 10.0, step_deg: float = 1.0,
-               axes: Sequence[str] = AXES) -> list[Pose]:
+               axes: Sequence[str] = AXES, travel_mm: float = 0.0) -> list[Pose]:
     """The daily pattern, relative to the QA home pose: for each axis +step, home,
-    -step, home (translations by `step_mm`, rotations by `step_deg`)."""
+    -step, home (translations by `step_mm`, rotations by `step_deg`); then, with
+    `travel_mm` > 0, the travel part (safety.qa_travel.travel_pattern)."""
     mm = finite_number(step_mm, "step_mm", "mm")
     deg = finite_number(step_deg, "step_deg", "deg")
     if not mm > 0:
@@ -342,7 +113,7 @@ def qa_pattern(step_mm: float = 10.0, step_deg: float = 1.0,
     for axis in axes:
         step = deg if axis in ROTATION_AXES else mm
         out += [Pose(**{axis: step}), Pose(), Pose(**{axis: -step}), Pose()]
-    return out
+    return out + travel_pattern(travel_mm)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -360,8 +131,8 @@ class QaMeasurement:
     label: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "commanded", _pose(self.commanded, "commanded"))
-        object.__setattr__(self, "measured", _pose(self.measured, "measured"))
+        object.__setattr__(self, "commanded", pose_of(self.commanded, "commanded"))
+        object.__setattr__(self, "measured", pose_of(self.measured, "measured"))
         if not isinstance(self.label, str):
             raise ValueError(f"measurement label must be text, got {self.label!r}")  # noqa: TRY004
 
@@ -374,8 +145,8 @@ class QaMeasurement:
         return all(abs(v) <= HOME_EPSILON for v in self.commanded)
 
     def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "commanded": _pose_json(self.commanded),
-                "measured": _pose_json(self.measured), "error": _pose_json(self.error)}
+        return {"label": self.label, "commanded": pose_json(self.commanded),
+                "measured": pose_json(self.measured), "error": pose_json(self.error)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> QaMeasurement:
@@ -408,7 +179,7 @@ class Check:
                 f"{self.limit:.{digits}f} {self.unit}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "axis": self.axis, "value": _clean(self.value),
+        return {"name": self.name, "axis": self.axis, "value": clean(self.value),
                 "limit": self.limit, "unit": self.unit, "passed": self.passed,
                 "message": self.message}
 
@@ -434,6 +205,11 @@ class DailyQaResult:
     home: Pose = field(default_factory=Pose)
     load_kg: float = 0.0
     expected: tuple[Pose, ...] = field(default=())
+    # The travel part (safety.qa_travel): its measurements, the motion expected of each,
+    # and the fitted scales and yaw offset (from the steps and the travels).
+    travels: tuple[TravelMeasurement, ...] = field(default=())
+    travel_expected: tuple[Vec3, ...] = field(default=())
+    axis_fit: AxisFit | None = None
 
     @property
     def calibration_version(self) -> int:
@@ -475,27 +251,36 @@ class DailyQaResult:
             "tolerances": self.profile.model_dump(),
             "checks": [c.to_json() for c in self.checks],
             "failures": self.failures,
-            "iso_offset_mm": [_clean(v) for v in self.iso_offset_mm],
-            "iso_offset_norm_mm": _clean(self.iso_offset_norm_mm),
-            "iso_offset_residual_mm": [_clean(v) for v in self.iso_offset_residual_mm],
-            "iso_offset_residual_norm_mm": _clean(math.hypot(*self.iso_offset_residual_mm)),
+            "iso_offset_mm": [clean(v) for v in self.iso_offset_mm],
+            "iso_offset_norm_mm": clean(self.iso_offset_norm_mm),
+            "iso_offset_residual_mm": [clean(v) for v in self.iso_offset_residual_mm],
+            "iso_offset_residual_norm_mm": clean(math.hypot(*self.iso_offset_residual_mm)),
             "calibration_version": self.calibration_version,
             "calibration": None if self.calibration is None else {
-                "calibration": self.calibration.to_json(), "home": _pose_json(self.home),
+                "calibration": self.calibration.to_json(), "home": pose_json(self.home),
                 "load_kg": self.load_kg},
-            "accuracy": {a: _clean(v) for a, v in self.accuracy.items()},
-            "repeatability": {a: _clean(v) for a, v in self.repeatability.items()},
+            "accuracy": {a: clean(v) for a, v in self.accuracy.items()},
+            "repeatability": {a: clean(v) for a, v in self.repeatability.items()},
             "units": dict(UNITS),
             "axes_tested": list(self.axes_tested),
             "steps": [self._step_json(i, m) for i, m in enumerate(self.steps)],
             "returns": [m.to_json() for m in self.returns],
+            "travels": [self._travel_json(m, e)
+                        for m, e in zip(self.travels, self.travel_expected, strict=True)],
+            "axis_fit": None if self.axis_fit is None else self.axis_fit.to_json(),
         }
+
+    @staticmethod
+    def _travel_json(m: TravelMeasurement, expected: Vec3) -> dict[str, Any]:
+        return {**m.to_json(), "expected_mm": dict(zip(TRAVEL_AXES, map(clean, expected),
+                                                       strict=True)),
+                "error_mm": clean(m.error_mm(expected))}
 
     def _step_json(self, i: int, m: QaMeasurement) -> dict[str, Any]:
         out = m.to_json()
         if self.calibration is not None:  # the calibrated prediction and what is left
-            out["expected"] = _pose_json(self.expected[i])
-            out["residual"] = _pose_json(m.measured.minus(self.expected[i]))
+            out["expected"] = pose_json(self.expected[i])
+            out["residual"] = pose_json(m.measured.minus(self.expected[i]))
         return out
 
     @classmethod
@@ -516,10 +301,11 @@ class DailyQaResult:
             profile = resolve_profile(str(d.get("profile", "conventional")))
         steps = [QaMeasurement.from_json(m) for m in d.get("steps") or []]
         returns = [QaMeasurement.from_json(m) for m in d.get("returns") or []]
+        travels = [TravelMeasurement.from_json(m) for m in d.get("travels") or []]
         iso: Any = d.get("iso_offset_mm")
         applied = d.get("calibration")
         if applied is None:
-            return evaluate_daily(iso, steps, returns, profile)
+            return evaluate_daily(iso, steps, returns, profile, travels=travels)
         from safety.qa_calibration import Calibration  # late: it imports this module
 
         if not isinstance(applied, Mapping):
@@ -529,7 +315,8 @@ class DailyQaResult:
         home: Any = applied.get("home", Pose())
         load: Any = applied.get("load_kg", 0.0)
         return evaluate_daily(iso, steps, returns, profile, cal,
-                              home=_pose(home, "calibration home"), load_kg=load)
+                              home=pose_of(home, "calibration home"), load_kg=load,
+                              travels=travels)
 
 
 def evaluate_daily(
@@ -541,6 +328,7 @@ def evaluate_daily(
     *,
     home: Pose | None = None,
     load_kg: float = 0.0,
+    travels: Sequence[TravelMeasurement] = (),
 ) -> DailyQaResult:
     """The daily QA verdict (module doc). `steps`: measurements after moves away from
     home; `returns`: measurements back at home (commanded 0). One-line ValueError for
@@ -555,13 +343,17 @@ def evaluate_daily(
     QA moves are not compensated, so predicting their real motion is the simplest
     correct comparison: it needs no change to a move, and the stored commanded and
     measured motions stay the raw ones a new calibration is fitted from. None:
-    exactly the verdict without a calibration."""
+    exactly the verdict without a calibration.
+
+    `travels`: the travel part's measurements (safety.qa_travel), none when it was not
+    run: then no travel or axis_alignment check, and the fitted scales and yaw offset
+    come from the steps alone."""
     if isinstance(profile, str):
         profile = resolve_profile(profile)
     elif not isinstance(profile, Profile):
         raise ValueError(  # noqa: TRY004
             f"profile must be a Profile or one of {', '.join(PROFILES)}, got {profile!r}")
-    iso = _vec3(iso_offset_mm, "iso_offset_mm")
+    iso = vec3(iso_offset_mm, "iso_offset_mm")
     steps = [m if isinstance(m, QaMeasurement) else QaMeasurement(*m) for m in steps]
     returns = [m if isinstance(m, QaMeasurement) else QaMeasurement(*m) for m in returns]
     if not steps:
@@ -579,7 +371,7 @@ def evaluate_daily(
                 f"return {i} ({m.label or 'unlabelled'}) is commanded to {axis} "
                 f"{m.commanded.get(axis):.2f} {UNITS[axis]}, not to home")
 
-    home_pose = Pose() if home is None else _pose(home, "home pose")
+    home_pose = Pose() if home is None else pose_of(home, "home pose")
     load = finite_number(load_kg, "load_kg", "kg")
     if load < 0:
         raise ValueError(f"load_kg {load:g} kg must not be negative (limit 0 kg)")
@@ -611,5 +403,37 @@ def evaluate_daily(
         for a in AXES:
             unit = UNITS[a]
             checks.append(_check(name, a, values[a], profile.limit(name, unit), unit))
+    travel_list = [m if isinstance(m, TravelMeasurement) else TravelMeasurement(*m)
+                   for m in travels]
+    travel_expected = [expected_travel(m, calibration, home_pose, load) for m in travel_list]
+    for axis in TRAVEL_AXES:
+        errs = [m.error_mm(e) for m, e in zip(travel_list, travel_expected, strict=True)
+                if m.axis == axis]
+        if errs:
+            checks.append(_check("travel", axis, max(errs), profile.limit("travel", "mm"), "mm"))
+    fit = _fit_axes(steps, returns, travel_list)
+    traveled = {m.axis for m in travel_list}
+    if fit.yaw_offset_deg is not None and {"lat", "long"} <= traveled:
+        cal_yaw = 0.0 if calibration is None else calibration.offset("yaw")
+        checks.append(_check("axis_alignment", "yaw", abs(fit.yaw_offset_deg - cal_yaw),
+                             profile.limit("axis_alignment", "deg"), "deg"))
     return DailyQaResult(profile, iso, tuple(checks), accuracy, repeat, tuple(steps),
-                         tuple(returns), tested, calibration, home_pose, load, tuple(expected))
+                         tuple(returns), tested, calibration, home_pose, load, tuple(expected),
+                         tuple(travel_list), tuple(travel_expected), fit)
+
+
+def _fit_axes(steps: Sequence[QaMeasurement], returns: Sequence[QaMeasurement],
+              travels: Sequence[TravelMeasurement]) -> AxisFit:
+    """safety.qa_travel.fit_axes over every pure single-translation move (steps and
+    travels), with the noise of one component from the returns to home."""
+    moves: list[tuple[str, float, Vec3]] = []
+    for m in steps:
+        moved = [a for a in AXES if abs(m.commanded.get(a)) > HOME_EPSILON]
+        if len(moved) == 1 and moved[0] in TRAVEL_AXES:
+            a = moved[0]
+            moves.append((a, m.commanded.get(a), (m.measured.lat, m.measured.long,
+                                                  m.measured.vert)))
+    moves += [(m.axis, m.commanded_mm, m.measured_mm) for m in travels]
+    sq = [m.error.get(a) ** 2 for m in returns for a in TRAVEL_AXES]
+    noise = math.sqrt(sum(sq) / len(sq)) if sq else 0.0
+    return fit_axes(moves, noise)

@@ -22,8 +22,17 @@ from safety.qa_sag import SagModel
 __all__ = ["propose_calibration"]
 
 
+# A yaw offset smaller than this (deg) is not worth applying.
+MIN_YAW_OFFSET_DEG = 0.01
+
+
 def _scale_fit(daily: DailyQaResult, axis: str) -> tuple[float, float] | None:
-    """(scale, its standard error) of one axis from the steps that moved it, or None."""
+    """(scale, its standard error) of one axis, or None: for a translation, the daily
+    result's fit over its steps and travels (safety.qa_travel); otherwise from the steps
+    that moved it."""
+    fit = daily.axis_fit
+    if fit is not None and axis in fit.scale and daily.travels:
+        return fit.scale[axis], fit.scale_se[axis]
     pairs = [(m.commanded.get(axis), m.measured.get(axis)) for m in daily.steps
              if m.commanded.get(axis) != 0.0]
     if not pairs:
@@ -56,8 +65,10 @@ def propose_calibration(
       against commanded, minus 1, when it is at least 0.01 % and 3 standard errors
       (noise from the returns to home and the fit) -- else 0; `previous`'s for axes no
       step moved. A slope off by more than 5 % is refused (the couch needs service).
-    * axis_offset: constant offsets cannot be seen by images relative to a baseline;
-      `axis_offset` when given (measured otherwise), else `previous`'s.
+    * axis_offset: `axis_offset` when given, else `previous`'s; then yaw from the daily
+      result's travels of lat and long (safety.qa_travel: the turn of the couch's
+      translations), when it is at least 0.01 deg and 3 standard errors -- else none.
+      Other constant offsets cannot be seen by images relative to a baseline.
     * sag: `sag` when given, else `previous`'s.
     * version: `version`, else previous.version + 1, else 1.
     """
@@ -83,6 +94,15 @@ def propose_calibration(
             else:
                 scales[axis] = s
     offsets = dict(prev.axis_offset) if axis_offset is None else dict(axis_offset)
+    axes = None if daily is None else daily.axis_fit
+    if (daily is not None and axes is not None and axes.yaw_offset_deg is not None
+            and axes.yaw_offset_se_deg is not None
+            and {"lat", "long"} <= {m.axis for m in daily.travels}):
+        yaw, se = axes.yaw_offset_deg, axes.yaw_offset_se_deg
+        if abs(yaw) < MIN_YAW_OFFSET_DEG or abs(yaw) < SCALE_SIGNIFICANCE * se:
+            offsets.pop("yaw", None)  # not measurably turned
+        else:
+            offsets["yaw"] = yaw
     model = sag if sag is not None else prev.sag
     if version is None:
         version = prev.version + 1 if previous is not None else 1

@@ -52,15 +52,17 @@ class Profile(BaseModel):
     sag_mm: float = Field(default=2.0, gt=0, le=MAX_TOLERANCE_MM)
 
     def limit(self, check: str, unit: str) -> float:
-        """The limit of a daily check ("iso_coincidence", "positioning",
-        "repeatability") for an axis in `unit` ("mm" or "deg")."""
+        """The limit of a daily check ("iso_coincidence", "positioning", "repeatability",
+        "travel", "axis_alignment") for an axis in `unit` ("mm" or "deg")."""
         if unit == "deg":
-            if check in ("positioning", "repeatability"):
+            # axis_alignment: the yaw offset of the couch's translations (safety.qa_travel)
+            if check in ("positioning", "repeatability", "axis_alignment"):
                 return self.rotation_deg
         elif unit == "mm":
             if check == "iso_coincidence":
                 return self.iso_coincidence_mm
-            if check == "positioning":
+            # travel: a long single-axis move (safety.qa_travel), judged as any positioning
+            if check in ("positioning", "travel"):
                 return self.couch_positioning_mm
             if check == "repeatability":
                 return self.repeatability_mm

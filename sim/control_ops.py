@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, StrictFloat, TypeAdapter, ValidationError, model_validator
 
+from drivers.plc import StatusRegister
 from safety.pose import Pose
 from sim.control_faults import Fault, FaultError, clear_all, inject
+from sim.plc_gantry import MAX_SPEED_DEG_S, TYPICAL_SPEED_DEG_S, SimGantry
 from sim.room_description import Breathing, SetupError
 from sim.room_imperfections import MAX_LOAD_KG, RealCouch, pose_error
 from sim.validation import Strict, one_line
@@ -39,8 +41,9 @@ _Centre = Annotated[StrictFloat, Field(ge=-200.0, le=200.0, allow_inf_nan=False)
 # extended by as much brings it to the isocentre (`igrtctl qa couch-sag`).
 _CentreLong = Annotated[StrictFloat, Field(ge=-700.0, le=200.0, allow_inf_nan=False)]
 IMAGE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
-GANTRY_NOTE = ("kept in the simulated world only: igrtd does not see it until the PLC "
-               "gantry register exists (separate issue)")
+GANTRY_NOTE = ("the room PLC's gantry angle input: register 9 in 0.01 deg, read by igrtd "
+               "as PlcSnapshot.gantry_deg")
+GANTRY_NOTE_NO_PLC = "this room has no PLC (plc: false): igrtd does not see the gantry"
 
 
 class OpError(ValueError):
@@ -68,6 +71,10 @@ class PatientArgs(Strict):
 
 class GantryArgs(Strict):
     angle_deg: float = Field(ge=0.0, lt=360.0, description="IEC 61217 gantry angle")
+    speed_deg_s: float | None = Field(
+        default=None, gt=0.0, le=MAX_SPEED_DEG_S, description="turn there at this "
+        f"speed (a linac turns its gantry at about {TYPICAL_SPEED_DEG_S:g} deg/s), "
+        "the numeric way, never through 0/360; null: at once")
 
 
 class PendantArgs(Strict):
@@ -129,6 +136,29 @@ def true_couch_pose(room: RoomHandle) -> Pose | None:
     return real_couch(room).pose(couch.pose, RealCouch.moves(couch.executed_commands))
 
 
+def room_gantry(room: RoomHandle) -> SimGantry:
+    """The room's gantry: the PLC's (whose register 9 carries its angle), or in a room
+    without a PLC one of the simulated world only."""
+    if room.plc is not None:
+        return room.plc.gantry
+    gantry = room.cache.get("gantry")
+    if gantry is None:
+        gantry = room.cache["gantry"] = SimGantry()
+    assert isinstance(gantry, SimGantry)
+    return gantry
+
+
+def _gantry_truth(room: RoomHandle) -> dict[str, Any]:
+    out: dict[str, Any] = dict(room_gantry(room).as_dict())
+    if room.plc is None:
+        out["note"] = GANTRY_NOTE_NO_PLC
+    else:
+        # What the wire carries now (a raw value forced by inject plc_raw_register wins).
+        out["register"] = room.plc.status_block()[StatusRegister.GANTRY_ANGLE]
+        out["note"] = GANTRY_NOTE
+    return out
+
+
 def _qa_placement(room: RoomHandle) -> tuple[Any, tuple[float, float, float]]:
     """(placement A, centre_room) of the QA cube: laid at the treatment isocentre with
     the couch at the description's start pose (its real pose before any move, at the
@@ -184,7 +214,7 @@ def _truth(room: RoomHandle, _: NoArgs) -> dict[str, Any]:
             "inputs": plc.inputs(), "coils": plc.coils(), "fault_code": plc.fault_code,
             "heartbeat": plc.heartbeat, "openings": dict(plc.openings)},
         "patient": None if real is None else room.patient.truth(real),
-        "gantry": {"angle_deg": room.patient.gantry_angle_deg, "note": GANTRY_NOTE},
+        "gantry": _gantry_truth(room),
         "kv_imager": None if room.kv is None else {
             "connected": room.kv.connected, "acquiring": room.kv.acquiring,
             "frames_sent": len(room.kv.sent)},
@@ -214,8 +244,14 @@ def _patient(room: RoomHandle, a: PatientArgs) -> dict[str, Any]:
 
 
 def _gantry(room: RoomHandle, a: GantryArgs) -> dict[str, Any]:
-    room.patient.gantry_angle_deg = a.angle_deg
-    return {"gantry": {"angle_deg": a.angle_deg, "note": GANTRY_NOTE}}
+    gantry = room_gantry(room)
+    if a.speed_deg_s is None:
+        gantry.set_angle(a.angle_deg)
+        seconds = 0.0
+    else:
+        seconds = gantry.rotate_to(a.angle_deg, a.speed_deg_s)
+    return {"gantry": _gantry_truth(room), "seconds": round(seconds, 3),
+            "t_monotonic": time.monotonic()}
 
 
 def _pendant(room: RoomHandle, a: PendantArgs) -> dict[str, Any]:
@@ -399,8 +435,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
        _clear),
     Op("patient", PatientArgs, "set the patient's set-up error, drift and/or breathing",
        _patient),
-    Op("gantry", GantryArgs, "set the simulated gantry angle (world only, not yet on the PLC)",
-       _gantry),
+    Op("gantry", GantryArgs, "put the gantry at an angle now, or turn it there at a speed "
+       "(the room PLC's gantry angle input, register 9)", _gantry),
     Op("pendant", PendantArgs, "press or release the hold-to-run motion-enable pendant "
        "(PLC input)", _pendant),
     Op("record", RecordArgs, "device-side record: commands that reached the couch, or PLC "

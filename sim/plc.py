@@ -11,7 +11,9 @@ cycle) and are timestamped in `input_changes`, so a benchmark can measure
 Like a real safety PLC program it makes short openings visible to the host
 (docs/protocols/room-plc.md, "Short openings"): every opening of an interlock
 input stays open on the wire for at least `min_open_s` (pulse stretching),
-and is counted in the opening counters (registers 7-8).
+and is counted in the opening counters (registers 7-8). It also holds the
+gantry (`gantry`, sim/plc_gantry.py: set or turned at a speed) and publishes
+its angle in register 9.
 
 Standalone, for service engineers: `python -m sim.plc [--port N]` prints
 `host:port` and accepts commands on stdin (`help` lists them); that console
@@ -48,6 +50,7 @@ from drivers.plc import (
     StatusRegister,
 )
 from sim.plc_fault_injection import PlcFaultInjection
+from sim.plc_gantry import SimGantry
 
 ROOM_INPUTS: tuple[str, ...] = INTERLOCK_INPUTS[:4]  # set by the room, not by the arms
 _FC_READ_COILS, _FC_READ_DI, _FC_READ_HR, _FC_READ_IR = 1, 2, 3, 4
@@ -78,6 +81,7 @@ class SimRoomPlc(PlcFaultInjection):
         arm_travel_s: float = 1.0,
         device_id: int = DEFAULT_DEVICE_ID,
         min_open_s: float = MIN_OPEN_VISIBLE_S,
+        gantry_deg: float = 0.0,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"simulated PLC port {port} is out of range 0..65535")
@@ -111,6 +115,8 @@ class SimRoomPlc(PlcFaultInjection):
         self.openings: dict[str, int] = {name: 0 for name in INTERLOCK_INPUTS}
         self._coils: dict[str, bool] = {name: False for name in COILS}
         self._arms = {arm: _Arm() for arm in ARMS}
+        #: The gantry whose angle register 9 carries (IEC 61217, 0 = beam from above).
+        self.gantry = SimGantry(gantry_deg)
         self.heartbeat = 0
         self.fault_code = 0
         self._heartbeat_frozen = False
@@ -316,6 +322,7 @@ class SimRoomPlc(PlcFaultInjection):
         block[StatusRegister.MAP_VERSION] = REGISTER_MAP_VERSION
         for address, value in self.opening_registers().items():
             block[address] = value
+        block[StatusRegister.GANTRY_ANGLE] = self.gantry.register_value()
         for address, value in self._raw_registers.items():
             block[address] = value
         return block

@@ -24,6 +24,7 @@ _HELP = """commands:
   press | release-enable      hold / let go of the motion-enable control
   fault N                     set the PLC fault code (0 clears)
   raw ADDR VALUE|-            force status register ADDR to a raw value (- releases it)
+  gantry DEG [DEG_PER_S]      put the gantry at DEG now, or turn it there at that speed
   freeze | thaw               stop / restart the heartbeat counter
   drop                        close all host connections
   refuse 0|1                  refuse new host connections
@@ -38,6 +39,7 @@ def _status_text(plc: SimRoomPlc) -> str:
     arms = " ".join(f"{a}={plc.arm_position_pct(a):.1f}%" for a in ARMS)
     raw = " ".join(f"{a}={v}" for a, v in sorted(plc.raw_registers().items()))
     return (f"inputs: {ins}\ncoils: {outs}\narms: {arms}\n"
+            f"gantry: {plc.gantry.angle_deg():.2f} deg (target {plc.gantry.target_deg:.2f})\n"
             f"heartbeat={plc.heartbeat} fault_code={plc.fault_code}"
             + (f"\nforced registers: {raw}" if raw else ""))
 
@@ -67,6 +69,10 @@ def _command(plc: SimRoomPlc, line: str) -> str | None:
             plc.set_fault_code(int(args[0]))
         elif cmd == "raw" and len(args) == 2:
             plc.set_raw_register(int(args[0]), None if args[1] == "-" else int(args[1], 0))
+        elif cmd == "gantry" and len(args) == 1:
+            plc.gantry.set_angle(float(args[0]))
+        elif cmd == "gantry" and len(args) == 2:
+            return f"turning, {plc.gantry.rotate_to(float(args[0]), float(args[1])):.1f} s"
         elif cmd == "freeze":
             plc.freeze_heartbeat()
         elif cmd == "thaw":

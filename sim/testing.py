@@ -195,8 +195,12 @@ class SimControl:
     def patient(self, **args: Any) -> dict[str, Any]:
         return self.call("patient", **args)
 
-    def gantry(self, angle_deg: float) -> dict[str, Any]:
-        return self.call("gantry", angle_deg=angle_deg)
+    def gantry(self, angle_deg: float, speed_deg_s: float | None = None) -> dict[str, Any]:
+        """Set the gantry angle at once, or turn it there at `speed_deg_s` (the PLC shows
+        it to igrtd, register 9)."""
+        if speed_deg_s is None:
+            return self.call("gantry", angle_deg=angle_deg)
+        return self.call("gantry", angle_deg=angle_deg, speed_deg_s=speed_deg_s)
 
     def pendant(self, pressed: bool) -> dict[str, Any]:
         return self.call("pendant", pressed=pressed)

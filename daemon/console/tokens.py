@@ -129,7 +129,7 @@ class VerifiedCommand:
     user: RegisteredUser
     args: BaseModel
     # Set when a stop was accepted though dated outside the time window: what was wrong
-    # with its time, for the audit record (daemon/console/server.py).
+    # with its time, for the audit record (daemon/console/dispatch.py).
     time_note: str | None = None
 
     @property

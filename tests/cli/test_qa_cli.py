@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from daemon.igrtctl import qa
+from daemon.igrtctl import qa, qa_daily
 from daemon.igrtctl.exits import ExitCode
 from daemon.igrtctl.links import Reply
 from daemon.igrtctl.main import main as igrtctl
@@ -179,6 +179,8 @@ def test_unreadable_results_are_one_line_usage_errors(
     (["qa", "daily", "--imaging", "sim", "--run-dir", "/a", "--rate", "5"], "10..100 Hz"),
     (["qa", "daily", "--imaging", "sim", "--run-dir", "/a", "--step-mm", "40"], "envelope"),
     (["qa", "daily", "--imaging", "sim", "--run-dir", "/a", "--step-deg", "nan"], "envelope"),
+    (["qa", "daily", "--imaging", "sim", "--run-dir", "/a", "--travel-mm", "20"], "--travel-mm"),
+    (["qa", "daily", "--imaging", "sim", "--run-dir", "/a", "--travel-mm", "inf"], "--travel-mm"),
     (["qa", "daily", "--imaging", "sim", "--run-dir", "/a", "--profile", "loose"],
      "invalid choice"),
     (["qa", "couch-sag", "--imaging", "sim", "--run-dir", "/a", "--extensions", "0,300"],
@@ -239,7 +241,7 @@ def test_global_options_before_qa_reach_the_tool(tmp_path: Path,
 
 # ------------------------------------------------------------------ the daily flow
 class FakeLink:
-    """igrtd as qa.py sees it: records each command; answers like /tmp/qa/q3-api.md."""
+    """igrtd as the qa tools see it: records each command; answers like /tmp/qa/q3-api.md."""
 
     def __init__(self, refuse: dict[str, str] | None = None, passed: bool = True) -> None:
         self.user = "bob"
@@ -294,23 +296,37 @@ class FakeSim:
 
 def _daily_args(**changes: Any) -> argparse.Namespace:
     a = argparse.Namespace(tool="daily", rate=20.0, step_mm=10.0, step_deg=1.0, profile="srs",
-                           json=False)
+                           json=False, travel_mm=0.0)
     for k, v in changes.items():
         setattr(a, k, v)
     return a
+
+
+def test_daily_travels_each_translation_alone_after_the_pattern() -> None:
+    link, sim = FakeLink(), FakeSim()
+    a = _daily_args(travel_mm=50.0)
+    code = asyncio.run(qa_daily.daily(a, link, sim))  # type: ignore[arg-type]
+    assert code == ExitCode.OK
+    moves = [a["target"] for c, a in link.sent if c == "qa_move"]
+    assert len(moves) == 24 + 9
+    # From the QA home (1, 2, 3 mm): +50, -50, home for lat, long, vert in turn.
+    assert [(m["lat"], m["long"], m["vert"]) for m in moves[24:]] == [
+        (51.0, 2.0, 3.0), (-49.0, 2.0, 3.0), (1.0, 2.0, 3.0),
+        (1.0, 52.0, 3.0), (1.0, -48.0, 3.0), (1.0, 2.0, 3.0),
+        (1.0, 2.0, 53.0), (1.0, 2.0, -47.0), (1.0, 2.0, 3.0)]
 
 
 def test_daily_sends_the_pattern_through_igrtd_and_prints_each_check(
         capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("safety.qa")
     link, sim = FakeLink(), FakeSim()
-    code = asyncio.run(qa.daily(_daily_args(), link, sim))  # type: ignore[arg-type]
+    code = asyncio.run(qa_daily.daily(_daily_args(), link, sim))  # type: ignore[arg-type]
     assert code == ExitCode.OK
     names = [c for c, _ in link.sent]
     assert names[0] == "qa_start" and link.sent[0][1] == {"kind": "daily", "profile": "srs"}
     assert names[1] == "qa_image" and link.sent[1][1]["label"] == "baseline"
     assert names[-1] == "qa_finish" and link.sent[-1][1] == {}
-    pattern = qa.daily_pattern(10.0, 1.0)
+    pattern = qa_daily.daily_pattern(10.0, 1.0)
     moves = [a["target"] for c, a in link.sent if c == "qa_move"]
     assert len(moves) == len(pattern) == 24
     # Absolute targets: the QA home plus each step of the pattern.
@@ -337,7 +353,7 @@ def test_a_failed_daily_exits_1_and_says_clinical_moves_are_refused(
         capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("safety.qa")
     link, sim = FakeLink(passed=False), FakeSim()
-    code = asyncio.run(qa.daily(_daily_args(), link, sim))  # type: ignore[arg-type]
+    code = asyncio.run(qa_daily.daily(_daily_args(), link, sim))  # type: ignore[arg-type]
     assert code == ExitCode.REFUSED
     out = capsys.readouterr().out
     assert "QA FAILED: 1 of 5 checks beyond tolerance" in out and "clinical" in out
@@ -347,7 +363,7 @@ def test_a_refused_move_aborts_the_run_and_lets_go_of_the_pendant(
         capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("safety.qa")
     link, sim = FakeLink(refuse={"qa_move": "lat 30 mm beyond the QA envelope 25 mm"}), FakeSim()
-    code = asyncio.run(qa.daily(_daily_args(), link, sim))  # type: ignore[arg-type]
+    code = asyncio.run(qa_daily.daily(_daily_args(), link, sim))  # type: ignore[arg-type]
     assert code == ExitCode.REFUSED
     assert "qa_move refused (refused): lat 30 mm beyond" in _one_line(capsys.readouterr().err)
     cmd, args = link.sent[-1]
@@ -358,6 +374,6 @@ def test_a_refused_move_aborts_the_run_and_lets_go_of_the_pendant(
 def test_a_refused_start_sends_nothing_else(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("safety.qa")
     link, sim = FakeLink(refuse={"qa_start": "a clinical session is open"}), FakeSim()
-    assert asyncio.run(qa.daily(_daily_args(), link, sim)) == 1  # type: ignore[arg-type]
+    assert asyncio.run(qa_daily.daily(_daily_args(), link, sim)) == 1  # type: ignore[arg-type]
     assert [c for c, _ in link.sent] == ["qa_start"] and sim.ops == []
     assert "a clinical session is open" in _one_line(capsys.readouterr().err)

@@ -305,7 +305,7 @@ async def test_a_failing_reply_publish_does_not_end_the_console(
     served: ConsoleHarness, broker, identities, monkeypatch
 ) -> None:
     calls = {"n": 0}
-    real_reply = served.console._reply
+    real_reply = served.console._dispatcher._reply
 
     async def reply_once_broken(console_id: str, msg: Any) -> None:
         calls["n"] += 1
@@ -313,7 +313,7 @@ async def test_a_failing_reply_publish_does_not_end_the_console(
             raise ValueError("reply could not be encoded")
         await real_reply(console_id, msg)
 
-    monkeypatch.setattr(served.console, "_reply", reply_once_broken)
+    monkeypatch.setattr(served.console._dispatcher, "_reply", reply_once_broken)
     async with console_client(broker, identities) as c:
         await c.send_raw(c.sign("status")[1], None)
         async with asyncio.timeout(5):

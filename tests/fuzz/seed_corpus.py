@@ -91,10 +91,12 @@ def files() -> dict[str, dict[str, bytes]]:
             "len-max.bin": b"\xa5\x5a\xff\x01\x01",
         },
         "plc_registers": {
-            "arm-position-65535.json": b"[63, 7, 0, 65535, 0, 0, 2, 0, 0]\n",
-            "fault-code-5.json": b"[63, 7, 5, 0, 0, 0, 2, 0, 0]\n",
-            "map-version-1.json": b"[63, 7, 0, 0, 0, 0, 1, 0, 0]\n",
-            "collision-pad-opened-between-reads.json": b"[63, 7, 0, 0, 0, 0, 2, 256, 0]\n",
+            "arm-position-65535.json": b"[63, 7, 0, 65535, 0, 0, 3, 0, 0, 0]\n",
+            "fault-code-5.json": b"[63, 7, 5, 0, 0, 0, 3, 0, 0, 0]\n",
+            "map-version-1.json": b"[63, 7, 0, 0, 0, 0, 1, 0, 0, 0]\n",
+            "map-version-2.json": b"[63, 7, 0, 0, 0, 0, 2, 0, 0, 0]\n",
+            "collision-pad-opened-between-reads.json": b"[63, 7, 0, 0, 0, 0, 3, 256, 0, 0]\n",
+            "gantry-angle-36000.json": b"[63, 7, 0, 0, 0, 0, 3, 0, 0, 36000]\n",
         },
     }
 

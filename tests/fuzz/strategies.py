@@ -495,12 +495,13 @@ def couch_streams(draw: st.DrawFn) -> bytes:
 # ----------------------------------------------------------------- PLC registers
 
 register = st.one_of(st.integers(0, 0xFFFF),
-                     st.sampled_from([0, 1, 2, 999, 1000, 1001, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF]))
+                     st.sampled_from([0, 1, 2, 999, 1000, 1001, 35999, 36000, 0x7FFF, 0x8000,
+                                      0xFFFE, 0xFFFF]))
 
 
 @st.composite
 def plc_status_blocks(draw: st.DrawFn) -> list[int]:
-    """Status blocks (holding registers 0..8): a healthy block with fields replaced."""
+    """Status blocks (holding registers 0..9): a healthy block with fields replaced."""
     block = safe_block(draw(st.integers(0, 0xFFFF)))
     for _ in range(draw(st.integers(1, 4))):
         field = draw(st.integers(0, len(block) - 1))

@@ -643,6 +643,7 @@ class PlcJudgement:
     motion_enable: bool
     positions: dict[str, float | None]
     fault_code: int | None
+    gantry_deg: float | None
 
     @property
     def judged_safe(self) -> bool:
@@ -679,7 +680,7 @@ class _FakeModbus:
 def safe_block(heartbeat: int = 1) -> list[int]:
     """A status block of a healthy room: every interlock closed, arms parked, no fault,
     no opening counted."""
-    return [0b00111111, heartbeat, 0, 0, 0, 0, MAP_VERSION, 0, 0]
+    return [0b00111111, heartbeat, 0, 0, 0, 0, MAP_VERSION, 0, 0, 0]
 
 
 async def _judge(regs: list[int]) -> PlcJudgement:
@@ -704,6 +705,7 @@ async def _judge(regs: list[int]) -> PlcJudgement:
         link_ok=snap.link_ok, open=room.open_interlocks(snap),
         parked=parked, arms_moving=moving, motion_enable=room.motion_enable_pressed(snap),
         positions=dict(snap.arm_position_pct), fault_code=snap.fault_code,
+        gantry_deg=snap.gantry_deg,
     )
 
 
@@ -715,8 +717,10 @@ def check_plc_registers(regs: list[int]) -> None:
     """The PLC driver's reading of a status block and igrtd's judgement of it.
 
     Never raises. Positions are reported as read (value / 10 %) or not at all,
-    never clamped. A block judged safe for couch motion is consistent with the
-    register map: fault code 0, arm positions within 0..1000.
+    never clamped; the gantry angle as read (value / 100 deg) when in 0..35999,
+    else not at all. A block judged safe for couch motion is consistent with the
+    register map: fault code 0, arm positions within 0..1000, gantry angle
+    within 0..35999.
     """
     if len(regs) != STATUS_BLOCK or not all(0 <= r <= 0xFFFF for r in regs):
         raise ValueError(f"a status block is {STATUS_BLOCK} registers of 0..65535")
@@ -730,6 +734,10 @@ def check_plc_registers(regs: list[int]) -> None:
         pct = j.positions.get(arm)
         if pct is not None and not math.isclose(pct, reg / 10.0):
             raise FuzzFailure(f"{arm} position register {reg} reported as {pct} % (clamped)")
+    gantry = regs[9]
+    if j.gantry_deg is not None and (gantry > 35999 or not math.isclose(j.gantry_deg,
+                                                                         gantry / 100.0)):
+        raise FuzzFailure(f"gantry angle register {gantry} reported as {j.gantry_deg} deg")
     if not j.judged_safe:
         return
     if regs[2] != 0:
@@ -742,6 +750,8 @@ def check_plc_registers(regs: list[int]) -> None:
     for arm, reg in (("kv_source", regs[3]), ("detector", regs[4])):
         if reg > 1000:
             raise FuzzFailure(f"{arm} position register {reg} (range 0..1000) judged safe")
+    if gantry > 35999:
+        raise FuzzFailure(f"gantry angle register {gantry} (range 0..35999) judged safe")
 
 
 def check_plc_reserved_bits(regs: list[int]) -> None:

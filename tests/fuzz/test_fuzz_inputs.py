@@ -17,7 +17,13 @@ from hypothesis import strategies as st
 from . import strategies as s
 from .harness import fuzz_settings, run_target
 from .jsontext import deep_array_doc
-from .targets import check_mutated_frame, check_plc_reserved_bits, safe_block, sign_compact
+from .targets import (
+    MAP_VERSION,
+    check_mutated_frame,
+    check_plc_reserved_bits,
+    safe_block,
+    sign_compact,
+)
 
 # Inputs of 100 KB are the point here; hypothesis need not warn that they print long.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -117,10 +123,12 @@ def test_couch_frame_with_one_byte_changed_is_never_accepted(
 
 @fuzz_settings(2.0)
 @given(s.plc_status_blocks())
-@example([0b00111111, 7, 0, 0xFFFF, 0, 0, 2, 0, 0])
-@example([0b00111111, 7, 5, 0, 0, 0, 2, 0, 0])
-@example([0b00111111, 7, 0, 0, 0, 0, 2, 0x0100, 0])
-@example([0b00111111, 0, 0, 0, 0, 0, 2, 0x1000, 0])  # the motion enable released for a moment
+@example([0b00111111, 7, 0, 0xFFFF, 0, 0, MAP_VERSION, 0, 0, 0])
+@example([0b00111111, 7, 5, 0, 0, 0, MAP_VERSION, 0, 0, 0])
+@example([0b00111111, 7, 0, 0, 0, 0, MAP_VERSION, 0x0100, 0, 0])
+@example([0b00111111, 0, 0, 0, 0, 0, MAP_VERSION, 0x1000, 0, 0])  # enable released for a moment
+@example([0b00111111, 7, 0, 0, 0, 0, MAP_VERSION, 0, 0, 36000])  # gantry angle 360.00 deg
+@example([0b00111111, 7, 0, 0, 0, 0, MAP_VERSION - 1, 0, 0, 0])  # a map version 2 PLC
 def test_plc_status_block_is_judged_consistent_or_unsafe_never_clamped(regs: list[int]) -> None:
     run_target("plc_registers", regs)
 

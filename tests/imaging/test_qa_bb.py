@@ -12,7 +12,8 @@ import SimpleITK as sitk
 from imaging.qa_bb import BbFound, find_bb
 from safety.geometry import orientation_matrix
 from safety.pose import Pose
-from safety.qa import QaMeasurement, evaluate_daily, iso_offset_from_bb
+from safety.qa import QaMeasurement, evaluate_daily
+from safety.qa_geometry import iso_offset_from_bb
 from safety.qa_tolerances import PROFILES
 
 SPACING = (1.0, 1.0, 1.6)  # the simulated CBCT's voxels (sim/imager.py)

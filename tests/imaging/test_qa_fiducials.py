@@ -1,4 +1,4 @@
-"""The QA phantom's fiducials: imaging.qa_bb.find_air_hole (dark spheres) and the
+"""The QA phantom's fiducials: imaging.qa_air_holes.find_air_hole (dark spheres) and the
 fiducial-based QA measurement of the registration worker (`_qa_shift_files`: BB + three
 air holes, rigid fit) on the simulator's QA CBCTs, against the simulator's truth."""
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from daemon.qa_workflow import holes_from_bb
+from daemon.qa_phantom_geometry import holes_from_bb
 from daemon.registration_worker import _qa_bb_file, _qa_shift_files
-from imaging.qa_bb import find_air_hole
+from imaging.qa_air_holes import find_air_hole
 from safety.pose import Pose
 from sim.imager import acquire_cbct
 from sim.qa_phantom import (

@@ -77,9 +77,27 @@ def test_standalone_simulator_forces_and_releases_a_raw_register() -> None:
     try:
         assert proc.stdout is not None and proc.stdin is not None
         proc.stdout.readline()
-        out, _ = proc.communicate("raw 3 65535\nstatus\nraw 3 -\nraw 9 1\nquit\n", timeout=20)
+        out, _ = proc.communicate("raw 3 65535\nstatus\nraw 3 -\nraw 10 1\nquit\n", timeout=20)
     finally:
         proc.kill()
     assert out.splitlines()[0] == "ok"
     assert "forced registers: 3=65535" in out
-    assert out.splitlines()[-2:] == ["ok", "error: PLC status register 9 is out of range 0..8"]
+    assert out.splitlines()[-2:] == ["ok", "error: PLC status register 10 is out of range 0..9"]
+
+
+def test_standalone_simulator_sets_and_turns_the_gantry() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "sim.plc", "--port", "0"], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        proc.stdout.readline()
+        out, _ = proc.communicate("gantry 90\nstatus\ngantry 100 5\ngantry 400\nquit\n",
+                                  timeout=20)
+    finally:
+        proc.kill()
+    lines = out.splitlines()
+    assert lines[0] == "ok"
+    assert "gantry: 90.00 deg (target 90.00)" in out
+    assert "turning, 2.0 s" in lines
+    assert lines[-1] == ("error: gantry angle 400.0 deg is out of range 0..360 deg "
+                         "(IEC 61217; 360 excluded: it is 0)")

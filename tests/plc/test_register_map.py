@@ -19,26 +19,34 @@ async def raw(plc: SimRoomPlc) -> AsyncIterator[AsyncModbusTcpClient]:
     client.close()
 
 
-async def test_status_block_is_holding_registers_0_to_8_with_map_version_2(
+async def test_status_block_is_holding_registers_0_to_9_with_map_version_3(
     plc: SimRoomPlc, raw: AsyncModbusTcpClient
 ) -> None:
     plc.set_fault_code(42)
-    rr = await raw.read_holding_registers(0, count=9, device_id=1)
+    plc.gantry.set_angle(270.25)
+    rr = await raw.read_holding_registers(0, count=10, device_id=1)
     assert not rr.isError()
-    bits, _heartbeat, fault, kv_pos, det_pos, outputs, version, room_open, arm_open = rr.registers
+    (bits, _heartbeat, fault, kv_pos, det_pos, outputs, version, room_open, arm_open,
+     gantry) = rr.registers
     # idle room: door, e-stop chain, pads closed (bits 0-2), arms parked (bits 4-5)
     assert bits == 0b0011_0111
     assert fault == 42
-    assert (kv_pos, det_pos, outputs, version) == (0, 0, 0, 2)
+    assert (kv_pos, det_pos, outputs, version) == (0, 0, 0, 3)
     assert (room_open, arm_open) == (0, 0)  # nothing opened since the PLC started
+    assert gantry == 27025  # 0.01 deg
+
+
+async def test_status_block_ends_at_register_9(raw: AsyncModbusTcpClient) -> None:
+    rr = await raw.read_holding_registers(0, count=11, device_id=1)
+    assert rr.isError() and rr.exception_code == 2
 
 
 async def test_input_registers_mirror_the_status_block(
     plc: SimRoomPlc, raw: AsyncModbusTcpClient
 ) -> None:
     plc.freeze_heartbeat()
-    hr = await raw.read_holding_registers(0, count=9, device_id=1)
-    ir = await raw.read_input_registers(0, count=9, device_id=1)
+    hr = await raw.read_holding_registers(0, count=10, device_id=1)
+    ir = await raw.read_input_registers(0, count=10, device_id=1)
     assert hr.registers == ir.registers
 
 

@@ -53,8 +53,8 @@ async def test_a_forced_arm_sensor_follows_the_arm_again_when_released(plc: SimR
 
 
 async def test_raw_register_refuses_an_address_outside_the_status_block(plc: SimRoomPlc) -> None:
-    with pytest.raises(ValueError, match="PLC status register 9 is out of range 0..8"):
-        plc.set_raw_register(9, 0)
+    with pytest.raises(ValueError, match="PLC status register 10 is out of range 0..9"):
+        plc.set_raw_register(10, 0)
 
 
 async def test_raw_register_refuses_a_value_that_does_not_fit_16_bits(plc: SimRoomPlc) -> None:

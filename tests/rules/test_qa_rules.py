@@ -72,7 +72,11 @@ class FakeQaImaging:
     async def qa_bb(self, image: str, expected_mm: tuple[float, float, float],
                     search_radius_mm: float) -> QaBb:
         self.calls.append(f"bb {image}")
-        seen = tuple(b - o for b, o in zip(BB_ROOM, self.iso_offset, strict=True))
+        run = self.room.service.qa.run  # a travel image: the BB where the couch carried it
+        d = Pose() if run is None else self.room.couch.pose.minus(run.home)
+        d = d.plus(self.error) if any(d.as_tuple()) else d  # the error of a move, not home's
+        seen = tuple(b - o + m for b, o, m in zip(BB_ROOM, self.iso_offset,
+                                                   (d.lat, d.long, d.vert), strict=True))
         return QaBb((seen[0], -seen[2], seen[1]), 2800.0, 33)  # room -> DICOM (HFS)
 
     async def qa_shift(self, baseline: str, image: str, bb_mm: tuple[float, float, float],
@@ -258,8 +262,11 @@ async def test_a_qa_move_outside_the_envelope_is_refused_naming_value_limit_and_
         tmp_path: Path) -> None:
     room, _ = await qa_room(tmp_path)
     await room.service.qa_start(BOB, QaStartRequest())
-    for target, words in ((Pose(lat=30.0), ("lat +30.00 mm from the QA home pose exceeds the "
-                                            "QA envelope 25 mm")),
+    for target, words in ((Pose(lat=30.0, vert=1.0), (
+                              "lat +30.00 mm from the QA home pose exceeds the QA envelope 25 mm "
+                              "(a travel moves one translation alone, at most 60 mm)")),
+                          (Pose(long=-61.0), ("long -61.00 mm from the QA home pose exceeds "
+                                              "the QA envelope 25 mm")),
                           (Pose(roll=-2.6), ("roll -2.60 deg from the QA home pose exceeds "
                                              "the QA envelope 2.5 deg"))):
         with pytest.raises(CommandError) as err:
@@ -270,6 +277,38 @@ async def test_a_qa_move_outside_the_envelope_is_refused_naming_value_limit_and_
     assert str(room.service.workflow.state) == "READY"
     with pytest.raises(ValidationError):  # NaN and Infinity never reach the envelope check
         QaMoveRequest.model_validate({"target": {**Pose().as_dict(), "lat": math.nan}})
+
+
+async def test_a_daily_travel_moves_one_translation_alone_up_to_the_travel_limit(
+        tmp_path: Path) -> None:
+    room, _ = await qa_room(tmp_path)
+    await room.service.qa_start(BOB, QaStartRequest())
+    view = await room.service.qa_move(BOB, QaMoveRequest.model_validate(
+        {"target": Pose(vert=-60.0).as_dict()}))
+    assert view["status"] == "confirmed"
+
+
+async def test_a_daily_qa_with_travels_measures_them_by_the_bb_and_fits_the_axes(
+        tmp_path: Path) -> None:
+    room, fake = await qa_room(tmp_path, error=Pose(lat=0.1))
+    await room.service.qa_start(BOB, QaStartRequest())
+    await image(room, "baseline")
+    async with supervised(room):
+        for n, rel in enumerate(qa_pattern(10.0, 1.0, travel_mm=50.0)):
+            await qa_move(room, rel)
+            record = await image(room, f"p{n}")
+    assert "travel" in record or "measured" in record
+    result = await room.service.qa_finish(BOB, QaFinishRequest())
+    travels = result["travels"]
+    assert [(t["axis"], t["commanded_mm"]) for t in travels] == [
+        ("lat", 50.0), ("lat", -50.0), ("long", 50.0), ("long", -50.0), ("vert", 50.0),
+        ("vert", -50.0)]
+    # Every move lands 0.1 mm further lateral than commanded (the fake's error).
+    assert travels[0]["measured_mm"] == pytest.approx({"lat": 50.1, "long": 0.0, "vert": 0.0})
+    checks = {(c["name"], c["axis"]): c for c in result["checks"]}
+    assert checks[("travel", "lat")]["value"] == pytest.approx(0.1)
+    assert ("axis_alignment", "yaw") in checks and result["axis_fit"]["scale"]["lat"] == 0.0
+    assert sum(c.startswith("bb ") for c in fake.calls) == 1 + 6  # baseline and six travels
 
 
 async def test_a_couch_sag_move_changes_long_only_within_its_range(tmp_path: Path) -> None:

@@ -41,8 +41,13 @@ def reading(**changes: object) -> PlcReading:
         fault_code=RegisterValue(2, 0, 0, 0xFFFF),
         registers=(RegisterValue(0, 0b0011_1111, 0, 255), RegisterValue(1, 4711, 0, 0xFFFF),
                    RegisterValue(5, 0, 0, 15), RegisterValue(6, 1, 1, 1)),
+        gantry_angle=gantry(9000),
     )
     return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def gantry(value: int) -> RegisterValue:
+    return RegisterValue(9, value, 0, 35999)
 
 
 def kv_arm(value: int, switch_closed: bool = True) -> tuple[ArmReading, ArmReading]:
@@ -170,21 +175,58 @@ def test_reading_from_the_future_is_not_trusted() -> None:
     word=st.integers(0, 0xFFFF),
     echo=st.integers(0, 0xFFFF),
     switches=st.tuples(st.booleans(), st.booleans()),
+    angle=st.one_of(st.integers(0, 0xFFFF), st.sampled_from([0, 35999, 36000])),
 )
 def test_motion_is_possible_only_when_every_raw_value_is_documented_and_consistent(
         fault: int, kv: int, det: int, word: int, echo: int,
-        switches: tuple[bool, bool]) -> None:
+        switches: tuple[bool, bool], angle: int) -> None:
     r = reading(
         fault_code=RegisterValue(2, fault, 0, 0xFFFF),
         arms=(ArmReading("kv_source", switches[0], False, position(3, kv)),
               ArmReading("detector", switches[1], False, position(4, det))),
         registers=(RegisterValue(0, word, 0, 255), RegisterValue(5, echo, 0, 15)),
+        gantry_angle=gantry(angle),
     )
     v = judge_plc(r, NOW, MAX_AGE)
     couch_may_move = not v.open_interlocks and v.imager_arms_parked and v.motion_enable_pressed
     assert couch_may_move == (
         fault == 0 and word <= 255 and echo <= 15 and all(switches) and kv <= 20 and det <= 20
+        and angle <= 35999
     )
+
+
+# -------------------------------------------------- gantry angle (register 9, map version 3)
+
+
+@pytest.mark.parametrize("value", [36000, 65535])
+def test_gantry_angle_beyond_its_range_is_a_stop_condition_named_with_value_range_and_unit(
+        value: int) -> None:
+    v = judge_plc(reading(gantry_angle=gantry(value)), NOW, MAX_AGE)
+    assert v.open_interlocks == (
+        (f"room PLC value out of range: register 9 = {value}, documented 0..35999 "
+         "(gantry angle in 0.01 deg)"),)
+
+
+def test_gantry_angle_beyond_its_range_leaves_the_rest_of_the_block_vouched_for() -> None:
+    # Like an arm position: the gantry encoder is a sensor of its own, not a sign of a
+    # confused PLC. The stop condition stands; the other inputs are still read.
+    closed = {"door_closed": False, "estop_chain_ok": True, "collision_pads_clear": True}
+    v = judge_plc(reading(gantry_angle=gantry(36000), interlocks=closed), NOW, MAX_AGE)
+    assert v.open_interlocks == (
+        "door open",
+        ("room PLC value out of range: register 9 = 36000, documented 0..35999 "
+         "(gantry angle in 0.01 deg)"))
+    assert v.motion_enable_pressed and v.imager_arms_parked and not v.imager_arms_moving
+
+
+@pytest.mark.parametrize("value", [0, 9000, 35999])
+def test_gantry_angle_within_its_range_opens_nothing(value: int) -> None:
+    v = judge_plc(reading(gantry_angle=gantry(value)), NOW, MAX_AGE)
+    assert (v.open_interlocks, v.motion_enable_pressed, v.imager_arms_parked) == ((), True, True)
+
+
+def test_reading_without_a_gantry_angle_is_judged_as_before() -> None:
+    assert judge_plc(reading(gantry_angle=None), NOW, MAX_AGE).open_interlocks == ()
 
 
 # -------------------------------------------------- short openings (opening counters)

@@ -13,14 +13,11 @@ from hypothesis import strategies as st
 
 from safety.geometry import PatientPosition, orientation_matrix, pose_transform
 from safety.pose import AXES, Pose
-from safety.qa import (
-    DailyQaResult,
-    QaMeasurement,
+from safety.qa import DailyQaResult, QaMeasurement, evaluate_daily, qa_pattern
+from safety.qa_geometry import (
     couch_delta_from_room_shift,
     couch_motion_from_registration,
-    evaluate_daily,
     iso_offset_from_bb,
-    qa_pattern,
     room_shift_for_couch_delta,
     room_shift_from_registration,
 )

@@ -1,4 +1,4 @@
-"""safety.qa.rigid_fit: the least-squares rigid motion of a QA phantom's fiducials."""
+"""safety.qa_geometry.rigid_fit: the least-squares rigid motion of a QA phantom's fiducials."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from safety.geometry import rotation_from_angles
-from safety.qa import rigid_fit, room_shift_from_registration
+from safety.qa_geometry import rigid_fit, room_shift_from_registration
 
 # A BB and three air holes of the QA phantom (image frame, mm).
 POINTS = np.array([(4.0, -2.5, -3.0), (-45.0, 35.0, 50.0), (50.0, -40.0, -35.0),

@@ -51,7 +51,7 @@ def _description() -> dict[str, Any]:
     d["broker"] = {"enabled": False}
     d["kv_imager"] = False
     d["qa_gate"] = True
-    # The couch faster than described: two daily QAs of 24 moves each in the budget.
+    # The couch faster than described: two daily QAs of 33 moves each in the budget.
     d["couch"]["speed_scale"] = 4.0
     d["imperfections"]["imaging_iso_offset_mm"] = list(OFFSET)
     # A second physicist: a calibration is approved by another than its proposer.
@@ -118,6 +118,12 @@ def test_after_calibration_the_room_passes_and_a_fraction_is_within_tolerance(
         next(c for c in cal_row["calibrations"] if c["version"] == version)["calibration"])
     for found, want in zip(calibration.imaging_iso_offset_mm, OFFSET, strict=True):
         assert found == pytest.approx(want, abs=0.1), calibration
+    # The travels found the vertical scale and the yaw offset the room was built with.
+    injected = _description()["imperfections"]
+    assert calibration.scale("vert") == pytest.approx(injected["axis_scale"]["vert"],
+                                                      abs=0.002), calibration
+    assert calibration.offset("yaw") == pytest.approx(injected["axis_offset"]["yaw"],
+                                                      abs=0.1), calibration
     assert status.status()["qa"]["clinical_allowed"] is False
 
     # 3. The daily QA again: under the calibration it passes, and the gate opens.

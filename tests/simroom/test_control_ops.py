@@ -101,6 +101,7 @@ def test_patient_and_gantry_are_in_the_truth(room: SimUp) -> None:
     assert t2["patient"]["setup_error"]["lat"] == 2.0
     assert t2["patient"]["displacement_mm"][1] > t1["patient"]["displacement_mm"][1]
     assert t2["gantry"]["angle_deg"] == 90.0 and "PLC" in t2["gantry"]["note"]
+    assert t2["gantry"]["register"] == 9000  # on the PLC's wire, in 0.01 deg
     room.ctl("patient", drift_mm_s=[0.0, 0.0, 0.0], breathing={"amplitude_mm": 5.0,
                                                                 "period_s": 4.0})
     assert room.ctl("truth")["patient"]["breathing"]["amplitude_mm"] == 5.0

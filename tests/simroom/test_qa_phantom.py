@@ -130,9 +130,9 @@ def test_the_bb_follows_the_real_couch_pose() -> None:
 
 
 def test_igrtds_constant_describes_the_same_air_holes_as_the_simulated_phantom() -> None:
-    # igrtd finds the holes (fiducials of its QA measurement) where daemon/qa_workflow.py
+    # igrtd finds the holes (fiducials of its QA measurement) where daemon/qa_phantom_geometry.py
     # says the room's phantom has them; the simulator must build that phantom.
-    from daemon.qa_workflow import QA_PHANTOM_AIR_HOLES, holes_from_bb
+    from daemon.qa_phantom_geometry import QA_PHANTOM_AIR_HOLES, holes_from_bb
 
     assert QA_PHANTOM_AIR_HOLES == AIR_HOLES
     bb = np.array(bb_planning_mm(SPEC))
