@@ -93,6 +93,8 @@ def test_daily_qa_finds_the_offset_fails_srs_and_closes_the_gate(
     # travels): found within 0.1 deg, and at least 3 standard errors from none.
     assert fit["yaw_offset_deg"] == pytest.approx(injected["axis_offset"]["yaw"], abs=0.1), fit
     assert fit["yaw_offset_deg"] > 3 * fit["yaw_offset_se_deg"], fit
+    # The repeatability noise (0.05 mm per move) as the returns to home show it.
+    assert fit["noise_mm"] == pytest.approx(injected["repeatability_mm"], abs=0.02), fit
     alignment = next(c for c in stored["checks"] if c["name"] == "axis_alignment")
     assert alignment["axis"] == "yaw" and alignment["passed"], alignment
     travel = {c["axis"]: c for c in stored["checks"] if c["name"] == "travel"}
