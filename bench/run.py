@@ -25,6 +25,7 @@ from bench.stats import LONG_ENV, long_run
 
 BENCHES = [
     "bench.plan_bench",
+    "bench.collision_bench",
     "bench.couch_bench",
     "bench.registration_bench",
     "bench.plc_bench",

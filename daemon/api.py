@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from daemon.errors import ErrorCode
 from daemon.jsontypes import JsonObject
+from safety.collision_config import PatientEnvelope
 
 
 class Role(StrEnum):
@@ -86,6 +87,10 @@ class SessionRequest(BaseModel):
     manual_override: str | None = Field(
         default=None, min_length=8, max_length=256,
         description="why typed values are used instead of the stored plan (audited)")
+    patient_envelope: PatientEnvelope | None = Field(
+        default=None, description="the patient's envelope on the table top for the collision "
+        "model (body box or cylinder, arms up or down; docs/collision.md); default: the "
+        "room's `collision.patient`")
 
 
 class ImagingRequest(BaseModel):

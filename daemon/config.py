@@ -52,6 +52,7 @@ from daemon.config_sections import (
     UserConfig,
 )
 from daemon.errors import printable
+from safety.collision_config import CollisionConfig
 from safety.strict_json import JsonInputError
 from safety.strict_json import loads as strict_loads
 
@@ -102,6 +103,10 @@ class RoomConfig(StrictModel):
         default=None, description="DICOM node (igrt-dicomd, docs/dicom.md); absent: none")
     qa: QaConfig = Field(default_factory=QaConfig,
                          description="daily QA gate, tolerances and QA moves (docs/qa.md)")
+    collision: CollisionConfig = Field(
+        default_factory=CollisionConfig,
+        description="collision model: margins, room geometry, default patient envelope "
+        "(docs/collision.md)")
     users: list[UserConfig] = Field(min_length=1)
     users_file: Path | None = Field(
         default=None, strict=False,

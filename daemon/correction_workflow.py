@@ -13,6 +13,7 @@ hold-to-run heartbeat after confirmation starts the move
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from daemon.api import (
     Actor,
@@ -97,7 +98,8 @@ class CorrectionWorkflow:
             planning_ct_series_uid=setup.planning_ct_series_uid,
             planning_ct_dir=setup.planning_ct_dir,
             registration_region=None if setup.region is None else (
-                setup.region.name, setup.region.centre, setup.region.half_mm))
+                setup.region.name, setup.region.centre, setup.region.half_mm),
+            patient_envelope=req.patient_envelope)
         self.room.supersede_current("session opened")
         self.room.audit("session", actor.user, action="open", **self.room.session.view())
         if self.room.workflow.state != S.READY:
@@ -271,6 +273,20 @@ class CorrectionWorkflow:
                     extra_refusals=refusals, current=current)
         except ValueError as exc:
             raise self.room.refuse(actor, "propose", str(exc)) from None
+        # The whole path checked for collisions at the gantry angle and arms now: below
+        # the margin the proposal is refused, naming the objects (issue 17).
+        collision = None
+        if plan.verdict not in (Verdict.REFUSED, Verdict.WITHIN_TOLERANCE):
+            session = self.room.session
+            found = await self.room.collision_view(p_img, plan.target)
+            if self.room.session is not session or self.room.workflow.state not in PROPOSABLE:
+                raise self.room.refuse(actor, "propose", "the room changed while the path was "
+                                       "checked for collisions: propose again")
+            if isinstance(found, str) or not found.check.allowed:
+                why = found if isinstance(found, str) else f"collision: {found.check.reason}"
+                plan = replace(plan, verdict=Verdict.REFUSED, reasons=[*plan.reasons, why])
+            if not isinstance(found, str):
+                collision = found
         self.room.supersede_current("new proposal")
         pid = new_id("prop")
         now = time.time()
@@ -278,7 +294,8 @@ class CorrectionWorkflow:
                   else PS.WITHIN_TOLERANCE if plan.verdict is Verdict.WITHIN_TOLERANCE
                   else PS.PROPOSED)
         p = Proposal(pid, now, time.monotonic(), actor.user, req.binding, req.iso,
-                     req.patient_position, req.matrix, p_img, plan, req.source, status)
+                     req.patient_position, req.matrix, p_img, plan, req.source, status,
+                     collision=collision)
         self.room.proposals[pid] = p
         self.room.current = p
         self.room.store.save_proposal(pid, p.record())
@@ -289,7 +306,8 @@ class CorrectionWorkflow:
                         travel=plan.travel.as_dict() if plan.travel else None,
                         binding=req.binding.model_dump(), via=actor.via,
                         calibration_version=(None if calibration is None
-                                             else calibration.version))
+                                             else calibration.version),
+                        collision=None if collision is None else collision.view())
         if plan.verdict is Verdict.WITHIN_TOLERANCE:
             self.room.last_result = {"proposal_id": pid, "outcome": "within_tolerance",
                                      "delta": pose_json(plan.delta)}

@@ -144,6 +144,9 @@ class CouchWatch:
                                       report)
         elif self.gate.in_flight is not None:  # GO written, its ACK not processed yet
             self._check_plausible(*self.gate.in_flight, previous, report)
+        if (room in (S.MOVING, S.SERVICE) or self.gate.go_in_flight) and (
+                event.state == "MOVING" or any(event.moving)):
+            self._check_clearance(pose, room)
         moving_bits = tuple(event.moving)
         if state in ("STOPPING", "FAULT") and self._commanded_motion_over() and (
                 self._runaway_uptime is None or _newer(uptime, self._runaway_uptime)) and (
@@ -242,6 +245,19 @@ class CouchWatch:
         self._trip(f"uncommanded couch motion ({', '.join(axes) or 'controller reports MOVING'}) "
                    f"while the room was {room}", S.FAULT, what="uncommanded motion",
                    pose=pose.as_dict(), moving_axes=axes, room_state=str(room))
+
+    def _check_clearance(self, pose: Pose, room: RoomState) -> None:
+        """A couch moving closer to the gantry's objects than the hard margin (the gantry
+        turned during the move, an arm came out) stops: STOPPED, audited (issue 17)."""
+        try:
+            reason = self.room.collision_hard_stop(pose)
+        except ValueError as exc:  # a pose the model cannot place is no clearance
+            reason = f"collision: clearance not computable: {exc}"
+        if reason is None:
+            return
+        self.room.stop_couch_now()
+        log.error("couch stopped: %s", reason)
+        self._trip(reason, S.STOPPED, what="collision", pose=pose.as_dict(), room=str(room))
 
     def _check_plausible(self, start: Pose, target: Pose, previous: PoseReport | None,
                          report: PoseReport) -> None:

@@ -113,6 +113,13 @@ class StartedMove:
 
 
 FactsFn = Callable[[str], MotionFacts]
+# (proposal id or None for a jog, couch pose now, target) -> why the collision model
+# refuses the move ([] if it may); daemon/collision_guard.py via the Room.
+CollisionFn = Callable[[str | None, Pose | None, Pose], list[str]]
+
+
+def _no_collision_model(_pid: str | None, _current: Pose | None, _target: Pose) -> list[str]:
+    return []
 
 
 async def _already_durable() -> None:
@@ -141,8 +148,10 @@ class MotionGate:
         imaging_tolerance_deg: float = 0.2,
         on_motion_sent: Callable[[], None] | None = None,
         barrier: Callable[[], Awaitable[None]] | None = None,
+        collision: CollisionFn | None = None,
     ) -> None:
         self._couch = couch
+        self._collision = collision or _no_collision_model
         # Everything audited and stored so far durable (daemon/group_commit.py); with
         # stores that sync each write themselves, nothing to wait for.
         self._barrier = barrier or _already_durable
@@ -221,9 +230,14 @@ class MotionGate:
         if latest is None or latest.state not in ("IDLE", "ARMED"):
             with contextlib.suppress(Exception):  # unreadable: the rule refuses on what is known
                 await self._couch.status()
-        decision = self._authorize("couch_move", ticket, ticket.target)
+        first = self._request("couch_move", ticket, ticket.target)
+        decision = authorize_motion(first)
         if not decision.allowed:
             self._refuse("couch_move", ticket, decision.reasons)
+        # The path against the gantry and the arms as they are now (issue 17).
+        collision = self._collision(ticket.proposal_id, first.current, ticket.target)
+        if collision:
+            self._refuse("couch_move", ticket, collision)
         # Claim before sending anything: a crash from here on never re-sends.
         if not self._store.claim_move(ticket.confirmation_id, ticket.proposal_id,
                                       ticket.target.as_dict()):
@@ -264,6 +278,9 @@ class MotionGate:
             decision = authorize_motion(req)
             if not decision.allowed:
                 raise MotionRefused(decision.reasons)
+            collision = self._collision(ticket.proposal_id, req.current, ticket.target)
+            if collision:  # the gantry or the arms moved since TARGET
+                raise MotionRefused(collision)
             start = req.current
             if start is not None:
                 self.in_flight = (start, ticket.target)
@@ -304,9 +321,13 @@ class MotionGate:
     async def jog(self, user: str, axis: str, velocity: float, duration_ms: int,
                   end_pose: Pose) -> None:
         """A short hold-to-run jog; `end_pose` (where it would end) is checked against limits."""
-        decision = self._authorize("couch_jog", None, end_pose)
+        req = self._request("couch_jog", None, end_pose)
+        decision = authorize_motion(req)
         if not decision.allowed:
             self._refuse("couch_jog", None, decision.reasons)
+        collision = self._collision(None, req.current, end_pose)
+        if collision:
+            self._refuse("couch_jog", None, collision)
         self._audit("motion", user, motion="couch_jog", axis=axis, velocity=velocity,
                     duration_ms=duration_ms)
         await self._durable(None, "couch_jog")

@@ -27,12 +27,17 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from daemon.api import Binding
 from daemon.jsontypes import JsonObject, JsonValue
 from safety.correction import CorrectionPlan
 from safety.policy import Verdict
 from safety.pose import Pose
+
+if TYPE_CHECKING:
+    from daemon.collision_guard import CollisionView
+    from safety.collision_config import PatientEnvelope
 
 # The source of a QA session and of its moves (daemon/qa_workflow.py): the QA
 # phantom, never a patient. Clinical commands refuse them and they refuse clinical
@@ -111,6 +116,9 @@ class TreatmentSession:
     # Where registrations to the plan's CT look: (centre mm, half size mm) of a
     # cube about the room's target structure; None: about the isocentre.
     registration_region: tuple[str, tuple[float, float, float], float] | None = None
+    # The patient's envelope for the collision model (docs/collision.md); None: the
+    # room's configured default.
+    patient_envelope: PatientEnvelope | None = None
 
     def registration_centre(self) -> tuple[tuple[float, float, float], float | None]:
         """Centre and half size (None: the registration's default) of the region a
@@ -137,6 +145,8 @@ class TreatmentSession:
                 "structure": self.registration_region[0],
                 "centre_mm": list(self.registration_region[1]),
                 "half_mm": self.registration_region[2]},
+            "patient_envelope": None if self.patient_envelope is None else
+            self.patient_envelope.model_dump(mode="json"),
         }
 
 
@@ -168,6 +178,8 @@ class Proposal:
     status: ProposalStatus = ProposalStatus.PROPOSED
     confirmation: Confirmation | None = None
     history: list[JsonObject] = field(default_factory=list)
+    # The collision check of its path at the proposal (daemon/collision_guard.py).
+    collision: CollisionView | None = None
 
     def __post_init__(self) -> None:
         if self.status not in INITIAL_STATUSES:
@@ -214,6 +226,7 @@ class Proposal:
                 "id": c.id, "user": c.user, "at": c.at, "approver": c.approver,
                 "approved_at": c.approved_at,
             },
+            "collision": None if self.collision is None else self.collision.view(),
         }
 
     def record(self) -> JsonObject:

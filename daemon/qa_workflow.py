@@ -275,6 +275,15 @@ class QaWorkflow(QaImages, QaResults, QaCalibrationCommands, QaBase):
                 S.READY, S.DONE, S.PROPOSED):  # changed while the couch answered
             raise self.room.refuse(actor, "qa_move", "the room changed while the QA move was "
                                    "being made")
+        found = await self.room.collision_view(current, target)  # the path, at the gantry now
+        if self._current_run() is not run or self.room.workflow.state not in (
+                S.READY, S.DONE, S.PROPOSED):
+            raise self.room.refuse(actor, "qa_move", "the room changed while the QA move's path "
+                                   "was checked for collisions")
+        if isinstance(found, str) or not found.check.allowed:
+            raise self.room.refuse(actor, "qa_move", "QA move refused: " + (
+                found if isinstance(found, str) else f"collision: {found.check.reason}"),
+                target=target.as_dict())
         travel = target.minus(current)
         zero = {"x": 0.0, "y": 0.0, "z": 0.0}
         # No verdict tier: the QA envelope above is the limit; one person confirms.
@@ -288,7 +297,7 @@ class QaWorkflow(QaImages, QaResults, QaCalibrationCommands, QaBase):
         # The move starts from the couch pose read now: the MotionGate refuses it if the
         # couch is elsewhere when TARGET and GO go out (couch moved since "imaging").
         p = Proposal(pid, now, now_m, actor.user, binding, QA_ISO, QA_POSITION,
-                     [list(r) for r in _IDENTITY], current, plan, QA_SOURCE)
+                     [list(r) for r in _IDENTITY], current, plan, QA_SOURCE, collision=found)
         self.room.supersede_current("new QA move")
         self.room.proposals[pid] = p
         self.room.current = p

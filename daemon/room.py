@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from daemon.api import Actor, CommandError
+from daemon.collision_guard import CollisionGuard, CollisionView
 from daemon.config import RoomConfig
 from daemon.jsontypes import JsonMapping, JsonObject
 from daemon.loop_step import AfterThisStep
@@ -33,6 +34,7 @@ from daemon.publications import PublicationHold
 from daemon.workflow import RoomState, Workflow
 from drivers.plc import PlcSnapshot
 from imaging.review_messages import ReviewMessages
+from safety.collision_config import PatientEnvelope
 from safety.couch_model import CouchModel
 from safety.policy import VerdictPolicy
 from safety.pose import Pose
@@ -95,6 +97,13 @@ class Room:
             else CouchModel.default()
         )
         self.policy = VerdictPolicy.model_validate(config.policy or {})
+        # The collision model of this room (issue 17; daemon/collision_guard.py).
+        self.collision = CollisionGuard(
+            config.collision, self.model, path_tolerance_mm=config.motion.path_tolerance_mm,
+            path_tolerance_deg=config.motion.path_tolerance_deg,
+            imaging_tolerance_mm=config.binding.couch_moved_tolerance_mm,
+            imaging_tolerance_deg=config.binding.couch_moved_tolerance_deg,
+            has_plc=plc is not None)
         self.workflow = Workflow()
         # Told the session whenever one opens or closes (None); igrt's DICOM node
         # learns from it whose images the room expects (daemon/session_beacon.py).
@@ -284,6 +293,42 @@ class Room:
             hold_to_run_fresh=self.hold_fresh(snap),
         )
 
+    def collision_room(self) -> tuple[PlcSnapshot | None, bool]:
+        """(PLC snapshot, imager arms vouched parked) for the collision model."""
+        snap = self.plc.snapshot() if self.plc is not None else None
+        return snap, self.collision_room_arms(snap)
+
+    def collision_room_arms(self, snap: PlcSnapshot | None) -> bool:
+        """Whether the PLC vouches for both kV arms parked and still."""
+        if self.plc is None or snap is None:
+            return self.plc is None
+        parked, moving = self.plc.arms_state(snap)
+        return parked and not moving
+
+    def patient_envelope(self) -> PatientEnvelope | None:
+        return self.session.patient_envelope if self.session is not None else None
+
+    async def collision_view(self, start: Pose, target: Pose) -> CollisionView | str:
+        """The proposal-time collision check of the path `start` -> `target` (a view, or
+        why it could not be made; daemon/collision_guard.py). In a thread: a path close to
+        the margin takes up to ~0.2 s to prove (bench collision_check_max_us), which the
+        event loop (supervision, the PLC poll) must not wait for."""
+        snap, parked = self.collision_room()
+        return await asyncio.to_thread(self.collision.plan, start, target, snap, parked,
+                                       self.patient_envelope())
+
+    def collision_gate_reasons(self, planned: CollisionView | None, current: Pose | None,
+                               target: Pose) -> list[str]:
+        """The MotionGate's collision check of a move about to start ([] if it may)."""
+        snap, parked = self.collision_room()
+        return self.collision.gate_reasons(planned, current, target, snap, parked,
+                                           self.patient_envelope())
+
+    def collision_hard_stop(self, pose: Pose) -> str | None:
+        """During motion: why the couch must stop now (the hard margin), or None."""
+        snap, parked = self.collision_room()
+        return self.collision.hard_stop_reason(pose, snap, parked, self.patient_envelope())
+
     def stop_couch_now(self) -> None:
         """Write STOP in this event-loop step; never raises (the trip goes on)."""
         try:
@@ -316,6 +361,9 @@ class Room:
                 "motion_enable_pressed": pressed,
             },
             "hold": {"user": self.hold.user, "fresh": self.hold_fresh(snap)},
+            "collision": self.collision.brief(
+                None if status is None else status.pose, snap,
+                self.collision_room_arms(snap), self.patient_envelope()),
             "last_result": self.last_result,
             "monitoring": self.monitoring_brief(),
             "qa": self.qa_brief(),

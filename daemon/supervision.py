@@ -36,7 +36,7 @@ from daemon.room import ActiveMove, Room, pose_json
 from daemon.workflow import LATCHED, RoomState
 from drivers.couch import CouchEvent, CouchStatus, LinkEvent
 from drivers.plc import PlcSnapshot
-from safety.pose import AXES, ROTATION_AXES, UNITS
+from safety.pose import AXES, ROTATION_AXES, UNITS, Pose
 
 log = logging.getLogger("igrt.room")
 
@@ -67,6 +67,7 @@ class MotionSupervisor:
             imaging_tolerance_mm=config.binding.couch_moved_tolerance_mm,
             imaging_tolerance_deg=config.binding.couch_moved_tolerance_deg,
             on_motion_sent=self._motion_commanded, barrier=barrier,
+            collision=self._collision_reasons,
         )
         self.watch = CouchWatch(room, self.gate, self.trip)
         self._last_interlocks: JsonObject = {}
@@ -82,6 +83,14 @@ class MotionSupervisor:
         # After a verified move the applied registration goes to record-and-verify
         # (daemon/dicom_outbox.py, written in a thread); None: the room exports nothing.
         self.outbox = RegistrationOutbox.from_config(config, room.audit)
+
+    def _collision_reasons(self, proposal_id: str | None, current: Pose | None,
+                           target: Pose) -> list[str]:
+        """The MotionGate's collision check: the proposal's proof when the room is as it
+        was then, else the path proven again (daemon/collision_guard.py)."""
+        p = self.room.proposals.get(proposal_id) if proposal_id is not None else None
+        return self.room.collision_gate_reasons(p.collision if p is not None else None,
+                                                current, target)
 
     def _motion_commanded(self) -> None:
         self.watch.motion_commanded()

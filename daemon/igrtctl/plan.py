@@ -78,6 +78,10 @@ def _build_parser() -> ArgParser:
     p.add_argument("--pivot", metavar="X,Y,Z", default=None,
                    help="pitch/roll pivot, table-top frame, mm (default: the couch model's)")
     p.add_argument("--couch-model", metavar="FILE", default=None, help="couch model JSON")
+    p.add_argument("--gantry-deg", type=float, default=0.0, metavar="DEG",
+                   help="gantry angle for the collision report (IEC 61217, default 0)")
+    p.add_argument("--arms", choices=("parked", "extended"), default="parked",
+                   help="kV imager arms and EPID for the collision report (default parked)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -149,6 +153,13 @@ def _read_couch_model(path: str) -> CouchModel:
         raise UsageError(f"{path}: {exc}") from None
 
 
+def _couch_model(args: argparse.Namespace) -> CouchModel:
+    model = _read_couch_model(args.couch_model) if args.couch_model else CouchModel.default()
+    if args.pivot is not None:
+        model = model.with_pivot(_numbers(args.pivot, 3, "--pivot", "mm"))  # type: ignore[arg-type]
+    return model
+
+
 def _make_plan(args: argparse.Namespace) -> CorrectionPlan:
     iso = _numbers(args.iso, 3, "--iso", "mm")
     couch = Pose.from_seq(_numbers(args.couch, 6, "--couch", "mm and deg"))
@@ -157,9 +168,7 @@ def _make_plan(args: argparse.Namespace) -> CorrectionPlan:
         position = parse_patient_position(args.patient_position)
     except ValueError as exc:
         raise UsageError(f"--patient-position: {exc}") from None
-    model = _read_couch_model(args.couch_model) if args.couch_model else CouchModel.default()
-    if args.pivot is not None:
-        model = model.with_pivot(_numbers(args.pivot, 3, "--pivot", "mm"))  # type: ignore[arg-type]
+    model = _couch_model(args)
     matrix = _read_matrix(args.registration)
     try:
         return plan_correction(matrix, iso, position, couch, model, VerdictPolicy(), axes)
@@ -183,6 +192,28 @@ def _fmt_pose(p: Pose) -> str:
     )
 
 
+def collision_report(plan: CorrectionPlan, start: Pose, model: CouchModel, gantry_deg: float,
+                     arms: str) -> str:
+    """The path's minimum clearance and closest pair in the shipped room model with the
+    default patient envelope (docs/collision.md): what igrtd checks at a proposal with
+    the gantry and arms the PLC reports. Information only: the verdict is the plan's."""
+    from safety.collision import check_path
+    from safety.collision_config import CollisionConfig
+    from safety.collision_model import Arms
+    from safety.collision_scene import CollisionModel
+
+    if not (math.isfinite(gantry_deg) and 0.0 <= gantry_deg < 360.0):
+        raise UsageError(f"--gantry-deg {gantry_deg:g} deg is outside 0..360 deg")
+    cfg = CollisionConfig()
+    state = Arms.extended() if arms == "extended" else Arms.parked()
+    check = check_path(start, plan.target, gantry_deg, state, cfg.patient, cfg.margin_mm,
+                       model=CollisionModel.for_couch(cfg.room, model))
+    head = (f"collision (gantry {gantry_deg:g} deg, arms {arms}, default patient): min "
+            f"clearance {check.min_clearance_mm:.1f} mm, {check.objects[0]} and "
+            f"{check.objects[1]}; margin {cfg.margin_mm:g} mm")
+    return head if check.allowed else f"{head}\n  - igrtd would refuse: {check.reason}"
+
+
 def human_report(plan: CorrectionPlan) -> str:
     lines = [
         f"verdict:  {plan.verdict.value}",
@@ -203,6 +234,10 @@ def run_plan(argv: list[str]) -> int:
         text = (
             json.dumps(plan.to_json_dict(), allow_nan=False) if args.json else human_report(plan)
         )
+        if not args.json and plan.verdict is not Verdict.REFUSED:
+            text += "\n" + collision_report(
+                plan, Pose.from_seq(_numbers(args.couch, 6, "--couch", "mm and deg")),
+                _couch_model(args), args.gantry_deg, args.arms)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except (UsageError, ValueError) as exc:

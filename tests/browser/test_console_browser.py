@@ -83,6 +83,7 @@ def prepare_proposal(rooms: RoomsProcess, tess: ConsolePage, n: int) -> str:
     tess.click("btn-propose")
     tess.expect_state("PROPOSED")
     tess.expect_text("proposal-verdict", "second approval")
+    tess.expect_text("proposal-clearance", "(margin 50 mm; gantry 0.0 deg)")  # issue 17
     pid = tess.text("proposal-id")
     assert pid and pid.lower() != "none", pid
     return pid

@@ -242,3 +242,27 @@ def test_a_real_process_shows_no_traceback_for_bad_input(tmp_path) -> None:
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_plan_reports_the_paths_clearance_and_closest_pair(reg, capsys) -> None:
+    code, out, _ = run(args(reg()), capsys)
+    assert code == 0
+    line = next(x for x in out.splitlines() if x.startswith("collision"))
+    assert "gantry 0 deg, arms parked" in line and "patient and collimator" in line
+    assert "margin 50 mm" in line and "igrtd would refuse" not in out
+
+
+def test_plan_says_when_igrtd_would_refuse_the_path_at_that_gantry_angle(reg, capsys) -> None:
+    # The couch 80 mm down with the gantry at 135 deg: the couch top within 15 mm of the
+    # collimator (docs/collision.md). The verdict is the plan's; the report says why igrtd
+    # would refuse the move in that room.
+    code, out, _ = run(args(reg(), "--gantry-deg", "135", couch="0,0,-80,0,0,0"), capsys)
+    assert code == 0
+    assert "igrtd would refuse: couch top and collimator: clearance" in out
+    assert "below the 50 mm margin" in out
+
+
+def test_plan_refuses_a_gantry_angle_outside_the_circle_in_one_line(reg, capsys) -> None:
+    code, _, err = run(args(reg(), "--gantry-deg", "400"), capsys)
+    assert code == 2
+    assert_one_line_error(err, "--gantry-deg 400 deg is outside 0..360 deg")

@@ -131,6 +131,7 @@ class FakePlc:
         self.arms_moving = False
         self.link_ok = True
         self.beam_hold: bool | None = False
+        self.gantry_deg: float | None = 0.0  # IEC 61217; None: not vouched for
         self._listeners: list[Callable[[PlcSnapshot], None]] = []
 
     def add_listener(self, cb: Callable[[PlcSnapshot], None]) -> None:
@@ -142,7 +143,7 @@ class FakePlc:
                            outputs={"beam_hold": self.beam_hold}, fault_code=0, heartbeat=1,
                            heartbeat_age_s=0.0, link_ok=self.link_ok,
                            link_reason="ok" if self.link_ok else "link down",
-                           read_at=now, taken_at=now)
+                           read_at=now, taken_at=now, gantry_deg=self.gantry_deg)
 
     def open_interlocks(self, snap: PlcSnapshot) -> list[str]:
         return list(self.open)

@@ -334,6 +334,12 @@ export function renderProposal(p, me) {
   const v = setText("proposal-verdict", p ? (VERDICT_WORDS[p.verdict] || words(p.verdict)) : "—");
   v.dataset.verdict = p ? p.verdict : "";
   setText("proposal-status", p ? `${words(p.status)}; proposed by ${p.user} at ${stamp(p.created_at)}` : "—");
+  // The collision model's check of the whole path at the proposal (docs/collision.md).
+  const k = p ? p.collision : null;
+  setText("proposal-clearance", !k ? "—"
+    : `${Number(k.min_clearance_mm).toFixed(1)} mm, ${k.objects.join(" and ")} (margin `
+      + `${k.margin_mm} mm; gantry ${Number(k.gantry_deg).toFixed(1)} deg)`
+      + (k.allowed ? "" : " BELOW THE MARGIN"));
   const c = p ? p.confirmation : null;
   setText("proposal-confirmed-by", !c ? "—"
     : `${c.user} at ${stamp(c.at)}${c.approver ? `; second approval by ${c.approver} at ${stamp(c.approved_at)}` : ""}`);
