@@ -91,20 +91,6 @@ class QaOverride:
                 "patient_id": self.session.patient_id}
 
 
-def _version_of(result: JsonObject) -> int:
-    """The calibration version a stored daily result was judged under (0: none; results
-    stored before calibrations were recorded count as none)."""
-    v = result.get("calibration_version")
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
-
-
-def _brief(record: JsonObject | None) -> JsonObject | None:
-    if record is None:
-        return None
-    return {"id": record.get("id"), "passed": record.get("passed"), "at": record.get("at"),
-            "by": record.get("by"), "profile": record.get("profile")}
-
-
 class QaBase:
     """The state of the room's QA and the helpers its commands share."""
 

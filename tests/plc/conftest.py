@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from drivers.plc import RoomPlcClient
+from drivers.plc import PlcSnapshot, RoomPlcClient
 from sim.plc import SimRoomPlc
 
 STALE_S = 0.25
+
+
+async def polled(client: RoomPlcClient, predicate: Callable[[PlcSnapshot], bool],
+                 timeout_s: float = 2.0) -> PlcSnapshot:
+    """Poll the snapshot: values that change every PLC cycle (a turning gantry, a
+    travelling arm's position) do not wake listeners, so wait_until would not see them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        snap = client.snapshot()
+        if predicate(snap):
+            return snap
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
 
 
 @pytest.fixture

@@ -3,26 +3,11 @@ Modbus TCP socket, and the host's one rule (safety.interlocks.judge_plc) distrus
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
-
 from daemon.plc_link import RoomInterlocks
-from drivers.plc import PlcSnapshot, RoomPlcClient, StatusRegister
+from drivers.plc import RoomPlcClient, StatusRegister
 from sim.plc import SimRoomPlc
 
-
-async def polled(client: RoomPlcClient, predicate: Callable[[PlcSnapshot], bool],
-                 timeout_s: float = 2.0) -> PlcSnapshot:
-    """Poll the snapshot: arm positions alone do not wake listeners (they change every
-    PLC cycle while an arm travels), so wait_until would not see them."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        snap = client.snapshot()
-        if predicate(snap):
-            return snap
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
+from .conftest import polled
 
 
 async def test_arm_position_register_is_reported_as_read_never_clamped(

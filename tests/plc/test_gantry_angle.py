@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import pytest
@@ -21,20 +21,7 @@ from sim.control_ops import OpError, run_op
 from sim.plc import SimRoomPlc
 from sim.plc_gantry import SimGantry
 
-from .conftest import STALE_S
-
-
-async def polled(client: RoomPlcClient, predicate: Callable[[PlcSnapshot], bool],
-                 timeout_s: float = 2.0) -> PlcSnapshot:
-    """Poll the snapshot: the gantry angle alone does not wake listeners (a turning
-    gantry changes it every PLC cycle), so wait_until would not see it."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        snap = client.snapshot()
-        if predicate(snap):
-            return snap
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
+from .conftest import STALE_S, polled
 
 
 def link_down(snap: PlcSnapshot) -> bool:

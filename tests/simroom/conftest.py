@@ -6,12 +6,14 @@ a small machine); the default room (broker on) is stood up by test_up_down.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,6 +119,27 @@ def wait_for(pred: Any, timeout_s: float = 10.0, what: str = "condition") -> Any
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout_s} s")
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def held(room: SimUp, proposal_id: str, user: str = "alice") -> Iterator[None]:
+    """Hold-to-run as a console does it (a `hold` every 50 ms from another thread) for
+    as long as the block runs."""
+    stop = threading.Event()
+
+    def hold() -> None:
+        with ControlClient(room.igrtd_socket, user, key=None) as c:
+            while not stop.is_set():
+                c.call("hold", proposal_id=proposal_id)
+                time.sleep(0.05)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        holder.join(5)
 
 
 @pytest.fixture(scope="module")

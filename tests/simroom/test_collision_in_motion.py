@@ -12,19 +12,17 @@ The couch starts 80 mm down with the gantry at 90 deg; the correction moves it a
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from daemon.control import ControlClient
 from safety.couch_model import CouchModel
 from safety.pose import Pose
 from sim.room_description import DEFAULT_ROOM
 from sim.world import PatientWorld
 
-from .conftest import SimUp, description, wait_for
+from .conftest import SimUp, description, held, wait_for
 
 ISO = [8.0, -12.0, 20.0]
 
@@ -59,17 +57,7 @@ def test_a_gantry_turned_during_a_move_stops_the_couch(tmp_path: Path) -> None:
         room.igrtd("confirm", proposal_id=prop["id"])
         room.igrtd("approve", user="bob", proposal_id=prop["id"])
         room.ctl("pendant", pressed=True)
-        stop = threading.Event()
-
-        def hold() -> None:
-            with ControlClient(room.igrtd_socket, "alice", key=None) as c:
-                while not stop.is_set():
-                    c.call("hold", proposal_id=prop["id"])
-                    time.sleep(0.05)
-
-        holder = threading.Thread(target=hold, daemon=True)
-        holder.start()
-        try:
+        with held(room, prop["id"]):
             wait_for(lambda: room.ctl("truth")["couch"]["moving"], 10, "couch moving")
             since = room.ctl("record", device="couch")["now_monotonic"]
             room.ctl("gantry", angle_deg=135.0, speed_deg_s=24.0)
@@ -83,8 +71,5 @@ def test_a_gantry_turned_during_a_move_stops_the_couch(tmp_path: Path) -> None:
             assert truth["couch"]["pose"]["lat"] < prop["target"]["lat"] - 1.0, truth["couch"]
             last = room.igrtd("status")
             assert "hard margin" in json.dumps(last), last.get("last_result")
-        finally:
-            stop.set()
-            holder.join(5)
     finally:
         room.stop()

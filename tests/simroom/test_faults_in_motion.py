@@ -3,18 +3,16 @@ a hold-to-run move both latch FAULT, and the couch's own record shows the STOP."
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from daemon.control import ControlClient
 from safety.couch_model import CouchModel
 from safety.pose import Pose
 from sim.world import PatientWorld
 
-from .conftest import SimUp, description, wait_for
+from .conftest import SimUp, description, held, wait_for
 
 
 def _state(room: SimUp) -> str:
@@ -42,7 +40,6 @@ def test_a_runaway_while_idle_is_stopped_and_latches_fault(tmp_path: Path) -> No
 def test_a_couch_fault_during_a_move_latches_fault_and_stops(tmp_path: Path) -> None:
     room = SimUp(tmp_path, description(broker={"enabled": False}, kv_imager=False))
     try:
-        p = room.info
         iso = [8.0, -12.0, 20.0]
         room.igrtd("open_session", patient_id="P1", plan_uid="PL1", frame_of_reference_uid="F1",
                    iso=iso, patient_position="HFS", manual_override="typed for the test room")
@@ -57,24 +54,11 @@ def test_a_couch_fault_during_a_move_latches_fault_and_stops(tmp_path: Path) -> 
         room.igrtd("confirm", proposal_id=prop["id"])
         room.igrtd("approve", user="bob", proposal_id=prop["id"])
         room.ctl("pendant", pressed=True)
-        stop = threading.Event()
-
-        def hold() -> None:
-            with ControlClient(Path(p["igrtd"]["socket"]), "alice", key=None) as c:
-                while not stop.is_set():
-                    c.call("hold", proposal_id=prop["id"])
-                    time.sleep(0.05)
-
-        holder = threading.Thread(target=hold, daemon=True)
-        holder.start()
-        try:
+        with held(room, prop["id"]):
             wait_for(lambda: room.ctl("truth")["couch"]["moving"], 10, "couch moving")
             since = room.ctl("record", device="couch")["now_monotonic"]
             room.ctl("inject", fault="couch_fault", code="following_error")
             wait_for(lambda: _state(room) == "FAULT", 5, "igrtd FAULT")
             wait_for(lambda: _stops_since(room, since), 5, "STOP at the couch after the fault")
-        finally:
-            stop.set()
-            holder.join(5)
     finally:
         room.stop()
