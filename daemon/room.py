@@ -314,15 +314,23 @@ class Room:
         the margin takes up to ~0.2 s to prove (bench collision_check_max_us), which the
         event loop (supervision, the PLC poll) must not wait for."""
         snap, parked = self.collision_room()
-        return await asyncio.to_thread(self.collision.plan, start, target, snap, parked,
-                                       self.patient_envelope())
+        try:
+            return await asyncio.to_thread(self.collision.plan, start, target, snap, parked,
+                                           self.patient_envelope())
+        except Exception as exc:  # noqa: BLE001 - a path nobody could check does not move
+            log.error("collision check failed: %s", exc)
+            return f"collision: the path could not be checked: {exc}"
 
     def collision_gate_reasons(self, planned: CollisionView | None, current: Pose | None,
                                target: Pose) -> list[str]:
         """The MotionGate's collision check of a move about to start ([] if it may)."""
         snap, parked = self.collision_room()
-        return self.collision.gate_reasons(planned, current, target, snap, parked,
-                                           self.patient_envelope())
+        try:
+            return self.collision.gate_reasons(planned, current, target, snap, parked,
+                                               self.patient_envelope())
+        except Exception as exc:  # noqa: BLE001 - a path nobody could check does not move
+            log.error("collision check failed: %s", exc)
+            return [f"collision: the path could not be checked: {exc}"]
 
     def collision_hard_stop(self, pose: Pose) -> str | None:
         """During motion: why the couch must stop now (the hard margin), or None."""

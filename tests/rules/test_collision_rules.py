@@ -110,3 +110,18 @@ def test_a_patient_envelope_with_a_non_finite_size_is_refused() -> None:
         SessionRequest.model_validate({
             "patient_id": "P", "plan_uid": "PL", "patient_envelope": {
                 "body": {"shape": "box", "width_mm": float("nan"), "height_mm": 250.0}}})
+
+
+async def test_a_path_the_model_fails_to_check_is_refused(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    room = await fake_room(tmp_path)
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("distance query failed")
+
+    monkeypatch.setattr(room.service.room.collision, "plan", broken)
+    pid = await propose(room, SMALL)
+    p = room.service.room.proposals[pid]
+    assert str(p.status) == "refused"
+    assert any("the path could not be checked: distance query failed" in r
+               for r in p.plan.reasons), p.plan.reasons
