@@ -52,11 +52,13 @@ class ConsolePage:
     def fill(self, name: str, value: str) -> None:
         self.tid(name).fill(value)
 
-    def shot(self, name: str) -> Path:
-        """A full-page screenshot out/console/NAME.png for the reviewer."""
+    def shot(self, name: str, full_page: bool = True) -> Path:
+        """A screenshot out/console/NAME.png for the reviewer: the full page, or (while a
+        pointer holds the hold-to-run button) the viewport only, because a full-page
+        capture lays the page out again and the button moves from under the pointer."""
         self.shots.mkdir(parents=True, exist_ok=True)
         path = self.shots / f"{name}.png"
-        self.page.screenshot(path=str(path), full_page=True)
+        self.page.screenshot(path=str(path), full_page=full_page)
         return path
 
     def expect_text(self, name: str, text: str, timeout_ms: int = TIMEOUT_MS) -> None:
