@@ -27,7 +27,7 @@ from typing import Self
 
 from daemon.audit import jsonable
 from daemon.jsontypes import JsonObject, as_object
-from daemon.sqlite_db import open_versioned
+from daemon.sqlite_db import immediate, open_versioned
 
 SCHEMA_VERSION = 1
 CALIBRATION_STATES = ("proposed", "active", "superseded", "reverted")
@@ -218,8 +218,7 @@ class QaStore:
         """A new version, `proposed`; `calibration` gets its `version`."""
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(self._db):
                     (last,) = self._db.execute(
                         "SELECT COALESCE(MAX(version), 0) FROM calibrations WHERE room = ?",
                         (self.room,)).fetchone()
@@ -229,11 +228,6 @@ class QaStore:
                         "proposed_at, basis, json) VALUES (?, ?, 'proposed', ?, ?, ?, ?)",
                         (self.room, version, by, time.time(), _dumps(basis),
                          _dumps({**calibration, "version": version})))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
             except (sqlite3.Error, ValueError) as exc:
                 raise QaStoreError(f"calibration not stored: {exc}") from None
         got = self.calibration(version)
@@ -245,8 +239,7 @@ class QaStore:
         superseded. QaStoreError naming why otherwise; nothing changes then."""
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(self._db):
                     row = self._db.execute(
                         "SELECT state, proposed_by FROM calibrations WHERE room = ? AND "
                         "version = ?", (self.room, version)).fetchone()
@@ -269,11 +262,6 @@ class QaStore:
                         "UPDATE calibrations SET state = 'active', approved_by = ?, "
                         "approved_at = ? WHERE room = ? AND version = ?",
                         (by, now, self.room, version))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise QaStoreError(f"calibration not approved: {exc}") from None
         got = self.calibration(version)
@@ -285,8 +273,7 @@ class QaStore:
         active one is `reverted`. The calibration now active (None: none)."""
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(self._db):
                     active = self._db.execute(
                         "SELECT version FROM calibrations WHERE room = ? AND state = 'active'",
                         (self.room,)).fetchone()
@@ -315,11 +302,6 @@ class QaStore:
                             "UPDATE calibrations SET state = 'active', ended_by = NULL, "
                             "ended_at = NULL, end_reason = NULL WHERE room = ? AND version = ?",
                             (self.room, version))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise QaStoreError(f"calibration not reverted: {exc}") from None
         return self.active_calibration()

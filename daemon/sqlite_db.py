@@ -13,7 +13,8 @@ module is that one way. Each store still decides its own durability
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, TypeAlias
 
@@ -97,3 +98,18 @@ def _create_schema(
         raise error(f"{label} {path} has schema {version}, newer than {schema_version}")
     db.executescript("BEGIN IMMEDIATE;" + schema + "COMMIT;")
     db.execute(f"PRAGMA user_version={schema_version}")
+
+
+@contextmanager
+def immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: BEGIN IMMEDIATE (the write lock taken at once, so two
+    writers never both read before either writes), COMMIT when the block ends, ROLLBACK
+    when it raises (a refusal the block raises itself included) or the COMMIT fails."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise

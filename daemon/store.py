@@ -28,7 +28,7 @@ from typing import NoReturn, Self, TypeAlias
 
 from daemon.audit import jsonable
 from daemon.jsontypes import JsonMapping, JsonObject, as_object
-from daemon.sqlite_db import open_versioned
+from daemon.sqlite_db import immediate, open_versioned
 
 log = logging.getLogger(__name__)
 
@@ -400,8 +400,7 @@ class CorrectionStore:
         self._require_writable()
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(self._db):
                     self._db.execute("DELETE FROM jti WHERE exp < ?", (now - JTI_LEEWAY_S,))
                     fresh = (
                         self._db.execute(
@@ -409,11 +408,6 @@ class CorrectionStore:
                         ).rowcount
                         == 1
                     )
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise StoreError(f"state store write failed: {exc}") from exc
         self._written()

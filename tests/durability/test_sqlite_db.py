@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.sqlite_db import Synchronous, open_versioned
+from daemon.sqlite_db import Synchronous, immediate, open_versioned
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL);"
 
@@ -68,3 +68,20 @@ def test_a_file_that_is_not_a_database_is_refused_in_one_line(tmp_path: Path) ->
     with pytest.raises(NotesError) as info:
         _open(path)
     assert str(info.value) == f"notes store {path} unusable: file is not a database"
+
+
+def test_a_write_transaction_commits_its_block(tmp_path: Path) -> None:
+    db = _open(tmp_path / "notes.sqlite")
+    with immediate(db):
+        db.execute("INSERT INTO notes (text) VALUES ('kept')")
+    assert not db.in_transaction
+    assert db.execute("SELECT text FROM notes").fetchall()[0][0] == "kept"
+
+
+def test_a_write_transaction_that_raises_leaves_nothing_written(tmp_path: Path) -> None:
+    db = _open(tmp_path / "notes.sqlite")
+    with pytest.raises(NotesError, match="refused"), immediate(db):
+        db.execute("INSERT INTO notes (text) VALUES ('gone')")
+        raise NotesError("refused")
+    assert not db.in_transaction
+    assert db.execute("SELECT COUNT(*) FROM notes").fetchone()[0] == 0
