@@ -32,7 +32,15 @@ from dataclasses import dataclass
 
 from daemon.jsontypes import JsonObject
 from drivers.plc import PlcSnapshot
-from safety.collision import Clearance, PathCheck, RoomState, check_path, clearance
+from safety.collision import (
+    MAX_SLACK_DEG,
+    MAX_SLACK_MM,
+    Clearance,
+    PathCheck,
+    RoomState,
+    check_path,
+    clearance,
+)
 from safety.collision_config import CollisionConfig, PatientEnvelope
 from safety.collision_model import Arms, ArmState
 from safety.collision_scene import CollisionModel
@@ -74,8 +82,9 @@ class CollisionGuard:
         self.cfg = cfg
         self.model = CollisionModel.for_couch(cfg.room, couch_model)
         self.has_plc = has_plc
-        self._slack_mm = min(10.0, path_tolerance_mm + imaging_tolerance_mm)
-        self._slack_deg = min(2.0, path_tolerance_deg + imaging_tolerance_deg)
+        # At most what check_path accepts (the configured tolerances are far below it).
+        self._slack_mm = min(MAX_SLACK_MM, path_tolerance_mm + imaging_tolerance_mm)
+        self._slack_deg = min(MAX_SLACK_DEG, path_tolerance_deg + imaging_tolerance_deg)
 
     # ------------------------------------------------------------ the room now
     def room(self, snap: PlcSnapshot | None, arms_parked: bool) -> tuple[float | None, Arms]:

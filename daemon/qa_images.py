@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
+
 from daemon.api import (
     Actor,
     QaImageRequest,
@@ -28,6 +30,7 @@ from daemon.qa_phantom_geometry import (
 from daemon.registration_worker import RegistrationFailed
 from daemon.room import pose_json
 from daemon.workflow import RoomState
+from safety.geometry import rot_z
 from safety.pose import AXES, ROTATION_AXES, UNITS, Pose
 from safety.qa_geometry import iso_offset_from_bb
 from safety.qa_travel import TRAVEL_AXES, TravelMeasurement
@@ -129,10 +132,9 @@ class QaImages(QaBase):
                                    f"{BASELINE!r}, couch at the QA home pose)")
         base = run.baselines[-1]
         axis = next(a for a in TRAVEL_AXES if relative.get(a) != 0.0)
-        c, s = math.cos(math.radians(run.home.yaw)), math.sin(math.radians(run.home.yaw))
-        room_cmd = (c * relative.lat - s * relative.long, s * relative.lat + c * relative.long,
-                    relative.vert)
-        step = image_from_room(room_cmd)
+        turn = rot_z(run.home.yaw)  # F_P: a translation moves the table top along Rz(yaw)
+        room_cmd = turn @ np.array([relative.lat, relative.long, relative.vert])
+        step = image_from_room((float(room_cmd[0]), float(room_cmd[1]), float(room_cmd[2])))
         expected = (base.bb_dicom_mm[0] + step[0], base.bb_dicom_mm[1] + step[1],
                     base.bb_dicom_mm[2] + step[2])
         try:
@@ -141,7 +143,8 @@ class QaImages(QaBase):
             raise self.room.refuse(actor, "qa_image", f"{req.label}: {exc}") from None
         found, b0 = bb.position_mm, base.bb_dicom_mm
         moved = room_from_image((found[0] - b0[0], found[1] - b0[1], found[2] - b0[2]))
-        couch = (c * moved[0] + s * moved[1], -s * moved[0] + c * moved[1], moved[2])
+        back = turn.T @ np.array(moved)
+        couch = (float(back[0]), float(back[1]), float(back[2]))
         try:
             travel = TravelMeasurement(axis, relative.get(axis), couch, req.label)
         except ValueError as exc:
