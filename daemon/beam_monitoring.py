@@ -8,6 +8,10 @@ beam at once; losing the PLC link is a FAULT and the hold is written as soon
 as the link is back; igrtd stopping holds the beam. Nothing moves: no motion
 kind is permitted in MONITORING (safety.motion.DEFAULT_MOTION_STATES), and
 `hold` is refused in it. Roles are checked by the RoomService facade.
+
+Between beams (daemon/between_beams.py): a held drift may become a couch
+correction; the run then stays alive through PROPOSED ... DONE with the beam
+held, and resumes in MONITORING after the move.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from daemon.api import Actor, MonitorStartRequest, MonitorStopRequest, Reply
+from daemon.between_beams import PAUSED_STATES, WITHDRAWABLE, BetweenBeams
 from daemon.jsontypes import JsonObject
 from daemon.monitoring import HoldEvent, IntrafractionMonitor
 from daemon.monitoring_run import (
@@ -33,19 +38,27 @@ from daemon.monitoring_run import (
     run_view,
     tightened,
 )
-from daemon.ports import ImagerLinkPort
+from daemon.ports import ImagerLinkPort, Proposer
 from daemon.room import Room
 from daemon.workflow import RoomState
 from drivers.kv_imager import WireFrame
 from imaging.tracking import KvFrame, MarkerTracker, TargetEstimate
+from safety.beam_hold import Decision
 
 log = logging.getLogger("igrt.room")
 
 S = RoomState
 
+# States a monitoring run may be stopped in: beam-on, and a between-beam correction
+# not yet moving the couch.
+STOPPABLE = frozenset({S.MONITORING, *WITHDRAWABLE, S.CONFIRMED})
+
+
 class BeamMonitoring:
-    def __init__(self, room: Room) -> None:
+    def __init__(self, room: Room, proposer: Proposer | None = None) -> None:
         self.room = room
+        self.between = BetweenBeams(room, proposer)
+        room.transition_listeners.append(self._on_transition)
         self.imager: ImagerLinkPort | None = None  # attached by serve()
         self._mon: MonitoringRun | None = None
         self._mon_last: JsonObject | None = None
@@ -118,12 +131,25 @@ class BeamMonitoring:
                                                           name="monitoring")
         return self.view()
 
+    def beam_hold_required(self) -> bool:
+        """A monitoring run is alive: between beams nothing moves unless the PLC reports
+        the beam held (safety.motion)."""
+        return self._mon is not None
+
     async def monitor_stop(self, actor: Actor, req: MonitorStopRequest) -> Reply:
         run = self._mon
-        if run is None or self.room.workflow.state != S.MONITORING:
+        if run is None or self.room.workflow.state not in STOPPABLE:
+            state = self.room.workflow.state
             raise self.room.refuse(actor, "monitor_stop", f"monitoring is not running (room is "
-                                   f"{self.room.workflow.state})")
+                                   f"{state})" if run is None else f"the room is {state}: a "
+                                   "between-beam correction is moving the couch; stop it first")
+        pending = run.between.correction_id
         await self._end_monitoring(run, f"stopped by {actor.user}")
+        if pending is not None and self.room.current is not None and \
+                self.room.current.id == pending:
+            self.room.supersede_current(f"monitoring stopped by {actor.user}")
+            self.room.audit("between_beams", actor.user, action="withdrawn", proposal_id=pending,
+                            reason="monitoring stopped", via=actor.via)
         release_error = None
         if req.release_hold and run.coil_held is not False:
             try:
@@ -146,7 +172,8 @@ class BeamMonitoring:
                         via=actor.via)
         self._mon = None
         self._mon_last = run_view(run)
-        self.room.to(run.return_state, f"beam-on monitoring ended by {actor.user}"
+        back = run.return_state if self.room.workflow.can(run.return_state) else S.READY
+        self.room.to(back, f"beam-on monitoring ended by {actor.user}"
                      + ("; beam hold left asserted" if run.coil_held is not False else ""),
                      actor.user)
         out = dict(self._mon_last)
@@ -238,7 +265,7 @@ class BeamMonitoring:
     async def _monitoring_loop(self, run: MonitoringRun) -> None:
         try:
             while run.active:
-                if self.imager is None or not self.imager.connected:
+                if run.between.paused or self.imager is None or not self.imager.connected:
                     run.wake.clear()
                     await run.wake.wait()
                     continue
@@ -247,7 +274,9 @@ class BeamMonitoring:
                         run, "segment_start", "beam held at the start of a monitoring segment"):
                     continue
                 await self._monitor_segment(run)
-                if run.active:  # the imager link ended the segment, not monitor_stop
+                if run.active and run.between.paused:  # a correction confirmed: no frames
+                    await self.imager.stop_acquisition()
+                elif run.active:  # the imager link ended the segment, not monitor_stop
                     run.imager_link_losses += 1
                     await self._assert_beam_hold(run, "imager_link_lost",
                                                  "kV imaging link lost during beam-on")
@@ -259,8 +288,17 @@ class BeamMonitoring:
         cfg = self.room.config.monitoring
         assert cfg is not None and self.imager is not None
         queue: asyncio.Queue[KvFrame | None] = asyncio.Queue()
-        monitor = IntrafractionMonitor(self._monitor_estimator(run), self._write_beam_hold,
-                                       run.policy, self.room.audit, run.target_mm, actor="monitor")
+        async def sink(hold: bool) -> None:
+            if not hold:  # may withdraw a correction no longer needed, or refuse for now
+                self.between.before_release(run)
+            await self._write_beam_hold(hold)
+
+        def observe(frame: KvFrame, estimate: TargetEstimate, decision: Decision) -> None:
+            self.between.observe(run, frame, estimate, decision)
+
+        monitor = IntrafractionMonitor(self._monitor_estimator(run), sink, run.policy,
+                                       self.room.audit, run.target_mm, actor="monitor",
+                                       on_estimate=observe)
         monitor.start(initially_held=bool(run.coil_held))
         run.monitor, run.frames = monitor, queue
         run.segments += 1
@@ -335,6 +373,10 @@ class BeamMonitoring:
 
     def _monitoring_fault(self, run: MonitoringRun, reason: str) -> None:
         """End monitoring in FAULT; the hold is written as soon as the PLC takes it."""
+        self._end_held(run, reason, fault=True)
+
+    def _end_held(self, run: MonitoringRun, reason: str, *, fault: bool) -> None:
+        """End the run with the beam held: in FAULT (`fault`), or where the room went."""
         if run.ended is not None:
             return
         run.active = False
@@ -342,10 +384,14 @@ class BeamMonitoring:
         if run.frames is not None:
             run.frames.put_nowait(None)
         run.wake.set()
-        self.room.audit("fault", "system", what="monitoring", reason=reason)
+        if fault:
+            self.room.audit("fault", "system", what="monitoring", reason=reason)
+        else:
+            self.room.audit("monitoring", "monitor", action="ended", reason=reason,
+                            beam_held=True)
         self._mon = None
         self._mon_last = run_view(run)
-        if self.room.workflow.can(S.FAULT):
+        if fault and self.room.workflow.can(S.FAULT):
             self.room.to(S.FAULT, reason)
         self._fault_hold = asyncio.get_running_loop().create_task(
             self._hold_after_fault(run, reason), name="monitoring-fault-hold")
@@ -369,6 +415,58 @@ class BeamMonitoring:
             self.room.audit("beam_hold", "monitor", cause="fault", reason=reason, frame_id=None)
         run.coil_held = True
         self._mon_last = run_view(run)
+        if self.imager is not None:
+            with contextlib.suppress(Exception):  # frames are ignored without a run anyway
+                await self.imager.stop_acquisition()
+
+    # -- between beams: the room's transitions while a correction is under way --
+    def _on_transition(self, state: str) -> None:
+        run = self._mon
+        if run is None or not run.active or run.between.correction_id is None:
+            return
+        b = run.between
+        if state in WITHDRAWABLE:
+            current = self.room.current
+            if current is None or current.id != b.correction_id:
+                self._end_held(run, f"between-beam correction {b.correction_id} replaced "
+                               f"(room {state})", fault=False)
+            elif b.paused:  # back from CONFIRMED (expired, or the move not started)
+                b.paused = False
+                run.wake.set()
+        elif state in PAUSED_STATES:
+            if not b.paused:
+                b.paused = True
+                if run.frames is not None:
+                    run.frames.put_nowait(None)
+                run.wake.set()
+        elif state == S.DONE:
+            # After the transition to DONE has been told to everyone: resume then.
+            asyncio.get_running_loop().call_soon(self._resume, run)
+        elif state != S.MONITORING:
+            self._end_held(run, f"between-beam correction {b.correction_id} interrupted "
+                           f"(room {state})", fault=False)
+
+    def _resume(self, run: MonitoringRun) -> None:
+        b = run.between
+        pid = b.correction_id
+        if run is not self._mon or not run.active or pid is None:
+            return
+        if self.room.workflow.state != S.DONE:
+            self._end_held(run, f"between-beam correction {pid}: room {self.room.workflow.state} "
+                           "instead of DONE after the move", fault=False)
+            return
+        b.correction_id = None
+        b.paused = False
+        b.forget_drift()
+        for entry in b.history:
+            if entry.get("proposal_id") == pid:
+                entry["outcome"] = "applied"
+        status = self.room.couch.latest_status
+        self.room.audit("between_beams", "monitor", action="resume", proposal_id=pid,
+                        couch=None if status is None else status.pose.as_dict())
+        self.room.to(S.MONITORING, f"between-beam correction {pid} applied: monitoring resumes, "
+                     "beam held until the target is seen within tolerance", "monitor")
+        run.wake.set()
 
     def view(self) -> JsonObject:
         coil = None

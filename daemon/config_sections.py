@@ -241,6 +241,19 @@ class MonitoringConfig(StrictModel):
     max_ray_miss_mm: float = Field(default=1.5, gt=0, le=5.0)
     couch_tracking: bool = Field(
         default=False, description="couch corrections during beam-on; not supported yet")
+    # Correction between beams (daemon/between_beams.py, docs/intrafraction-monitoring.md).
+    correction_after_s: float | None = Field(
+        default=None, ge=0.5, le=600.0,
+        description="a target held off tolerance this long gets a between-beam couch "
+        "correction proposed from the markers (beam held); omitted: never proposed")
+    correction_window_s: float = Field(
+        default=1.0, ge=0.1, le=30.0,
+        description="the frames of this last stretch of the held drift are averaged into the "
+        "correction")
+    correction_max_spread_mm: float = Field(
+        default=1.0, gt=0.0, le=10.0,
+        description="a target whose positions in that stretch spread further is still moving: "
+        "no correction is proposed until it settles")
 
     @model_validator(mode="after")
     def _consistent(self) -> MonitoringConfig:
@@ -256,6 +269,12 @@ class MonitoringConfig(StrictModel):
                 f"max_image_age_s {self.max_image_age_s} s is shorter than two frame periods "
                 f"({2.0 * period:.3f} s at {self.frame_rate_hz:g} Hz): every late frame would "
                 "hold the beam")
+        if self.correction_after_s is not None and \
+                self.correction_window_s > self.correction_after_s:
+            raise ValueError(
+                f"correction_window_s {self.correction_window_s} s is longer than "
+                f"correction_after_s {self.correction_after_s} s: the averaged frames would "
+                "reach back before the drift was held")
         return self
 
     def policy(self) -> BeamHoldPolicy:

@@ -73,6 +73,9 @@ class CorrectionWorkflow:
 
     async def open_session(self, actor: Actor, req: SessionRequest) -> Reply:
         openable = (S.STANDBY, S.READY, S.DONE, S.PROPOSED)
+        if self.room.beam_hold_required():
+            raise self.room.refuse(actor, "open_session", "beam-on monitoring is running: stop "
+                                   "it (monitor_stop) first")
         if self.room.workflow.state not in openable:
             raise self.room.refuse(actor, "open_session",
                                    f"cannot open a session in state {self.room.workflow.state}")
@@ -107,7 +110,8 @@ class CorrectionWorkflow:
         return self.room.snapshot()
 
     async def close_session(self, actor: Actor) -> Reply:
-        if self.room.workflow.state in (S.MOVING, S.VERIFYING, S.MONITORING, *LATCHED):
+        if self.room.workflow.state in (S.MOVING, S.VERIFYING, S.MONITORING, *LATCHED) or \
+                self.room.beam_hold_required():
             raise self.room.refuse(actor, "close_session",
                                    f"cannot close the session in state {self.room.workflow.state}")
         self.room.supersede_current("session closed")
@@ -211,12 +215,22 @@ class CorrectionWorkflow:
             out.append(f"registration acquisition time is {-age:.0f} s in the future")
         return out
 
-    async def propose(self, actor: Actor, req: ProposeRequest) -> Reply:
+    async def propose(self, actor: Actor, req: ProposeRequest, *,
+                      between_beams: bool = False) -> Reply:
+        """A proposal from a registration; `between_beams`: igrtd's own, from the markers
+        beam-on monitoring tracks, made in MONITORING with the beam held
+        (daemon/between_beams.py). A refused or within-tolerance one leaves the room
+        monitoring; any other goes to PROPOSED like every proposal."""
         if self.room.session is None:
             raise self.room.refuse(actor, "propose", "no treatment session is open")
-        if self.room.workflow.state not in PROPOSABLE:
+        allowed = frozenset({S.MONITORING}) if between_beams else PROPOSABLE
+        if self.room.workflow.state not in allowed:
             raise self.room.refuse(actor, "propose",
                                    f"cannot propose in state {self.room.workflow.state}")
+        if not between_beams and self.room.beam_hold_required():
+            raise self.room.refuse(actor, "propose", "beam-on monitoring is running with a "
+                                   "between-beam correction under way: confirm it, or stop "
+                                   "monitoring (monitor_stop) first")
         if self._in_qa_session() or req.source == QA_SOURCE:
             raise self.room.refuse(actor, "propose", self._qa_refusal("propose") +
                                    "; QA moves are made by qa_move")
@@ -279,7 +293,7 @@ class CorrectionWorkflow:
         if plan.verdict not in (Verdict.REFUSED, Verdict.WITHIN_TOLERANCE):
             session = self.room.session
             found = await self.room.collision_view(p_img, plan.target)
-            if self.room.session is not session or self.room.workflow.state not in PROPOSABLE:
+            if self.room.session is not session or self.room.workflow.state not in allowed:
                 raise self.room.refuse(actor, "propose", "the room changed while the path was "
                                        "checked for collisions: propose again")
             if isinstance(found, str) or not found.check.allowed:
@@ -308,7 +322,9 @@ class CorrectionWorkflow:
                         calibration_version=(None if calibration is None
                                              else calibration.version),
                         collision=None if collision is None else collision.view())
-        if plan.verdict is Verdict.WITHIN_TOLERANCE:
+        if between_beams and plan.verdict in (Verdict.WITHIN_TOLERANCE, Verdict.REFUSED):
+            self.room.publish_state()  # still monitoring, the beam held
+        elif plan.verdict is Verdict.WITHIN_TOLERANCE:
             self.room.last_result = {"proposal_id": pid, "outcome": "within_tolerance",
                                      "delta": pose_json(plan.delta)}
             self.room.to(S.DONE, f"proposal {pid} within tolerance: no move", actor.user)

@@ -51,6 +51,12 @@ Estimator = Callable[[KvFrame], TargetEstimate]
 BeamHoldSink = Callable[[bool], Awaitable[None]]
 
 
+class ReleaseDeferred(Exception):
+    """Raised by a beam-hold sink asked to release when the beam must stay held for now
+    (a between-beam correction under way): not a failed write; the beam stays held
+    and the release is asked again on the next tick."""
+
+
 @dataclass(frozen=True, slots=True)
 class FrameRecord:
     """One processed frame, for reports and plots (times: monotonic s)."""
@@ -105,6 +111,7 @@ class IntrafractionMonitor:
         on_tracking_suggestion: Callable[[CouchTrackingSuggestion], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         retry_s: float = 0.05,
+        on_estimate: Callable[[KvFrame, TargetEstimate, Decision], None] | None = None,
     ) -> None:
         ref = np.asarray(reference_position_mm, dtype=float)
         if ref.shape != (3,) or not np.all(np.isfinite(ref)):
@@ -122,11 +129,15 @@ class IntrafractionMonitor:
         self._in_thread = estimate_in_thread
         self.couch_tracking = couch_tracking
         self._on_suggestion = on_tracking_suggestion
+        # Told every frame's estimate and decision once the beam hold is commanded
+        # (between-beam corrections watch a held drift through it).
+        self._on_estimate = on_estimate
         self._clock = clock
         self._retry_s = retry_s
         self._state: BeamHoldMonitor | None = None
         self._sink_state: bool | None = None  # last state the sink acknowledged
         self._write_failing = False
+        self._release_deferred = False
         self._lock = asyncio.Lock()
         self._tracking_total = np.zeros(3)
         self.records: list[FrameRecord] = []
@@ -189,6 +200,11 @@ class IntrafractionMonitor:
             await self._command(decision, frame, dev)
             if decision.changed and decision.hold and decision.cause == "deviation":
                 self._suggest_tracking(dev)
+        if self._on_estimate is not None:
+            try:
+                self._on_estimate(frame, estimate, decision)
+            except Exception:  # a failing observer must never stop the beam hold
+                log.exception("estimate observer failed for frame %d", frame.frame_id)
         return decision
 
     async def tick(self) -> Decision:
@@ -267,6 +283,11 @@ class IntrafractionMonitor:
                 return
             try:
                 await self._sink(hold)
+            except ReleaseDeferred as exc:
+                if not self._release_deferred:
+                    self._audit("beam_release_deferred", self.actor, reason=str(exc))
+                self._release_deferred = True
+                return
             except Exception as exc:  # noqa: BLE001 - any sink failure is audited and retried
                 if not self._write_failing:
                     log.error("beam %s write failed: %s", "hold" if hold else "release", exc)
@@ -275,7 +296,7 @@ class IntrafractionMonitor:
                 self._sink_state = None
                 return
             t_cmd = self._clock()
-            self._write_failing = False
+            self._write_failing = self._release_deferred = False
             self._sink_state = hold
         event = HoldEvent(
             "beam_hold" if hold else "beam_release", decision.cause, decision.reason,

@@ -66,6 +66,39 @@ class MonitoringRun:
     frames_refused: int = 0
     imager_link_losses: int = 0
     ended: str | None = None
+    between: BetweenBeamsState = field(default_factory=lambda: BetweenBeamsState())
+
+
+@dataclass
+class BetweenBeamsState:
+    """A run's correction between beams (daemon/between_beams.py).
+
+    `drift_since`/`window`: the held drift being watched (monotonic acquisition
+    times, marker positions); `episode_done`: this drift already had its proposal
+    (or was found unusable); `correction_id`: the proposal under way; `paused`: it
+    was confirmed, so frames are not used until the couch has moved."""
+
+    drift_since: float | None = None
+    window: list[tuple[float, tuple[tuple[float, float, float], ...]]] = field(
+        default_factory=list)
+    episode_done: bool = False
+    deferred_reason: str | None = None
+    proposing: bool = False
+    correction_id: str | None = None
+    paused: bool = False
+    history: list[JsonObject] = field(default_factory=list)
+
+    def forget_drift(self) -> None:
+        self.drift_since, self.episode_done, self.deferred_reason = None, False, None
+        self.window.clear()
+
+    def view(self) -> JsonObject:
+        return {"correction_id": self.correction_id, "paused": self.paused,
+                "proposing": self.proposing,
+                "drift_held_since_s": None if self.drift_since is None
+                else round(time.monotonic() - self.drift_since, 3),
+                "deferred": self.deferred_reason,
+                "corrections": list(self.history)}
 
 
 async def queued_frames(queue: asyncio.Queue[KvFrame | None]) -> AsyncIterator[KvFrame]:
@@ -178,5 +211,6 @@ def run_view(run: MonitoringRun) -> JsonObject:
             "hold": last.hold,
             "reason": last.reason,
         },
+        "between_beams": run.between.view(),
     }
 

@@ -84,6 +84,9 @@ class MotionFacts:
     imager_arms_parked: bool
     imager_moving: bool
     hold_to_run_fresh: bool
+    # Between beams (a monitoring run alive): the PLC's beam-hold read-back must be True.
+    beam_hold_required: bool = False
+    beam_held: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,8 @@ class MotionGate:
             imaging_tolerance_deg=self._imaging_tol[1],
             couch_state=status.state if status is not None else None,
             couch_fault=status.fault_code if status is not None else "none",
+            beam_hold_required=facts.beam_hold_required,
+            beam_held=facts.beam_held,
         )
         return req
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from daemon.api import Actor, ProposeRequest
 from daemon.imager_link import ImagerListener
 from daemon.jsontypes import JsonMapping, JsonObject
 from drivers.couch import CouchEvent, CouchStatus, TargetEcho
@@ -125,3 +126,11 @@ class AuditPort(Protocol):
 
     @property
     def head(self) -> tuple[int, str]: ...
+
+
+class Proposer(Protocol):
+    """Makes proposals (daemon/correction_workflow.py); between-beam corrections
+    (daemon/between_beams.py) go through it like every other."""
+
+    async def propose(self, actor: Actor, req: ProposeRequest, *,
+                      between_beams: bool = False) -> JsonObject: ...

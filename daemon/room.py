@@ -136,6 +136,10 @@ class Room:
         self._tasks: set[asyncio.Task[object]] = set()
         # Beam-on monitoring's line of the snapshot (set by RoomService).
         self.monitoring_brief: Callable[[], JsonObject | None] = lambda: None
+        # True while a beam-on monitoring run is alive (between beams included): the
+        # MotionGate then moves nothing unless the PLC reports the beam held, and no
+        # other correction may be proposed (daemon/between_beams.py).
+        self.beam_hold_required: Callable[[], bool] = lambda: False
         # Daily QA (daemon/qa_workflow.py, wired by RoomService): why a clinical
         # correction may not be proposed or confirmed now (None: it may), and the
         # snapshot's `qa` line.
@@ -291,6 +295,8 @@ class Room:
             imager_arms_parked=arms_parked,
             imager_moving=arms_moving,
             hold_to_run_fresh=self.hold_fresh(snap),
+            beam_hold_required=self.beam_hold_required(),
+            beam_held=None if snap is None else snap.outputs.get("beam_hold"),
         )
 
     def collision_room(self) -> tuple[PlcSnapshot | None, bool]:

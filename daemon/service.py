@@ -103,7 +103,8 @@ class RoomService:
         # commit); None where the audit log and store sync each write themselves.
         self.motion = MotionSupervisor(self.room, arms, barrier)
         self.corrections = CorrectionWorkflow(self.room)
-        self.monitoring = BeamMonitoring(self.room)
+        self.monitoring = BeamMonitoring(self.room, self.corrections)
+        self.room.beam_hold_required = self.monitoring.beam_hold_required
         self.service_mode = ServiceMode(self.room, self.motion.gate)
         self.arms_control = ArmsControl(self.room, self.motion.gate)
         dicom = config.dicom

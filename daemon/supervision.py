@@ -382,8 +382,8 @@ class MotionSupervisor:
                 snap = self.room.plc.snapshot()
             if self.room.plc.open_interlocks(snap) or not self.room.plc.motion_enable_pressed(snap):
                 self.room.stop_couch_now()
-        elif self.room.workflow.state == S.MONITORING:
-            self.monitoring_plc_check()
+        elif self.room.workflow.state == S.MONITORING or self.room.beam_hold_required():
+            self.monitoring_plc_check()  # between beams too: the beam must stay held
         # Then record the change (after any STOP went out).
         if snap is not None:
             view: JsonObject = {"link_ok": snap.link_ok, "link_reason": snap.link_reason,

@@ -16,6 +16,11 @@ STOPPED or FAULT, from which only an explicit reset leads back.
     STANDBY | READY | DONE --enter_service--> SERVICE --exit_service--> STANDBY
     READY | DONE --monitor_start--> MONITORING --monitor_stop--> READY | DONE
     MONITORING --room PLC link lost--> FAULT
+    MONITORING --target drifted and stayed off--> PROPOSED (a between-beam correction,
+          beam held; daemon/between_beams.py) --target back--> MONITORING
+    PROPOSED | AWAITING_APPROVAL --drift withdrawn--> MONITORING
+    ... CONFIRMED --> MOVING --> VERIFYING --> DONE --> MONITORING (resumes, beam held
+          until the target is seen in tolerance again)
     any state but FAULT --uncommanded couch motion--> FAULT (issue 11: a runaway
           latches; MOVING --implausible reported position--> FAULT likewise)
 MONITORING is beam-on with intrafraction imaging: no couch or imager-arm
@@ -59,21 +64,21 @@ TRANSITIONS: dict[RoomState, frozenset[RoomState]] = {
     S.READY: frozenset({S.PROPOSED, S.STANDBY, S.OFFLINE, S.FAULT, S.DONE, S.SERVICE,
                         S.MONITORING}),
     S.PROPOSED: frozenset({S.PROPOSED, S.AWAITING_APPROVAL, S.CONFIRMED, S.READY, S.DONE,
-                           S.STANDBY, S.OFFLINE, S.FAULT}),
+                           S.STANDBY, S.OFFLINE, S.FAULT, S.MONITORING}),
     # STOPPED too: a STOP while a confirmation awaits its second approval spends that
     # confirmation and latches like a STOP in CONFIRMED (without it the room stayed
     # AWAITING_APPROVAL with a proposal no longer awaiting anything: stuck).
     S.AWAITING_APPROVAL: frozenset({S.CONFIRMED, S.PROPOSED, S.READY, S.STANDBY, S.OFFLINE,
-                                    S.FAULT, S.STOPPED}),
+                                    S.FAULT, S.STOPPED, S.MONITORING}),
     S.CONFIRMED: frozenset({S.MOVING, S.PROPOSED, S.READY, S.STANDBY, S.OFFLINE, S.FAULT,
                             S.STOPPED}),
     S.MOVING: frozenset({S.VERIFYING, S.STOPPED, S.FAULT, S.OFFLINE}),
     S.VERIFYING: frozenset({S.DONE, S.FAULT, S.STOPPED, S.OFFLINE}),
     S.DONE: frozenset({S.PROPOSED, S.READY, S.STANDBY, S.OFFLINE, S.FAULT, S.DONE, S.SERVICE,
                        S.MONITORING}),
-    # Only monitor_stop or a fault leave beam-on monitoring (not a couch link change:
-    # the couch is not used while the beam is on).
-    S.MONITORING: frozenset({S.READY, S.DONE, S.FAULT}),
+    # Only monitor_stop, a fault or a between-beam correction (beam held) leave beam-on
+    # monitoring (not a couch link change: the couch is not used while the beam is on).
+    S.MONITORING: frozenset({S.READY, S.DONE, S.FAULT, S.PROPOSED}),
     S.SERVICE: frozenset({S.STANDBY, S.FAULT, S.OFFLINE}),
     S.STOPPED: frozenset({S.READY, S.FAULT, S.OFFLINE, S.STANDBY}),
     S.FAULT: frozenset({S.READY, S.STANDBY, S.OFFLINE}),

@@ -26,6 +26,10 @@ Rules:
   heartbeat watchdog tripped while the room was idle, say), MOVING or
   STOPPING it would NAK the TARGET bad_state: nothing is sent, and the
   reason names the state (docs/protocols/couch-serial.md).
+* between beams (beam-on monitoring running, a correction under way) the
+  couch moves only while the room PLC reports its beam-hold output asserted:
+  a value it has not reported, or a released hold, refuses every motion
+  (issue 17, item 8).
 """
 
 from __future__ import annotations
@@ -102,6 +106,10 @@ class MotionRequest:
     # status yet, or not given; a correction move is then refused).
     couch_state: str | None = None
     couch_fault: str = "none"
+    # Between beams: the beam-hold output as the room PLC reads it back (None: not
+    # reported) must be True for anything to move.
+    beam_hold_required: bool = False
+    beam_held: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +165,11 @@ def authorize_motion(req: MotionRequest) -> MotionDecision:
 
     if not req.hold_to_run_fresh:
         reasons.append("hold-to-run enable not held or stale")
+
+    if req.beam_hold_required and req.beam_held is not True:
+        read = "not reported" if req.beam_held is None else "released"
+        reasons.append(f"beam not confirmed held: the room PLC's beam-hold output is {read}; "
+                       "between beams nothing moves unless the PLC reports the beam held")
 
     if couch:
         if not req.imager_arms_parked:

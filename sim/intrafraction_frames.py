@@ -97,14 +97,20 @@ class KvFrameRenderer:
         coarse = _box_blur(coarse, max(3, int(8 / g.pixel_mm) | 1)) * 0.4
         return body + spine + ribs + coarse * (chord[None, :] > 0)
 
-    def render(self, displacement_mm: Sequence[float] | np.ndarray, marker_visible: bool = True
-               ) -> tuple[np.ndarray, ...]:
+    def render(self, displacement_mm: Sequence[float] | np.ndarray, marker_visible: bool = True,
+               transform: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """One frame per view. The markers are moved by `transform` (a 4x4 room-frame map:
+        the patient turned, or carried by the couch), then by `displacement_mm`."""
         d = np.asarray(displacement_mm, dtype=float).reshape(3)
+        markers = self.markers
+        if transform is not None:
+            h = np.asarray(transform, dtype=float)
+            markers = markers @ h[:3, :3].T + h[:3, 3]
         out = []
         for g, bg, sig in zip(self.geometries, self.backgrounds, self.sigmas):
             img = bg + self.rng.standard_normal(bg.shape, dtype=np.float32) * sig
             if marker_visible:
-                for m in self.markers:
+                for m in markers:
                     self._draw_marker(img, g, m + d)
             out.append(img)
         return tuple(out)

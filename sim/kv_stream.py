@@ -71,6 +71,10 @@ class SimKvImager:
         self._rng = np.random.default_rng(seed)
         self.displacement: tuple[float, float, float] = (0.0, 0.0, 0.0)
         self.marker_visible = True
+        # The room-frame map of the markers, asked at every frame (None: identity): a
+        # test makes it follow the simulated couch, so a couch correction moves what
+        # the frames show (issue 17, correction between beams).
+        self.scene: Callable[[], np.ndarray] | None = None
         self.clock_offset_s = 0.0
         self.stamp_age_s = 0.0
         self.sent: list[FrameTruth] = []
@@ -135,8 +139,11 @@ class SimKvImager:
         """Render and send one frame now (outside or during acquisition)."""
         d = np.asarray(self.displacement if displacement is None else displacement, dtype=float)
         vis = self.marker_visible if visible is None else visible
-        images = await asyncio.to_thread(self.renderer.render, d, vis)
+        images = await asyncio.to_thread(self.renderer.render, d, vis, self._scene())
         return await self._send(images, d, vis, t_rel)
+
+    def _scene(self) -> np.ndarray | None:
+        return None if self.scene is None else np.asarray(self.scene(), dtype=float)
 
     # ------------------------------------------------------------ internals
     async def _send(self, images: tuple[np.ndarray, ...], d: np.ndarray, visible: bool,
@@ -210,7 +217,7 @@ class SimKvImager:
                     d = np.asarray(self.displacement, dtype=float)
                     visible = self.marker_visible
                 # Rendered ahead of its due time: the render is not part of the latency.
-                images = await asyncio.to_thread(self.renderer.render, d, visible)
+                images = await asyncio.to_thread(self.renderer.render, d, visible, self._scene())
                 delay = t0 + t_rel - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -219,7 +226,8 @@ class SimKvImager:
                 if changed:
                     d = np.asarray(self.displacement, dtype=float)
                     visible = self.marker_visible
-                    images = await asyncio.to_thread(self.renderer.render, d, visible)
+                    images = await asyncio.to_thread(self.renderer.render, d, visible,
+                                                     self._scene())
                 await self._send(images, d, visible, t_rel)
         except (ConnectionError, OSError) as exc:
             log.warning("simulated kV imager: stream ended: %s", exc)

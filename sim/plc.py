@@ -252,6 +252,15 @@ class SimRoomPlc(PlcFaultInjection):
     def coils(self) -> dict[str, bool]:
         return dict(self._coils)
 
+    def force_coil(self, name: str, value: bool) -> None:
+        """Change an output from the PLC's side (its own logic, a key switch at the
+        linac): hosts see it in the read-back, not as anything they wrote."""
+        if name not in self._coils:
+            raise ValueError(f"unknown coil {name!r}")
+        if self._coils[name] != value:
+            self._coils[name] = value
+            self.coil_changes.append((time.monotonic(), name, value))
+
     def arm_position_pct(self, arm: str) -> float:
         return self._arms[arm].position * 100.0
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from daemon.monitoring import IntrafractionMonitor
+from daemon.monitoring import IntrafractionMonitor, ReleaseDeferred
 from imaging.tracking import KvFrame, TargetEstimate
 from safety.beam_hold import BeamHoldPolicy, CouchTrackingLimits, CouchTrackingSuggestion
 
@@ -203,3 +203,46 @@ async def test_feed_before_start_is_refused() -> None:
     m = IntrafractionMonitor(position_estimate, tl.set_beam_hold, BeamHoldPolicy(), tl.audit, REF)
     with pytest.raises(RuntimeError, match="not started"):
         await m.feed(frame_at(0.0, IN))
+
+
+async def test_a_deferred_release_keeps_the_beam_held_and_is_asked_again_on_each_tick() -> None:
+    """A sink that may not release yet (a between-beam correction under way) is not a
+    failed write: the beam stays held, one audit line says why, the release is retried."""
+    tl, clock = Timeline(), VirtualClock()
+    allowed = False
+
+    async def sink(hold: bool) -> None:
+        if not hold and not allowed:
+            raise ReleaseDeferred("between-beam correction under way")
+        await tl.set_beam_hold(hold)
+
+    m = IntrafractionMonitor(position_estimate, sink, BeamHoldPolicy(), tl.audit, REF,
+                             estimate_in_thread=False, clock=clock)
+    m.start(0.0)
+    await feed_seq(m, clock, [(0.1, IN), (0.2, OUT), (0.3, OUT), (0.4, IN), (0.6, IN), (0.7, IN),
+                              (0.8, IN)])
+    assert tl.sink_writes() == [True] and m.beam_hold_acknowledged is True
+    assert tl.events().count("beam_release_deferred") == 1
+    assert "beam_hold_write_failed" not in tl.events()
+    allowed = True
+    await m.tick()
+    assert tl.sink_writes() == [True, False] and m.beam_hold_acknowledged is False
+
+
+async def test_every_estimate_and_decision_is_told_to_the_observer() -> None:
+    tl, clock = Timeline(), VirtualClock()
+    seen: list[tuple[int, bool, bool]] = []
+    m = make(tl, clock, on_estimate=lambda f, e, d: seen.append((f.frame_id, e.valid, d.hold)))
+    await feed_seq(m, clock, [(0.1, IN), (0.2, OUT), (0.3, OUT), (0.4, None)])
+    assert seen == [(0, True, False), (1, True, False), (2, True, True), (3, False, True)]
+
+
+async def test_a_failing_observer_never_stops_the_beam_hold() -> None:
+    tl, clock = Timeline(), VirtualClock()
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("observer bug")
+
+    m = make(tl, clock, on_estimate=broken)
+    await feed_seq(m, clock, [(0.1, IN), (0.2, OUT), (0.3, OUT)])
+    assert tl.sink_writes() == [True]

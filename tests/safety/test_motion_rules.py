@@ -288,3 +288,19 @@ def test_allowed_implies_every_precondition_holds(req: MotionRequest) -> None:
 def test_any_single_fault_refuses_an_otherwise_safe_move(fault, target) -> None:
     assert authorize_motion(replace(MOVE, target=target)).allowed
     assert not authorize_motion(replace(MOVE, **{"target": target, **fault})).allowed
+
+
+def test_between_beams_the_couch_moves_with_the_beam_held_by_the_plc() -> None:
+    assert authorize_motion(replace(MOVE, beam_hold_required=True, beam_held=True)).allowed
+
+
+@pytest.mark.parametrize(("held", "read"), [(False, "released"), (None, "not reported")])
+def test_between_beams_a_beam_not_confirmed_held_refuses_the_move(held: bool | None,
+                                                                   read: str) -> None:
+    d = authorize_motion(replace(MOVE, beam_hold_required=True, beam_held=held))
+    assert not d.allowed
+    assert any(f"beam-hold output is {read}" in r for r in d.reasons)
+
+
+def test_outside_monitoring_the_beam_hold_output_does_not_matter() -> None:
+    assert authorize_motion(replace(MOVE, beam_hold_required=False, beam_held=False)).allowed

@@ -1,0 +1,183 @@
+"""Correction between beams (issue 17, items 7-9; docs/intrafraction-monitoring.md).
+
+Beam-on monitoring holds the beam when the target drifts beyond tolerance. When
+the drift stays held longer than `monitoring.correction_after_s`, igrtd
+proposes a couch correction from the tracked markers, with the beam held:
+
+* the last `correction_window_s` of the held drift's frames are averaged and
+  must have settled (safety.drift_correction: translation from one or two
+  markers, rotation too from three or more);
+* the drift becomes a registration of the open session and goes through
+  `CorrectionWorkflow.propose` like any other (binding, planner, limits,
+  verdict tiers, collision path, daily-QA gate, audit). MONITORING -> PROPOSED;
+  a refused or within-tolerance one leaves the room monitoring, beam held;
+* the frames go on being judged while the proposal waits for its
+  confirmation and approval. A target back within tolerance long enough to
+  release the beam withdraws the proposal first (PROPOSED or
+  AWAITING_APPROVAL -> MONITORING), then releases;
+* confirmed, frames are no longer used (the couch is about to move the
+  target); the beam cannot be released, and the MotionGate moves the couch
+  only while the room PLC reports the beam held (safety.motion);
+* after the move is verified (DONE), monitoring resumes (-> MONITORING) on the
+  same planned target, in a new segment that starts held: the beam is
+  released only after a fresh in-tolerance run;
+* leaving that path any other way (STOP, fault, interlock, reset) ends the
+  monitoring run with the beam held.
+
+One proposal per held drift: a refused one is not retried until the target
+has been seen within tolerance again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from daemon.api import Actor, Binding, CommandError, ProposeRequest, Role
+from daemon.monitoring import ReleaseDeferred
+from daemon.monitoring_run import MonitoringRun
+from daemon.ports import Proposer
+from daemon.room import Room
+from daemon.workflow import RoomState
+from imaging.tracking import KvFrame, TargetEstimate
+from safety.beam_hold import Decision
+from safety.drift_correction import drift_correction
+
+log = logging.getLogger("igrt.room")
+
+S = RoomState
+
+BETWEEN_BEAMS_SOURCE = "between_beams"
+# igrtd itself proposes; people confirm and approve it.
+MONITOR_ACTOR = Actor(user="monitor", role=Role.THERAPIST, via="igrtd")
+# States in which a pending correction may still be withdrawn (not yet confirmed).
+WITHDRAWABLE = frozenset({S.PROPOSED, S.AWAITING_APPROVAL})
+# Confirmed: the couch is about to move the target; frames are not used.
+PAUSED_STATES = frozenset({S.CONFIRMED, S.MOVING, S.VERIFYING})
+
+
+class ReleaseRefused(ReleaseDeferred):
+    """The beam may not be released now (daemon.monitoring keeps it held and retries)."""
+
+
+class BetweenBeams:
+    def __init__(self, room: Room, proposer: Proposer | None = None) -> None:
+        self.room = room
+        self.proposer = proposer
+
+    @property
+    def enabled(self) -> bool:
+        cfg = self.room.config.monitoring
+        return cfg is not None and cfg.correction_after_s is not None and \
+            self.proposer is not None
+
+    # -- every frame (IntrafractionMonitor's on_estimate) ------------------
+    def observe(self, run: MonitoringRun, frame: KvFrame, estimate: TargetEstimate,
+                decision: Decision) -> None:
+        cfg = self.room.config.monitoring
+        b = run.between
+        if cfg is None or cfg.correction_after_s is None or not self.enabled:
+            return
+        if b.correction_id is not None or b.proposing or b.paused or not run.active:
+            return
+        if self.room.workflow.state != S.MONITORING:
+            return
+        pos = estimate.position_mm
+        beyond = pos is not None and decision.hold and run.policy.exceeds(
+            [float(pos[i]) - run.target_mm[i] for i in range(3)]) is not None
+        if not beyond or not estimate.markers_mm:
+            b.forget_drift()  # back in tolerance, or no estimate: a new drift starts afresh
+            return
+        if b.episode_done:
+            return
+        t = frame.t_acquired
+        if b.drift_since is None:
+            b.drift_since = t
+        b.window.append((t, estimate.markers_mm))
+        while b.window and b.window[0][0] < t - cfg.correction_window_s:
+            b.window.pop(0)
+        if t - b.drift_since < cfg.correction_after_s:
+            return
+        session = self.room.session
+        if session is None:
+            return
+        try:
+            dc = drift_correction(run.markers_mm, run.target_mm, [m for _, m in b.window],
+                                  session.iso, session.patient_position,
+                                  max_spread_mm=cfg.correction_max_spread_mm)
+        except ValueError as exc:
+            if b.deferred_reason is None:  # audited once per drift, then waited out
+                self.room.audit("between_beams", MONITOR_ACTOR.user, action="deferred",
+                                reason=str(exc))
+            b.deferred_reason = str(exc)
+            return
+        b.episode_done, b.proposing, b.deferred_reason = True, True, None
+        acquired_at = time.time() - (time.monotonic() - t)
+        self.room.spawn(self._propose(run, dc.view(), dc.matrix.tolist(), acquired_at))
+
+    async def _propose(self, run: MonitoringRun, drift: dict[str, object],
+                       matrix: list[list[float]], acquired_at: float) -> None:
+        b = run.between
+        try:
+            session = self.room.session
+            if session is None or self.proposer is None:
+                return
+            uid = f"kv-drift-{int(run.started_at)}-{len(b.history) + 1}"
+            req = ProposeRequest(
+                matrix=matrix, iso=session.iso, patient_position=session.patient_position,
+                binding=Binding(patient_id=session.patient_id, plan_uid=session.plan_uid,
+                                frame_of_reference_uid=session.frame_of_reference_uid,
+                                imaging_session_uid=uid, acquired_at=acquired_at),
+                source=BETWEEN_BEAMS_SOURCE)
+            self.room.audit("between_beams", MONITOR_ACTOR.user, action="propose", drift=drift,
+                            imaging_session_uid=uid)
+            entry: dict[str, object] = {"imaging_session_uid": uid, "drift": drift}
+            try:
+                reply = await self.proposer.propose(MONITOR_ACTOR, req, between_beams=True)
+            except CommandError as exc:
+                entry.update(outcome="refused", reason=str(exc))
+            else:
+                pid = str(reply.get("id"))
+                entry.update(proposal_id=pid, verdict=reply.get("verdict"),
+                             outcome=str(reply.get("status")))
+                current = self.room.current
+                if run.active and current is not None and current.id == pid and \
+                        self.room.workflow.state == S.PROPOSED:
+                    b.correction_id = pid
+                    entry["outcome"] = "proposed"
+            b.history.append(entry)  # type: ignore[arg-type]  # JSON values only
+            if entry["outcome"] != "proposed":
+                self.room.audit("between_beams", MONITOR_ACTOR.user, action="not_proposed",
+                                **{k: v for k, v in entry.items() if k != "drift"})
+        except Exception:  # a bug here leaves the beam held and the room monitoring
+            log.exception("between-beam proposal failed")
+        finally:
+            b.proposing = False
+
+    # -- the monitor wants to release the beam ------------------------------
+    def before_release(self, run: MonitoringRun) -> None:
+        """Withdraw a correction that is no longer needed; ReleaseRefused while the
+        release must wait (a proposal being made, or a confirmed correction)."""
+        b = run.between
+        if b.proposing:
+            raise ReleaseRefused("a between-beam correction is being proposed")
+        pid = b.correction_id
+        if pid is None:
+            return
+        state = self.room.workflow.state
+        current = self.room.current
+        if state in WITHDRAWABLE and current is not None and current.id == pid:
+            reason = "target back within tolerance before the correction was confirmed"
+            self.room.supersede_current(f"withdrawn: {reason}")
+            b.correction_id = None
+            b.forget_drift()
+            for entry in b.history:
+                if entry.get("proposal_id") == pid:
+                    entry["outcome"] = "withdrawn"
+            self.room.audit("between_beams", MONITOR_ACTOR.user, action="withdrawn",
+                            proposal_id=pid, reason=reason)
+            self.room.to(S.MONITORING, f"between-beam correction {pid} withdrawn: {reason}",
+                         MONITOR_ACTOR.user)
+            return
+        raise ReleaseRefused(f"between-beam correction {pid} is under way (room {state}): the "
+                             "beam stays held until the couch has moved")
