@@ -243,22 +243,37 @@ class MotionGate:
         collision = self._collision(ticket.proposal_id, first.current, ticket.target)
         if collision:
             self._refuse("couch_move", ticket, collision)
-        # Claim before sending anything: a crash from here on never re-sends.
-        if not self._store.claim_move(ticket.confirmation_id, ticket.proposal_id,
-                                      ticket.target.as_dict()):
-            self._refuse("couch_move", ticket,
-                         [(f"confirmation {ticket.confirmation_id} was already executed; "
-                           "a confirmed correction applies at most once")])
         self._audit("command", ticket.user, command="couch_target",
                     confirmation_id=ticket.confirmation_id, proposal_id=ticket.proposal_id,
                     target=ticket.target.as_dict(), validity_ms=self._validity_ms)
+        sent_at = time.monotonic()
+        try:
+            target_sent = self._couch.start_target(ticket.target, self._validity_ms)
+        except Exception as exc:  # the port went away: nothing was sent, nothing claimed
+            self._audit("fault", ticket.user, what="couch_move", error=str(exc),
+                        confirmation_id=ticket.confirmation_id)
+            raise MotionRefused([f"couch did not accept the move: {exc}"]) from exc
+        # The apply-once claim, made while TARGET and its echo are on the wire (issue 13,
+        # item 6): TARGET moves nothing (the controller only arms it, for validity_ms),
+        # GO is what moves, and GO waits below until the claim is durable. A crash
+        # before that leaves at most an armed target that expires: never a second move.
+        try:
+            claimed = self._store.claim_move(ticket.confirmation_id, ticket.proposal_id,
+                                             ticket.target.as_dict())
+        except BaseException:
+            target_sent.cancel()  # no GO will follow: the armed target expires
+            raise
+        if not claimed:
+            target_sent.cancel()
+            self._refuse("couch_move", ticket,
+                         [(f"confirmation {ticket.confirmation_id} was already executed; "
+                           "a confirmed correction applies at most once")])
         # The claim and every record so far become durable while TARGET and its echo
         # are on the wire; GO waits for them (daemon/group_commit.py).
         durable = asyncio.ensure_future(self._barrier())
         go_written = False
         try:
-            sent_at = time.monotonic()
-            echo = await self._couch.send_target(ticket.target, self._validity_ms)
+            echo = await target_sent
             mismatch = [
                 f"{a} echoed {echo.target.get(a):.3f} {UNITS[a]} vs confirmed "
                 f"{ticket.target.get(a):.3f} {UNITS[a]}"

@@ -15,6 +15,7 @@ are here too, but only daemon/motion_gate.py calls them (a test scans for it).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
@@ -42,6 +43,11 @@ class CouchPort(Protocol):
         ...
 
     async def send_target(self, pose: Pose, validity_ms: int) -> TargetEcho: ...
+
+    def start_target(self, pose: Pose, validity_ms: int) -> asyncio.Future[TargetEcho]:
+        """TARGET written in this event-loop step; the future gives its echo."""
+        ...
+
     async def go(self, echo_id: int) -> None: ...
     async def jog(self, axis: str, velocity: float, duration_ms: int) -> None: ...
     async def stop(self) -> None: ...

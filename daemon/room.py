@@ -116,6 +116,8 @@ class Room:
         self.hold = HoldToRun()
         self.state_listeners: list[Callable[[JsonObject], None]] = []
         self._publish_after_step = AfterThisStep(self._publish_state_now)
+        self._transition_lines: list[tuple[str, str, str]] = []
+        self._log_after_step = AfterThisStep(self._log_transitions)
         # Held while a command that may start motion runs (daemon/publications.py).
         self.publications = PublicationHold(self._tell_event_listeners,
                                             self._publish_after_step)
@@ -193,7 +195,11 @@ class Room:
         if self.workflow.state == new and new not in (S.PROPOSED, S.DONE):
             return
         old = self.workflow.to(new, reason)
-        log.info("state %s -> %s (%s)", old, new, reason)
+        # Logged once this step is done: formatting and writing a log line on the way
+        # to a GO (CONFIRMED, MOVING) cost more than the transition itself (issue 13,
+        # item 6); the audit record below is the one that counts, and is written now.
+        self._transition_lines.append((str(old), str(new), reason))
+        self._log_after_step()
         if self.plc is not None:
             self.plc.on_room_state(str(new))
         for cb in list(self.transition_listeners):
@@ -206,6 +212,11 @@ class Room:
         # Every transition goes through here: the supervision loops re-evaluate at
         # once (e.g. take up their motion-time cadence on CONFIRMED or MOVING).
         self.wake.set()
+
+    def _log_transitions(self) -> None:
+        lines, self._transition_lines = self._transition_lines, []
+        for old, new, reason in lines:
+            log.info("state %s -> %s (%s)", old, new, reason)
 
     def publish_state(self) -> None:
         """Publish the state snapshot once the current event-loop step is done.

@@ -42,6 +42,12 @@ SCHEMA_VERSION = 1
 # What the store binds into its SQL: ids, times, states and JSON text.
 _SqlParam: TypeAlias = "str | int | float | None"
 
+# Is there already a move of this confirmation, or a completed or in-flight one of its
+# proposal? (claim_move; by primary key and by moves_by_proposal.)
+CLAIM_CLASH_QUERY = (
+    "SELECT 1 FROM moves WHERE confirmation_id = ? OR (proposal_id = ? AND "
+    "state IN ('completed', 'sending', 'sent')) LIMIT 1")
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS proposals (
     id          TEXT PRIMARY KEY,
@@ -72,6 +78,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_completed_move_per_proposal
 CREATE UNIQUE INDEX IF NOT EXISTS one_move_in_flight_per_proposal
     ON moves (proposal_id) WHERE state IN ('sending', 'sent');
 CREATE INDEX IF NOT EXISTS moves_by_state ON moves (state);
+-- claim_move asks for a proposal's moves in given states on the way to every GO: by
+-- this index a lookup, not a walk over every completed move the room ever made (the
+-- claim took 0.1 ms more for each thousand moves stored).
+CREATE INDEX IF NOT EXISTS moves_by_proposal ON moves (proposal_id, state);
 CREATE TABLE IF NOT EXISTS jti (
     jti TEXT PRIMARY KEY,
     exp REAL NOT NULL
@@ -299,11 +309,8 @@ class CorrectionStore:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    clash = self._db.execute(
-                        "SELECT 1 FROM moves WHERE confirmation_id = ? OR (proposal_id = ? AND "
-                        "state IN ('completed', 'sending', 'sent')) LIMIT 1",
-                        (confirmation_id, proposal_id),
-                    ).fetchone()
+                    clash = self._db.execute(CLAIM_CLASH_QUERY,
+                                             (confirmation_id, proposal_id)).fetchone()
                     if clash:
                         self._db.execute("ROLLBACK")
                         return False

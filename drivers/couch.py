@@ -196,10 +196,21 @@ class CouchClient:
 
     async def send_target(self, pose: Pose, validity_ms: int) -> TargetEcho:
         """TARGET -> TARGET_ECHO. Never retransmitted; compare the echo before GO."""
+        return await self.start_target(pose, validity_ms)
+
+    def start_target(self, pose: Pose, validity_ms: int) -> asyncio.Future[TargetEcho]:
+        """`send_target` with TARGET written now, in the caller's event-loop step; the
+        future gives the echo. The caller may work while TARGET is on the wire (the
+        MotionGate makes its apply-once claim then); cancelling it drops the echo, and
+        the target the controller armed expires after `validity_ms` without a GO."""
         if not isinstance(validity_ms, int) or not 1 <= validity_ms <= 0xFFFF:
             raise ValueError(f"validity {validity_ms!r} ms is outside 1..65535 ms")
-        echo: TargetEcho = await self._request(cp.Target(pose_to_wire(pose), validity_ms))
-        return echo
+        msg = cp.Target(pose_to_wire(pose), validity_ms)
+        seq, fut = self._send(msg)
+        task = asyncio.ensure_future(self._reply(msg, seq, fut))
+        # Cancelled before it ran, `_reply` would never clear its sequence number.
+        task.add_done_callback(lambda _: self._pending.pop(seq, None))
+        return task
 
     async def go(self, echo_id: int) -> None:
         """GO naming an echo. Never retransmitted. CouchRefused if NAKed."""
@@ -282,11 +293,23 @@ class CouchClient:
             log.exception("couch frame tap failed")
 
     async def _request(self, msg: cp.Message) -> Any:
+        seq, fut = self._send(msg)
+        return await self._reply(msg, seq, fut)
+
+    def _send(self, msg: cp.Message) -> tuple[int, asyncio.Future[Any]]:
+        """Write `msg` now under a fresh sequence number; the future takes its reply."""
         seq = self._next_seq()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[seq] = _Pending(msg.TYPE, fut)
         try:
             self._write(cp.encode(seq, msg))
+        except BaseException:
+            self._pending.pop(seq, None)
+            raise
+        return seq, fut
+
+    async def _reply(self, msg: cp.Message, seq: int, fut: asyncio.Future[Any]) -> Any:
+        try:
             async with asyncio.timeout(self.reply_timeout_s):
                 return await fut
         except TimeoutError:

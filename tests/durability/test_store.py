@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.store import JTI_LEEWAY_S, CorrectionStore, StoreError
+from daemon.store import CLAIM_CLASH_QUERY, JTI_LEEWAY_S, CorrectionStore, StoreError
 
 TARGET = {"lat_mm": 1.0, "lng_mm": -2.0, "vrt_mm": 0.5}
 
@@ -76,6 +76,29 @@ def test_stopped_move_allows_a_fresh_confirmation_of_the_proposal(store: Correct
     assert store.claim_move("c1", "p1", TARGET)
     store.finish_move("c1", "stopped", {"by": "hold released"})
     assert store.claim_move("c2", "p1", TARGET)
+
+
+def test_the_claim_looks_moves_up_by_index_however_many_the_room_has_made(
+        store: CorrectionStore, db_path: Path) -> None:
+    """On the way to every GO: by the proposal's index, not a walk over every completed
+    move (the claim took 0.1 ms more per thousand moves stored before)."""
+    plan = [tuple(r)[-1] for r in store._db.execute(f"EXPLAIN QUERY PLAN {CLAIM_CLASH_QUERY}",
+                                                    ("c1", "p1"))]
+    assert any("moves_by_proposal" in step for step in plan), plan
+    assert not any(step.startswith("SCAN") or "moves_by_state" in step for step in plan), plan
+
+
+def test_an_existing_state_store_gets_the_index_when_opened(db_path: Path) -> None:
+    s = CorrectionStore(db_path)
+    s._db.execute("DROP INDEX moves_by_proposal")
+    s.close()
+    again = CorrectionStore(db_path)
+    try:
+        names = {r[0] for r in again._db.execute("SELECT name FROM sqlite_master WHERE "
+                                                  "type = 'index'")}
+        assert "moves_by_proposal" in names
+    finally:
+        again.close()
 
 
 def test_refused_claim_writes_nothing(store: CorrectionStore) -> None:

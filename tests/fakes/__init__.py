@@ -11,6 +11,7 @@ test can check the order of what happened (STOP before the audit record).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -88,9 +89,14 @@ class FakeCouch:
         self.pose, self.state = pose, "IDLE"
 
     async def send_target(self, pose: Pose, validity_ms: int) -> TargetEcho:
+        return await self.start_target(pose, validity_ms)
+
+    def start_target(self, pose: Pose, validity_ms: int) -> asyncio.Future[TargetEcho]:
         self._echo += 1
         self.journal.add("TARGET", pose)
-        return TargetEcho(self._echo, pose, validity_ms, time.monotonic())
+        done: asyncio.Future[TargetEcho] = asyncio.get_running_loop().create_future()
+        done.set_result(TargetEcho(self._echo, pose, validity_ms, time.monotonic()))
+        return done
 
     async def go(self, echo_id: int) -> None:
         self.journal.add("GO", echo_id)

@@ -7,6 +7,7 @@ a held confirmation is spent."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -75,11 +76,14 @@ async def test_a_controller_that_left_a_target_unanswered_is_read_and_its_fault_
     pid = await propose(room, SMALL)
     await room.service.confirm(ALICE, pid)
 
-    async def silent(pose: object, validity_ms: int) -> object:
+    def silent(pose: object, validity_ms: int) -> asyncio.Future[object]:
         room.couch.state, room.couch.fault_code = "FAULT", "heartbeat_lost"
-        raise CouchTimeout("couch controller did not answer TARGET within 250 ms")
+        unanswered: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        unanswered.set_exception(
+            CouchTimeout("couch controller did not answer TARGET within 250 ms"))
+        return unanswered
 
-    room.couch.send_target = silent  # type: ignore[method-assign,assignment]
+    room.couch.start_target = silent  # type: ignore[method-assign,assignment]
     with pytest.raises(CommandError, match="did not answer TARGET"):
         await room.service.hold(ALICE, pid)
     await until(lambda: str(room.service.workflow.state) == "FAULT")
