@@ -131,6 +131,10 @@ class BeamMonitoring:
                                                           name="monitoring")
         return self.view()
 
+    def correction_refusal(self) -> str | None:
+        """For the MotionGate: why a correction between beams may not move now."""
+        return self.between.refusal(self._mon)
+
     def beam_hold_required(self) -> bool:
         """A monitoring run is alive: between beams nothing moves unless the PLC reports
         the beam held (safety.motion)."""
@@ -439,6 +443,8 @@ class BeamMonitoring:
                 if run.frames is not None:
                     run.frames.put_nowait(None)
                 run.wake.set()
+        elif state == S.CONFIRMED:
+            pass  # frames go on; the MotionGate asks whether the correction still fits
         elif state == S.DONE:
             # After the transition to DONE has been told to everyone: resume then.
             asyncio.get_running_loop().call_soon(self._resume, run)
@@ -455,9 +461,8 @@ class BeamMonitoring:
             self._end_held(run, f"between-beam correction {pid}: room {self.room.workflow.state} "
                            "instead of DONE after the move", fault=False)
             return
-        b.correction_id = None
+        b.correction_done()
         b.paused = False
-        b.forget_drift()
         for entry in b.history:
             if entry.get("proposal_id") == pid:
                 entry["outcome"] = "applied"

@@ -52,8 +52,12 @@ BETWEEN_BEAMS_SOURCE = "between_beams"
 MONITOR_ACTOR = Actor(user="monitor", role=Role.THERAPIST, via="igrtd")
 # States in which a pending correction may still be withdrawn (not yet confirmed).
 WITHDRAWABLE = frozenset({S.PROPOSED, S.AWAITING_APPROVAL})
-# Confirmed: the couch is about to move the target; frames are not used.
-PAUSED_STATES = frozenset({S.CONFIRMED, S.MOVING, S.VERIFYING})
+# The couch moves the target: frames are not used. (In CONFIRMED they still are: the
+# MotionGate asks `refusal()` whether the correction still fits what they show.)
+PAUSED_STATES = frozenset({S.MOVING, S.VERIFYING})
+# A correction needs this many estimates since its proposal before they can say the
+# target moved (one noisy estimate must not withdraw it).
+MIN_ESTIMATES_TO_JUDGE = 3
 
 
 class ReleaseRefused(ReleaseDeferred):
@@ -78,9 +82,12 @@ class BetweenBeams:
         b = run.between
         if cfg is None or cfg.correction_after_s is None or not self.enabled:
             return
-        if b.correction_id is not None or b.proposing or b.paused or not run.active:
+        if b.paused or not run.active:
             return
-        if self.room.workflow.state != S.MONITORING:
+        if b.correction_id is not None:
+            self._watch_pending(run, frame.t_acquired, estimate)
+            return
+        if b.proposing or self.room.workflow.state != S.MONITORING:
             return
         pos = estimate.position_mm
         beyond = pos is not None and decision.hold and run.policy.exceeds(
@@ -113,10 +120,52 @@ class BetweenBeams:
             return
         b.episode_done, b.proposing, b.deferred_reason = True, True, None
         acquired_at = time.time() - (time.monotonic() - t)
-        self.room.spawn(self._propose(run, dc.view(), dc.matrix.tolist(), acquired_at))
+        seen = (run.target_mm[0] + dc.translation_mm[0], run.target_mm[1] + dc.translation_mm[1],
+                run.target_mm[2] + dc.translation_mm[2])
+        self.room.spawn(self._propose(run, dc.view(), dc.matrix.tolist(), acquired_at, seen))
+
+    def _watch_pending(self, run: MonitoringRun, t: float, estimate: TargetEstimate) -> None:
+        """A correction waits: keep the estimates since it was proposed, and withdraw it
+        while it may be if they show the target somewhere else (it would be re-proposed
+        from them once settled)."""
+        cfg = self.room.config.monitoring
+        b = run.between
+        pos = estimate.position_mm
+        if cfg is None or pos is None:
+            return
+        b.recent.append((t, (float(pos[0]), float(pos[1]), float(pos[2]))))
+        while b.recent and b.recent[0][0] < t - cfg.correction_window_s:
+            b.recent.pop(0)
+        moved = b.moved_mm() if len(b.recent) >= MIN_ESTIMATES_TO_JUDGE else None
+        if moved is None or moved <= cfg.correction_max_spread_mm:
+            return
+        self._withdraw(run, f"the target moved {moved:.2f} mm since the correction was "
+                            f"proposed (limit {cfg.correction_max_spread_mm:g} mm)")
+
+    def refusal(self, run: MonitoringRun | None) -> str | None:
+        """For the MotionGate: why the pending correction may not move now."""
+        cfg = self.room.config.monitoring
+        if run is None or cfg is None or run.between.correction_id is None:
+            return None
+        b = run.between
+        pid = b.correction_id
+        if not b.recent:
+            return (f"between-beam correction {pid}: no target estimate since it was proposed; "
+                    "nothing moves on a drift not seen again")
+        age = time.monotonic() - b.recent[-1][0]
+        limit = cfg.correction_window_s + cfg.max_image_age_s
+        if age > limit:
+            return (f"between-beam correction {pid}: the last target estimate is {age:.2f} s "
+                    f"old (limit {limit:g} s)")
+        moved = b.moved_mm()
+        if moved is not None and moved > cfg.correction_max_spread_mm:
+            return (f"between-beam correction {pid}: the target moved {moved:.2f} mm since it "
+                    f"was proposed (limit {cfg.correction_max_spread_mm:g} mm)")
+        return None
 
     async def _propose(self, run: MonitoringRun, drift: dict[str, object],
-                       matrix: list[list[float]], acquired_at: float) -> None:
+                       matrix: list[list[float]], acquired_at: float,
+                       seen: tuple[float, float, float]) -> None:
         b = run.between
         try:
             session = self.room.session
@@ -143,7 +192,8 @@ class BetweenBeams:
                 current = self.room.current
                 if run.active and current is not None and current.id == pid and \
                         self.room.workflow.state == S.PROPOSED:
-                    b.correction_id = pid
+                    b.correction_id, b.proposed_target = pid, seen
+                    b.recent.clear()
                     entry["outcome"] = "proposed"
             b.history.append(entry)  # type: ignore[arg-type]  # JSON values only
             if entry["outcome"] != "proposed":
@@ -164,20 +214,29 @@ class BetweenBeams:
         pid = b.correction_id
         if pid is None:
             return
-        state = self.room.workflow.state
-        current = self.room.current
-        if state in WITHDRAWABLE and current is not None and current.id == pid:
-            reason = "target back within tolerance before the correction was confirmed"
-            self.room.supersede_current(f"withdrawn: {reason}")
-            b.correction_id = None
-            b.forget_drift()
-            for entry in b.history:
-                if entry.get("proposal_id") == pid:
-                    entry["outcome"] = "withdrawn"
-            self.room.audit("between_beams", MONITOR_ACTOR.user, action="withdrawn",
-                            proposal_id=pid, reason=reason)
-            self.room.to(S.MONITORING, f"between-beam correction {pid} withdrawn: {reason}",
-                         MONITOR_ACTOR.user)
+        if self._withdraw(run, "target back within tolerance before the correction was "
+                               "confirmed"):
             return
-        raise ReleaseRefused(f"between-beam correction {pid} is under way (room {state}): the "
-                             "beam stays held until the couch has moved")
+        raise ReleaseRefused(f"between-beam correction {pid} is under way (room "
+                             f"{self.room.workflow.state}): the beam stays held until the "
+                             "couch has moved")
+
+    def _withdraw(self, run: MonitoringRun, reason: str) -> bool:
+        """Withdraw the pending correction if it is not confirmed yet (room -> MONITORING)."""
+        b = run.between
+        pid = b.correction_id
+        current = self.room.current
+        if pid is None or self.room.workflow.state not in WITHDRAWABLE or current is None \
+                or current.id != pid:
+            return False
+        self.room.supersede_current(f"withdrawn: {reason}")
+        b.correction_done()
+        for entry in b.history:
+            if entry.get("proposal_id") == pid:
+                entry["outcome"] = "withdrawn"
+                entry["reason"] = reason
+        self.room.audit("between_beams", MONITOR_ACTOR.user, action="withdrawn",
+                        proposal_id=pid, reason=reason)
+        self.room.to(S.MONITORING, f"between-beam correction {pid} withdrawn: {reason}",
+                     MONITOR_ACTOR.user)
+        return True

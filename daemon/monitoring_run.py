@@ -9,6 +9,7 @@ for `monitor_status`. No I/O here.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, replace
@@ -87,10 +88,29 @@ class BetweenBeamsState:
     correction_id: str | None = None
     paused: bool = False
     history: list[JsonObject] = field(default_factory=list)
+    # The pending correction's target position (room frame, mm) and the valid target
+    # estimates seen since it was proposed (monotonic acquisition time, position).
+    proposed_target: tuple[float, float, float] | None = None
+    recent: list[tuple[float, tuple[float, float, float]]] = field(default_factory=list)
 
     def forget_drift(self) -> None:
         self.drift_since, self.episode_done, self.deferred_reason = None, False, None
         self.window.clear()
+
+    def correction_done(self) -> None:
+        """The pending correction applied or withdrawn: a new drift starts afresh."""
+        self.correction_id, self.proposed_target = None, None
+        self.recent.clear()
+        self.forget_drift()
+
+    def moved_mm(self) -> float | None:
+        """How far the target's mean position since the proposal is from the one the
+        correction was computed for (None: no estimate yet)."""
+        if self.proposed_target is None or not self.recent:
+            return None
+        n = len(self.recent)
+        mean = [sum(p[i] for _, p in self.recent) / n for i in range(3)]
+        return math.dist(mean, self.proposed_target)
 
     def view(self) -> JsonObject:
         return {"correction_id": self.correction_id, "paused": self.paused,

@@ -87,6 +87,7 @@ class MotionFacts:
     # Between beams (a monitoring run alive): the PLC's beam-hold read-back must be True.
     beam_hold_required: bool = False
     beam_held: bool | None = None
+    correction_refusal: str | None = None  # a correction between beams gone stale
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,7 @@ class MotionGate:
             couch_fault=status.fault_code if status is not None else "none",
             beam_hold_required=facts.beam_hold_required,
             beam_held=facts.beam_held,
+            correction_refusal=facts.correction_refusal,
         )
         return req
 

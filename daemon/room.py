@@ -142,6 +142,9 @@ class Room:
         # MotionGate then moves nothing unless the PLC reports the beam held, and no
         # other correction may be proposed (daemon/between_beams.py).
         self.beam_hold_required: Callable[[], bool] = lambda: False
+        # Why a correction between beams may not move now (its target moved since, or
+        # no recent estimate), None if it may or there is none.
+        self.correction_refusal: Callable[[], str | None] = lambda: None
         # Daily QA (daemon/qa_workflow.py, wired by RoomService): why a clinical
         # correction may not be proposed or confirmed now (None: it may), and the
         # snapshot's `qa` line.
@@ -308,6 +311,7 @@ class Room:
             hold_to_run_fresh=self.hold_fresh(snap),
             beam_hold_required=self.beam_hold_required(),
             beam_held=None if snap is None else snap.outputs.get("beam_hold"),
+            correction_refusal=self.correction_refusal(),
         )
 
     def collision_room(self) -> tuple[PlcSnapshot | None, bool]:

@@ -105,6 +105,7 @@ class RoomService:
         self.corrections = CorrectionWorkflow(self.room)
         self.monitoring = BeamMonitoring(self.room, self.corrections)
         self.room.beam_hold_required = self.monitoring.beam_hold_required
+        self.room.correction_refusal = self.monitoring.correction_refusal
         self.service_mode = ServiceMode(self.room, self.motion.gate)
         self.arms_control = ArmsControl(self.room, self.motion.gate)
         dicom = config.dicom

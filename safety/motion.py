@@ -29,7 +29,8 @@ Rules:
 * between beams (beam-on monitoring running, a correction under way) the
   couch moves only while the room PLC reports its beam-hold output asserted:
   a value it has not reported, or a released hold, refuses every motion
-  (issue 17, item 8).
+  (issue 17, item 8); and a correction between beams moves only while the
+  markers still show the drift it was computed for, seen recently.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ class MotionRequest:
     # reported) must be True for anything to move.
     beam_hold_required: bool = False
     beam_held: bool | None = None
+    # Why the correction no longer fits what is seen now (a correction between beams
+    # whose target has moved since), or None.
+    correction_refusal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +174,8 @@ def authorize_motion(req: MotionRequest) -> MotionDecision:
         read = "not reported" if req.beam_held is None else "released"
         reasons.append(f"beam not confirmed held: the room PLC's beam-hold output is {read}; "
                        "between beams nothing moves unless the PLC reports the beam held")
+    if req.correction_refusal is not None and correction:
+        reasons.append(req.correction_refusal)
 
     if couch:
         if not req.imager_arms_parked:

@@ -300,3 +300,35 @@ def test_nothing_else_is_proposed_and_the_session_stays_open_while_a_correction_
     closing = alice.call("close_session")
     assert not closing["ok"]
     assert alice.ok("status")["proposal"]["id"] == p["id"]
+
+
+def test_a_target_that_moves_on_while_the_correction_waits_gets_it_withdrawn_and_proposed_again(
+        room: SimRoom, daemon: DaemonProcess, alice: Console, patient: Patient,
+        state: Path) -> None:
+    _drift(room, patient, DRIFT_MM)
+    first = _proposed(alice)
+    _drift(room, patient, (0.0, 6.0, 1.5))  # 2 mm further along Y, still held
+    until(lambda: (alice.ok("status")["proposal"] or {}).get("id") not in (None, first["id"]),
+          timeout=15.0, what="a new proposal from the new position")
+    second = _proposed(alice)
+    assert second["delta"]["long"] == pytest.approx(-6.0, abs=0.5)
+    assert _coil(room)
+    withdrawn = [r for r in _audit(state, "between_beams") if r.details["action"] == "withdrawn"]
+    assert withdrawn and "moved" in withdrawn[0].details["reason"]
+    assert not alice.call("confirm", proposal_id=first["id"])["ok"]
+
+
+def test_a_confirmed_correction_whose_target_has_moved_does_not_move_the_couch(
+        room: SimRoom, daemon: DaemonProcess, alice: Console, patient: Patient,
+        state: Path) -> None:
+    _drift(room, patient, DRIFT_MM)
+    p = _proposed(alice)
+    alice.ok("confirm", proposal_id=p["id"])
+    _drift(room, patient, (0.0, 6.0, 1.5))
+    time.sleep(1.0)  # the frames of the new position reach igrtd
+    _press_motion_enable(room, alice)
+    reply = alice.call("hold", proposal_id=p["id"])
+    assert not reply["ok"]
+    assert "the target moved" in reply["error"]
+    assert room.call(lambda: [s for s in room.couch.motion_log if any(s.moving)]) == []
+    assert _coil(room)

@@ -304,3 +304,8 @@ def test_between_beams_a_beam_not_confirmed_held_refuses_the_move(held: bool | N
 
 def test_outside_monitoring_the_beam_hold_output_does_not_matter() -> None:
     assert authorize_motion(replace(MOVE, beam_hold_required=False, beam_held=False)).allowed
+
+
+def test_a_correction_that_no_longer_fits_what_is_seen_is_refused_with_its_reason() -> None:
+    d = authorize_motion(replace(MOVE, correction_refusal="the target moved 2.1 mm"))
+    assert not d.allowed and "the target moved 2.1 mm" in d.reasons
