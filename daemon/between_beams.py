@@ -34,6 +34,7 @@ import logging
 import time
 
 from daemon.api import Actor, Binding, CommandError, ProposeRequest, Role
+from daemon.jsontypes import JsonObject, as_object
 from daemon.monitoring import ReleaseDeferred
 from daemon.monitoring_run import MonitoringRun
 from daemon.ports import Proposer
@@ -62,6 +63,15 @@ MIN_ESTIMATES_TO_JUDGE = 3
 
 class ReleaseRefused(ReleaseDeferred):
     """The beam may not be released now (daemon.monitoring keeps it held and retries)."""
+
+
+def _tracked_target(run: MonitoringRun,
+                    markers: tuple[tuple[float, float, float], ...]) -> tuple[float, float, float]:
+    """The target as the tracker places it: the plan's, moved by the markers' mean shift."""
+    n = len(markers)
+    x, y, z = (run.target_mm[i] + sum(m[i] - p[i] for m, p in zip(markers, run.markers_mm)) / n
+               for i in range(3))
+    return (x, y, z)
 
 
 class BetweenBeams:
@@ -120,9 +130,11 @@ class BetweenBeams:
             return
         b.episode_done, b.proposing, b.deferred_reason = True, True, None
         acquired_at = time.time() - (time.monotonic() - t)
-        seen = (run.target_mm[0] + dc.translation_mm[0], run.target_mm[1] + dc.translation_mm[1],
-                run.target_mm[2] + dc.translation_mm[2])
-        self.room.spawn(self._propose(run, dc.view(), dc.matrix.tolist(), acquired_at, seen))
+        # The window's target estimates (as the tracker makes them) are the evidence the
+        # correction stands on: later estimates are compared with their mean.
+        evidence = [(tw, _tracked_target(run, markers)) for tw, markers in b.window]
+        self.room.spawn(self._propose(run, as_object(dc.view(), "drift"), dc.matrix.tolist(),
+                                      acquired_at, evidence))
 
     def _watch_pending(self, run: MonitoringRun, t: float, estimate: TargetEstimate) -> None:
         """A correction waits: keep the estimates since it was proposed, and withdraw it
@@ -163,9 +175,9 @@ class BetweenBeams:
                     f"was proposed (limit {cfg.correction_max_spread_mm:g} mm)")
         return None
 
-    async def _propose(self, run: MonitoringRun, drift: dict[str, object],
+    async def _propose(self, run: MonitoringRun, drift: JsonObject,
                        matrix: list[list[float]], acquired_at: float,
-                       seen: tuple[float, float, float]) -> None:
+                       evidence: list[tuple[float, tuple[float, float, float]]]) -> None:
         b = run.between
         try:
             session = self.room.session
@@ -180,7 +192,7 @@ class BetweenBeams:
                 source=BETWEEN_BEAMS_SOURCE)
             self.room.audit("between_beams", MONITOR_ACTOR.user, action="propose", drift=drift,
                             imaging_session_uid=uid)
-            entry: dict[str, object] = {"imaging_session_uid": uid, "drift": drift}
+            entry: JsonObject = {"imaging_session_uid": uid, "drift": drift}
             try:
                 reply = await self.proposer.propose(MONITOR_ACTOR, req, between_beams=True)
             except CommandError as exc:
@@ -192,10 +204,14 @@ class BetweenBeams:
                 current = self.room.current
                 if run.active and current is not None and current.id == pid and \
                         self.room.workflow.state == S.PROPOSED:
-                    b.correction_id, b.proposed_target = pid, seen
-                    b.recent.clear()
+                    n = len(evidence)
+                    b.correction_id = pid
+                    b.proposed_target = (sum(p[0] for _, p in evidence) / n,
+                                         sum(p[1] for _, p in evidence) / n,
+                                         sum(p[2] for _, p in evidence) / n)
+                    b.recent[:] = evidence
                     entry["outcome"] = "proposed"
-            b.history.append(entry)  # type: ignore[arg-type]  # JSON values only
+            b.history.append(entry)
             if entry["outcome"] != "proposed":
                 self.room.audit("between_beams", MONITOR_ACTOR.user, action="not_proposed",
                                 **{k: v for k, v in entry.items() if k != "drift"})

@@ -156,6 +156,11 @@ class MotionSupervisor:
     async def hold(self, actor: Actor, proposal_id: str) -> Reply:
         """Hold-to-run heartbeat. The first one after confirmation starts the move."""
         state = self.room.workflow.state
+        last = self.room.last_result
+        if state == S.MONITORING and last is not None and last.get("proposal_id") == proposal_id:
+            # A correction between beams went DONE and monitoring resumed at once: the
+            # hold that ran it learns that its move is over, not that it is refused.
+            return {**self.room.progress(), "running": False, "done": True}
         if state == S.MONITORING:
             raise self.room.refuse(actor, "hold", "no couch motion while the beam is on: the "
                                    "room is MONITORING (end monitoring first)",

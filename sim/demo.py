@@ -1,6 +1,6 @@
 """`make demo`: one simulated treatment fraction, end to end.
 
-    python -m sim.demo [--mode dicom|3d|2d|4d|monitor|console] [--out out/demo] [--registration cbct|truth]
+    python -m sim.demo [--mode dicom|3d|2d|4d|monitor|between-beams|console] [--out out/demo] [--registration cbct|truth]
 
 `--mode console` (sim/demo_console.py) starts two rooms and the browser console instead.
 
@@ -139,6 +139,10 @@ def run(mode: str, out: Path, registration: str, seed: int,
         from sim import demo_dicom
 
         return demo_dicom.run(out, seed)
+    if mode == "between-beams":
+        from sim import demo_between_beams
+
+        return demo_between_beams.run(out, seed)
     if mode not in IMAGING:
         from sim import demo_modes
 
@@ -244,7 +248,8 @@ def _print_report(report: dict[str, Any], before: Residual, after: Residual) -> 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sim.demo")
-    ap.add_argument("--mode", default="dicom", choices=["dicom", "2d", "3d", "4d", "monitor", "console"])
+    ap.add_argument("--mode", default="dicom", choices=["dicom", "2d", "3d", "4d", "monitor",
+                                                        "between-beams", "console"])
     ap.add_argument("--out", type=Path, default=Path("out/demo"))
     ap.add_argument("--registration", default="cbct", choices=["cbct", "truth"])
     ap.add_argument("--seed", type=int, default=1)

@@ -9,20 +9,18 @@ after 1 s from the last 0.5 s of frames.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from support.waiting import until
 
 from daemon.audit import read_records
 from safety.couch_model import CouchModel
-from safety.geometry import pose_transform, rot_z
 from safety.pose import Pose
+from sim.drifting_patient import DriftingPatient as Patient
 from sim.intrafraction import COMPACT_PAIR, MARKERS_MM, TARGET_MM
 from sim.kv_stream import SimKvImager
 from sim.room import DaemonProcess, SimRoom
@@ -43,31 +41,6 @@ MONITORING = {
     "views": [{"angle_deg": g.angle_deg, "size_px": list(g.size_px), "pixel_mm": g.pixel_mm}
               for g in COMPACT_PAIR],
 }
-
-
-def _shift(d: tuple[float, float, float]) -> np.ndarray:
-    h = np.eye(4)
-    h[:3, 3] = d
-    return h
-
-
-class Patient:
-    """Where the markers are: the patient's drift, carried by the real couch since
-    monitoring started (the frames follow the couch's true pose)."""
-
-    def __init__(self, room: SimRoom) -> None:
-        self.room = room
-        self.start = room.couch_pose
-        self.drift = np.eye(4)
-
-    def room_map(self) -> np.ndarray:
-        couch = pose_transform(self.room.couch.pose, PIVOT) @ np.linalg.inv(
-            pose_transform(self.start, PIVOT))
-        return couch @ self.drift
-
-    def target_error_mm(self) -> float:
-        t = self.room.call(self.room_map) @ np.r_[np.asarray(TARGET_MM), 1.0]
-        return float(np.linalg.norm(t[:3] - np.asarray(TARGET_MM)))
 
 
 @pytest.fixture
@@ -110,7 +83,7 @@ def patient(room: SimRoom, imager: SimKvImager, alice: Console,
     alice.open_session()
     until(lambda: alice.ok("interlocks")["link_ok"], what="PLC link up")
     until(lambda: alice.ok("monitor_status")["imager"]["connected"], what="imager connected")
-    p = Patient(room)
+    p = Patient(room, PIVOT)
     room.call(lambda: setattr(imager, "scene", p.room_map))
     alice.ok("monitor_start", markers_mm=[list(m) for m in markers],
              target_mm=list(TARGET_MM))
@@ -126,9 +99,7 @@ def _coil(room: SimRoom) -> bool:
 
 def _drift(room: SimRoom, patient: Patient, d: tuple[float, float, float],
            yaw_deg: float = 0.0) -> None:
-    h = _shift(d)
-    h[:3, :3] = rot_z(yaw_deg)  # turned about the target at the isocentre, then shifted
-    room.call(lambda: setattr(patient, "drift", h))
+    patient.set_drift(d, yaw_deg)  # turned about the target at the isocentre, then shifted
 
 
 def _press_motion_enable(room: SimRoom, alice: Console) -> None:
@@ -138,16 +109,19 @@ def _press_motion_enable(room: SimRoom, alice: Console) -> None:
           what="motion enable seen by igrtd")
 
 
-def _confirm_and_move(room: SimRoom, alice: Console, pid: str) -> None:
-    """Alice confirms and holds hold-to-run until the move is done and monitoring resumes."""
+def _confirm_and_move(room: SimRoom, alice: Console, pid: str) -> list[dict[str, Any]]:
+    """Alice confirms and holds hold-to-run until the move is done and monitoring
+    resumes; the hold's replies."""
     alice.ok("confirm", proposal_id=pid)
     _press_motion_enable(room, alice)
     holder = alice.hold_in_background(pid)
     try:
         until(lambda: alice.ok("status")["state"] == "MONITORING", timeout=30.0,
               what="monitoring resumed after the move")
+        time.sleep(0.2)  # a few heartbeats after monitoring resumed
     finally:
         holder.stop()
+    return holder.replies
 
 
 def _audit(state: Path, event: str) -> list[Any]:
@@ -189,13 +163,15 @@ def test_a_held_drift_is_proposed_confirmed_moved_and_monitoring_resumes(
     assert p["verdict"] == "needs_confirmation"
     assert _audit(state, "between_beams")[0].details["action"] == "propose"
 
-    _confirm_and_move(room, alice, p["id"])
+    replies = _confirm_and_move(room, alice, p["id"])
+    assert all(r["ok"] for r in replies), [r for r in replies if not r["ok"]]
+    assert replies[-1]["result"]["done"] is True  # the hold learns its move is over
     assert _coil(room), "the beam stays held until the target is seen in tolerance again"
     until(lambda: not _coil(room), what="beam released after the correction")
     run = alice.ok("monitor_status")["run"]
     assert run["last_frame"]["deviation_norm_mm"] < 1.0
     assert run["between_beams"]["corrections"][-1]["outcome"] == "applied"
-    assert patient.target_error_mm() < 0.5  # the truth: the target is back at the plan
+    assert patient.target_error_mm(TARGET_MM) < 0.5  # the truth: the target is back at the plan
     assert _beam_on_while_moving(room) == []
     actions = [r.details["action"] for r in _audit(state, "between_beams")]
     assert actions == ["propose", "resume"]
@@ -214,9 +190,8 @@ def test_three_markers_turned_with_the_patient_give_a_yaw_correction_too(
     assert (d["lat"], d["long"], d["vert"]) == pytest.approx((-1.5, -3.5, 0.0), abs=0.5)
     _confirm_and_move(room, alice, p["id"])
     until(lambda: not _coil(room), what="beam released after the correction")
-    h = room.call(patient.room_map)
-    assert patient.target_error_mm() < 0.5
-    assert math.degrees(math.acos(min(1.0, (np.trace(h[:3, :3]) - 1.0) / 2.0))) < 0.3
+    assert patient.target_error_mm(TARGET_MM) < 0.5
+    assert patient.rotation_error_deg() < 0.3
     assert _beam_on_while_moving(room) == []
 
 

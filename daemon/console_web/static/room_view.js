@@ -333,7 +333,12 @@ export function renderProposal(p, me) {
   setText("proposal-id", p ? p.id : "none");
   const v = setText("proposal-verdict", p ? (VERDICT_WORDS[p.verdict] || words(p.verdict)) : "—");
   v.dataset.verdict = p ? p.verdict : "";
-  setText("proposal-status", p ? `${words(p.status)}; proposed by ${p.user} at ${stamp(p.created_at)}` : "—");
+  // A correction between beams is igrtd's own, from the tracked markers, with the beam
+  // held (docs/intrafraction-monitoring.md); people still confirm it.
+  const by = p && p.source === "between_beams"
+    ? "proposed between beams by igrtd from the tracked markers, beam held,"
+    : p ? `proposed by ${p.user}` : "";
+  setText("proposal-status", p ? `${words(p.status)}; ${by} at ${stamp(p.created_at)}` : "—");
   // The collision model's check of the whole path at the proposal (docs/collision.md).
   const k = p ? p.collision : null;
   setText("proposal-clearance", !k ? "—"
