@@ -14,12 +14,20 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from daemon.control import FROM_ENVIRONMENT, ControlClient
-from sim.demo_steps import TOL_MM, confirm_and_move, igrtctl, open_session, say, step
+from sim.demo_steps import (
+    TOL_MM,
+    confirm_and_move,
+    igrtctl,
+    monitor_start,
+    open_session,
+    say,
+    step,
+    wait_until,
+)
 from sim.drifting_patient import DriftingPatient
 from sim.intrafraction import COMPACT_PAIR, MARKERS_MM, TARGET_MM
 from sim.kv_stream import SimKvImager
@@ -37,16 +45,6 @@ MONITORING: dict[str, Any] = {
     "views": [{"angle_deg": g.angle_deg, "size_px": list(g.size_px), "pixel_mm": g.pixel_mm}
               for g in COMPACT_PAIR],
 }
-
-
-def _wait(what: str, pred: Callable[[], Any], timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise RuntimeError(f"{what}: not within {timeout_s:g} s")
 
 
 def run(out: Path, seed: int) -> int:
@@ -84,29 +82,26 @@ def _fraction(room: SimRoom, sock: Path, kv: SimKvImager, console: ControlClient
         return bool(room.call(lambda: room.plc.coil("beam_hold")))
 
     open_session(sock, ISO)
-    _wait("room PLC link", lambda: call("interlocks")["link_ok"])
-    _wait("kV imaging system", lambda: call("monitor_status")["imager"]["connected"])
+    wait_until(lambda: call("interlocks")["link_ok"], 30, "room PLC link", 0.05)
+    wait_until(lambda: call("monitor_status")["imager"]["connected"], 30, "kV imaging system",
+               0.05)
     patient = DriftingPatient(room)
     room.call(lambda: setattr(kv, "scene", patient.room_map))
 
     step(2, "Beam on: igrtd monitors the target (gold marker, stereo kV pair at 10 frames/s)")
-    marker = ",".join(f"{v:g}" for v in MARKERS_MM[0])
-    target = ",".join(f"{v:g}" for v in TARGET_MM)
-    if igrtctl("monitor", "start", "--marker", marker, "--target", target, user="alice",
-               socket=sock, capture=True).returncode:
-        raise RuntimeError("igrtd refused monitor start")
-    _wait("first estimate", lambda: (call("monitor_status")["run"]["last_frame"] or {})
-          .get("hold") is False)
+    monitor_start(sock, MARKERS_MM[0], TARGET_MM)
+    wait_until(lambda: (call("monitor_status")["run"]["last_frame"] or {}).get("hold") is False,
+               30, "first estimate", 0.05)
     say(f"   target within tolerance; beam-hold output {'held' if coil() else 'released'}")
 
     step(3, f"The patient drifts {DRIFT_MM} mm and stays: igrtd holds the beam, then "
             f"after {MONITORING['correction_after_s']:g} s held proposes a correction from the "
             "marker")
     patient.set_drift(DRIFT_MM)
-    _wait("beam held", coil)
+    wait_until(coil, 30, "beam held", 0.05)
     say("   beam held through the room PLC")
-    snap = _wait("proposal between beams", lambda: (s := call("status"))["state"] == "PROPOSED"
-                 and s)
+    snap = wait_until(lambda: (s := call("status"))["state"] == "PROPOSED" and s, 30,
+                      "proposal between beams", 0.05)
     proposal = snap["proposal"]
     drift = call("monitor_status")["run"]["between_beams"]["corrections"][-1]["drift"]
     say(f"   drift seen by the marker: {drift['translation_mm']} mm over {drift['frames']} "
@@ -116,11 +111,11 @@ def _fraction(room: SimRoom, sock: Path, kv: SimKvImager, console: ControlClient
             "PLC reports the beam held")
     report: dict[str, Any] = {"mode": "between-beams", "drift_mm": list(DRIFT_MM)}
     confirm_and_move(room, sock, proposal, report)
-    _wait("monitoring resumed", lambda: call("status")["state"] == "MONITORING")
+    wait_until(lambda: call("status")["state"] == "MONITORING", 30, "monitoring resumed", 0.05)
     held_after_move = coil()
 
     step(5, "Monitoring resumes with the beam held; a fresh in-tolerance run releases it")
-    _wait("beam released", lambda: not coil())
+    wait_until(lambda: not coil(), 30, "beam released", 0.05)
     run_view = call("monitor_status")["run"]
     last = run_view["last_frame"]
     say(f"   beam released; last estimate {last['deviation_norm_mm']:.2f} mm from the plan")

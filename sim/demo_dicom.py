@@ -31,7 +31,6 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,17 @@ from safety.couch_model import CouchModel
 from safety.pose import AXES, ROTATION_AXES, Pose
 from sim.broker import free_port
 from sim.clinic import CBCT_AE, TPS_AE, export_daily_image, export_plan, send
-from sim.demo_steps import PATIENT, POSITION, TOL_DEG, TOL_MM, confirm_and_move, igrtctl, say, step
+from sim.demo_steps import (
+    PATIENT,
+    POSITION,
+    TOL_DEG,
+    TOL_MM,
+    confirm_and_move,
+    igrtctl,
+    say,
+    step,
+    wait_until,
+)
 from sim.dicom_node import DicomServiceProcess
 from sim.pacs import Orthanc, orthanc_binary, running_orthanc
 from sim.room import DaemonProcess, SimRoom
@@ -57,16 +66,6 @@ def _status(sock: Path) -> dict[str, Any]:
     with ControlClient(sock, "alice") as c:
         reply = c.call("status")
     return dict(reply.get("result", {}))
-
-
-def _wait(what: Callable[[], Any], timeout_s: float, doing: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = what()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise TimeoutError(f"{doing}: nothing after {timeout_s:.0f} s")
 
 
 def _new_proposal(sock: Path, after: set[str]) -> dict[str, Any] | None:
@@ -173,7 +172,7 @@ def run(out: Path, seed: int) -> int:
         seen: set[str] = set()
         t_sent = time.monotonic()
         series = _send_cbct(out, "before", world, couch0, phantom, rng, dicom_port)
-        proposal = _wait(lambda: _new_proposal(sock, seen), 120, "igrtd's proposal")
+        proposal = wait_until(lambda: _new_proposal(sock, seen), 120, "igrtd's proposal")
         say(f"   proposal ready {time.monotonic() - t_sent:.1f} s after the CBCT was sent, "
             f"bound to series {proposal['binding']['imaging_session_uid']}")
         if proposal["binding"]["imaging_session_uid"] != series:
@@ -187,7 +186,7 @@ def run(out: Path, seed: int) -> int:
         couch1 = room.couch_pose
         after = world.residual(couch1)
         _send_cbct(out, "after", world, couch1, phantom, rng, dicom_port)
-        check = _wait(lambda: _new_proposal(sock, seen), 120, "igrtd's verification")
+        check = wait_until(lambda: _new_proposal(sock, seen), 120, "igrtd's verification")
         est = check["delta"]
         # The correction igrtd would make now is the residual it sees, in couch terms.
         worst_mm = max(abs(est[a]) for a in AXES if a not in ROTATION_AXES)
@@ -199,7 +198,7 @@ def run(out: Path, seed: int) -> int:
         ok = (after.max_mm <= TOL_MM and after.rotation_deg <= TOL_DEG
               and worst_mm <= TOL_MM and worst_deg <= TOL_DEG)
         if pacs is not None and _exports_reg(cfg):
-            regs = _wait(lambda: pacs.series_uids("REG"), 60, "the REG in the PACS")
+            regs = wait_until(lambda: pacs.series_uids("REG"), 60, "the REG in the PACS")
             say(f"   record-and-verify (the PACS) holds the REG of the verified move "
                 f"(series {regs[0]})")
             report["exported_reg_series"] = regs[0]

@@ -24,6 +24,7 @@ from sim.demo_steps import (
     POSITION,
     TOL_MM,
     igrtctl,
+    monitor_start,
     open_session,
     propose_and_move,
     record_imaging,
@@ -153,11 +154,7 @@ def run_monitor(out: Path, seed: int) -> int:
 
     def begin(sock: Path) -> None:
         step(2, "Beam on: igrtd monitors the target (gold marker, stereo kV pair)")
-        marker = ",".join(f"{v:g}" for v in MARKERS_MM[0])
-        target = ",".join(f"{v:g}" for v in TARGET_MM)
-        if igrtctl("monitor", "start", "--marker", marker, "--target", target, user="alice",
-                   socket=sock, capture=True).returncode:
-            raise RuntimeError("igrtd refused monitor start")
+        monitor_start(sock, MARKERS_MM[0], TARGET_MM)
 
     def end(sock: Path) -> dict[str, Any]:
         step(3, "Beam off: end monitoring")

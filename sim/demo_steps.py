@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,28 @@ def open_session(sock: Path, iso: tuple[float, float, float]) -> None:
                "--manual-override", "simulated room: no planning system", user="alice", socket=sock,
                capture=True).returncode:
         raise RuntimeError("session open refused")
+
+
+def wait_until(what: Callable[[], Any], timeout_s: float, doing: str,
+               period_s: float = 0.2) -> Any:
+    """The first truthy value of `what()`, polled every `period_s`; TimeoutError naming
+    `doing` when none comes within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = what()
+        if got:
+            return got
+        time.sleep(period_s)
+    raise TimeoutError(f"{doing}: nothing after {timeout_s:.0f} s")
+
+
+def monitor_start(sock: Path, marker_mm: Sequence[float], target_mm: Sequence[float]) -> None:
+    """Beam on: `igrtctl monitor start` for one marker and the target (room frame, mm)."""
+    marker = ",".join(f"{v:g}" for v in marker_mm)
+    target = ",".join(f"{v:g}" for v in target_mm)
+    if igrtctl("monitor", "start", "--marker", marker, "--target", target, user="alice",
+               socket=sock, capture=True).returncode:
+        raise RuntimeError("igrtd refused monitor start")
 
 
 def record_imaging(sock: Path) -> str:
