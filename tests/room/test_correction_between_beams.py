@@ -113,6 +113,10 @@ def _confirm_and_move(room: SimRoom, alice: Console, pid: str) -> list[dict[str,
     """Alice confirms and holds hold-to-run until the move is done and monitoring
     resumes; the hold's replies."""
     alice.ok("confirm", proposal_id=pid)
+    return _hold_until_monitoring(room, alice, pid)
+
+
+def _hold_until_monitoring(room: SimRoom, alice: Console, pid: str) -> list[dict[str, Any]]:
     _press_motion_enable(room, alice)
     holder = alice.hold_in_background(pid)
     try:
@@ -307,3 +311,19 @@ def test_a_confirmed_correction_whose_target_has_moved_does_not_move_the_couch(
     assert "the target moved" in reply["error"]
     assert room.call(lambda: [s for s in room.couch.motion_log if any(s.moving)]) == []
     assert _coil(room)
+
+
+def test_a_large_drift_needs_a_second_approval_from_another_person(
+        room: SimRoom, daemon: DaemonProcess, alice: Console, bob: Console,
+        patient: Patient) -> None:
+    _drift(room, patient, (0.0, 6.0, 0.0))  # 6 mm: beyond the 5 mm second-approval tier
+    p = _proposed(alice)
+    assert p["verdict"] == "needs_second_approval"
+    alice.ok("confirm", proposal_id=p["id"])
+    assert alice.ok("status")["state"] == "AWAITING_APPROVAL"
+    assert not alice.call("approve", proposal_id=p["id"])["ok"]  # not by who confirmed
+    bob.ok("approve", proposal_id=p["id"])
+    _hold_until_monitoring(room, alice, p["id"])
+    until(lambda: not _coil(room), what="beam released after the correction")
+    assert patient.target_error_mm(TARGET_MM) < 0.5
+    assert _beam_on_while_moving(room) == []
