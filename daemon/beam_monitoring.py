@@ -50,8 +50,9 @@ log = logging.getLogger("igrt.room")
 S = RoomState
 
 # States a monitoring run may be stopped in: beam-on, and a between-beam correction
-# not yet moving the couch.
-STOPPABLE = frozenset({S.MONITORING, *WITHDRAWABLE, S.CONFIRMED})
+# not yet confirmed. Confirmed, its move may be on its way out (the MotionGate between
+# TARGET and GO): `stop` interrupts it, and that ends the run with the beam held.
+STOPPABLE = frozenset({S.MONITORING, *WITHDRAWABLE})
 
 
 class BeamMonitoring:
@@ -146,14 +147,18 @@ class BeamMonitoring:
             state = self.room.workflow.state
             raise self.room.refuse(actor, "monitor_stop", f"monitoring is not running (room is "
                                    f"{state})" if run is None else f"the room is {state}: a "
-                                   "between-beam correction is moving the couch; stop it first")
+                                   "between-beam correction is confirmed or moving the couch; "
+                                   "stop it first (stop), which ends monitoring with the beam "
+                                   "held")
+        # A waiting correction is withdrawn before anything is awaited: nobody can confirm
+        # it while monitoring winds down.
         pending = run.between.correction_id
-        await self._end_monitoring(run, f"stopped by {actor.user}")
         if pending is not None and self.room.current is not None and \
                 self.room.current.id == pending:
             self.room.supersede_current(f"monitoring stopped by {actor.user}")
             self.room.audit("between_beams", actor.user, action="withdrawn", proposal_id=pending,
                             reason="monitoring stopped", via=actor.via)
+        await self._end_monitoring(run, f"stopped by {actor.user}")
         release_error = None
         if req.release_hold and run.coil_held is not False:
             try:
@@ -177,9 +182,10 @@ class BeamMonitoring:
         self._mon = None
         self._mon_last = run_view(run)
         back = run.return_state if self.room.workflow.can(run.return_state) else S.READY
-        self.room.to(back, f"beam-on monitoring ended by {actor.user}"
-                     + ("; beam hold left asserted" if run.coil_held is not False else ""),
-                     actor.user)
+        if self.room.workflow.can(back):  # (a fault while monitoring wound down stays)
+            self.room.to(back, f"beam-on monitoring ended by {actor.user}"
+                         + ("; beam hold left asserted" if run.coil_held is not False else ""),
+                         actor.user)
         out = dict(self._mon_last)
         if release_error:
             out["release_error"] = release_error

@@ -327,3 +327,15 @@ def test_a_large_drift_needs_a_second_approval_from_another_person(
     until(lambda: not _coil(room), what="beam released after the correction")
     assert patient.target_error_mm(TARGET_MM) < 0.5
     assert _beam_on_while_moving(room) == []
+
+
+def test_monitor_stop_is_refused_once_the_correction_is_confirmed(
+        room: SimRoom, daemon: DaemonProcess, alice: Console, patient: Patient) -> None:
+    """Its move may be on its way out: STOP interrupts it (and ends monitoring held)."""
+    _drift(room, patient, DRIFT_MM)
+    p = _proposed(alice)
+    alice.ok("confirm", proposal_id=p["id"])
+    refused = alice.call("monitor_stop", release_hold=True)
+    assert not refused["ok"] and "stop it first" in refused["error"]
+    assert _coil(room)
+    assert alice.ok("monitor_status")["active"] is True
