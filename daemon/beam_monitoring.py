@@ -63,7 +63,7 @@ class BeamMonitoring:
         self.imager: ImagerLinkPort | None = None  # attached by serve()
         self._mon: MonitoringRun | None = None
         self._mon_last: JsonObject | None = None
-        self._fault_hold: asyncio.Task[None] | None = None
+        self._ending_hold: asyncio.Task[None] | None = None
         # What igrtd last wrote to the beam-hold output (the PLC's echo lags a poll).
         self._beam_hold_written: bool | None = None
 
@@ -85,9 +85,9 @@ class BeamMonitoring:
         if self.room.plc is None:
             raise self.room.refuse(actor, "monitor_start", "no room PLC is configured: igrtd "
                                    "cannot hold the beam")
-        if self._fault_hold is not None and not self._fault_hold.done():
-            raise self.room.refuse(actor, "monitor_start", "the beam hold asserted after the last "
-                                   "monitoring fault has not reached the room PLC yet")
+        if self._ending_hold is not None and not self._ending_hold.done():
+            raise self.room.refuse(actor, "monitor_start", "the beam hold asserted when the last "
+                                   "monitoring run ended has not reached the room PLC yet")
         snap = self.room.plc.snapshot()
         if not snap.link_ok:
             raise self.room.refuse(actor, "monitor_start", f"room PLC link is down "
@@ -152,12 +152,8 @@ class BeamMonitoring:
                                    "held")
         # A waiting correction is withdrawn before anything is awaited: nobody can confirm
         # it while monitoring winds down.
-        pending = run.between.correction_id
-        if pending is not None and self.room.current is not None and \
-                self.room.current.id == pending:
-            self.room.supersede_current(f"monitoring stopped by {actor.user}")
-            self.room.audit("between_beams", actor.user, action="withdrawn", proposal_id=pending,
-                            reason="monitoring stopped", via=actor.via)
+        self.between.discard(run, f"monitoring stopped by {actor.user}", actor.user,
+                             via=actor.via)
         await self._end_monitoring(run, f"stopped by {actor.user}")
         release_error = None
         if req.release_hold and run.coil_held is not False:
@@ -403,10 +399,13 @@ class BeamMonitoring:
         self._mon_last = run_view(run)
         if fault and self.room.workflow.can(S.FAULT):
             self.room.to(S.FAULT, reason)
-        self._fault_hold = asyncio.get_running_loop().create_task(
-            self._hold_after_fault(run, reason), name="monitoring-fault-hold")
+        cause = "fault" if fault else "interrupted"
+        self._ending_hold = asyncio.get_running_loop().create_task(
+            self._hold_after_end(run, reason, cause), name="monitoring-ending-hold")
 
-    async def _hold_after_fault(self, run: MonitoringRun, reason: str) -> None:
+    async def _hold_after_end(self, run: MonitoringRun, reason: str, cause: str) -> None:
+        """The run ended without monitor_stop (`cause`: a fault, or a correction between
+        beams interrupted): the hold is written as soon as the PLC takes it."""
         if run.task is not None and run.task is not asyncio.current_task():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(run.task), 5.0)
@@ -418,11 +417,11 @@ class BeamMonitoring:
             except Exception as exc:  # noqa: BLE001 - retried until the PLC takes it
                 if not failing:
                     self.room.audit("beam_hold_write_failed", "monitor", hold=True, error=str(exc),
-                                    cause="fault")
+                                    cause=cause)
                     failing = True
                 await asyncio.sleep(0.1)
         if run.coil_held is not True:
-            self.room.audit("beam_hold", "monitor", cause="fault", reason=reason, frame_id=None)
+            self.room.audit("beam_hold", "monitor", cause=cause, reason=reason, frame_id=None)
         run.coil_held = True
         self._mon_last = run_view(run)
         if self.imager is not None:
@@ -467,11 +466,7 @@ class BeamMonitoring:
             self._end_held(run, f"between-beam correction {pid}: room {self.room.workflow.state} "
                            "instead of DONE after the move", fault=False)
             return
-        b.correction_done()
-        b.paused = False
-        for entry in b.history:
-            if entry.get("proposal_id") == pid:
-                entry["outcome"] = "applied"
+        b.correction_done("applied")
         status = self.room.couch.latest_status
         self.room.audit("between_beams", "monitor", action="resume", proposal_id=pid,
                         couch=None if status is None else status.pose.as_dict())

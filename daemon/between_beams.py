@@ -79,19 +79,13 @@ class BetweenBeams:
         self.room = room
         self.proposer = proposer
 
-    @property
-    def enabled(self) -> bool:
-        cfg = self.room.config.monitoring
-        return cfg is not None and cfg.correction_after_s is not None and \
-            self.proposer is not None
-
     # -- every frame (IntrafractionMonitor's on_estimate) ------------------
     def observe(self, run: MonitoringRun, frame: KvFrame, estimate: TargetEstimate,
                 decision: Decision) -> None:
         cfg = self.room.config.monitoring
         b = run.between
-        if cfg is None or cfg.correction_after_s is None or not self.enabled:
-            return
+        if cfg is None or cfg.correction_after_s is None or self.proposer is None:
+            return  # not configured: the beam is only held
         if b.paused or not run.active:
             return
         if b.correction_id is not None:
@@ -153,6 +147,20 @@ class BetweenBeams:
             return
         self._withdraw(run, f"the target moved {moved:.2f} mm since the correction was "
                             f"proposed (limit {cfg.correction_max_spread_mm:g} mm)")
+
+    def discard(self, run: MonitoringRun, reason: str, actor: str = MONITOR_ACTOR.user,
+                **audit: object) -> str | None:
+        """Supersede the pending correction while it is the current proposal (audited,
+        recorded as withdrawn); its id, or None when there was none to withdraw."""
+        pid = run.between.correction_id
+        current = self.room.current
+        if pid is None or current is None or current.id != pid:
+            return None
+        self.room.supersede_current(f"withdrawn: {reason}")
+        run.between.correction_done("withdrawn", reason=reason)
+        self.room.audit("between_beams", actor, action="withdrawn", proposal_id=pid,
+                        reason=reason, **audit)
+        return pid
 
     def refusal(self, run: MonitoringRun | None) -> str | None:
         """For the MotionGate: why the pending correction may not move now."""
@@ -239,20 +247,11 @@ class BetweenBeams:
 
     def _withdraw(self, run: MonitoringRun, reason: str) -> bool:
         """Withdraw the pending correction if it is not confirmed yet (room -> MONITORING)."""
-        b = run.between
-        pid = b.correction_id
-        current = self.room.current
-        if pid is None or self.room.workflow.state not in WITHDRAWABLE or current is None \
-                or current.id != pid:
+        if self.room.workflow.state not in WITHDRAWABLE:
             return False
-        self.room.supersede_current(f"withdrawn: {reason}")
-        b.correction_done()
-        for entry in b.history:
-            if entry.get("proposal_id") == pid:
-                entry["outcome"] = "withdrawn"
-                entry["reason"] = reason
-        self.room.audit("between_beams", MONITOR_ACTOR.user, action="withdrawn",
-                        proposal_id=pid, reason=reason)
+        pid = self.discard(run, reason)
+        if pid is None:
+            return False
         self.room.to(S.MONITORING, f"between-beam correction {pid} withdrawn: {reason}",
                      MONITOR_ACTOR.user)
         return True

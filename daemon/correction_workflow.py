@@ -110,8 +110,10 @@ class CorrectionWorkflow:
         return self.room.snapshot()
 
     async def close_session(self, actor: Actor) -> Reply:
-        if self.room.workflow.state in (S.MOVING, S.VERIFYING, S.MONITORING, *LATCHED) or \
-                self.room.beam_hold_required():
+        if self.room.beam_hold_required():
+            raise self.room.refuse(actor, "close_session", "beam-on monitoring is running: stop "
+                                   "it (monitor_stop) first")
+        if self.room.workflow.state in (S.MOVING, S.VERIFYING, S.MONITORING, *LATCHED):
             raise self.room.refuse(actor, "close_session",
                                    f"cannot close the session in state {self.room.workflow.state}")
         self.room.supersede_current("session closed")

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TypedDict
 
 from daemon.api import MonitorStartRequest
-from daemon.jsontypes import JsonObject
+from daemon.jsontypes import JsonObject, JsonValue
 from daemon.monitoring import FrameRecord, HoldEvent, IntrafractionMonitor
 from daemon.workflow import RoomState
 from drivers.kv_imager import KvGeometry, WireFrame
@@ -76,8 +76,8 @@ class BetweenBeamsState:
 
     `drift_since`/`window`: the held drift being watched (monotonic acquisition
     times, marker positions); `episode_done`: this drift already had its proposal
-    (or was found unusable); `correction_id`: the proposal under way; `paused`: it
-    was confirmed, so frames are not used until the couch has moved."""
+    (or was found unusable); `correction_id`: the proposal under way; `paused`: its
+    move is under way (MOVING, VERIFYING), so frames are not used."""
 
     drift_since: float | None = None
     window: list[tuple[float, tuple[tuple[float, float, float], ...]]] = field(
@@ -97,9 +97,13 @@ class BetweenBeamsState:
         self.drift_since, self.episode_done, self.deferred_reason = None, False, None
         self.window.clear()
 
-    def correction_done(self) -> None:
-        """The pending correction applied or withdrawn: a new drift starts afresh."""
-        self.correction_id, self.proposed_target = None, None
+    def correction_done(self, outcome: str, **details: JsonValue) -> None:
+        """The pending correction applied or withdrawn (`outcome`, recorded in its history
+        entry with `details`): frames count again, and a new drift starts afresh."""
+        for entry in self.history:
+            if entry.get("proposal_id") == self.correction_id:
+                entry.update(outcome=outcome, **details)
+        self.correction_id, self.proposed_target, self.paused = None, None, False
         self.recent.clear()
         self.forget_drift()
 

@@ -30,7 +30,7 @@ from sim.demo_steps import (
 )
 from sim.drifting_patient import DriftingPatient
 from sim.intrafraction import COMPACT_PAIR, MARKERS_MM, TARGET_MM
-from sim.kv_stream import SimKvImager
+from sim.kv_stream import SimKvImager, views_config
 from sim.room import DaemonProcess, SimRoom
 
 ISO = (8.0, -12.0, 20.0)
@@ -42,8 +42,7 @@ MONITORING: dict[str, Any] = {
     "max_image_age_s": 0.5,
     "correction_after_s": 2.0,
     "correction_window_s": 1.0,
-    "views": [{"angle_deg": g.angle_deg, "size_px": list(g.size_px), "pixel_mm": g.pixel_mm}
-              for g in COMPACT_PAIR],
+    "views": views_config(COMPACT_PAIR),
 }
 
 

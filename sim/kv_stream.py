@@ -251,6 +251,13 @@ class IgrtdRun:
     log_path: Path
 
 
+def views_config(geometries: Sequence[KvGeometry]) -> list[dict[str, Any]]:
+    """The room configuration's `monitoring.views` for the simulated imager's geometry."""
+    return [{"angle_deg": g.angle_deg, "sad_mm": g.sad_mm, "sid_mm": g.sid_mm,
+             "size_px": list(g.size_px), "pixel_mm": g.pixel_mm,
+             "offset_mm": list(g.offset_mm)} for g in geometries]
+
+
 def monitoring_config(scenario: MotionScenario, policy: BeamHoldPolicy,
                       geometries: Sequence[KvGeometry]) -> dict[str, Any]:
     """The room configuration's monitoring section for a scenario and policy."""
@@ -262,9 +269,7 @@ def monitoring_config(scenario: MotionScenario, policy: BeamHoldPolicy,
         "release_after_s": policy.release_after_s,
         "release_margin_mm": policy.release_margin_mm,
         "max_image_age_s": policy.max_image_age_s,
-        "views": [{"angle_deg": g.angle_deg, "sad_mm": g.sad_mm, "sid_mm": g.sid_mm,
-                   "size_px": list(g.size_px), "pixel_mm": g.pixel_mm,
-                   "offset_mm": list(g.offset_mm)} for g in geometries],
+        "views": views_config(geometries),
     }
 
 

@@ -45,7 +45,7 @@ from sim.control_ops import true_couch_pose
 from sim.couch import SimCouchController
 from sim.identities import demo_private_jwk, demo_public_jwk
 from sim.intrafraction import COMPACT_PAIR
-from sim.kv_stream import SimKvImager
+from sim.kv_stream import SimKvImager, views_config
 from sim.patient_motion import PatientMotion
 from sim.plc import SimRoomPlc
 from sim.room import DaemonProcess
@@ -259,10 +259,7 @@ class SimulatedRoom:
         if d.record:
             cfg["record"] = {"path": str(self.run_dir / "recording.jsonl")}
         if d.kv_imager:
-            cfg["monitoring"] = {"views": [
-                {"angle_deg": g.angle_deg, "sad_mm": g.sad_mm, "sid_mm": g.sid_mm,
-                 "size_px": list(g.size_px), "pixel_mm": g.pixel_mm,
-                 "offset_mm": list(g.offset_mm)} for g in COMPACT_PAIR]}
+            cfg["monitoring"] = {"views": views_config(COMPACT_PAIR)}
         return cfg
 
     # ------------------------------------------------------------ what clients need

@@ -36,6 +36,12 @@ def _short_garbage_collections() -> Iterator[None]:
 
 
 @pytest.fixture
+def state(tmp_path: Path) -> Path:
+    """igrtd's state directory (audit log, store, sockets) of a test's room."""
+    return tmp_path / "state"
+
+
+@pytest.fixture
 def room() -> Iterator[SimRoom]:
     # Faster axes than the demo keeps moves short; 3x still gives ~1 s moves to interrupt.
     with SimRoom(couch_kwargs={"speed_scale": 1.0, "seed": 3}) as r:

@@ -22,7 +22,7 @@ from safety.couch_model import CouchModel
 from safety.pose import Pose
 from sim.drifting_patient import DriftingPatient as Patient
 from sim.intrafraction import COMPACT_PAIR, MARKERS_MM, TARGET_MM
-from sim.kv_stream import SimKvImager
+from sim.kv_stream import SimKvImager, views_config
 from sim.room import DaemonProcess, SimRoom
 
 from .conftest import Console
@@ -38,8 +38,7 @@ MONITORING = {
     "correction_after_s": 1.0,
     "correction_window_s": 0.5,
     "search_radius_mm": 8.0,  # three markers 44 mm apart fit the compact views
-    "views": [{"angle_deg": g.angle_deg, "size_px": list(g.size_px), "pixel_mm": g.pixel_mm}
-              for g in COMPACT_PAIR],
+    "views": views_config(COMPACT_PAIR),
 }
 
 
@@ -47,11 +46,6 @@ MONITORING = {
 def room() -> Iterator[SimRoom]:
     with SimRoom(with_plc=True, couch_kwargs={"speed_scale": 1.0, "seed": 7}) as r:
         yield r
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from safety.couch_model import CouchModel
 from safety.motion import KINDS, MotionRequest, authorize_motion
 from safety.pose import Pose
 from sim.intrafraction import COMPACT_PAIR, MARKERS_MM, TARGET_MM
-from sim.kv_stream import SimKvImager
+from sim.kv_stream import SimKvImager, views_config
 from sim.room import DaemonProcess, SimRoom
 
 from .conftest import Console, executed
@@ -39,8 +39,7 @@ MONITORING = {
     "debounce_s": 0.2,
     "release_after_s": 0.3,
     "max_image_age_s": 0.5,
-    "views": [{"angle_deg": g.angle_deg, "size_px": list(g.size_px), "pixel_mm": g.pixel_mm}
-              for g in COMPACT_PAIR],
+    "views": views_config(COMPACT_PAIR),
 }
 
 
@@ -49,11 +48,6 @@ MONITORING = {
 def room() -> Iterator[SimRoom]:
     with SimRoom(with_plc=True, couch_kwargs={"seed": 11}) as r:
         yield r
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
 
 
 @pytest.fixture
@@ -70,13 +64,6 @@ def imager(room: SimRoom, daemon: DaemonProcess, state: Path) -> Iterator[SimKvI
     room.run(kv.connect())
     yield kv
     room.run(kv.close())
-
-
-@pytest.fixture
-def alice(daemon: DaemonProcess) -> Iterator[Console]:
-    c = Console(daemon.socket_path, "alice")
-    yield c
-    c.c.close()
 
 
 def _coil(room: SimRoom) -> bool:
