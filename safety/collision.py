@@ -42,7 +42,8 @@ MAX_ROTATION_DEG = 360.0
 MAX_MARGIN_MM = 500.0
 MAX_SLACK_MM = 10.0
 MAX_SLACK_DEG = 2.0
-#: Samples a path check may take before it gives up and refuses (never allows).
+#: Steps a path check may take before it gives up and refuses (never allows). A
+#: step is one exact measurement at a pose or one bound over a cell of poses.
 DEFAULT_MAX_SAMPLES = 1000
 
 
@@ -89,7 +90,7 @@ class PathCheck:
     objects: tuple[str, str]
     margin_mm: float
     motion: CouchMotion
-    samples: int
+    samples: int  # steps taken: exact measurements and cell bounds
     reason: str  # "" when allowed; otherwise one line naming objects, clearance and margin
 
 
@@ -144,8 +145,7 @@ def clearance(state: RoomState, model: CollisionModel | None = None) -> Clearanc
     gantry = check_gantry(state.gantry_deg)
     _check_room(state.arms, state.patient)
     scene = (model or CollisionModel.default()).scene(gantry, state.arms, state.patient)
-    sample = scene.sample(pose)
-    c = sample.closest
+    c = scene.closest(pose)
     return Clearance(c.distance_mm, (c.moving, c.fixed))
 
 
@@ -166,10 +166,10 @@ def check_path(
     """Is every pose of the move from `start_pose` to `end_pose` at least `margin_mm`
     from the gantry's objects, with the gantry at `gantry_deg` and the arms as given?
 
-    Conservative: allowed only when proven (every pose of the path is covered
-    by a sample whose clearance, less the furthest any point can move within
-    its cell, is at least the margin). A move that could not be proven within
-    `max_samples` samples is refused, never allowed.
+    Conservative: allowed only when proven (every pose of the path lies in a
+    cell of poses whose whole sweep is bounded at least the margin from every
+    gantry solid, `safety.collision_sweep`). A move that could not be proven
+    within `max_samples` steps is refused, never allowed.
     """
     start = check_pose(start_pose, "start pose")
     end = check_pose(end_pose, "end pose")

@@ -1,7 +1,10 @@
 """How far any point of a couch-carried solid can move when the pose changes a little.
 
-This is the bound the path check rests on (docs/collision.md, "Why the path
-check is conservative"). For a reference pose P and any pose P' with
+The path check uses it to drop, in one cheap step, every piece that is far
+from every gantry solid for the whole move (`safety.collision_sweep`'s
+`Sweep.cheap` and `Sweep.displacement`, which computes it for every piece at
+once; docs/collision.md, "Why the path check is conservative"). For a
+reference pose P and any pose P' with
 |P'_a - P_a| <= h_a on every axis a, every point of the solid moves by at
 most
 
@@ -32,16 +35,11 @@ at most |yaw' - yaw| times its horizontal radius, and that radius is at most
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from safety.collision_model import Carrier, Solid
-from safety.pose import Pose
-
-_RAD = math.pi / 180.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,85 +61,3 @@ def reach_of(solid: Solid, pivot: np.ndarray, base_moves_with_lat_long: bool) ->
         rho_xy = float(np.max(np.hypot(corners[:, 0], corners[:, 1])))
         return Reach(Carrier.BASE, 0.0, rho_xy, base_moves_with_lat_long)
     raise ValueError(f"{solid.name} is carried by the {solid.carrier}, not the couch")
-
-
-def centre_radius(reach: Reach, pose: Pose, pivot: np.ndarray) -> float:
-    """Horizontal distance from the isocentre's vertical axis of the point the
-    carrier turns with: the pivot c + t for the table top, (lat, long) or nothing
-    for the base."""
-    if reach.carrier is Carrier.TABLE_TOP:
-        return math.hypot(float(pivot[0]) + pose.lat, float(pivot[1]) + pose.long)
-    return math.hypot(pose.lat, pose.long) if reach.base_moves_with_lat_long else 0.0
-
-
-def max_centre_radius(reach: Reach, lo: Pose, hi: Pose, pivot: np.ndarray) -> float:
-    """The largest `centre_radius` over every pose between `lo` and `hi` (axis by axis)."""
-    if reach.carrier is Carrier.TABLE_TOP:
-        cx, cy = float(pivot[0]), float(pivot[1])
-    elif reach.base_moves_with_lat_long:
-        cx = cy = 0.0
-    else:
-        return 0.0
-    # |(cx + lat, cy + long)| is convex: largest at a corner of the lat/long rectangle.
-    return max(math.hypot(cx + a, cy + b) for a in (lo.lat, hi.lat) for b in (lo.long, hi.long))
-
-
-def axis_contributions(reach: Reach, half: Sequence[float],
-                       radius: float) -> tuple[float, float, float, float, float, float]:
-    """Per axis (lat, long, vert, yaw, pitch, roll), how far the solid's points can move
-    because of that axis alone, in mm. `half` is the per-axis half-width (mm, deg);
-    `radius` is `centre_radius` at the reference pose (or a bound on it)."""
-    h_lat, h_long, h_vert, h_yaw, h_pitch, h_roll = (abs(float(v)) for v in half)
-    if reach.carrier is Carrier.TABLE_TOP:
-        rho = reach.pivot_radius
-        return (h_lat, h_long, h_vert, h_yaw * _RAD * (radius + rho),
-                h_pitch * _RAD * rho, h_roll * _RAD * rho)
-    yaw = h_yaw * _RAD * (reach.axis_radius + radius)
-    if reach.base_moves_with_lat_long:
-        return (h_lat, h_long, h_vert, yaw, 0.0, 0.0)
-    return (0.0, 0.0, h_vert, yaw, 0.0, 0.0)
-
-
-def displacement_bound(reach: Reach, half: Sequence[float], radius: float) -> float:
-    """Upper bound (mm) on how far any point of the solid is from where it is at the
-    reference pose, at any pose within `half` of it on every axis."""
-    c = axis_contributions(reach, half, radius)
-    # Translations add as a vector; each rotation's term adds on top (triangle inequality).
-    return math.sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2]) + c[3] + c[4] + c[5]
-
-
-#: Added to each component of a measured separation direction before it is used:
-#: covers the direction's numerical error many times over (it is ~1e-6 / distance).
-DIRECTION_SLACK = 0.01
-
-
-def directional_contributions(reach: Reach, half: Sequence[float], radius: float,
-                              direction: Sequence[float]) -> tuple[float, ...]:
-    """Like `axis_contributions`, for the distance to ONE convex solid whose closest
-    point lies in the unit `direction` from the piece's (expressed in the carrier's
-    pre-yaw frame: Rz(-yaw) times the room direction).
-
-    The distance between two convex solids is a convex function of a translation
-    of one of them, so it drops by at most `-g . delta` for a translation delta,
-    g the unit separation direction: a translation across g costs nothing. The
-    rotations are bounded as in `axis_contributions`, about the translated pose
-    (hence `hypot(h_lat, h_long)` added to the yaw lever: the new translation).
-    """
-    h_lat, h_long, h_vert, h_yaw, h_pitch, h_roll = (abs(float(v)) for v in half)
-    gx, gy, gz = (abs(float(v)) + DIRECTION_SLACK for v in direction)
-    moved = math.hypot(h_lat, h_long)
-    if reach.carrier is Carrier.TABLE_TOP:
-        rho = reach.pivot_radius
-        return (gx * h_lat, gy * h_long, gz * h_vert, h_yaw * _RAD * (radius + moved + rho),
-                h_pitch * _RAD * rho, h_roll * _RAD * rho)
-    if reach.base_moves_with_lat_long:
-        yaw = h_yaw * _RAD * (reach.axis_radius + radius + moved)
-        return (gx * h_lat, gy * h_long, gz * h_vert, yaw, 0.0, 0.0)
-    return (0.0, 0.0, gz * h_vert, h_yaw * _RAD * (reach.axis_radius + radius), 0.0, 0.0)
-
-
-def directional_bound(reach: Reach, half: Sequence[float], radius: float,
-                      direction: Sequence[float]) -> float:
-    """Upper bound (mm) on how much the distance to the solid that lies in
-    `direction` can drop within `half` of the reference pose."""
-    return sum(directional_contributions(reach, half, radius, direction))

@@ -2,9 +2,11 @@
 
 `CollisionModel` is the compiled room (immutable, shareable between threads);
 `model.scene(gantry_deg, arms, patient)` places the fixed solids for one
-gantry angle and arm state and gives a `Scene` whose `sample(pose)` returns,
-for each moving solid, its distance to the nearest fixed solid. Only moving
-vs fixed pairs are measured: the patient lies on the couch top and the top
+gantry angle and arm state and gives a `Scene`: `closest(pose)` is the exact
+closest pair at one couch pose, `measure(pose, pairs)` given pairs with their
+separation directions, and `sweep` the bounds over boxes of poses that the
+path check rests on (`safety.collision_sweep`). Only moving vs fixed pairs
+are measured: the patient lies on the couch top and the top
 rests on the base by design, and the gantry's parts touch each other.
 
 Distances come from the Flexible Collision Library (python-fcl; GJK on the
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import fcl  # type: ignore[import-untyped]
 import numpy as np
@@ -37,6 +39,7 @@ from safety.collision_model import (
     pieces,
 )
 from safety.collision_motion import Reach, reach_of
+from safety.collision_sweep import Carried, Sweep
 from safety.couch_model import CouchModel
 from safety.pose import Pose
 
@@ -54,25 +57,6 @@ class Nearest:
     moving: str
     fixed: str
     distance_mm: float
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Sample:
-    """The distances at one couch pose.
-
-    `closest` is exact. `bounds[i]` is a lower bound on the distance from moving
-    piece i to the nearest gantry solid (`nearest_fixed[i]`), exact wherever it
-    is below the scene's `need[i]`.
-    """
-
-    pose: Pose
-    closest: Nearest
-    bounds: np.ndarray
-    nearest_fixed: np.ndarray
-    second: np.ndarray  # per piece, a lower bound on its distance to every other fixed solid
-    # Per piece, the unit vector from the nearest fixed solid's closest point to the
-    # piece's (room frame), where that distance was measured and is at least 1 mm.
-    direction: tuple[np.ndarray | None, ...]
 
 
 def _geometry(solid: Solid) -> fcl.CollisionGeometry:
@@ -95,146 +79,154 @@ class Load:
     reaches: tuple[Reach, ...]
     geometries: tuple[fcl.CollisionGeometry, ...]
     carriers: tuple[Carrier, ...]
-    local_corners: dict[Carrier, np.ndarray]  # 8 bounding-box corners per piece
+    carried: Carried  # the same pieces for the path check's sweep
 
     @classmethod
-    def of(cls, moving: Sequence[tuple[Solid, Reach]]) -> Load:
+    def of(cls, moving: Sequence[tuple[Solid, Reach]], pivot: np.ndarray,
+           base_travels: bool) -> Load:
         solids = tuple(s for s, _ in moving)
         carriers = tuple(dict.fromkeys(s.carrier for s in solids))
         order = [s.carrier for s in solids]
         if order != sorted(order, key=carriers.index):
             raise ValueError("moving solids must be grouped by carrier")
-        corners = {c: np.concatenate([s.corners() for s in solids if s.carrier is c])
-                   for c in carriers}
-        return cls(solids, tuple(r for _, r in moving), tuple(_geometry(s) for s in solids),
-                   carriers, corners)
+        reaches = tuple(r for _, r in moving)
+        return cls(solids, reaches, tuple(_geometry(s) for s in solids), carriers,
+                   Carried.of(solids, reaches, pivot, base_travels))
+
+
+class _Transforms:
+    """Each carrier's 4x4 transform at one pose, computed when first asked for."""
+
+    def __init__(self, pose: Pose, pivot: np.ndarray, base_moves_with_lat_long: bool) -> None:
+        self._args = (pose, pivot, base_moves_with_lat_long)
+        self._done: dict[Carrier, np.ndarray] = {}
+
+    def __getitem__(self, carrier: Carrier) -> np.ndarray:
+        m = self._done.get(carrier)
+        if m is None:
+            pose, pivot, travels = self._args
+            m = self._done[carrier] = carrier_transform(carrier, pose, pivot, travels)
+        return m
 
 
 class Scene:
     """FCL objects for one gantry angle, arm state and patient. Not shared between
-    threads: `sample` moves the couch's objects.
+    threads: measuring moves the couch's objects.
 
-    Pairs are pruned with a cheap lower bound (`gaps`): a pair whose bound is at
-    least what is needed is not measured, and the bound still proves what it is
-    used for.
+    Pairs are pruned with a cheap lower bound (the separating-axis gaps of
+    `Sweep.cheap`): a pair whose bound is already above what has been found is
+    not measured.
     """
 
     def __init__(self, model: CollisionModel, fixed: Sequence[Solid], load: Load,
                  gantry_deg: float) -> None:
         g = gantry_transform(gantry_deg)
+        self.gantry_deg = gantry_deg
         self.pivot = model.pivot
         self.base_moves_with_lat_long = model.room.couch_base.moves_with_lat_long
         self.fixed = tuple(fixed)
         self.moving = load.solids
         self.reaches = load.reaches
         self._fixed_objects = [_fcl_object(s, g) for s in self.fixed]
-        # Placed when first measured at a sample (`sample` sets each one's transform).
-        self._moving_objects = [fcl.CollisionObject(geom) for geom in load.geometries]
+        # Created and placed when first measured (`_place`).
+        self._geometries = load.geometries
+        self._moving_objects: dict[int, fcl.CollisionObject] = {}
         self._carriers = load.carriers
-        self._local_corners = load.local_corners
-        # Each fixed solid's frame (row-vector form: local = room @ R - c @ R) and half extents.
-        frames = [g @ s.placement for s in self.fixed]
-        self._fixed_rot = np.array([f[:3, :3] for f in frames])
-        self._fixed_origin = np.array([f[:3, 3] @ f[:3, :3] for f in frames])[:, None, :]
-        self._fixed_half = np.array([s.half_extents() for s in self.fixed])
+        self._carried = load.carried
         # Nearest points cost nothing extra (measured): the path check uses their direction.
         self._request = fcl.DistanceRequest(enable_nearest_points=True)
-        #: Per moving piece, the bound below which `sample` measures exactly (mm).
-        self.need = np.zeros(len(self.moving))
         self.samples_taken = 0
 
-    def _transforms(self, pose: Pose) -> dict[Carrier, np.ndarray]:
-        return {c: carrier_transform(c, pose, self.pivot, self.base_moves_with_lat_long)
-                for c in self._carriers}
+    @cached_property
+    def sweep(self) -> Sweep:
+        """The bounds over boxes of poses (`safety.collision_sweep`) for this scene."""
+        return Sweep(self._carried, self.fixed, self.gantry_deg)
 
-    def gaps(self, transforms: dict[Carrier, np.ndarray]) -> np.ndarray:
-        """(pieces x fixed) lower bounds of the distances: each piece's bounding-box
-        corners seen in each fixed solid's frame against that solid's half extents
-        (a separating-axis bound along the fixed solid's own axes)."""
-        corners = np.concatenate([
-            self._local_corners[c] @ transforms[c][:3, :3].T + transforms[c][:3, 3]
-            for c in self._carriers])
-        # (fixed, piece * 8, 3): corners in each fixed solid's frame.
-        local = np.matmul(corners[None, :, :], self._fixed_rot) - self._fixed_origin
-        local = local.reshape(len(self.fixed), len(self.moving), 8, 3)
-        half = self._fixed_half[:, None, :]
-        apart = np.maximum(np.maximum(local.min(axis=2) - half, -half - local.max(axis=2)), 0.0)
-        return np.sqrt((apart * apart).sum(axis=2)).T
+    def _transforms(self, pose: Pose) -> _Transforms:
+        return _Transforms(pose, self.pivot, self.base_moves_with_lat_long)
 
-    def pair_distances(self, pose: Pose) -> np.ndarray:
-        """(pieces x fixed) exact distances at `pose`, every pair measured (tests, tools)."""
-        transforms = self._transforms(pose)
-        out = np.empty((len(self.moving), len(self.fixed)))
-        for i, (solid, obj) in enumerate(zip(self.moving, self._moving_objects)):
-            m = transforms[solid.carrier] @ solid.placement
-            obj.setTransform(fcl.Transform(m[:3, :3], m[:3, 3]))
-            for j, fobj in enumerate(self._fixed_objects):
-                d = fcl.distance(obj, fobj, self._request, fcl.DistanceResult())
-                out[i, j] = max(0.0, float(d))
-        return out
+    def _place(self, i: int, transforms: _Transforms) -> fcl.CollisionObject:
+        m = transforms[self.moving[i].carrier] @ self.moving[i].placement
+        tf = fcl.Transform(m[:3, :3], m[:3, 3])
+        obj = self._moving_objects.get(i)
+        if obj is None:
+            obj = self._moving_objects[i] = fcl.CollisionObject(self._geometries[i], tf)
+        else:
+            obj.setTransform(tf)
+        return obj
 
-    def sample(self, pose: Pose) -> Sample:
-        """Bounds for every moving piece at `pose`, and the exact closest pair."""
+    def gaps(self, pose: Pose) -> np.ndarray:
+        """(pieces x fixed) lower bounds of the distances at `pose`: each piece's
+        bounding-box corners seen along each fixed solid's own axes (`Sweep.cheap`
+        of a cell that is one pose)."""
+        values = pose.as_tuple()
+        return self.sweep.cheap(values, values)
+
+    def closest(self, pose: Pose) -> Nearest:
+        """The exact closest (couch-carried, gantry-carried) pair at `pose`: pairs are
+        measured in order of their gap until no gap is below the closest found."""
         self.samples_taken += 1
+        gaps = self.gaps(pose)
         transforms = self._transforms(pose)
-        gaps = self.gaps(transforms)
-        values = gaps.copy()  # lower bounds, replaced by exact distances where measured
-        measured = np.zeros(gaps.shape, dtype=bool)
-        placed = [False] * len(self.moving)
         nf = len(self.fixed)
-        directions: dict[tuple[int, int], np.ndarray] = {}
-
-        def measure(i: int, j: int) -> float:
-            if not placed[i]:
-                m = transforms[self.moving[i].carrier] @ self.moving[i].placement
-                self._moving_objects[i].setTransform(fcl.Transform(m[:3, :3], m[:3, 3]))
-                placed[i] = True
-            result = fcl.DistanceResult()
-            d = fcl.distance(self._moving_objects[i], self._fixed_objects[j], self._request,
-                             result)
-            # FCL gives -1 for overlapping solids (no signed distance asked): clearance 0.
-            d = max(0.0, float(d))
-            values[i, j], measured[i, j] = d, True
-            if d >= MIN_DIRECTION_MM:
-                on_piece, on_fixed = result.nearest_points
-                v = np.asarray(on_piece, dtype=float) - np.asarray(on_fixed, dtype=float)
-                n = float(np.linalg.norm(v))
-                # The points must be as far apart as the distance, or the direction
-                # is not trusted (the path check then uses the isotropic bound).
-                if abs(n - d) <= 1e-6 * max(1.0, d):
-                    directions[i, j] = v / n
-            return d
-
-        # The closest pair, exactly: measure in order of gap until no gap is smaller.
-        best, best_pair = math.inf, (0, 0)  # (piece, fixed solid)
+        best, best_pair = math.inf, (0, 0)
+        placed: dict[int, fcl.CollisionObject] = {}
         flat = gaps.ravel()
         for k in np.argsort(flat, kind="stable"):
             if flat[k] >= best:
                 break
             i, j = (int(v) for v in divmod(int(k), nf))
-            d = measure(i, j)
+            obj = placed.get(i)
+            if obj is None:
+                obj = placed[i] = self._place(i, transforms)
+            d = max(0.0, float(fcl.distance(obj, self._fixed_objects[j], self._request,
+                                            fcl.DistanceResult())))
             if d < best:
                 best, best_pair = d, (i, j)
-        # Every piece whose bound is below its need gets its exact nearest distance:
-        # afterwards each bound is either exact or at least the need.
-        for row in np.flatnonzero(values.min(axis=1) < self.need):
-            exact = float(values[row][measured[row]].min(initial=math.inf))
-            for col in np.argsort(gaps[row], kind="stable"):
-                if gaps[row, col] >= min(float(self.need[row]), exact):
-                    break
-                if not measured[row, col]:
-                    exact = min(exact, measure(int(row), int(col)))
-        rows = np.arange(len(self.moving))
-        nearest = values.argmin(axis=1)
-        bounds = values[rows, nearest]
-        if nf > 1:
-            second = np.partition(values, 1, axis=1)[:, 1]
-        else:
-            second = np.full(len(self.moving), math.inf)
-        direction = tuple(directions.get((int(i), int(j))) for i, j in zip(rows, nearest))
         piece, fixed = best_pair
-        closest = Nearest(self.moving[piece].name, self.fixed[fixed].name, best)
-        return Sample(pose, closest, bounds, nearest, second, direction)
+        return Nearest(self.moving[piece].name, self.fixed[fixed].name, best)
+
+    def measure(self, pose: Pose, pairs: Sequence[tuple[int, int]]
+                ) -> list[tuple[float, np.ndarray | None]]:
+        """Exact distances of the given (piece, fixed solid) pairs at `pose`, each with
+        its separation direction (unit, room frame, from the fixed solid toward the
+        piece) where FCL's closest points can be trusted (`MIN_DIRECTION_MM`)."""
+        self.samples_taken += 1
+        transforms = self._transforms(pose)
+        placed: dict[int, fcl.CollisionObject] = {}
+        out: list[tuple[float, np.ndarray | None]] = []
+        for i, j in pairs:
+            obj = placed.get(i)
+            if obj is None:
+                obj = placed[i] = self._place(i, transforms)
+            out.append(self._distance(obj, j))
+        return out
+
+    def _distance(self, obj: fcl.CollisionObject, j: int) -> tuple[float, np.ndarray | None]:
+        result = fcl.DistanceResult()
+        d = fcl.distance(obj, self._fixed_objects[j], self._request, result)
+        # FCL gives -1 for overlapping solids (no signed distance asked): clearance 0.
+        d = max(0.0, float(d))
+        if d < MIN_DIRECTION_MM:
+            return d, None
+        on_piece, on_fixed = result.nearest_points
+        v = np.asarray(on_piece, dtype=float) - np.asarray(on_fixed, dtype=float)
+        n = math.sqrt(float(v @ v))
+        # The points must be as far apart as the distance, or the direction is not used.
+        if abs(n - d) > 1e-6 * max(1.0, d):
+            return d, None
+        return d, v / n
+
+    def pair_distances(self, pose: Pose) -> np.ndarray:
+        """(pieces x fixed) exact distances at `pose`, every pair measured (tests, tools)."""
+        transforms = self._transforms(pose)
+        out = np.empty((len(self.moving), len(self.fixed)))
+        for i in range(len(self.moving)):
+            obj = self._place(i, transforms)
+            for j, fobj in enumerate(self._fixed_objects):
+                d = fcl.distance(obj, fobj, self._request, fcl.DistanceResult())
+                out[i, j] = max(0.0, float(d))
+        return out
 
 
 class CollisionModel:
@@ -276,7 +268,8 @@ class CollisionModel:
             (p, reach_of(p, self.pivot, False))
             for s in patient_solids(self.room, patient) for p in pieces(s, PIECE_MM))
         # Table-top pieces first, then the base: Scene groups pieces by carrier.
-        return Load.of(self._top + extra + self._base)
+        return Load.of(self._top + extra + self._base, self.pivot,
+                       self.room.couch_base.moves_with_lat_long)
 
     def fixed_solids(self, arms: Arms) -> tuple[Solid, ...]:
         """The gantry's solids for this arm state, at gantry angle 0."""

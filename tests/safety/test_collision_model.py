@@ -24,13 +24,11 @@ from safety.collision_model import (
     PATIENT_ARMS,
     Arms,
     ArmState,
-    Carrier,
     patient_solids,
     pieces,
     table_top_transform,
 )
-from safety.collision_motion import centre_radius, directional_bound, displacement_bound
-from safety.collision_scene import CollisionModel
+from safety.collision_scene import CollisionModel, Scene
 from safety.geometry import pose_transform
 from safety.pose import Pose
 
@@ -177,24 +175,60 @@ def test_empty_couch_has_only_the_couch_to_collide() -> None:
 # ------------------------------------------------------------------ the bounds
 
 
-@settings(max_examples=200)
-@given(poses, st.lists(st.floats(0, 60), min_size=3, max_size=3),
-       st.lists(st.floats(0, 4), min_size=3, max_size=3),
-       st.lists(st.floats(-1, 1), min_size=6, max_size=6))
-def test_no_point_moves_further_than_the_displacement_bound(
-        pose: Pose, h_mm: list[float], h_deg: list[float], where: list[float]) -> None:
-    half = (*h_mm, *h_deg)
-    other = Pose(*(v + w * h for v, w, h in zip(pose.as_tuple(), where, half)))
+def _cell(pose: Pose, h_mm: list[float], h_deg: list[float]) -> tuple[tuple, tuple]:
+    centre, half = pose.as_tuple(), (*h_mm, *h_deg)
+    return (tuple(c - h for c, h in zip(centre, half)), tuple(c + h for c, h in zip(centre, half)))
+
+
+def _inside(lo: tuple, hi: tuple, where: list[float]) -> Pose:
+    return Pose(*(a + (w + 1) / 2 * (b - a) for a, b, w in zip(lo, hi, where)))
+
+
+def _corners_at(scene: Scene, pose: Pose) -> np.ndarray:
+    """(pieces, 8, 3): every couch-carried piece's bounding-box corners at `pose`."""
+    transforms = scene._transforms(pose)
+    return np.stack([(np.c_[s.corners(), np.ones(8)] @ transforms[s.carrier].T)[:, :3]
+                     for s in scene.moving])
+
+
+cells = st.tuples(poses, st.lists(st.floats(0, 60), min_size=3, max_size=3),
+                  st.lists(st.floats(0, 4), min_size=3, max_size=3))
+where = st.lists(st.floats(-1, 1), min_size=6, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cells, where)
+def test_no_point_moves_further_than_the_displacement_bound(cell: tuple, at: list[float]) -> None:
+    lo, hi = _cell(*cell)
     scene = MODEL.scene(0.0, Arms(), PatientEnvelope(arms="up"))
-    for solid, reach in zip(scene.moving, scene.reaches):
-        if solid.carrier is Carrier.TABLE_TOP:
-            a, b = table_top_transform(pose, MODEL.pivot), table_top_transform(other, MODEL.pivot)
-        else:
-            a, b = (scene._transforms(p)[Carrier.BASE] for p in (pose, other))
-        pts = np.c_[solid.corners(), np.ones(8)]
-        moved = np.linalg.norm(pts @ b.T - pts @ a.T, axis=1).max()
-        bound = displacement_bound(reach, half, centre_radius(reach, pose, MODEL.pivot))
-        assert moved <= bound + 1e-9
+    centre = Pose(*((a + b) / 2 for a, b in zip(lo, hi)))
+    moved = np.linalg.norm(_corners_at(scene, _inside(lo, hi, at))
+                           - _corners_at(scene, centre), axis=2).max(axis=1)
+    assert np.all(moved <= scene.sweep.displacement(lo, hi) + 1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cells, where)
+def test_every_point_stays_within_the_curvature_allowance_of_its_corner_positions(
+        cell: tuple, at: list[float]) -> None:
+    # The tensor-product linear interpolation of a point's positions at the cell's
+    # vertex poses (a convex combination of them) is within eps of where it really
+    # is at any pose of the cell: the hull the path check bounds, widened by eps,
+    # holds every point of every piece.
+    lo, hi = _cell(*cell)
+    scene = MODEL.scene(0.0, Arms(), PatientEnvelope(arms="up"))
+    sweep = scene.sweep
+    vertices = sweep.vertices(lo, hi)
+    varying = [k for k in range(6) if hi[k] > lo[k]]
+    pose = _inside(lo, hi, at)
+    s = [(pose.as_tuple()[k] - lo[k]) / (hi[k] - lo[k]) for k in varying]
+    weights = np.array([math.prod(s[p] if (index >> (len(varying) - 1 - p)) & 1 else 1 - s[p]
+                                  for p in range(len(varying)))
+                        for index in range(len(vertices))])
+    at_vertices = np.stack([_corners_at(scene, Pose(*v)) for v in vertices])
+    interpolated = np.tensordot(weights, at_vertices, axes=1)
+    off = np.linalg.norm(_corners_at(scene, pose) - interpolated, axis=2).max(axis=1)
+    assert np.all(off <= sweep.eps(lo, hi) + 1e-9)
 
 
 @settings(max_examples=60, deadline=None)
@@ -202,8 +236,48 @@ def test_no_point_moves_further_than_the_displacement_bound(
 def test_cheap_distance_bound_never_exceeds_the_exact_distance(
         pose: Pose, gantry: float, arms_up: bool) -> None:
     scene = MODEL.scene(gantry, Arms.extended(), PatientEnvelope(arms="up" if arms_up else "down"))
-    gaps = scene.gaps(scene._transforms(pose))
-    assert np.all(gaps <= scene.pair_distances(pose) + 1e-6)
+    assert np.all(scene.gaps(pose) <= scene.pair_distances(pose) + 1e-6)
+
+
+@settings(max_examples=80, deadline=None)
+@given(cells, st.floats(0, 359.99), st.lists(where, min_size=4, max_size=4),
+       st.sampled_from(["measured", "random"]))
+def test_the_cell_bound_never_exceeds_the_distance_at_any_pose_of_the_cell(
+        cell: tuple, gantry: float, at: list[list[float]], directions: str) -> None:
+    # Any unit vector gives a valid bound; FCL's separation direction a tight one.
+    lo, hi = _cell(*cell)
+    scene = MODEL.scene(gantry, Arms.extended(), PatientEnvelope(arms="up"))
+    n, n_f = len(scene.moving), len(scene.fixed)
+    pairs = [(i, j) for i in range(n) for j in range(n_f)]
+    u = np.full((n, n_f, 3), np.nan)
+    if directions == "measured":
+        for (i, j), (_, g) in zip(pairs, scene.measure(_inside(lo, hi, at[0]), pairs)):
+            if g is not None:
+                u[i, j] = g
+    else:
+        rng = np.random.default_rng(int(1000 * abs(at[0][0])))
+        v = rng.normal(size=(n, n_f, 3))
+        u = v / np.linalg.norm(v, axis=2, keepdims=True)
+    found = scene.sweep.bound(lo, hi, np.arange(n), u, np.ones((n, n_f), dtype=bool))
+    for pose in [_inside(lo, hi, w) for w in at] + [Pose(*v) for v in scene.sweep.vertices(lo, hi)[:8]]:
+        assert np.all(found.bounds <= scene.pair_distances(pose) + 1e-6)
+
+
+def test_the_cell_bound_is_tight_for_a_translation_along_the_separation() -> None:
+    # Gantry 90: the couch top's edge (x = 265 + lat) faces the collimator face at
+    # x = 400. Over lat 0..50 the closest pose is lat 50: 85 mm; the bound with the
+    # measured direction is that, exactly.
+    scene = MODEL.scene(90.0, Arms(), PATIENT_BOX)
+    sweep = scene.sweep
+    n, n_f = len(scene.moving), len(scene.fixed)
+    pairs = [(i, 1) for i in range(n)]
+    u = np.full((n, n_f, 3), np.nan)
+    for (i, j), (_, g) in zip(pairs, scene.measure(Pose(lat=50.0), pairs)):
+        u[i, j] = g
+    short = np.zeros((n, n_f), dtype=bool)
+    short[:, 1] = True
+    found = sweep.bound((0, 0, 0, 0, 0, 0), (50, 0, 0, 0, 0, 0), np.arange(n), u, short)
+    assert np.nanmin(found.bounds) == pytest.approx(400.0 - 265.0 - 50.0, abs=0.01)
 
 
 def test_fcl_box_distance_agrees_with_points_on_its_surface() -> None:
@@ -234,37 +308,13 @@ def test_fcl_box_distance_agrees_with_points_on_its_surface() -> None:
     assert sampled - exact[i, 0] <= step * math.sqrt(3)
 
 
-@settings(max_examples=80, deadline=None)
-@given(poses, st.floats(0, 359.99), st.lists(st.floats(0, 60), min_size=3, max_size=3),
-       st.lists(st.floats(0, 4), min_size=3, max_size=3),
-       st.lists(st.floats(-1, 1), min_size=6, max_size=6))
-def test_distance_drops_no_more_than_the_directional_bound(
-        pose: Pose, gantry: float, h_mm: list[float], h_deg: list[float],
-        where: list[float]) -> None:
-    # The convexity argument and FCL's separation direction, checked together: the
-    # distance from each piece to its nearest gantry solid, at any pose within the
-    # half-widths, is at least the distance at `pose` less the directional bound.
-    half = (*h_mm, *h_deg)
-    other = Pose(*(v + w * h for v, w, h in zip(pose.as_tuple(), where, half)))
-    scene = MODEL.scene(gantry, Arms.extended(), PatientEnvelope(arms="up"))
-    scene.need = np.full(len(scene.moving), np.inf)  # measure every piece exactly
-    sample = scene.sample(pose)
-    after = scene.pair_distances(other)
-    c, s = math.cos(math.radians(pose.yaw)), math.sin(math.radians(pose.yaw))
-    for i, (reach, g) in enumerate(zip(scene.reaches, sample.direction)):
-        if g is None:
-            continue
-        local = (c * g[0] + s * g[1], -s * g[0] + c * g[1], g[2])
-        drop = directional_bound(reach, half, centre_radius(reach, pose, MODEL.pivot), local)
-        assert after[i, sample.nearest_fixed[i]] >= sample.bounds[i] - drop - 1e-6
-
-
-def test_separation_directions_are_found_for_measured_pieces() -> None:
+def test_separation_directions_come_with_measured_distances() -> None:
     scene = MODEL.scene(90.0, Arms(), PATIENT_BOX)
-    scene.need = np.full(len(scene.moving), np.inf)
-    sample = scene.sample(Pose(lat=20.0))
-    assert all(g is not None for g in sample.direction)
+    pairs = [(i, 1) for i in range(len(scene.moving))]
+    measured = scene.measure(Pose(lat=20.0), pairs)
+    d, g = min(measured, key=lambda m: m[0])
+    assert d == pytest.approx(400.0 - 265.0 - 20.0)
     # The couch top's edge faces the collimator at +X: the direction from the
     # collimator to the couch is -X.
-    i = int(np.argmin(sample.bounds))
-    assert sample.direction[i] == pytest.approx((-1.0, 0.0, 0.0), abs=1e-6)
+    assert g is not None
+    assert g == pytest.approx((-1.0, 0.0, 0.0), abs=1e-6)

@@ -79,7 +79,7 @@ def test_an_allowed_move_keeps_the_margin_at_every_densely_sampled_pose(
     if not result.allowed:
         return
     scene = MODEL.scene(gantry, arms, patient)
-    lowest = min(scene.sample(p).closest.distance_mm
+    lowest = min(scene.closest(p).distance_mm
                  for p in _dense_poses(start, end, motion, seed))
     assert lowest >= MARGIN
     assert result.lower_bound_mm <= lowest + 1e-6  # the proven bound is a bound
@@ -258,12 +258,14 @@ def test_a_move_that_cannot_be_proven_is_refused_not_allowed() -> None:
 
 
 def test_a_tiny_sample_budget_refuses_rather_than_guesses() -> None:
-    # Every pose of this move is at least 51 mm clear, but proving it takes hundreds
-    # of samples: with five the check refuses.
-    start = Pose(13.02, -90.10, 8.57, -2.10, -0.32, -0.82)
-    end = Pose(9.50, -76.06, -2.95, -1.62, -0.79, -0.86)
-    r = check_path(start, end, 115.0, Arms(), BOX, MARGIN, max_samples=5)
+    # This move comes within 0.05 mm of the margin (the patient's side and the
+    # collimator at gantry 276): proving it takes dozens of steps; with five the
+    # check refuses.
+    start = Pose(-28.75, 2.45, -29.87, -8.65, -0.59, 0.07)
+    end = Pose(-37.83, 1.67, -33.49, -8.19, 2.32, -1.74)
+    assert check_path(start, end, 276.41, Arms(), BOX, MARGIN).allowed
+    r = check_path(start, end, 276.41, Arms(), BOX, MARGIN, max_samples=5)
     assert not r.allowed and r.samples <= 6
     assert r.min_clearance_mm >= MARGIN
-    assert r.reason.startswith("couch top and collimator: clearance not proven to stay above "
+    assert r.reason.startswith("patient and collimator: clearance not proven to stay above "
                                "the 50 mm margin within ")
