@@ -47,10 +47,11 @@ from safety.collision_scene import CollisionModel
 from safety.couch_model import CouchModel
 from safety.pose import Pose
 
-# Samples the proposal's path check may take (it runs before anyone confirms).
+# Steps (probes and cell bounds, safety.collision_path) the proposal's path check may
+# take (it runs before anyone confirms; 1,000 steps are under 0.1 s).
 PLAN_SAMPLES = 1000
-# Samples the gate may take when the room changed since the proposal (it is on the
-# way to a GO): a path not proven within them is refused.
+# Steps the gate may take when the room changed since the proposal (it is on the way
+# to a GO; typical moves need 1 to 4): a path not proven within them is refused.
 GATE_SAMPLES = 100
 # A gantry angle within this of the proposal's is the same gantry (0.01 deg: the
 # register's resolution).

@@ -235,7 +235,7 @@ class Sweep:
             return found
         vals = [(a,) if a == b else (a, b) for a, b in zip(lo, hi)]
         rz = _stack(rot_z, vals[3])  # (Ny, 3, 3)
-        a = (_stack(rot_x, vals[4])[:, None] @ _stack(rot_y, vals[5])[None, :]).reshape(-1, 3, 3)
+        a = np.array([rot_x(p) @ rot_y(r) for p in vals[4] for r in vals[5]])  # (Np * Nr, 3, 3)
         ts = np.array(list(itertools.product(vals[0], vals[1], vals[2])))  # (Nt, 3)
         frames = _Frames(
             rz=rz, top=(rz[:, None] @ a[None]).reshape(-1, 3, 3), top_shift=(ts + self.pivot).T,
@@ -256,26 +256,34 @@ class Sweep:
         are built per rotation and per translation and combined by broadcasting; the
         order of the result is that of `vertices`."""
         rz, ny = frames.rz, len(frames.rz)
+        if pieces[-1] < self.n_top:  # only table-top pieces (sorted): the usual case
+            return self._lowest_one_carrier(frames, pieces, u, frames.top, frames.top_shift)
         out = np.empty((frames.n_t, ny, frames.n_pr, len(pieces)))
         on_top = pieces < self.n_top
         for carrier_top in (True, False):
             cols = np.flatnonzero(on_top) if carrier_top else np.flatnonzero(~on_top)
             if not len(cols):
                 continue
-            ids, uu = pieces[cols], u[cols]
             # The base only turns with the yaw.
             m, shift = (frames.top, frames.top_shift) if carrier_top else (rz, frames.base_shift)
-            w = np.matmul(uu[:, None, None, :], m[None]).reshape(len(ids), -1, 3)  # (P, R, 3)
-            along_axes = np.abs(np.matmul(w, self._piece_axes[ids]))  # (P, R, 3)
-            box = ((w * self._piece_centre[ids][:, None, :]).sum(axis=2)
-                   - (along_axes * self._piece_half[ids][:, None, :]).sum(axis=2))
-            box = box.reshape(len(ids), ny, -1)  # (P, Ny, PR or 1)
-            # u . Rz_y shift_t = (Rz_y^T u) . shift_t
-            lin = np.matmul(np.matmul(uu[:, None, None, :], rz[None]).reshape(len(ids), ny, 3),
-                            shift)  # (P, Ny, Nt)
-            out[..., cols] = (box[:, None, :, :] + lin.transpose(0, 2, 1)[..., None]
-                              ).transpose(1, 2, 3, 0)
+            part = self._lowest_one_carrier(frames, pieces[cols], u[cols], m, shift)
+            out[..., cols] = part.reshape(frames.n_t, ny, -1, len(cols))
         return out.reshape(-1, len(pieces))
+
+    def _lowest_one_carrier(self, frames: _Frames, ids: np.ndarray, u: np.ndarray,
+                            m: np.ndarray, shift: np.ndarray) -> np.ndarray:
+        """`_lowest_along` for pieces of one carrier: m (Ny * R', 3, 3) its rotations,
+        shift (3, Nt) its translations before the yaw. (V', P), V' = Nt * Ny * R'."""
+        rz, ny, n = frames.rz, len(frames.rz), len(ids)
+        w = np.matmul(u[:, None, None, :], m[None]).reshape(n, -1, 3)  # (P, R, 3)
+        along_axes = np.abs(np.matmul(w, self._piece_axes[ids]))  # (P, R, 3)
+        box = ((w * self._piece_centre[ids][:, None, :]).sum(axis=2)
+               - (along_axes * self._piece_half[ids][:, None, :]).sum(axis=2))
+        box = box.reshape(n, ny, -1)  # (P, Ny, R' / Ny)
+        # u . Rz_y shift_t = (Rz_y^T u) . shift_t
+        lin = np.matmul(np.matmul(u[:, None, None, :], rz[None]).reshape(n, ny, 3), shift)
+        total = box[:, None, :, :] + lin.transpose(0, 2, 1)[..., None]  # (P, Nt, Ny, R')
+        return total.reshape(n, -1).T
 
     def _place_one(self, pose: Pose) -> np.ndarray:
         """(3, 8 * pieces): every piece's corners at one pose (corner-major, like `_place`)."""
