@@ -66,8 +66,9 @@ Six = tuple[float, float, float, float, float, float]
 
 _RAD = math.pi / 180.0
 #: Subtracted from every bound for floating-point rounding in the projections (mm):
-#: coordinates up to ~10 m, sums of a few products, each rounded to 2e-16 relative.
-ROUNDING_MM = 1e-6 * 4096.0
+#: coordinates up to ~10 m, sums of a few products, each rounded to 2e-16 relative,
+#: are off by far less than a nanometre; this is a thousand times that and more.
+ROUNDING_MM = 0.004
 # Per number m of varying axes, the (2^m, m) table of vertex bits.
 _BITS = [np.array(list(itertools.product((0.0, 1.0), repeat=m)), dtype=float).reshape(1 << m, m)
          for m in range(7)]

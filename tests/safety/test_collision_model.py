@@ -191,16 +191,21 @@ def _corners_at(scene: Scene, pose: Pose) -> np.ndarray:
                      for s in scene.moving])
 
 
+# A room whose whole couch base travels with lat and long, beside the shipped one.
+TRAVELLING_BASE = CollisionModel(CollisionConfig.from_mapping(
+    {"room": {"couch_base": {"moves_with_lat_long": True}}}).room)
+models = st.sampled_from([MODEL, TRAVELLING_BASE])
 cells = st.tuples(poses, st.lists(st.floats(0, 60), min_size=3, max_size=3),
                   st.lists(st.floats(0, 4), min_size=3, max_size=3))
 where = st.lists(st.floats(-1, 1), min_size=6, max_size=6)
 
 
 @settings(max_examples=200, deadline=None)
-@given(cells, where)
-def test_no_point_moves_further_than_the_displacement_bound(cell: tuple, at: list[float]) -> None:
+@given(cells, where, models)
+def test_no_point_moves_further_than_the_displacement_bound(
+        cell: tuple, at: list[float], model: CollisionModel) -> None:
     lo, hi = _cell(*cell)
-    scene = MODEL.scene(0.0, Arms(), PatientEnvelope(arms="up"))
+    scene = model.scene(0.0, Arms(), PatientEnvelope(arms="up"))
     centre = Pose(*((a + b) / 2 for a, b in zip(lo, hi)))
     moved = np.linalg.norm(_corners_at(scene, _inside(lo, hi, at))
                            - _corners_at(scene, centre), axis=2).max(axis=1)
@@ -208,15 +213,15 @@ def test_no_point_moves_further_than_the_displacement_bound(cell: tuple, at: lis
 
 
 @settings(max_examples=200, deadline=None)
-@given(cells, where)
+@given(cells, where, models)
 def test_every_point_stays_within_the_curvature_allowance_of_its_corner_positions(
-        cell: tuple, at: list[float]) -> None:
+        cell: tuple, at: list[float], model: CollisionModel) -> None:
     # The tensor-product linear interpolation of a point's positions at the cell's
     # vertex poses (a convex combination of them) is within eps of where it really
     # is at any pose of the cell: the hull the path check bounds, widened by eps,
     # holds every point of every piece.
     lo, hi = _cell(*cell)
-    scene = MODEL.scene(0.0, Arms(), PatientEnvelope(arms="up"))
+    scene = model.scene(0.0, Arms(), PatientEnvelope(arms="up"))
     sweep = scene.sweep
     vertices = sweep.vertices(lo, hi)
     varying = [k for k in range(6) if hi[k] > lo[k]]
@@ -241,12 +246,13 @@ def test_cheap_distance_bound_never_exceeds_the_exact_distance(
 
 @settings(max_examples=80, deadline=None)
 @given(cells, st.floats(0, 359.99), st.lists(where, min_size=4, max_size=4),
-       st.sampled_from(["measured", "random"]))
+       st.sampled_from(["measured", "random"]), models)
 def test_the_cell_bound_never_exceeds_the_distance_at_any_pose_of_the_cell(
-        cell: tuple, gantry: float, at: list[list[float]], directions: str) -> None:
+        cell: tuple, gantry: float, at: list[list[float]], directions: str,
+        model: CollisionModel) -> None:
     # Any unit vector gives a valid bound; FCL's separation direction a tight one.
     lo, hi = _cell(*cell)
-    scene = MODEL.scene(gantry, Arms.extended(), PatientEnvelope(arms="up"))
+    scene = model.scene(gantry, Arms.extended(), PatientEnvelope(arms="up"))
     n, n_f = len(scene.moving), len(scene.fixed)
     pairs = [(i, j) for i in range(n) for j in range(n_f)]
     u = np.full((n, n_f, 3), np.nan)
