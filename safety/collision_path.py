@@ -48,7 +48,7 @@ from enum import StrEnum
 import numpy as np
 
 from safety.collision_scene import Nearest, Scene
-from safety.collision_sweep import Sweep
+from safety.collision_sweep import Sweep, vertex_bits
 from safety.pose import Pose
 
 Six = tuple[float, float, float, float, float, float]
@@ -216,15 +216,14 @@ class PathSearch:
         lo, hi = self._box(cell)
         varying = [k for k in range(6) if hi[k] > lo[k]]
         gaps = cell.gaps[i, j]
-        index = np.arange(len(gaps))
+        bits = vertex_bits(len(varying))
         curvature = self.sweep.eps_by_axis(lo, hi, int(cell.pieces[i]))
         best, best_score = -1, -1.0
         for p, k in enumerate(varying):
             if (self.motion is CouchMotion.PER_AXIS
                     and not cell.lo[k] < (cell.lo[k] + cell.hi[k]) / 2 < cell.hi[k]):
                 continue  # nothing left to halve on this axis (slack only)
-            bit = (index >> (len(varying) - 1 - p)) & 1
-            spread = float(np.abs(gaps[bit == 1] - gaps[bit == 0]).mean())
+            spread = float(np.abs(gaps[bits[:, p] == 1] - gaps[bits[:, p] == 0]).mean())
             score = spread + curvature[k]
             if score > best_score:
                 best, best_score = k, score

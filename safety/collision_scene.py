@@ -78,19 +78,14 @@ class Load:
     solids: tuple[Solid, ...]
     reaches: tuple[Reach, ...]
     geometries: tuple[fcl.CollisionGeometry, ...]
-    carriers: tuple[Carrier, ...]
-    carried: Carried  # the same pieces for the path check's sweep
+    carried: Carried  # the same pieces for the path check's sweep (checks their order)
 
     @classmethod
     def of(cls, moving: Sequence[tuple[Solid, Reach]], pivot: np.ndarray,
            base_travels: bool) -> Load:
         solids = tuple(s for s, _ in moving)
-        carriers = tuple(dict.fromkeys(s.carrier for s in solids))
-        order = [s.carrier for s in solids]
-        if order != sorted(order, key=carriers.index):
-            raise ValueError("moving solids must be grouped by carrier")
         reaches = tuple(r for _, r in moving)
-        return cls(solids, reaches, tuple(_geometry(s) for s in solids), carriers,
+        return cls(solids, reaches, tuple(_geometry(s) for s in solids),
                    Carried.of(solids, reaches, pivot, base_travels))
 
 
@@ -126,16 +121,13 @@ class Scene:
         self.base_moves_with_lat_long = model.room.couch_base.moves_with_lat_long
         self.fixed = tuple(fixed)
         self.moving = load.solids
-        self.reaches = load.reaches
         self._fixed_objects = [_fcl_object(s, g) for s in self.fixed]
         # Created and placed when first measured (`_place`).
         self._geometries = load.geometries
         self._moving_objects: dict[int, fcl.CollisionObject] = {}
-        self._carriers = load.carriers
         self._carried = load.carried
         # Nearest points cost nothing extra (measured): the path check uses their direction.
         self._request = fcl.DistanceRequest(enable_nearest_points=True)
-        self.samples_taken = 0
 
     @cached_property
     def sweep(self) -> Sweep:
@@ -165,7 +157,6 @@ class Scene:
     def closest(self, pose: Pose) -> Nearest:
         """The exact closest (couch-carried, gantry-carried) pair at `pose`: pairs are
         measured in order of their gap until no gap is below the closest found."""
-        self.samples_taken += 1
         gaps = self.gaps(pose)
         transforms = self._transforms(pose)
         nf = len(self.fixed)
@@ -191,7 +182,6 @@ class Scene:
         """Exact distances of the given (piece, fixed solid) pairs at `pose`, each with
         its separation direction (unit, room frame, from the fixed solid toward the
         piece) where FCL's closest points can be trusted (`MIN_DIRECTION_MM`)."""
-        self.samples_taken += 1
         transforms = self._transforms(pose)
         placed: dict[int, fcl.CollisionObject] = {}
         out: list[tuple[float, np.ndarray | None]] = []

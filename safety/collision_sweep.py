@@ -74,6 +74,11 @@ _BITS = [np.array(list(itertools.product((0.0, 1.0), repeat=m)), dtype=float).re
          for m in range(7)]
 
 
+def vertex_bits(n_varying: int) -> np.ndarray:
+    """(2^n, n): for each vertex index, which end of each varying axis it takes (1 = hi)."""
+    return _BITS[n_varying]
+
+
 def _stack(rotation: Callable[[float], np.ndarray], values: tuple[float, ...]) -> np.ndarray:
     return np.array([rotation(a) for a in values])
 
@@ -98,7 +103,7 @@ class _Frames:
     base_shift: np.ndarray  # (3, Nt): t' (the base's own translation)
     n_t: int
     n_pr: int
-    eps: np.ndarray  # per piece (mm)
+    eps_terms: np.ndarray  # (pieces, 3): the yaw, pitch and roll terms of eps (mm)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -167,8 +172,6 @@ class Sweep:
         # (J * 3, 3): row (j, d) is gantry solid j's axis d in the room frame.
         self._fixed_rows = self.fixed_rot.transpose(0, 2, 1).reshape(-1, 3)
         self._frames_cache: dict[tuple[Six, Six], _Frames] = {}
-        self._all_top = np.arange(self.n_top)
-        self._all_base = np.arange(len(self.axis_radius))
 
     # ------------------------------------------------------------ placement
 
@@ -176,56 +179,38 @@ class Sweep:
     def vertices(lo: Six, hi: Six) -> np.ndarray:
         """(V, 6): the cell's vertex poses, two values on each axis that varies (the
         first varying axis is the most significant bit of a vertex's index)."""
-        low = np.array(lo, dtype=float)
-        width = np.array(hi, dtype=float) - low
-        varying = np.flatnonzero(width > 0.0)
+        low, high = np.array(lo, dtype=float), np.array(hi, dtype=float)
+        varying = np.flatnonzero(high > low)
         out = np.repeat(low[None, :], 1 << len(varying), axis=0)
-        out[:, varying] += _BITS[len(varying)] * width[varying]
+        # Each end taken as given (not lo + width, which may round past hi).
+        out[:, varying] = np.where(vertex_bits(len(varying)) == 1.0, high[varying], low[varying])
         return out
 
     @staticmethod
     def vertex(lo: Six, hi: Six, index: int) -> Six:
         """Vertex pose `index` of the cell (the order of `vertices`)."""
-        varying = [k for k in range(6) if hi[k] > lo[k]]
-        out = list(lo)
-        for p, k in enumerate(varying):
-            if (index >> (len(varying) - 1 - p)) & 1:
-                out[k] = hi[k]
-        return tuple(out)  # type: ignore[return-value]
+        return tuple(float(x) for x in Sweep.vertices(lo, hi)[index])  # type: ignore[return-value]
 
-    def _place(self, v: np.ndarray, top: np.ndarray, base: np.ndarray) -> np.ndarray:
+    def _place(self, frames: _Frames, top: np.ndarray, base: np.ndarray) -> np.ndarray:
         """(3, 8, V, pieces): the corners of the given table-top and base pieces at every
-        vertex pose, room frame. Coordinates first and corners before vertices: each
-        step is then one matrix product or a reduction across contiguous slabs (numpy
-        is ten times slower reducing a short axis inside another short one)."""
-        n_v = len(v)
-        yaw, pitch, roll = v[:, 3] * _RAD, v[:, 4] * _RAD, v[:, 5] * _RAD
-        cy, sy = np.cos(yaw), np.sin(yaw)
+        vertex pose of the cell, room frame: F_v(x) = M_v x + Rz shift_t as in
+        `_lowest_along`. Coordinates first and corners before vertices: the reductions
+        then run across contiguous slabs (numpy is ten times slower reducing a short
+        axis inside another short one)."""
+        rz, ny = frames.rz, len(frames.rz)
         parts = []
-        if len(top):
-            cp, sp, cr, sr = np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
-            # F(x) = Rz(yaw) A (x - c) + Rz(yaw) (c + t), A = Rx(pitch) Ry(roll)
-            a0, a1, a2 = (cr, 0.0 * cr, sr), (sp * sr, cp, -sp * cr), (-cp * sr, sp, cp * cr)
-            m = np.empty((3, n_v, 3))
-            for k in range(3):
-                m[0, :, k] = cy * a0[k] - sy * a1[k]
-                m[1, :, k] = sy * a0[k] + cy * a1[k]
-                m[2, :, k] = a2[k]
-            x = self._top_local[:, :, top]  # (3, 8, n)
-            w = (m.reshape(3 * n_v, 3) @ x.reshape(3, -1)).reshape(3, n_v, 8, len(top))
-            px, py = float(self.pivot[0]) + v[:, 0], float(self.pivot[1]) + v[:, 1]
-            shift = np.array([cy * px - sy * py, sy * px + cy * py, float(self.pivot[2]) + v[:, 2]])
-            parts.append(w.transpose(0, 2, 1, 3) + shift[:, None, :, None])
-        if len(base):
-            zero = 0.0 * cy
-            m = np.array([[cy, -sy, zero], [sy, cy, zero], [zero, zero, zero + 1.0]])
-            x = self._base_local[:, :, base]
-            w = (m.transpose(0, 2, 1).reshape(3 * n_v, 3) @ x.reshape(3, -1))
-            w = w.reshape(3, n_v, 8, len(base))
-            tx, ty = (v[:, 0], v[:, 1]) if self.base_travels else (zero, zero)
-            shift = np.array([cy * tx - sy * ty, sy * tx + cy * ty, v[:, 2]])
-            parts.append(w.transpose(0, 2, 1, 3) + shift[:, None, :, None])
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=3)
+        for ids, local, m, shift in ((top, self._top_local, frames.top, frames.top_shift),
+                                     (base, self._base_local, rz, frames.base_shift)):
+            if not len(ids):
+                continue
+            turned = (m.reshape(-1, 3) @ local[:, :, ids].reshape(3, -1)).reshape(
+                ny, -1, 3, 8, len(ids))  # (Ny, R', 3, 8, n); the base has R' = 1
+            moved = (rz @ shift).transpose(2, 0, 1)  # (Nt, Ny, 3)
+            w = np.broadcast_to(turned[None] + moved[:, :, None, :, None, None],
+                                (frames.n_t, ny, frames.n_pr, 3, 8, len(ids)))
+            parts.append(w.reshape(-1, 3, 8, len(ids)))
+        w = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=3)
+        return np.ascontiguousarray(w.transpose(1, 2, 0, 3))
 
     def _frames(self, lo: Six, hi: Six) -> _Frames:
         """The cell's rotations and translations, built once per cell (a probed cell is
@@ -241,7 +226,7 @@ class Sweep:
         frames = _Frames(
             rz=rz, top=(rz[:, None] @ a[None]).reshape(-1, 3, 3), top_shift=(ts + self.pivot).T,
             base_shift=(ts if self.base_travels else ts * np.array([0.0, 0.0, 1.0])).T,
-            n_t=len(ts), n_pr=len(a), eps=self.eps(lo, hi))
+            n_t=len(ts), n_pr=len(a), eps_terms=self._eps_terms(lo, hi))
         if len(self._frames_cache) >= 64:
             self._frames_cache.clear()
         self._frames_cache[key] = frames
@@ -300,24 +285,22 @@ class Sweep:
 
     def eps_by_axis(self, lo: Six, hi: Six, piece: int) -> np.ndarray:
         """(6,): each axis's share of `eps` for one piece (mm; translations have none)."""
-        hy, hp, hr = ((hi[k] - lo[k]) * _RAD for k in (3, 4, 5))
         out = np.zeros(6)
-        if piece < self.n_top:
-            rho = float(self.rho[piece])
-            out[3] = hy * hy * (self._centre_radius(lo, hi) + rho) / 8.0
-            out[4], out[5] = hp * hp * rho / 8.0, hr * hr * rho / 8.0
-        else:
-            out[3] = hy * hy * (float(self.axis_radius[piece - self.n_top])
-                                + self._travel_radius(lo, hi)) / 8.0
+        out[3:] = self._frames(lo, hi).eps_terms[piece]
         return out
 
     def eps(self, lo: Six, hi: Six) -> np.ndarray:
         """Per piece, how far a point can be from the hull of its vertex positions (mm)."""
+        return self._frames(lo, hi).eps_terms.sum(axis=1)
+
+    def _eps_terms(self, lo: Six, hi: Six) -> np.ndarray:
+        """(pieces, 3): the yaw, pitch and roll terms of `eps` (h^2 |d2F/dtheta2| / 8)."""
         hy, hp, hr = ((hi[k] - lo[k]) * _RAD for k in (3, 4, 5))
-        top = (hy * hy * (self._centre_radius(lo, hi) + self.rho)
-               + (hp * hp + hr * hr) * self.rho) / 8.0
-        base = hy * hy * (self.axis_radius + self._travel_radius(lo, hi)) / 8.0
-        return np.concatenate([top, base])
+        top = np.stack([hy * hy * (self._centre_radius(lo, hi) + self.rho),
+                        hp * hp * self.rho, hr * hr * self.rho], axis=1)
+        base = np.zeros((len(self.axis_radius), 3))
+        base[:, 0] = hy * hy * (self.axis_radius + self._travel_radius(lo, hi))
+        return np.concatenate([top, base]) / 8.0
 
     def _centre_radius(self, lo: Six, hi: Six) -> float:
         """The largest |(c + t)_xy| over the cell (convex: at a corner of lat x long)."""
@@ -371,8 +354,7 @@ class Sweep:
         if by_axes.any():
             rows = np.flatnonzero(by_axes.any(axis=1))
             sel = pieces[rows]
-            pts = self._place(self.vertices(lo, hi), sel[sel < self.n_top],
-                              sel[sel >= self.n_top] - self.n_top)
+            pts = self._place(frames, sel[sel < self.n_top], sel[sel >= self.n_top] - self.n_top)
             sat, per_vertex = self._axes_gaps(pts)  # (m, J), (m, J, V)
             mask = by_axes[rows]
             found[rows] = np.where(mask, sat, found[rows])
@@ -383,7 +365,7 @@ class Sweep:
             gap = self._lowest_along(frames, pieces[r], u) - self._support(c, u)  # (V, P)
             found[r, c] = gap.min(axis=0)
             gaps[r, c] = gap.T
-        eps = frames.eps[pieces]
+        eps = frames.eps_terms[pieces].sum(axis=1)
         bounds = np.maximum(found - eps[:, None] - ROUNDING_MM, 0.0)  # NaN stays NaN
         return CellBound(bounds, gaps, eps)
 
