@@ -28,7 +28,7 @@ from typing import NoReturn, Self, TypeAlias
 
 from daemon.audit import jsonable
 from daemon.jsontypes import JsonMapping, JsonObject, as_object
-from daemon.sqlite_db import immediate, open_versioned
+from daemon.sqlite_db import open_versioned
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ TERMINAL = frozenset({"completed", "interrupted", "stopped", "failed"})
 # A jti stays remembered this long past its exp, so a token whose exp is
 # accepted thanks to clock-skew leeway is still recognised as a replay.
 JTI_LEEWAY_S = 300.0
+# Expired ids are deleted at most this often (remember_jti).
+JTI_PRUNE_INTERVAL_S = 60.0
 SCHEMA_VERSION = 1
 # What the store binds into its SQL: ids, times, states and JSON text.
 _SqlParam: TypeAlias = "str | int | float | None"
@@ -47,6 +49,10 @@ _SqlParam: TypeAlias = "str | int | float | None"
 CLAIM_CLASH_QUERY = (
     "SELECT 1 FROM moves WHERE confirmation_id = ? OR (proposal_id = ? AND "
     "state IN ('completed', 'sending', 'sent')) LIMIT 1")
+# The claim: a 'sending' move inserted unless that query finds one.
+CLAIM_MOVE = (
+    "INSERT INTO moves (confirmation_id, proposal_id, state, target, started_at) "
+    "SELECT ?, ?, 'sending', ?, ? WHERE NOT EXISTS (" + CLAIM_CLASH_QUERY + ")")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS proposals (
@@ -109,6 +115,7 @@ class CorrectionStore:
         # Told after each commit (deferred_sync): igrtd's group commit then syncs.
         self.on_write: Callable[[], None] | None = None
         self._lock = threading.Lock()
+        self._next_jti_prune = 0.0  # the first command prunes
         # Checkpoints run in a thread of their own, never inside sync(): a 4 MiB
         # checkpoint takes tens of milliseconds, and a GO's barrier waits for the
         # flush that sync() is part of.
@@ -307,28 +314,20 @@ class CorrectionStore:
         self._require_writable()
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    clash = self._db.execute(CLAIM_CLASH_QUERY,
-                                             (confirmation_id, proposal_id)).fetchone()
-                    if clash:
-                        self._db.execute("ROLLBACK")
-                        return False
-                    self._db.execute(
-                        "INSERT INTO moves (confirmation_id, proposal_id, state, target, started_at)"
-                        " VALUES (?, ?, 'sending', ?, ?)",
-                        (confirmation_id, proposal_id, self._dumps(target), time.time()),
-                    )
-                    self._db.execute("COMMIT")
-                except sqlite3.IntegrityError:
-                    self._db.execute("ROLLBACK")
-                    return False
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
+                # One statement, so one transaction of its own (autocommit): the
+                # clash query and the insert in one step on the way to every GO.
+                # BEGIN, SELECT, INSERT and COMMIT as four calls took 40 % longer.
+                claimed = self._db.execute(
+                    CLAIM_MOVE,
+                    (confirmation_id, proposal_id, self._dumps(target), time.time(),
+                     confirmation_id, proposal_id),
+                ).rowcount == 1
+            except sqlite3.IntegrityError:
+                return False  # the unique indexes: the clash the query looks for
             except sqlite3.Error as exc:
                 raise StoreError(f"state store write failed: {exc}") from exc
+        if not claimed:
+            return False
         self._written()
         return True
 
@@ -407,14 +406,16 @@ class CorrectionStore:
         self._require_writable()
         with self._lock:
             try:
-                with immediate(self._db):
+                # One statement, its own transaction, on the way to every console
+                # command; expired ids are pruned once a minute, not at every command
+                # (a DELETE in each command's transaction doubled its cost). An id kept
+                # longer is only remembered longer.
+                fresh = self._db.execute(
+                    "INSERT OR IGNORE INTO jti (jti, exp) VALUES (?, ?)", (jti, exp)
+                ).rowcount == 1
+                if now >= self._next_jti_prune:
                     self._db.execute("DELETE FROM jti WHERE exp < ?", (now - JTI_LEEWAY_S,))
-                    fresh = (
-                        self._db.execute(
-                            "INSERT OR IGNORE INTO jti (jti, exp) VALUES (?, ?)", (jti, exp)
-                        ).rowcount
-                        == 1
-                    )
+                    self._next_jti_prune = now + JTI_PRUNE_INTERVAL_S
             except sqlite3.Error as exc:
                 raise StoreError(f"state store write failed: {exc}") from exc
         self._written()

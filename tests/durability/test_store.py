@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from daemon.store import CLAIM_CLASH_QUERY, JTI_LEEWAY_S, CorrectionStore, StoreError
+from daemon.store import (
+    CLAIM_MOVE,
+    JTI_LEEWAY_S,
+    JTI_PRUNE_INTERVAL_S,
+    CorrectionStore,
+    StoreError,
+)
 
 TARGET = {"lat_mm": 1.0, "lng_mm": -2.0, "vrt_mm": 0.5}
 
@@ -82,10 +88,11 @@ def test_the_claim_looks_moves_up_by_index_however_many_the_room_has_made(
         store: CorrectionStore, db_path: Path) -> None:
     """On the way to every GO: by the proposal's index, not a walk over every completed
     move (the claim took 0.1 ms more per thousand moves stored before)."""
-    plan = [tuple(r)[-1] for r in store._db.execute(f"EXPLAIN QUERY PLAN {CLAIM_CLASH_QUERY}",
-                                                    ("c1", "p1"))]
+    plan = [tuple(r)[-1] for r in store._db.execute(f"EXPLAIN QUERY PLAN {CLAIM_MOVE}",
+                                                    ("c1", "p1", "{}", 0.0, "c1", "p1"))]
     assert any("moves_by_proposal" in step for step in plan), plan
-    assert not any(step.startswith("SCAN") or "moves_by_state" in step for step in plan), plan
+    assert not any(step.startswith("SCAN moves") or "moves_by_state" in step
+                   for step in plan), plan
 
 
 def test_an_existing_state_store_gets_the_index_when_opened(db_path: Path) -> None:
@@ -196,7 +203,8 @@ def test_jti_cache_survives_reopen(db_path: Path) -> None:
 def test_jti_is_pruned_only_after_exp_plus_leeway(store: CorrectionStore) -> None:
     store.remember_jti("j1", exp=1000.0, now=900.0)
     assert not store.remember_jti("j1", exp=1000.0, now=1000.0 + JTI_LEEWAY_S - 1)
-    store.remember_jti("other", exp=5000.0, now=1000.0 + JTI_LEEWAY_S + 1)
+    # Pruned at the first command a prune interval after the last prune.
+    store.remember_jti("other", exp=5000.0, now=1000.0 + JTI_LEEWAY_S + JTI_PRUNE_INTERVAL_S)
     count = store._db.execute("SELECT COUNT(*) FROM jti WHERE jti = 'j1'").fetchone()[0]
     assert count == 0
 
