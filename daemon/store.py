@@ -100,9 +100,13 @@ class StoreError(Exception):
     """The state store cannot be used; the message is one line fit for a user."""
 
 
-# With deferred_sync, sync() checkpoints once the WAL is this large (SQLite's
-# own default is 1,000 pages, about 4 MB).
-CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
+# With deferred_sync, sync() asks for a checkpoint once this many commits were made
+# since the last one: 4-6 MiB of WAL at 16-24 KiB a commit (SQLite's own default
+# is 1,000 pages, about 4 MiB).
+CHECKPOINT_COMMITS = 256
+# A WAL started afresh after a checkpoint keeps its file, up to this size, and is
+# written over from its start (journal_size_limit).
+WAL_KEPT_BYTES = 8 * 1024 * 1024
 
 
 class CorrectionStore:
@@ -116,6 +120,7 @@ class CorrectionStore:
         self.on_write: Callable[[], None] | None = None
         self._lock = threading.Lock()
         self._next_jti_prune = 0.0  # the first command prunes
+        self._commits = self._commits_at_checkpoint = 0  # since opening
         # Checkpoints run in a thread of their own, never inside sync(): a 4 MiB
         # checkpoint takes tens of milliseconds, and a GO's barrier waits for the
         # flush that sync() is part of.
@@ -131,10 +136,12 @@ class CorrectionStore:
         # WAL may be reused. Not NORMAL: NORMAL syncs the WAL header whenever
         # a commit starts the WAL afresh after a checkpoint, an fdatasync on
         # the event loop (milliseconds under disk load; found tracing the
-        # confirm path, issue 13). journal_size_limit=0: that fresh start
-        # also cuts the file back, so its size says how much waits to be
-        # checkpointed (a reused 4 MiB file read as "checkpoint now" at every
-        # sync, and so a fresh WAL at nearly every commit).
+        # confirm path, issue 13). journal_size_limit: that fresh start keeps
+        # the file and writes over it from its start, so the fdatasync before a
+        # GO writes data into blocks the file already has and commits no file
+        # system journal for a grown size, as it did while each fresh start cut
+        # the file back to nothing (issue 13, item 6). Checkpoints are asked for
+        # by the count of commits, as the file's size no longer tells.
         self._db = open_versioned(
             self.path,
             label="state store",
@@ -143,7 +150,8 @@ class CorrectionStore:
             schema_version=SCHEMA_VERSION,
             synchronous="OFF" if deferred_sync else "FULL",
             extra_pragmas=(
-                ("wal_autocheckpoint=0", "journal_size_limit=0") if deferred_sync else ()
+                ("wal_autocheckpoint=0", f"journal_size_limit={WAL_KEPT_BYTES}")
+                if deferred_sync else ()
             ),
             foreign_keys=True,
         )
@@ -175,14 +183,15 @@ class CorrectionStore:
             return  # nothing committed since the last checkpoint emptied it
         except OSError as exc:
             self._fail_sync(exc)
+        commits = self._commits
         try:
             os.fdatasync(fd)
-            size = os.fstat(fd).st_size
         except OSError as exc:
             self._fail_sync(exc)
         finally:
             os.close(fd)
-        if size >= CHECKPOINT_WAL_BYTES:
+        if commits - self._commits_at_checkpoint >= CHECKPOINT_COMMITS:
+            self._commits_at_checkpoint = commits
             self._request_checkpoint()
 
     def _request_checkpoint(self) -> None:
@@ -237,6 +246,7 @@ class CorrectionStore:
         return rows
 
     def _written(self) -> None:
+        self._commits += 1  # only counted: a checkpoint a commit late does no harm
         if self.on_write is not None:
             self.on_write()
 

@@ -176,25 +176,46 @@ def test_a_checkpoint_is_taken_once_per_wal_full_of_commits_not_at_every_sync(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import daemon.store as store_module
 
-    monkeypatch.setattr(store_module, "CHECKPOINT_WAL_BYTES", 256 * 1024)
+    monkeypatch.setattr(store_module, "CHECKPOINT_COMMITS", 16)
     store = CorrectionStore(tmp_path / "igrt.sqlite", deferred_sync=True)
     checkpoints: list[int] = []
     real = store._checkpoint
     monkeypatch.setattr(store, "_checkpoint", lambda: (checkpoints.append(1), real())[1])
-    i = 0
-    while not checkpoints:  # fill the WAL to the threshold
+    for i in range(16):  # a WAL full of commits, synced one by one
+        assert checkpoints == []
         assert store.claim_move(f"conf-{i}", f"prop-{i}", {"lat": 1.0})
         store.sync()
         assert store.wait_checkpoint_idle()
-        i += 1
-    for j in range(5):  # a few commits after the checkpoint (16 KiB each): below it
+    assert len(checkpoints) == 1
+    for j in range(5):  # a few commits after the checkpoint: below the next one
         assert store.claim_move(f"after-{j}", f"prop-after-{j}", {"lat": 1.0})
         store.sync()
         assert store.wait_checkpoint_idle()
     assert len(checkpoints) == 1
-    assert (tmp_path / "igrt.sqlite-wal").stat().st_size < 256 * 1024
     store.close()
     assert CorrectionStore(tmp_path / "igrt.sqlite").move_for_confirmation("after-4")
+
+
+def test_a_wal_started_afresh_after_a_checkpoint_keeps_its_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Written over from its start, the WAL's fdatasync before a GO puts data into
+    # blocks the file already has: no file system journal commit for a grown size,
+    # as while each fresh start cut the file back to nothing.
+    import daemon.store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_COMMITS", 16)
+    store = CorrectionStore(tmp_path / "igrt.sqlite", deferred_sync=True)
+    for i in range(16):
+        assert store.claim_move(f"conf-{i}", f"prop-{i}", {"lat": 1.0})
+        store.sync()
+    assert store.wait_checkpoint_idle()
+    wal = tmp_path / "igrt.sqlite-wal"
+    full = wal.stat().st_size
+    assert store.claim_move("after", "prop-after", {"lat": 1.0})  # the WAL starts afresh
+    store.sync()
+    assert wal.stat().st_size == full
+    store.close()
+    assert CorrectionStore(tmp_path / "igrt.sqlite").move_for_confirmation("after")
 
 
 def test_a_checkpoint_never_runs_inside_the_sync_a_barrier_waits_for(
@@ -203,7 +224,7 @@ def test_a_checkpoint_never_runs_inside_the_sync_a_barrier_waits_for(
     # barrier for that long. sync() only asks for it; its own thread runs it.
     import daemon.store as store_module
 
-    monkeypatch.setattr(store_module, "CHECKPOINT_WAL_BYTES", 0)
+    monkeypatch.setattr(store_module, "CHECKPOINT_COMMITS", 0)
     store = CorrectionStore(tmp_path / "igrt.sqlite", deferred_sync=True)
     entered, release = threading.Event(), threading.Event()
     real = store._checkpoint
