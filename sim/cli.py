@@ -70,19 +70,10 @@ def _text(info: dict[str, Any]) -> str:
 
 
 async def _up(room_path: Path | None, run_dir: Path | None, as_json: bool) -> int:
-    from sim.room import raise_priority
     from sim.room_description import load_description
     from sim.stack import SimulatedRoom
 
     description = load_description(room_path)  # ValueError: refused, exit 2
-    # The simulated couch and PLC stand for machines with processors of their own: a
-    # real PLC answers within its scan however busy the console host is. Run at
-    # igrtd's priority where this user may (root, as CI runs; the campaign's devices
-    # and the browser rig do the same), the host's other work (a test process, a
-    # browser) cannot starve them: starved of the CPU for 100 ms, the simulated PLC's
-    # heartbeat went stale to igrtd and a daily QA move ended in FAULT, in about one
-    # CI run in four. Threads started from here on (renders, Mosquitto, igrtd) inherit it.
-    raise_priority(0)
     # Its CBCT renders run in threads: they hand the interpreter back to the devices'
     # event loop within 0.5 ms instead of Python's 5 ms, as igrtd's do (daemon/main.py).
     sys.setswitchinterval(SIM_SWITCH_INTERVAL_S)

@@ -4,13 +4,10 @@ it refuses a production igrtd configuration."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
-
-from sim.room import IGRTD_NICE
 
 from .conftest import REPO, SimUp, alive, description, wait_for
 
@@ -44,22 +41,6 @@ def test_default_room_comes_up_with_every_device_and_goes_down_leaving_nothing(
              "igrtd and mosquitto gone")
     assert not room.control.exists()
     assert "Traceback" not in err
-
-
-def test_the_simulated_devices_run_at_igrtds_priority_where_allowed(tmp_path: Path) -> None:
-    """Devices with deadlines (the PLC's heartbeat, the couch's watchdog) must not be
-    starved by the host's other work: igrt-sim takes igrtd's nice where it may."""
-    mine = os.getpriority(os.PRIO_PROCESS, 0)
-    may = os.geteuid() == 0  # raising priority needs the privilege CI runs with
-    room = SimUp(tmp_path, description(broker={"enabled": False}, kv_imager=False))
-    try:
-        sim_nice = os.getpriority(os.PRIO_PROCESS, room.proc.pid)
-        igrtd_nice = os.getpriority(os.PRIO_PROCESS, room.info["pids"]["igrtd"])
-    finally:
-        rc, err = room.stop()
-    assert rc == 0, err
-    assert sim_nice == (IGRTD_NICE if may else mine)
-    assert igrtd_nice == sim_nice
 
 
 def _up(*args: str) -> subprocess.CompletedProcess[str]:
