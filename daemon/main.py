@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from daemon.config import ConfigError, RoomConfig, load_config
+from daemon.memory_lock import lock_memory
 from drivers.event_loop import precise_event_loop
 
 if TYPE_CHECKING:
@@ -100,6 +101,11 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
             # PLC read, and the STOP it calls for) that much less.
             gc.collect()
             gc.freeze()
+            # Resident from now on: no disk read on the way to a STOP (memory_lock.py).
+            not_locked = lock_memory()
+            if not_locked is not None:
+                log.warning("%s; a page read back from the disk can delay supervision",
+                            not_locked)
             sdnotify.ready()
             sdnotify.status(f"room {config.room}: {service.workflow.state}")
             log.info("igrtd ready (room %s)", config.room)

@@ -70,6 +70,7 @@ def _text(info: dict[str, Any]) -> str:
 
 
 async def _up(room_path: Path | None, run_dir: Path | None, as_json: bool) -> int:
+    from daemon.memory_lock import lock_memory
     from sim.room_description import load_description
     from sim.stack import SimulatedRoom
 
@@ -77,6 +78,9 @@ async def _up(room_path: Path | None, run_dir: Path | None, as_json: bool) -> in
     # Its CBCT renders run in threads: they hand the interpreter back to the devices'
     # event loop within 0.5 ms instead of Python's 5 ms, as igrtd's do (daemon/main.py).
     sys.setswitchinterval(SIM_SWITCH_INTERVAL_S)
+    # The simulated couch and PLC answer within their deadlines as real ones do: their
+    # code is not read back from the disk mid-move either (daemon/memory_lock.py).
+    lock_memory()  # where this user may; the simulator runs on either way
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -76,6 +76,11 @@ def test_igrtd_runs_ahead_of_ordinary_work_at_the_priority_test_rooms_use() -> N
     assert "CPUSchedulingPolicy" not in d  # no real-time policy for a Python loop
 
 
+def test_igrtd_may_lock_its_memory() -> None:
+    # daemon/memory_lock.py: mlockall needs the limit for an unprivileged user.
+    assert directives("igrtd.service")["LimitMEMLOCK"] == ["infinity"]
+
+
 def test_igrtd_runs_as_a_dedicated_unprivileged_user() -> None:
     d = directives("igrtd.service")
     assert d["User"] == ["igrt"]

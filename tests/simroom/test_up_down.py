@@ -4,10 +4,13 @@ it refuses a production igrtd configuration."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from .conftest import REPO, SimUp, alive, description, wait_for
 
@@ -41,6 +44,25 @@ def test_default_room_comes_up_with_every_device_and_goes_down_leaving_nothing(
              "igrtd and mosquitto gone")
     assert not room.control.exists()
     assert "Traceback" not in err
+
+
+def _locked_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmLck:")[1].split()[0])
+
+
+def test_igrtd_keeps_its_memory_resident_once_ready(tmp_path: Path) -> None:
+    """Pages igrtd has used are locked (daemon/memory_lock.py): none is read back from
+    the disk on the way to a STOP. Root here, as in CI; systemd gives igrtd the limit."""
+    if os.geteuid() != 0:
+        pytest.skip("locking memory needs CAP_IPC_LOCK or LimitMEMLOCK (igrtd.service)")
+    room = SimUp(tmp_path, description(broker={"enabled": False}, kv_imager=False))
+    try:
+        pid = room.info["pids"]["igrtd"]
+        wait_for(lambda: _locked_kb(pid) > 10_000, 10, "igrtd's memory locked")
+    finally:
+        rc, err = room.stop()
+    assert rc == 0, err
 
 
 def _up(*args: str) -> subprocess.CompletedProcess[str]:
