@@ -18,7 +18,6 @@ LimitMEMLOCK=infinity), igrtd runs on and says so once.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 MCL_CURRENT = 1
@@ -29,8 +28,9 @@ MCL_ONFAULT = 4
 def lock_memory() -> str | None:
     """Lock igrtd's pages in memory as they are used; None, or why not (one line)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        mlockall = libc.mlockall
+        # The process's own symbols, libc among them, as registration_worker.py and
+        # sim/parent_death.py reach prctl.
+        mlockall = ctypes.CDLL(None, use_errno=True).mlockall
     except (OSError, AttributeError) as exc:
         return f"memory not locked: no mlockall in the C library ({exc})"
     if mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:

@@ -29,9 +29,6 @@ from typing import Any
 
 from sim import replay_cli
 
-# As igrtd's (daemon/main.py IGRTD_SWITCH_INTERVAL_S).
-SIM_SWITCH_INTERVAL_S = 0.0005
-
 
 class UsageError(ValueError):
     """Refused command-line input: exit status 2."""
@@ -70,14 +67,15 @@ def _text(info: dict[str, Any]) -> str:
 
 
 async def _up(room_path: Path | None, run_dir: Path | None, as_json: bool) -> int:
+    from daemon.main import IGRTD_SWITCH_INTERVAL_S
     from daemon.memory_lock import lock_memory
     from sim.room_description import load_description
     from sim.stack import SimulatedRoom
 
     description = load_description(room_path)  # ValueError: refused, exit 2
     # Its CBCT renders run in threads: they hand the interpreter back to the devices'
-    # event loop within 0.5 ms instead of Python's 5 ms, as igrtd's do (daemon/main.py).
-    sys.setswitchinterval(SIM_SWITCH_INTERVAL_S)
+    # event loop within 0.5 ms instead of Python's 5 ms, as igrtd's do.
+    sys.setswitchinterval(IGRTD_SWITCH_INTERVAL_S)
     # The simulated couch and PLC answer within their deadlines as real ones do: their
     # code is not read back from the disk mid-move either (daemon/memory_lock.py).
     lock_memory()  # where this user may; the simulator runs on either way
