@@ -154,6 +154,12 @@ class RoomDescription(Strict):
     seed: int = Field(default=1, ge=0, le=2**31 - 1)
     couch: CouchSpec = CouchSpec()
     plc: bool = Field(default=True, description="room safety PLC on loopback Modbus TCP")
+    plc_heartbeat_stale_s: float = Field(
+        default=0.1, ge=0.01, le=2.0,
+        description="igrtd's plc.heartbeat_stale_s in this room: how long the PLC heartbeat "
+        "may go unseen changing before the room counts as unsafe. Raise it only for a room "
+        "whose machine pauses longer than that (a shared CI machine, "
+        "docs/integration-testing.md), never to hide a PLC fault")
     kv_imager: bool = Field(default=True, description="simulated kV imaging system")
     broker: BrokerSpec = BrokerSpec()
     record: bool = Field(default=False, description="igrtd records the session to "

@@ -251,7 +251,8 @@ class SimulatedRoom:
             "qa": {"gate": d.qa_gate},
         }
         if self.plc is not None:
-            cfg["plc"] = {"host": self.plc.host, "port": self.plc.port}
+            cfg["plc"] = {"host": self.plc.host, "port": self.plc.port,
+                          "heartbeat_stale_s": d.plc_heartbeat_stale_s}
         if self.broker is not None:
             cfg["mqtt"] = {"host": self.broker.host, "port": self.broker.port,
                            "username": "igrtd",

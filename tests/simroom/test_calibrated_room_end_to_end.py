@@ -38,7 +38,7 @@ from safety.pose import Pose
 from safety.qa_calibration import Calibration, predict_real
 from sim.demo_steps import TOL_DEG, TOL_MM
 from sim.room_description import ROOMS_DIR
-from sim.testing import IgrtRoom
+from sim.testing import LONG_RUN_PLC_STALE_S, IgrtRoom
 
 OFFSET = (0.7, 0.0, 1.2)
 ISO = [8.0, -12.0, 20.0]
@@ -51,6 +51,7 @@ def _description() -> dict[str, Any]:
     d["broker"] = {"enabled": False}
     d["kv_imager"] = False
     d["qa_gate"] = True
+    d["plc_heartbeat_stale_s"] = LONG_RUN_PLC_STALE_S  # a minute of motion on a shared machine
     # The couch faster than described: two daily QAs of 33 moves each in the budget.
     d["couch"]["speed_scale"] = 4.0
     d["imperfections"]["imaging_iso_offset_mm"] = list(OFFSET)

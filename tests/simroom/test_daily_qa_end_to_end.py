@@ -23,7 +23,7 @@ from daemon.igrtctl.main import main as igrtctl
 from safety.couch_model import CouchModel
 from safety.pose import Pose
 from sim.room_description import ROOMS_DIR
-from sim.testing import IgrtdRefused, IgrtRoom
+from sim.testing import LONG_RUN_PLC_STALE_S, IgrtdRefused, IgrtRoom
 from sim.world import PatientWorld
 
 OFFSET = (0.7, 0.0, 0.9)
@@ -35,6 +35,7 @@ def _description() -> dict[str, Any]:
     d["broker"] = {"enabled": False}
     d["kv_imager"] = False
     d["qa_gate"] = True
+    d["plc_heartbeat_stale_s"] = LONG_RUN_PLC_STALE_S  # a minute of motion on a shared machine
     # The couch at 4x its speed: 24 moves in a quarter of the time (the test's budget is
     # the imaging; qa_bench runs the room as described).
     d["couch"]["speed_scale"] = 4.0

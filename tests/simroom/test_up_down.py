@@ -65,6 +65,20 @@ def test_igrtd_keeps_its_memory_resident_once_ready(tmp_path: Path) -> None:
     assert rc == 0, err
 
 
+def test_the_rooms_plc_staleness_limit_is_igrtds(tmp_path: Path) -> None:
+    """`plc_heartbeat_stale_s` in the room description is igrtd's plc.heartbeat_stale_s
+    (a long QA test on a shared machine sets it; the default is igrtd's own)."""
+    room = SimUp(tmp_path, description(broker={"enabled": False}, kv_imager=False,
+                                       plc_heartbeat_stale_s=0.3))
+    try:
+        config = json.loads(Path(room.info["igrtd"]["config"]).read_text())
+        assert config["plc"]["heartbeat_stale_s"] == 0.3
+        assert room.igrtd("status")["interlocks"]["monitored"]
+    finally:
+        rc, err = room.stop()
+    assert rc == 0, err
+
+
 def _up(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sim.cli", "up", *args], check=False,
                           cwd=REPO, capture_output=True, text=True, timeout=60)
