@@ -3,10 +3,10 @@
 
     python -m bench.machine_pauses OUT_FILE [--min-ms 5]   # until SIGTERM
 
-A shared two-core CI machine stops running its guest now and then: traced
-beside the daily QA tests, igrtd's loop, the simulators and an independent
-sampler process all stopped for the same 17-40 ms at the same instants, every
-few seconds (docs/integration-testing.md, "Machine pauses"). A figure whose
+A shared two-core CI machine under load stops running its programs now and
+then: traced beside the daily QA tests, igrtd's loop and an independent
+sampler process stopped for the same 27-38 ms at the same instants, every few
+seconds (docs/integration-testing.md, "Machine pauses"). A figure whose
 samples last ~5 ms takes such a pause into about one sample in a hundred,
 which is its p99 whatever the software does.
 

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from daemon.control import ControlClient
     from sim.room_process import RoomProcess
 
-__all__ = ["LONG_RUN_PLC_STALE_S", "Hold", "IgrtRoom", "IgrtdClient", "IgrtdRefused", "SimControl", "SimOpRefused"]
+__all__ = ["LONG_RUN_PLC_STALE_S", "Hold", "IgrtRoom", "IgrtdClient", "IgrtdRefused",
+           "SimControl", "SimOpRefused"]
 
 T = TypeVar("T")
 START_TIMEOUT_S = 90.0  # igrtd imports SimpleITK and pydantic models: seconds on a busy CI box
@@ -50,10 +51,10 @@ SETTLE_TIMEOUT_S = 30.0
 POLL_S = 0.05
 # The PLC staleness limit (room description `plc_heartbeat_stale_s`) for a test whose
 # subject is not interlock timing but runs a minute of motion (daily QA, couch sag): a
-# shared 2-core CI machine pauses whole, igrtd and the simulator alike, for 20-40 ms
-# every few seconds and now and then for 100 ms or more (docs/integration-testing.md,
-# "Machine pauses"), and at igrtd's 0.1 s such a pause is a correct FAULT mid-QA. The
-# interlock and staleness tests keep 0.1 s.
+# shared 2-core CI machine under a test's load stops running igrtd and everything else
+# for tens of milliseconds every few seconds (docs/integration-testing.md, "Machine
+# pauses"; the failing CI runs fit one of 100 ms or more), and at igrtd's 0.1 s such a
+# pause is a correct FAULT mid-QA. The interlock and staleness tests keep 0.1 s.
 LONG_RUN_PLC_STALE_S = 0.3
 _ROOMS = pytest.StashKey[list["IgrtRoom"]]()
 
