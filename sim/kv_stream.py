@@ -52,6 +52,9 @@ from sim.intrafraction import (
 
 log = logging.getLogger(__name__)
 
+# How long `close` lets the link send what it still holds before dropping it.
+CLOSE_FLUSH_S = 2.0
+
 
 class SimKvImager:
     def __init__(
@@ -123,7 +126,12 @@ class SimKvImager:
         if self._writer is not None:
             self._writer.close()
             try:
-                await self._writer.wait_closed()
+                # A close sends what is still buffered first; a peer that has stopped
+                # reading (igrtd after a stop ended monitoring) would hold it open for
+                # ever, so after a bound the link is dropped unflushed, as unplugged.
+                await asyncio.wait_for(self._writer.wait_closed(), CLOSE_FLUSH_S)
+            except TimeoutError:
+                self._writer.transport.abort()
             except OSError:
                 pass
             self._writer = None
