@@ -195,7 +195,14 @@ class SimKvImager:
             task.cancel()
             try:
                 await task
-            except (asyncio.CancelledError, ConnectionError, OSError):
+            except asyncio.CancelledError:
+                # The stream's own end is swallowed; a cancel of the caller itself (close
+                # cancelling the command reader while it stops a stream) is not: swallowed,
+                # the reader went on waiting for igrtd's next command and close for it.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+            except (ConnectionError, OSError):
                 pass
 
     async def _stream(self, rate_hz: float) -> None:
