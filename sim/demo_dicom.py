@@ -185,6 +185,10 @@ def run(out: Path, seed: int) -> int:
         step(6, "Verification CBCT over DICOM: igrtd's registration of it is the residual")
         couch1 = room.couch_pose
         after = world.residual(couch1)
+        # A DICOM time here is to the second, and igrtd refuses a series it cannot tell
+        # was acquired after the couch last moved: a real CBCT takes a minute, the
+        # simulated one none, so it is acquired from the next whole second on.
+        time.sleep(1.05 - time.time() % 1.0)
         _send_cbct(out, "after", world, couch1, phantom, rng, dicom_port)
         check = wait_until(lambda: _new_proposal(sock, seen), 120, "igrtd's verification")
         est = check["delta"]
