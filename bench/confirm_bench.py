@@ -26,7 +26,7 @@ before and kept running throughout (target p99 <= 20).
 
 confirm_to_motion_unpaused_* and confirm_to_motion_disk_load_unpaused_*: the
 same series without the samples a pause of the machine itself fell into, as a
-top-priority watcher process saw them (a 1 ms sleep waking 5 ms or more late:
+top-priority watcher process saw them (a 2 ms sleep waking 5 ms or more late:
 bench/machine_pauses.py), run beside both series; with them _machine_paused_samples
 (how many were left out), _machine_pauses_per_min and _machine_pause_max_ms. The
 full series stays the figure the budget is judged on; the pair tells how much of
