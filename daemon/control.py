@@ -243,6 +243,12 @@ class LocalFrontEnd:
             return _refusal(exc.reason, exc.code)
         actor = Actor(user=verified.user.user, role=verified.user.role,
                       via=f"local:key by {peer.label}")
+        if not commands.COMMANDS[verified.cmd].heartbeat:
+            # As the MQTT front end does: the token id in the audit log, from which
+            # start-up remembers it again if a power loss took it from the state
+            # store's replay cache (daemon/claim_recovery.py).
+            self._audit("console.command_verified", actor.user, cmd=verified.cmd,
+                        jti=verified.claims.jti, via=actor.via)
         return await self._run(actor, verified.cmd, verified.args)
 
     async def _run(self, actor: Actor, cmd: str,

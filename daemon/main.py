@@ -37,6 +37,7 @@ class _Args(argparse.ArgumentParser):
 async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> None:
     from daemon import diagnostics, sdnotify
     from daemon.audit import AuditLog
+    from daemon.claim_recovery import recover_from_audit
     from daemon.commands import CommandListeners
     from daemon.console.users import room_registry
     from daemon.control import ControlServer
@@ -53,9 +54,12 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
     audit = AuditLog(config.state_dir / "audit", deferred_sync=True)
     audit.open()
     store = CorrectionStore(config.state_dir / "igrt.sqlite", deferred_sync=True)
-    commit = GroupCommit([audit.sync, store.sync])
+    commit = GroupCommit(audit.sync, [store.sync])
     audit.on_write = store.on_write = commit.written
     commit.written()  # what opening the audit log recovered
+    # Claims and token ids a power loss took from the store but not from the audit log,
+    # which is all a GO waits for (daemon/claim_recovery.py).
+    recover_from_audit(audit.directory, store, audit)
     c = config.couch
     couch = CouchClient(c.port, baudrate=c.baudrate, heartbeat_interval_s=c.heartbeat_interval_s,
                         reply_timeout_s=c.reply_timeout_s, link_timeout_s=c.link_timeout_s)
@@ -69,7 +73,7 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
 
                 plc, arms = await stack.enter_async_context(open_plc(config.plc))
             service = RoomService(config, couch, audit, store, plc=plc, arms=arms,
-                                  barrier=commit.barrier)
+                                  barrier=commit.barrier, go_barrier=commit.journal_barrier)
             stack.callback(service.close_workers)
             follow_heartbeat_rate(service.room, couch, c)
             listeners = CommandListeners()
@@ -241,11 +245,14 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(config, stop)
 
+    from daemon.audit.errors import AuditError
+    from daemon.store import StoreError
+
     try:
         # Sub-millisecond timers: the PLC poll keeps its 1-3 ms cadence (drivers/event_loop.py).
         with asyncio.Runner(loop_factory=precise_event_loop) as runner:
             runner.run(_run())
-    except OSError as exc:
+    except (OSError, AuditError, StoreError) as exc:  # e.g. an unreadable audit log at start
         print(f"igrtd: {exc}", file=sys.stderr)
         return 1
     except DaemonFault as exc:  # already logged with its traceback, stopped and audited

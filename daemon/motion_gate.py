@@ -152,6 +152,7 @@ class MotionGate:
         imaging_tolerance_deg: float = 0.2,
         on_motion_sent: Callable[[], None] | None = None,
         barrier: Callable[[], Awaitable[None]] | None = None,
+        go_barrier: Callable[[], Awaitable[None]] | None = None,
         collision: CollisionFn | None = None,
     ) -> None:
         self._couch = couch
@@ -159,6 +160,10 @@ class MotionGate:
         # Everything audited and stored so far durable (daemon/group_commit.py); with
         # stores that sync each write themselves, nothing to wait for.
         self._barrier = barrier or _already_durable
+        # A GO's: the audit log alone, which holds the apply-once claim's record that
+        # start-up recovers the claim from if the state store lost it in a power loss
+        # (daemon/claim_recovery.py); the store's WAL is synced after it, off the path.
+        self._go_barrier = go_barrier or self._barrier
         self._imaging_tol = (imaging_tolerance_mm, imaging_tolerance_deg)
         self._on_motion_sent = on_motion_sent
         # From the moment GO is written until move_couch returns: the controller
@@ -270,9 +275,9 @@ class MotionGate:
             self._refuse("couch_move", ticket,
                          [(f"confirmation {ticket.confirmation_id} was already executed; "
                            "a confirmed correction applies at most once")])
-        # The claim and every record so far become durable while TARGET and its echo
-        # are on the wire; GO waits for them (daemon/group_commit.py).
-        durable = asyncio.ensure_future(self._barrier())
+        # The claim's audit record and every record before it become durable while
+        # TARGET and its echo are on the wire; GO waits for them (daemon/group_commit.py).
+        durable = asyncio.ensure_future(self._go_barrier())
         go_written = False
         try:
             echo = await target_sent

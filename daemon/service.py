@@ -97,11 +97,13 @@ class RoomService:
         plc: RoomSafetyPort | None = None,
         arms: ImagerArmsPort | None = None,
         barrier: Callable[[], Awaitable[None]] | None = None,
+        go_barrier: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.room = Room(config, couch, audit, store, plc)
         # `barrier`: everything audited and stored so far made durable (igrtd's group
         # commit); None where the audit log and store sync each write themselves.
-        self.motion = MotionSupervisor(self.room, arms, barrier)
+        # `go_barrier`: the audit log alone, what a GO waits for (daemon/motion_gate.py).
+        self.motion = MotionSupervisor(self.room, arms, barrier, go_barrier)
         self.corrections = CorrectionWorkflow(self.room)
         self.monitoring = BeamMonitoring(self.room, self.corrections)
         self.room.beam_hold_required = self.monitoring.beam_hold_required

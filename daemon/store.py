@@ -376,6 +376,19 @@ class CorrectionStore:
             return False
         return True
 
+    def recover_claim(self, confirmation_id: str, proposal_id: str, target: JsonMapping,
+                      claimed_at: float, detail: JsonMapping) -> bool:
+        """A claim the audit log holds and this store lost (a power loss between
+        the audit log's sync and the WAL's: daemon/claim_recovery.py), stored as an
+        interrupted move: it is never sent again. False, nothing changed, if the
+        confirmation already has a move."""
+        return self._write(
+            "INSERT OR IGNORE INTO moves (confirmation_id, proposal_id, state, target, "
+            "started_at, ended_at, detail) VALUES (?, ?, 'interrupted', ?, ?, ?, ?)",
+            (confirmation_id, proposal_id, self._dumps(target), claimed_at, time.time(),
+             self._dumps(detail)),
+        ) == 1
+
     def mark_interrupted(self, confirmation_id: str, detail: JsonMapping | None = None) -> bool:
         return self.finish_move(confirmation_id, "interrupted", detail)
 
@@ -405,6 +418,26 @@ class CorrectionStore:
         return [self._move(r) for r in rows]
 
     # -- replay cache for signed commands
+
+    def remember_jtis(self, ids: list[tuple[str, float]]) -> int:
+        """Remember many (jti, exp) at once, in one transaction (start-up recovery:
+        daemon/claim_recovery.py); how many were not known."""
+        if not ids:
+            return 0
+        self._require_writable()
+        with self._lock:
+            try:
+                before = self._db.total_changes
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR IGNORE INTO jti (jti, exp) VALUES (?, ?)", ids)
+                self._db.execute("COMMIT")
+                added = self._db.total_changes - before
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StoreError(f"state store write failed: {exc}") from exc
+        self._written()
+        return added
 
     def remember_jti(self, jti: str, exp: float, *, now: float | None = None) -> bool:
         """True the first time a token id is seen, False for a replay.

@@ -58,7 +58,8 @@ _LINK_CHECK_S = 0.05
 
 class MotionSupervisor:
     def __init__(self, room: Room, arms: ImagerArmsPort | None = None,
-                 barrier: Callable[[], Awaitable[None]] | None = None) -> None:
+                 barrier: Callable[[], Awaitable[None]] | None = None,
+                 go_barrier: Callable[[], Awaitable[None]] | None = None) -> None:
         self.room = room
         config = room.config
         self.gate = MotionGate(
@@ -66,7 +67,7 @@ class MotionSupervisor:
             target_validity_ms=config.motion.target_validity_ms, arms=arms,
             imaging_tolerance_mm=config.binding.couch_moved_tolerance_mm,
             imaging_tolerance_deg=config.binding.couch_moved_tolerance_deg,
-            on_motion_sent=self._motion_commanded, barrier=barrier,
+            on_motion_sent=self._motion_commanded, barrier=barrier, go_barrier=go_barrier,
             collision=self._collision_reasons,
         )
         self.watch = CouchWatch(room, self.gate, self.trip)

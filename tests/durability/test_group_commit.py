@@ -38,7 +38,7 @@ class _GatedSource:
 
 async def test_a_barrier_waits_for_a_sync_that_began_after_the_last_record_before_it() -> None:
     src = _GatedSource()
-    commit = GroupCommit([src])
+    commit = GroupCommit(src)
     try:
         commit.written()  # a first sync starts and is held
         assert await asyncio.to_thread(src.started.wait, 5)
@@ -57,7 +57,7 @@ async def test_a_barrier_waits_for_a_sync_that_began_after_the_last_record_befor
 
 async def test_a_barrier_is_met_by_a_sync_under_way_that_began_after_every_record() -> None:
     src = _GatedSource()
-    commit = GroupCommit([src])
+    commit = GroupCommit(src)
     try:
         commit.written()  # the claim, say: a sync starts for it and is held
         assert await asyncio.to_thread(src.started.wait, 5)
@@ -75,7 +75,7 @@ async def test_a_barrier_is_met_by_a_sync_under_way_that_began_after_every_recor
 async def test_a_barrier_with_nothing_written_since_the_last_sync_returns_at_once() -> None:
     src = _GatedSource()
     src.release.set()
-    commit = GroupCommit([src])
+    commit = GroupCommit(src)
     try:
         commit.written()
         await asyncio.wait_for(commit.barrier(), 5)
@@ -90,7 +90,7 @@ async def test_a_failed_sync_refuses_every_later_barrier() -> None:
     src = _GatedSource()
     src.fail = "No space left on device"
     src.release.set()
-    commit = GroupCommit([src])
+    commit = GroupCommit(src)
     try:
         commit.written()
         with pytest.raises(DurabilityError, match="No space left on device"):
@@ -99,6 +99,89 @@ async def test_a_failed_sync_refuses_every_later_barrier() -> None:
             await commit.barrier()
     finally:
         commit.close()
+
+
+async def test_a_journal_barrier_is_met_before_the_other_sources_are_synced() -> None:
+    journal, store = _GatedSource(), _GatedSource()
+    journal.release.set()
+    commit = GroupCommit(journal, [store])
+    try:
+        commit.written()
+        await asyncio.wait_for(commit.journal_barrier(), 5)  # the store's sync is held
+        assert journal.finished == 1 and store.finished == 0
+        everything = commit.barrier()
+        await asyncio.sleep(0.01)
+        assert not everything.done()
+        store.release.set()
+        await asyncio.wait_for(everything, 5)
+    finally:
+        store.release.set()
+        commit.close()
+
+
+async def test_a_journal_barrier_waits_for_a_journal_sync_that_began_after_its_records() -> None:
+    journal = _GatedSource()
+    commit = GroupCommit(journal, [])
+    try:
+        commit.written()
+        assert await asyncio.to_thread(journal.started.wait, 5)
+        commit.written()  # the claim's record, after the held sync began
+        barrier = commit.journal_barrier()
+        journal.started.clear()
+        journal.release.set()
+        assert await asyncio.to_thread(journal.started.wait, 5)
+        await asyncio.wait_for(barrier, 5)
+        assert journal.finished == 2
+    finally:
+        journal.release.set()
+        commit.close()
+
+
+async def test_a_failed_journal_sync_refuses_the_journal_barrier() -> None:
+    journal = _GatedSource()
+    journal.fail = "Input/output error"
+    journal.release.set()
+    commit = GroupCommit(journal, [])
+    try:
+        commit.written()
+        with pytest.raises(DurabilityError, match="Input/output error"):
+            await asyncio.wait_for(commit.journal_barrier(), 5)
+    finally:
+        commit.close()
+
+
+async def test_a_failed_store_sync_refuses_every_later_journal_barrier() -> None:
+    journal, store = _GatedSource(), _GatedSource()
+    journal.release.set()
+    store.fail = "No space left on device"
+    store.release.set()
+    commit = GroupCommit(journal, [store])
+    try:
+        commit.written()
+        with pytest.raises(DurabilityError, match="No space left on device"):
+            await asyncio.wait_for(commit.barrier(), 5)
+        commit.written()
+        with pytest.raises(DurabilityError, match="No space left on device"):
+            await asyncio.wait_for(commit.journal_barrier(), 5)
+    finally:
+        commit.close()
+
+
+async def test_go_waits_for_the_audit_logs_sync_alone(
+        tmp_path: Path) -> None:
+    async def go_barrier() -> None:
+        room.journal.add("AUDIT DURABLE")
+
+    async def barrier() -> None:
+        room.journal.add("ALL DURABLE")
+
+    room = await fake_room(tmp_path, barrier=barrier, go_barrier=go_barrier)
+    pid = await propose(room, SMALL)
+    await room.service.confirm(ALICE, pid)
+    await room.service.hold(ALICE, pid)
+    assert room.journal.index("audit:command") < room.journal.index("AUDIT DURABLE") \
+        < room.journal.index("GO")
+    assert room.journal.count("ALL DURABLE") == 0
 
 
 async def test_go_waits_for_the_records_before_it_to_be_durable(tmp_path: Path) -> None:

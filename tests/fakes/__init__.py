@@ -293,15 +293,17 @@ def room_config(tmp_path: Path, *, qa: dict[str, object] | None = None,
 
 async def fake_room(tmp_path: Path, *, store: FakeStore | None = None,
                     barrier: Callable[[], Awaitable[None]] | None = None,
+                    go_barrier: Callable[[], Awaitable[None]] | None = None,
                     qa: dict[str, object] | None = None,
                     **motion: object) -> FakeRoom:
     """A started RoomService on fakes (supervision loops not running: see `supervised`).
-    `barrier`: igrtd's group commit (None: every record durable as written); `qa`: the
+    `barrier`, `go_barrier`: igrtd's group commit, everything and the audit log alone
+    (None: every record durable as written); `qa`: the
     configuration's qa section (default: gate off)."""
     journal = Journal()
     couch, plc, audit = FakeCouch(journal), FakePlc(journal), FakeAudit(journal)
     store = store or FakeStore()
     service = RoomService(room_config(tmp_path, qa=qa, **motion), couch, audit, store, plc=plc,
-                          arms=FakeArms(journal), barrier=barrier)
+                          arms=FakeArms(journal), barrier=barrier, go_barrier=go_barrier)
     await service.start()
     return FakeRoom(service, couch, plc, store, audit, journal)

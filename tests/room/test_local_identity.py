@@ -251,6 +251,25 @@ def test_a_signed_local_request_is_used_once(room, tmp_path, keys) -> None:
         d.stop()
 
 
+def test_a_signed_local_request_names_its_token_id_in_the_audit_log(room, tmp_path,
+                                                                    keys) -> None:
+    # Start-up remembers it again from there if a power loss took it from the state
+    # store's replay cache (daemon/claim_recovery.py).
+    from daemon.console.keys import load_private_key
+    from daemon.console.tokens import sign_command
+
+    d = _start(room, tmp_path, _with_keys(keys))
+    try:
+        token = sign_command(load_private_key(keys["alice"]), cmd="stop", sub="alice", aud="demo",
+                             reply_to="local", args={"reason": "test"}, jti="token-of-alice")
+        assert _raw(d.socket_path, {"jws": token})["ok"]
+    finally:
+        d.stop()
+    verified = list(read_records(d.state_dir / "audit", event="console.command_verified"))
+    assert [(r.actor, r.details["cmd"], r.details["jti"]) for r in verified] == [
+        ("alice", "stop", "token-of-alice")]
+
+
 def test_read_only_commands_and_stop_take_a_claimed_name_and_audit_the_proven_one(
         room, daemon) -> None:
     # This account is alice; it claims vic and bob without a key.
