@@ -70,7 +70,7 @@ class RecoveryAudit(Protocol):
 class Recovered:
     claims: list[str]  # confirmation ids stored as interrupted moves
     token_ids: int  # ids the store had lost and remembers again
-    records_read: int
+    records_read: int  # records parsed (only lines that may name a claim or a token id)
 
 
 def recover_from_audit(directory: Path, store: ClaimStore, audit: RecoveryAudit) -> Recovered:

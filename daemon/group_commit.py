@@ -24,7 +24,7 @@ flush syncs it first and resolves `journal_barrier()` at once, before the
 other sources are synced: a GO waits for that one sync, not for two one after
 the other (the state store's WAL as well). Measured in igrtd's classes beside
 a `dd` writing with a sync per block, the wait from the claim to durable went
-from p50 1.14 / p90 2.94 ms to 0.67 / 1.78 ms (200 each, interleaved:
+from p50 1.05 / p99 6.24 ms to 0.60 / 4.74 ms (1,000 each, interleaved:
 bench/durability_bench.py), and the GO only waits for what of it exceeds
 TARGET's and its echo's time on the wire.
 
