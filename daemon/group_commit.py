@@ -158,24 +158,22 @@ class GroupCommit:
             # are synced. The rest one after the other, in this one thread: syncing
             # them side by side in a helper thread showed no gain on the confirm path
             # and a thread more taking the interpreter lock from the event loop.
-            self._flush_step(self._journal, generation, journal=True)
+            self._sync(self._journal)
+            self._finish(generation, journal=True)
             for sync in self._others:
-                self._flush_step(sync, generation, journal=False)
+                self._sync(sync)
             self._finish(generation, journal=False)
 
-    def _flush_step(self, sync: SyncFn, generation: int, *, journal: bool) -> None:
-        error: str | None = None
+    def _sync(self, sync: SyncFn) -> None:
+        """Run one source's sync; a failure is kept (sticky), never raised here."""
         try:
             sync()
         except Exception as exc:  # noqa: BLE001 - any failure: nothing is vouched for
             error = f"durable write failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
             log.error("%s", error)
-        if error is not None:
             with self._cond:
                 if self._failed is None:
                     self._failed = error
-        if journal:
-            self._finish(generation, journal=True)
 
     def _finish(self, generation: int, *, journal: bool) -> None:
         with self._cond:
