@@ -13,8 +13,8 @@ control as the confirmation is given) and publishes a signed `confirm`, which
 starts the move as it lands (confirm -> TARGET/ECHO -> GO). Both tokens are
 signed before the clock starts. Measured from just before the confirm is
 published to the GO frame's device-side receive time in the couch simulator
-(its last byte off the 921600 baud wire: TARGET, the ARMED push, TARGET_ECHO
-and GO, 126 bytes, take 1.37 ms there, 2.73 ms at 460800); the bench, the
+(its last byte off the 921600 baud wire: TARGET, TARGET_ECHO and GO, 102
+bytes, take 1.11 ms there, 2.21 ms at 460800); the bench, the
 console and the simulators share one monotonic clock.
 
 Figures: confirm_to_motion_p50_ms, _p90_ms, _max_ms, _samples; 100 samples

@@ -40,7 +40,7 @@ from bench.confirm_bench import DiskLoad
 from bench.stats import samples, tail_figures
 from daemon.audit import AuditLog, verify
 from daemon.claim_recovery import recover_from_audit
-from daemon.group_commit import GroupCommit
+from daemon.group_commit import group_commit_for
 from daemon.store import CorrectionStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,8 +96,7 @@ async def _claim_waits(base: Path, n: int) -> tuple[list[float], list[float]]:
     audit = AuditLog(base / "audit", deferred_sync=True)
     audit.open()
     store = CorrectionStore(base / "igrt.sqlite", deferred_sync=True)
-    commit = GroupCommit(audit.sync, [store.sync])
-    audit.on_write = store.on_write = commit.written
+    commit = group_commit_for(audit, [store])
     waits: dict[bool, list[float]] = {True: [], False: []}
     try:
         await commit.barrier()

@@ -41,7 +41,7 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
     from daemon.commands import CommandListeners
     from daemon.console.users import room_registry
     from daemon.control import ControlServer
-    from daemon.group_commit import GroupCommit
+    from daemon.group_commit import group_commit_for
     from daemon.recording import attach_recorder, attach_room
     from daemon.service import RoomService
     from daemon.store import CorrectionStore
@@ -54,9 +54,8 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
     audit = AuditLog(config.state_dir / "audit", deferred_sync=True)
     audit.open()
     store = CorrectionStore(config.state_dir / "igrt.sqlite", deferred_sync=True)
-    commit = GroupCommit(audit.sync, [store.sync])
-    audit.on_write = store.on_write = commit.written
-    commit.written()  # what opening the audit log recovered
+    commit = group_commit_for(audit, [store])
+    commit.journal_written()  # what opening the audit log recovered
     # Claims and token ids a power loss took from the store but not from the audit log,
     # which is all a GO waits for (daemon/claim_recovery.py).
     recover_from_audit(audit.directory, store, audit)
@@ -73,7 +72,8 @@ async def serve(config: RoomConfig, stop_event: asyncio.Event | None = None) -> 
 
                 plc, arms = await stack.enter_async_context(open_plc(config.plc))
             service = RoomService(config, couch, audit, store, plc=plc, arms=arms,
-                                  barrier=commit.barrier, go_barrier=commit.journal_barrier)
+                                  barrier=commit.barrier, go_barrier=commit.journal_barrier,
+                                  hold_syncs=commit.hold)
             stack.callback(service.close_workers)
             follow_heartbeat_rate(service.room, couch, c)
             listeners = CommandListeners()

@@ -10,12 +10,14 @@ Couch moved since imaging (issue 11, item 2): a correction is relative to the
 couch pose at imaging, so the gate refuses when the couch is no longer where it
 was imaged: it may have been jogged in service mode or pushed by hand between
 imaging and confirmation. Before TARGET it judges the last status igrtd holds
-(a couch already known to have moved: nothing is sent); before GO, the status
-the controller pushes as it arms, sampled after TARGET arrived (read afresh
-when none came), so the pose checked is never older than the TARGET. Reading
-the couch before TARGET as well cost a status round trip (1.2 ms at 460800
-baud) on every confirmation's way to GO and vouched for nothing the
-pre-GO check does not (issue 13, item 6).
+(a couch already known to have moved: nothing is sent); before GO, the pose and
+moving axes the controller's TARGET_ECHO carries, sampled when the TARGET
+arrived, so the pose checked is never older than the TARGET. Reading the couch
+before TARGET as well cost a status round trip (1.2 ms at 460800 baud) on every
+confirmation's way to GO and vouched for nothing the pre-GO check does not; the
+ARMED push the controller used to send before the echo, which the pre-GO check
+read until the echo carried the pose, cost 0.53 ms of the 921600 baud line
+(issue 13, item 6).
 
 Controller not ready (found by bench/confirm_bench.py): the controller takes
 TARGET and GO only in IDLE or ARMED. Its own heartbeat watchdog can fault it
@@ -49,7 +51,7 @@ from dataclasses import dataclass
 
 from daemon.group_commit import DurabilityError
 from daemon.ports import CorrectionStorePort, CouchPort, ImagerArmsPort
-from drivers.couch import CouchRefused
+from drivers.couch import CouchRefused, TargetEcho
 from safety.couch_model import CouchModel
 from safety.motion import MotionDecision, MotionRequest, authorize_motion
 from safety.pose import AXES, UNITS, Pose
@@ -130,6 +132,15 @@ async def _already_durable() -> None:
     return None
 
 
+def _forget(durable: asyncio.Future[None]) -> None:
+    """A barrier no GO waits for any more: cancelled, or its failure retrieved (it was
+    reported already, or is moot)."""
+    if not durable.done():
+        durable.cancel()
+    elif not durable.cancelled():
+        durable.exception()
+
+
 def _not_durable(what: str, exc: DurabilityError) -> str:
     """The refusal of a motion whose preceding records could not be made durable."""
     return f"the records that must precede {what} are not durable: {exc}"
@@ -183,22 +194,32 @@ class MotionGate:
         return authorize_motion(self._request(kind, ticket, target, already_executed))
 
     def _request(self, kind: str, ticket: ConfirmationTicket | None, target: Pose | None,
-                 already_executed: bool = False) -> MotionRequest:
+                 already_executed: bool = False, armed: TargetEcho | None = None
+                 ) -> MotionRequest:
         facts = self._facts(kind)
         # The controller's own state, from the status the facts' pose came from.
         status = self._couch.latest_status
+        current, couch_moving = facts.current, facts.couch_moving
+        couch_state, couch_fault = ((status.state, status.fault_code) if status is not None
+                                    else (None, "none"))
+        if armed is not None and (status is None or status.received_at < armed.received_at):
+            # Before GO: the couch as the controller armed (the echo's pose and moving
+            # axes, sampled when the TARGET arrived), unless a status came after it.
+            # An echo is only ever sent in ARMED, and never in FAULT.
+            current, couch_moving = armed.pose, any(armed.moving)
+            couch_state, couch_fault = "ARMED", "none"
         req = MotionRequest(
             kind=kind,
             room_state=facts.room_state,
             target=target,
-            current=facts.current,
+            current=current,
             confirmation_id=ticket.confirmation_id if ticket else None,
             confirmed_at=ticket.confirmed_at_mono if ticket else None,
             already_executed=already_executed,
             deadline=ticket.deadline_mono if ticket else None,
             now=time.monotonic(),
             open_interlocks=facts.open_interlocks,
-            couch_moving=facts.couch_moving,
+            couch_moving=couch_moving,
             imager_arms_parked=facts.imager_arms_parked,
             imager_moving=facts.imager_moving,
             hold_to_run_fresh=facts.hold_to_run_fresh,
@@ -207,8 +228,8 @@ class MotionGate:
             imaging_path_end=ticket.target if ticket and ticket.resumes_interrupted else None,
             imaging_tolerance_mm=self._imaging_tol[0],
             imaging_tolerance_deg=self._imaging_tol[1],
-            couch_state=status.state if status is not None else None,
-            couch_fault=status.fault_code if status is not None else "none",
+            couch_state=couch_state,
+            couch_fault=couch_fault,
             beam_hold_required=facts.beam_hold_required,
             beam_held=facts.beam_held,
             correction_refusal=facts.correction_refusal,
@@ -253,31 +274,34 @@ class MotionGate:
         self._audit("command", ticket.user, command="couch_target",
                     confirmation_id=ticket.confirmation_id, proposal_id=ticket.proposal_id,
                     target=ticket.target.as_dict(), validity_ms=self._validity_ms)
-        sent_at = time.monotonic()
         try:
             target_sent = self._couch.start_target(ticket.target, self._validity_ms)
         except Exception as exc:  # the port went away: nothing was sent, nothing claimed
             self._audit("fault", ticket.user, what="couch_move", error=str(exc),
                         confirmation_id=ticket.confirmation_id)
             raise MotionRefused([f"couch did not accept the move: {exc}"]) from exc
+        # The claim's audit record (`couch_target`, just written) and every record
+        # before it become durable while TARGET and its echo are on the wire; GO waits
+        # for them (daemon/group_commit.py). Asked for now, the sync starts now.
+        durable = asyncio.ensure_future(self._go_barrier())
         # The apply-once claim, made while TARGET and its echo are on the wire (issue 13,
         # item 6): TARGET moves nothing (the controller only arms it, for validity_ms),
-        # GO is what moves, and GO waits below until the claim is durable. A crash
+        # GO is what moves, and GO waits below until the claim is durable (in the audit
+        # log, which start-up recovers it from: daemon/claim_recovery.py). A crash
         # before that leaves at most an armed target that expires: never a second move.
         try:
             claimed = self._store.claim_move(ticket.confirmation_id, ticket.proposal_id,
                                              ticket.target.as_dict())
         except BaseException:
             target_sent.cancel()  # no GO will follow: the armed target expires
+            _forget(durable)
             raise
         if not claimed:
             target_sent.cancel()
+            _forget(durable)
             self._refuse("couch_move", ticket,
                          [(f"confirmation {ticket.confirmation_id} was already executed; "
                            "a confirmed correction applies at most once")])
-        # The claim's audit record and every record before it become durable while
-        # TARGET and its echo are on the wire; GO waits for them (daemon/group_commit.py).
-        durable = asyncio.ensure_future(self._go_barrier())
         go_written = False
         try:
             echo = await target_sent
@@ -294,14 +318,11 @@ class MotionGate:
                 await durable
             except DurabilityError as exc:
                 raise MotionRefused([_not_durable("GO", exc)]) from None
-            # Where the couch is now: the controller pushes its ARMED status before the
-            # echo, sampled when TARGET arrived, so it is already here; a status from
-            # before TARGET (no push seen) is read afresh. A couch jogged or pushed by
-            # hand since imaging is refused here, before GO.
-            latest = self._couch.latest_status
-            if latest is None or latest.received_at < sent_at:
-                await self._couch.status()
-            req = self._request("couch_move", ticket, ticket.target)
+            # Where the couch is now: the echo says where it was, and which axes
+            # moved, when the TARGET arrived (a status pushed since, if any, is newer
+            # and counts instead). A couch jogged or pushed by hand since imaging is
+            # refused here, before GO.
+            req = self._request("couch_move", ticket, ticket.target, armed=echo)
             decision = authorize_motion(req)
             if not decision.allowed:
                 raise MotionRefused(decision.reasons)
@@ -328,10 +349,7 @@ class MotionGate:
                                 go_unanswered=go_written and not isinstance(exc, CouchRefused)
                                 ) from exc
         finally:
-            if not durable.done():
-                durable.cancel()
-            elif not durable.cancelled():
-                durable.exception()  # retrieved: a failure was reported above or is moot
+            _forget(durable)
         self._store.finish_move(ticket.confirmation_id, "sent", {"echo_id": echo.echo_id})
         started = StartedMove(ticket.confirmation_id, ticket.proposal_id, echo.echo_id,
                               ticket.target, time.monotonic(), start)

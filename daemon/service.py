@@ -98,11 +98,15 @@ class RoomService:
         arms: ImagerArmsPort | None = None,
         barrier: Callable[[], Awaitable[None]] | None = None,
         go_barrier: Callable[[], Awaitable[None]] | None = None,
+        hold_syncs: Callable[[], Callable[[], None]] | None = None,
     ) -> None:
         self.room = Room(config, couch, audit, store, plc)
         # `barrier`: everything audited and stored so far made durable (igrtd's group
         # commit); None where the audit log and store sync each write themselves.
         # `go_barrier`: the audit log alone, what a GO waits for (daemon/motion_gate.py).
+        # `hold_syncs`: the group commit's background flushes held while a motion
+        # command runs (`hold_background`).
+        self._hold_syncs = hold_syncs
         self.motion = MotionSupervisor(self.room, arms, barrier, go_barrier)
         self.corrections = CorrectionWorkflow(self.room)
         self.monitoring = BeamMonitoring(self.room, self.corrections)
@@ -195,10 +199,20 @@ class RoomService:
         """`cb` gets the encoded review images of each successful registration."""
         self.room.review_listeners.append(cb)
 
-    def hold_publications(self) -> Callable[[], None]:
-        """Hold the consoles' events and state until the returned function is called
-        (daemon/publications.py): while a command that may start motion runs."""
-        return self.room.publications.hold()
+    def hold_background(self) -> Callable[[], None]:
+        """Hold what a command that may start motion does not need done on its way to
+        the couch until the returned function is called: the consoles' events and state
+        (daemon/publications.py) and the group commit's background flushes
+        (daemon/group_commit.py `GroupCommit.hold`; a barrier still flushes)."""
+        publications = self.room.publications.hold()
+        if self._hold_syncs is None:
+            return publications
+        syncs = self._hold_syncs()
+
+        def release() -> None:
+            syncs()
+            publications()
+        return release
 
     def snapshot(self) -> JsonObject:
         return self.room.snapshot()

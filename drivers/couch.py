@@ -466,7 +466,8 @@ class CouchClient:
                 log.info("couch rx: ACK of %s seq %d matches no waiting request",
                          name_of(msg.acked_type, cp.MsgType), seq)
         elif isinstance(msg, cp.TargetEchoMsg):
-            echo = TargetEcho(msg.echo_id, pose_from_wire(msg.positions), msg.validity_ms, now)
+            echo = TargetEcho(msg.echo_id, pose_from_wire(msg.positions), msg.validity_ms, now,
+                              pose_from_wire(msg.armed_at), bits(msg.moving_bits))
             if not self._resolve(seq, cp.MsgType.TARGET, echo):
                 log.warning("couch rx: late TARGET_ECHO %d (seq %d) discarded; "
                             "it will expire unused", msg.echo_id, seq)

@@ -82,6 +82,10 @@ class TargetEcho:
     target: Pose
     validity_ms: int
     received_at: float
+    # The couch as the controller armed: its pose and moving axes when the TARGET
+    # arrived (the pre-GO check's view of where the couch is).
+    pose: Pose
+    moving: tuple[bool, ...]
 
 
 @dataclass(frozen=True, slots=True)

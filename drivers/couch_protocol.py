@@ -107,7 +107,7 @@ class FaultCode(IntEnum):
 Positions = tuple[int, int, int, int, int, int]
 
 _S_TARGET = struct.Struct("<6iH")
-_S_ECHO = struct.Struct("<H6iH")
+_S_ECHO = struct.Struct("<H6iH6iB")
 _S_GO = struct.Struct("<H")
 _S_JOG = struct.Struct("<BiH")
 _S_ACK = struct.Struct("<B")
@@ -235,11 +235,16 @@ class Status:
 class TargetEchoMsg:
     TYPE: ClassVar[MsgType] = MsgType.TARGET_ECHO
     echo_id: int
-    positions: Positions
+    positions: Positions  # the target accepted
     validity_ms: int
+    # Where the couch was, and which axes moved, when the TARGET arrived: what the
+    # host checks before GO, sent in the echo so that no STATUS push precedes it.
+    armed_at: Positions
+    moving_bits: int
 
     def payload(self) -> bytes:
-        return _S_ECHO.pack(self.echo_id, *self.positions, self.validity_ms)
+        return _S_ECHO.pack(self.echo_id, *self.positions, self.validity_ms, *self.armed_at,
+                            self.moving_bits)
 
 
 Message = (
@@ -295,7 +300,7 @@ def _decode_target(p: bytes) -> Target:
 
 def _decode_echo(p: bytes) -> TargetEchoMsg:
     v = _S_ECHO.unpack(p)
-    return TargetEchoMsg(v[0], v[1:7], v[7])
+    return TargetEchoMsg(v[0], v[1:7], v[7], v[8:14], v[14])
 
 
 _DECODERS: dict[int, Callable[[bytes], Message]] = {

@@ -182,6 +182,12 @@ def authorize_motion(req: MotionRequest) -> MotionDecision:
             reasons.append("imager arms not parked")
         if req.imager_moving:
             reasons.append("imager arm moving")
+        if correction and req.couch_moving:
+            # A correction starts from a couch at rest: axes reported moving (a
+            # runaway, a move still winding down) mean the pose checked is not
+            # where the move would start. Jogs follow each other while the couch
+            # still moves, by design.
+            reasons.append("couch moving")
     elif req.couch_moving:
         reasons.append("couch moving")
 

@@ -690,12 +690,17 @@ class SimCouchController:
         self._echo_fate.pop(self._last_echo_id, None)
         self._echo = _Echo(self._last_echo_id, target, now + msg.validity_ms / 1000.0,
                            msg.validity_ms)
-        self._set_state(cp.CtrlState.ARMED)
         self.executed_commands.append(Executed(
             now, "TARGET", {"echo_id": self._echo.echo_id, "target": _fmt(target),
                             "validity_ms": msg.validity_ms}))
         wire = tuple(_clamp32(v * k) for v, k in zip(target, cp.AXIS_SCALE))
-        self._reply(seq, cp.TargetEchoMsg(self._echo.echo_id, wire, msg.validity_ms))  # type: ignore[arg-type]
+        # The echo carries the couch as it is now (the STATUS a push would carry:
+        # positions and moving axes) and goes out before the ARMED push: the host
+        # checks that pose before GO, and waits for no push to get it.
+        at = self._status_msg(now)
+        self._reply(seq, cp.TargetEchoMsg(self._echo.echo_id, wire, msg.validity_ms,  # type: ignore[arg-type]
+                                          at.positions, at.moving_bits))
+        self._set_state(cp.CtrlState.ARMED)
 
     def _do_go(self, seq: int, msg: cp.Go, now: float) -> None:
         G = cp.MsgType.GO

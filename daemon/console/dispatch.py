@@ -41,9 +41,10 @@ from daemon.errors import ErrorCode
 
 log = logging.getLogger(LOGGER)
 
-# Holds the room's publications from a motion command's verification until its
-# answer (daemon/publications.py); returns what releases them.
-HoldPublications = Callable[[], Callable[[], None]]
+# Holds what a motion command does not need on its way to the couch (the room's
+# publications, daemon/publications.py; background syncs, daemon/group_commit.py)
+# from its verification until its answer; returns what releases them.
+HoldBackground = Callable[[], Callable[[], None]]
 
 
 def _release_nothing() -> None:
@@ -51,7 +52,7 @@ def _release_nothing() -> None:
 
 
 def hold_nothing() -> Callable[[], None]:
-    """The `HoldPublications` of a console without one: nothing is held."""
+    """The `HoldBackground` of a console without one: nothing is held."""
     return _release_nothing
 
 
@@ -69,7 +70,7 @@ class CommandDispatcher:
     def __init__(self, room: str, room_commands: RoomCommands, verifier: CommandVerifier, *,
                  publish: Publish, tasks: GuardedTasks, max_inflight: int,
                  listeners: CommandListeners | None,
-                 hold_publications: HoldPublications) -> None:
+                 hold_background: HoldBackground) -> None:
         self._room = room
         self._commands = room_commands
         self._verifier = verifier
@@ -77,7 +78,7 @@ class CommandDispatcher:
         self._tasks = tasks
         self._max_inflight = max_inflight
         self._listeners = listeners
-        self._hold_publications = hold_publications
+        self._hold_background = hold_background
         self._console_locks: dict[str, _Lane] = {}
         self._inflight = 0
 
@@ -133,7 +134,7 @@ class CommandDispatcher:
 
     def _dispatch(self, vc: VerifiedCommand) -> None:
         command = COMMANDS[vc.cmd]  # the verifier accepts registered commands only
-        release = self._hold_publications() if command.moves else _release_nothing
+        release = self._hold_background() if command.moves else _release_nothing
         if not command.heartbeat:  # heartbeats at 20 Hz would drown the audit trail
             self._tasks.audit(
                 "console.command_verified",

@@ -31,7 +31,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.api import RoomCommands
 from daemon.commands import CommandListeners
-from daemon.console.dispatch import CommandDispatcher, HoldPublications, hold_nothing
+from daemon.console.dispatch import CommandDispatcher, HoldBackground, hold_nothing
 from daemon.console.review import ReviewSender
 from daemon.console.schemas import EventMessage, StateMessage, StatusMessage, dumps, topic
 from daemon.console.tasks import AuditFn, GuardedTasks, log_audit, one_line
@@ -69,7 +69,7 @@ class MqttConsole:
         max_inflight_commands: int = 32,
         client_id: str | None = None,
         listeners: CommandListeners | None = None,
-        hold_publications: HoldPublications | None = None,
+        hold_background: HoldBackground | None = None,
     ) -> None:
         if verifier.room != room:
             raise ValueError(f"verifier is for room {verifier.room!r}, console for {room!r}")
@@ -105,9 +105,10 @@ class MqttConsole:
         self._dispatcher = CommandDispatcher(
             room, room_commands, verifier, publish=self._publish, tasks=self._tasks,
             max_inflight=max_inflight_commands, listeners=listeners,
-            # Held from a motion command's verification until its answer
-            # (daemon/publications.py); nothing held without it.
-            hold_publications=hold_publications or hold_nothing)
+            # Held from a motion command's verification until its answer (the
+            # publications and background syncs, RoomService.hold_background);
+            # nothing held without it.
+            hold_background=hold_background or hold_nothing)
 
     # --- topics -------------------------------------------------------------
 

@@ -282,7 +282,7 @@ async def test_a_motion_command_holds_publications_until_its_answer_before_its_r
         return await confirm(actor, proposal_id)
 
     fake_room.confirm = held_confirm  # type: ignore[method-assign]
-    async with serving(broker, identities, fake_room, audit, hold_publications=holds), \
+    async with serving(broker, identities, fake_room, audit, hold_background=holds), \
             console_client(broker, identities) as c:
         await asyncio.wait_for(c.confirm("p1"), 10)
         assert during == [1]
@@ -293,7 +293,7 @@ async def test_a_command_that_cannot_move_holds_no_publications(
     broker, identities, fake_room: FakeRoom, audit: AuditLog
 ) -> None:
     holds = _PublicationHolds()
-    async with serving(broker, identities, fake_room, audit, hold_publications=holds), \
+    async with serving(broker, identities, fake_room, audit, hold_background=holds), \
             console_client(broker, identities) as c:
         await asyncio.wait_for(c.status(), 10)
     assert holds.taken == 0

@@ -22,7 +22,7 @@ MESSAGES = st.one_of(
     st.builds(cp.Jog, U8, INT32, U16),
     st.builds(cp.Ack, U8),
     st.builds(cp.Nak, U8, U8, U8, INT32, INT32),
-    st.builds(cp.TargetEchoMsg, U16, POSITIONS, U16),
+    st.builds(cp.TargetEchoMsg, U16, POSITIONS, U16, POSITIONS, U8),
     st.builds(cp.Status, U8, U8, U8, U8, U16, U16, POSITIONS, U16, U16, U16,
               st.integers(0, 2**32 - 1)),
 )

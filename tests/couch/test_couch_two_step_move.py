@@ -32,6 +32,30 @@ async def test_echo_names_the_requested_target(couch: CouchClient) -> None:
     assert (await couch.status()).state == "ARMED"
 
 
+async def test_the_echo_says_where_the_couch_was_and_that_it_was_at_rest_when_armed(
+    sim: SimCouchController, couch: CouchClient
+) -> None:
+    sim.set_pose(Pose(lat=12.0, yaw=1.0))
+    echo = await couch.send_target(MOVE, validity_ms=2000)
+    assert echo.pose.lat == pytest.approx(12.0, abs=0.1)
+    assert echo.pose.yaw == pytest.approx(1.0, abs=0.01)
+    assert not any(echo.moving)
+
+
+async def test_the_echo_goes_out_before_the_armed_push(couch: CouchClient) -> None:
+    """The host checks the echo's pose before GO: no push has to arrive first."""
+    seen: list[object] = []
+    couch.add_listener(seen.append)
+    echo = await couch.send_target(MOVE, validity_ms=2000)
+    assert not [e for e in seen if getattr(e, "state", None) == "ARMED"]
+    for _ in range(100):  # the push follows the echo on the line
+        if [e for e in seen if getattr(e, "state", None) == "ARMED"]:
+            break
+        await asyncio.sleep(0.005)
+    armed = [e for e in seen if getattr(e, "state", None) == "ARMED"]
+    assert armed and armed[0].received_at > echo.received_at  # type: ignore[attr-defined]
+
+
 async def test_target_alone_moves_nothing(sim: SimCouchController, couch: CouchClient) -> None:
     await couch.send_target(MOVE, validity_ms=500)
     await asyncio.sleep(0.1)

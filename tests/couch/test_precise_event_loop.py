@@ -73,3 +73,29 @@ def test_a_timer_is_never_run_before_it_is_due() -> None:
     with asyncio.Runner(loop_factory=precise_event_loop) as runner:
         for _ in range(20):
             assert runner.run(main()) >= 0.0
+
+
+def _timer_slack_ns() -> int:
+    """This thread's timer slack: prctl(2) PR_GET_TIMERSLACK."""
+    import ctypes
+    import ctypes.util
+    return int(ctypes.CDLL(ctypes.util.find_library("c")).prctl(30, 0, 0, 0, 0))
+
+
+def test_the_thread_that_runs_the_loop_waits_with_a_timer_slack_of_1_ns() -> None:
+    import threading
+
+    seen: list[int] = []
+
+    def run() -> None:
+        loop = precise_event_loop()
+        try:
+            loop.run_until_complete(asyncio.sleep(0.001))
+            seen.append(_timer_slack_ns())
+        finally:
+            loop.close()
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(5)
+    assert seen == [1]

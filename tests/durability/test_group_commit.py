@@ -5,8 +5,10 @@ started after its records were written."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +38,26 @@ class _GatedSource:
         self.finished += 1
 
 
+@contextlib.contextmanager
+def _journal_and_store() -> Iterator[tuple[GroupCommit, _GatedSource, _GatedSource]]:
+    """A group commit of a journal and a store whose syncs run at once."""
+    journal, store = _GatedSource(), _GatedSource()
+    journal.release.set()
+    store.release.set()
+    commit = GroupCommit(journal, [store])
+    try:
+        yield commit, journal, store
+    finally:
+        commit.close()
+
+
 async def test_a_barrier_waits_for_a_sync_that_began_after_the_last_record_before_it() -> None:
     src = _GatedSource()
     commit = GroupCommit(src)
     try:
-        commit.written()  # a first sync starts and is held
+        commit.journal_written()  # a first sync starts and is held
         assert await asyncio.to_thread(src.started.wait, 5)
-        commit.written()  # a record the held sync may not cover
+        commit.journal_written()  # a record the held sync may not cover
         barrier = commit.barrier()
         await asyncio.sleep(0.01)
         src.started.clear()
@@ -59,7 +74,7 @@ async def test_a_barrier_is_met_by_a_sync_under_way_that_began_after_every_recor
     src = _GatedSource()
     commit = GroupCommit(src)
     try:
-        commit.written()  # the claim, say: a sync starts for it and is held
+        commit.journal_written()  # the claim, say: a sync starts for it and is held
         assert await asyncio.to_thread(src.started.wait, 5)
         barrier = commit.barrier()  # nothing written since that sync began
         await asyncio.sleep(0.01)
@@ -77,7 +92,7 @@ async def test_a_barrier_with_nothing_written_since_the_last_sync_returns_at_onc
     src.release.set()
     commit = GroupCommit(src)
     try:
-        commit.written()
+        commit.journal_written()
         await asyncio.wait_for(commit.barrier(), 5)
         finished = src.finished
         await asyncio.wait_for(commit.barrier(), 5)
@@ -92,7 +107,7 @@ async def test_a_failed_sync_refuses_every_later_barrier() -> None:
     src.release.set()
     commit = GroupCommit(src)
     try:
-        commit.written()
+        commit.journal_written()
         with pytest.raises(DurabilityError, match="No space left on device"):
             await asyncio.wait_for(commit.barrier(), 5)
         with pytest.raises(DurabilityError, match="No space left on device"):
@@ -106,7 +121,7 @@ async def test_a_journal_barrier_is_met_before_the_other_sources_are_synced() ->
     journal.release.set()
     commit = GroupCommit(journal, [store])
     try:
-        commit.written()
+        commit.journal_written()
         await asyncio.wait_for(commit.journal_barrier(), 5)  # the store's sync is held
         assert journal.finished == 1 and store.finished == 0
         everything = commit.barrier()
@@ -123,9 +138,9 @@ async def test_a_journal_barrier_waits_for_a_journal_sync_that_began_after_its_r
     journal = _GatedSource()
     commit = GroupCommit(journal, [])
     try:
-        commit.written()
+        commit.journal_written()
         assert await asyncio.to_thread(journal.started.wait, 5)
-        commit.written()  # the claim's record, after the held sync began
+        commit.journal_written()  # the claim's record, after the held sync began
         barrier = commit.journal_barrier()
         journal.started.clear()
         journal.release.set()
@@ -143,7 +158,7 @@ async def test_a_failed_journal_sync_refuses_the_journal_barrier() -> None:
     journal.release.set()
     commit = GroupCommit(journal, [])
     try:
-        commit.written()
+        commit.journal_written()
         with pytest.raises(DurabilityError, match="Input/output error"):
             await asyncio.wait_for(commit.journal_barrier(), 5)
     finally:
@@ -160,9 +175,108 @@ async def test_a_failed_store_sync_refuses_every_later_journal_barrier() -> None
         commit.written()
         with pytest.raises(DurabilityError, match="No space left on device"):
             await asyncio.wait_for(commit.barrier(), 5)
-        commit.written()
+        commit.journal_written()
         with pytest.raises(DurabilityError, match="No space left on device"):
             await asyncio.wait_for(commit.journal_barrier(), 5)
+    finally:
+        commit.close()
+
+
+async def test_a_journal_barrier_is_not_held_up_by_store_writes_after_the_journals(
+        ) -> None:
+    """The GO's claim goes into the store after its audit record: a journal sync that
+    began after the record and before the claim meets the GO's barrier."""
+    journal, store = _GatedSource(), _GatedSource()
+    store.release.set()
+    commit = GroupCommit(journal, [store])
+    try:
+        commit.journal_written()  # the couch_target record
+        barrier = commit.journal_barrier()
+        assert await asyncio.to_thread(journal.started.wait, 5)
+        commit.written()  # the claim, in the store, while the journal's sync runs
+        journal.release.set()
+        await asyncio.wait_for(barrier, 5)
+        assert journal.finished == 1
+    finally:
+        journal.release.set()
+        commit.close()
+
+
+async def test_a_journal_barrier_starts_the_journals_sync_within_the_step_that_asks() -> None:
+    """Asked for as the TARGET is written, the sync runs while the rest of that
+    event-loop step does (the claim), not after it."""
+    journal = _GatedSource()
+    journal.release.set()
+    commit = GroupCommit(journal, [])
+    try:
+        commit.journal_written()
+        barrier = commit.journal_barrier()
+        # The loop is held here, in the step that asked: only a flusher woken at
+        # once can have started.
+        assert journal.started.wait(5)
+        await asyncio.wait_for(barrier, 5)
+    finally:
+        commit.close()
+
+
+async def test_a_flush_for_store_writes_alone_does_not_sync_the_journal() -> None:
+    with _journal_and_store() as (commit, journal, store):
+        commit.journal_written()
+        await asyncio.wait_for(commit.barrier(), 5)
+        commit.written()  # the store alone
+        await asyncio.wait_for(commit.barrier(), 5)
+        assert (journal.finished, store.finished) == (1, 2)
+
+
+async def test_records_written_while_a_motion_command_runs_start_no_flush() -> None:
+    with _journal_and_store() as (commit, journal, store):
+        release = commit.hold()
+        commit.journal_written()  # the command's verification, confirmation, ...
+        commit.written()  # ... and the replay cache, the confirmation's row
+        await asyncio.sleep(0.02)  # several event-loop steps
+        assert (journal.finished, store.finished) == (0, 0)
+        release()
+        await asyncio.wait_for(commit.barrier(), 5)
+        assert (journal.finished, store.finished) == (1, 1)
+
+
+async def test_held_a_gos_barrier_syncs_the_journal_and_leaves_the_rest_until_the_hold_ends(
+        ) -> None:
+    with _journal_and_store() as (commit, journal, store):
+        release = commit.hold()
+        commit.journal_written()
+        commit.written()
+        await asyncio.wait_for(commit.journal_barrier(), 5)
+        await asyncio.sleep(0.02)
+        assert (journal.finished, store.finished) == (1, 0)
+        release()
+        await asyncio.wait_for(commit.barrier(), 5)
+        assert store.finished == 1
+
+
+async def test_held_a_barrier_for_every_source_is_not_held_back() -> None:
+    """A jog's or an arm command's barrier, asked for inside the command's own hold."""
+    with _journal_and_store() as (commit, journal, store):
+        release = commit.hold()
+        commit.journal_written()
+        commit.written()
+        await asyncio.wait_for(commit.barrier(), 5)
+        assert (journal.finished, store.finished) == (1, 1)
+        release()
+
+
+async def test_a_hold_never_released_ends_by_itself() -> None:
+    journal = _GatedSource()
+    journal.release.set()
+    commit = GroupCommit(journal, [])
+    try:
+        commit.hold(max_hold_s=0.02)
+        commit.journal_written()
+        for _ in range(100):
+            if journal.finished:
+                break
+            await asyncio.sleep(0.01)
+        assert journal.finished == 1
     finally:
         commit.close()
 

@@ -95,7 +95,9 @@ class FakeCouch:
         self._echo += 1
         self.journal.add("TARGET", pose)
         done: asyncio.Future[TargetEcho] = asyncio.get_running_loop().create_future()
-        done.set_result(TargetEcho(self._echo, pose, validity_ms, time.monotonic()))
+        # The echo carries the couch as it arms: where it is, which axes move.
+        done.set_result(TargetEcho(self._echo, pose, validity_ms, time.monotonic(), self.pose,
+                                   (self.state == "MOVING",) * 6))
         return done
 
     async def go(self, echo_id: int) -> None:
@@ -294,16 +296,19 @@ def room_config(tmp_path: Path, *, qa: dict[str, object] | None = None,
 async def fake_room(tmp_path: Path, *, store: FakeStore | None = None,
                     barrier: Callable[[], Awaitable[None]] | None = None,
                     go_barrier: Callable[[], Awaitable[None]] | None = None,
+                    hold_syncs: Callable[[], Callable[[], None]] | None = None,
                     qa: dict[str, object] | None = None,
                     **motion: object) -> FakeRoom:
     """A started RoomService on fakes (supervision loops not running: see `supervised`).
-    `barrier`, `go_barrier`: igrtd's group commit, everything and the audit log alone
-    (None: every record durable as written); `qa`: the
+    `barrier`, `go_barrier`, `hold_syncs`: igrtd's group commit, everything and the
+    audit log alone, its background flushes held (None: every record durable as
+    written); `qa`: the
     configuration's qa section (default: gate off)."""
     journal = Journal()
     couch, plc, audit = FakeCouch(journal), FakePlc(journal), FakeAudit(journal)
     store = store or FakeStore()
     service = RoomService(room_config(tmp_path, qa=qa, **motion), couch, audit, store, plc=plc,
-                          arms=FakeArms(journal), barrier=barrier, go_barrier=go_barrier)
+                          arms=FakeArms(journal), barrier=barrier, go_barrier=go_barrier,
+                          hold_syncs=hold_syncs)
     await service.start()
     return FakeRoom(service, couch, plc, store, audit, journal)

@@ -458,7 +458,7 @@ def couch_messages(draw: st.DrawFn) -> Any:
         st.builds(cp.Nak, u8, u8, u8, i32, i32),
         st.builds(cp.Status, u8, u8, u8, u8, u16, u16, pos, u16, u16, u16,
                   st.integers(0, 2**32 - 1)),
-        st.builds(cp.TargetEchoMsg, u16, pos, u16),
+        st.builds(cp.TargetEchoMsg, u16, pos, u16, pos, u8),
     ))
 
 

@@ -238,8 +238,8 @@ def test_a_couch_moved_since_its_recorded_imaging_is_refused_at_propose(rig: Rig
 
 
 def test_a_couch_moved_by_hand_after_confirmation_is_refused_before_go(rig: Rig) -> None:
-    """Nothing told igrtd of the push: the pose the controller reports as it arms
-    (sampled after TARGET arrived) is checked before GO; the armed target is
+    """Nothing told igrtd of the push: the pose the controller's TARGET_ECHO carries
+    (sampled when the TARGET arrived) is checked before GO; the armed target is
     cleared by a STOP and the confirmation is spent."""
     here = _here(rig)
     prop = rig.propose_to(Pose(here.lat + 3.0, here.long, here.vert), here)

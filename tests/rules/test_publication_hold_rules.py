@@ -5,6 +5,7 @@ longer than the hold's limit, and the audit record itself is never held."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from fakes import fake_room
@@ -109,10 +110,24 @@ async def test_the_audit_record_is_written_while_its_publication_is_held(
     room = await fake_room(tmp_path)
     heard: list[str] = []
     room.service.add_event_listener(lambda ev: heard.append(str(ev["event"])))
-    release = room.service.hold_publications()
+    release = room.service.hold_background()
     pid = await propose(room, SMALL)
     await room.service.confirm(ALICE, pid)
     assert room.journal.count("audit:confirmation") == 1
     assert "confirmation" not in heard
     release()
     assert "confirmation" in heard
+
+
+async def test_a_motion_commands_hold_also_holds_the_background_syncs(tmp_path: Path) -> None:
+    held: list[str] = []
+
+    def hold_syncs() -> Callable[[], None]:
+        held.append("held")
+        return lambda: held.append("released")
+
+    room = await fake_room(tmp_path, hold_syncs=hold_syncs)
+    release = room.service.hold_background()
+    assert held == ["held"]
+    release()
+    assert held == ["held", "released"]

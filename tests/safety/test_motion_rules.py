@@ -158,6 +158,14 @@ def test_couch_never_moves_while_an_imager_arm_moves() -> None:
     assert authorize_motion(replace(MOVE, imager_moving=True)).reasons == ["imager arm moving"]
 
 
+def test_a_correction_never_starts_while_a_couch_axis_moves() -> None:
+    assert authorize_motion(replace(MOVE, couch_moving=True)).reasons == ["couch moving"]
+
+
+def test_a_jog_follows_a_jog_while_the_couch_still_moves() -> None:
+    assert authorize_motion(replace(JOG, couch_moving=True)).allowed
+
+
 def test_imager_arm_never_moves_while_the_couch_moves() -> None:
     assert authorize_motion(replace(ARM, couch_moving=True)).reasons == ["couch moving"]
 
