@@ -160,15 +160,13 @@ class GroupCommit:
                 return fut
             (self._journal_waiters if journal_only else self._waiters).append(
                 (need, fut, loop))
-            if journal_only:
-                # A GO's barrier is asked for as the TARGET is written, every record
-                # it needs already written: the flush starts now, not after this
-                # step (the claim's store write, the rest of the step), and has that
-                # much longer to finish before the echo is in.
+            if journal_only or self._holds:
+                # At once, not after this step. A GO's barrier is asked for as the
+                # TARGET is written, every record it needs already written: the flush
+                # runs beside the rest of the step (the claim) and has that much
+                # longer to finish before the echo is in. Held, a jog's or an arm
+                # command's barrier is the only thing that starts a flush.
                 self._cond.notify()
-                return fut
-            if self._holds:
-                self._cond.notify()  # a jog's or an arm command's: not held back
                 return fut
         self._kick()
         return fut
@@ -237,12 +235,10 @@ class GroupCommit:
         while True:
             with self._cond:
                 while not self._stopping:
-                    # Held (a motion command runs): only a barrier starts a flush.
-                    free = not self._holds or bool(self._waiters)
                     if self._journal_requested > self._journal_done and (
-                            free or self._journal_waiters):
+                            self._unheld() or self._journal_waiters):
                         break
-                    if self._requested > self._done and free:
+                    if self._requested > self._done and self._unheld():
                         break
                     self._cond.wait()
                 if self._requested == self._done:  # stopping, nothing left
@@ -251,7 +247,7 @@ class GroupCommit:
                 journal_generation = self._journal_requested
                 journal_pending = journal_generation > self._journal_done
                 # Held, a GO's flush syncs the journal alone; the rest after the hold.
-                sync_others = not self._holds or bool(self._waiters) or self._stopping
+                sync_others = self._unheld() or self._stopping
             # The journal first, and its waiters (a GO) answered before the others
             # are synced. The rest one after the other, in this one thread: syncing
             # them side by side in a helper thread showed no gain on the confirm path
@@ -264,6 +260,11 @@ class GroupCommit:
             for sync in self._others:
                 self._sync(sync)
             self._finish(generation, journal=False)
+
+    def _unheld(self) -> bool:
+        """Whether every source may be synced now: no motion command holds the
+        flushes, or a barrier for every source waits. Called holding `_cond`."""
+        return not self._holds or bool(self._waiters)
 
     def _sync(self, sync: SyncFn) -> None:
         """Run one source's sync; a failure is kept (sticky), never raised here."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
+import functools
 import select
 import selectors
 import threading
@@ -47,11 +47,17 @@ _PR_SET_TIMERSLACK = 29  # linux/prctl.h
 TIMER_SLACK_NS = 1
 
 
+@functools.cache
+def _process_symbols() -> ctypes.CDLL:
+    # The symbols already loaded (libc among them): ctypes.util.find_library would
+    # run ldconfig in a subprocess, 3 ms, at every loop's first wait.
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _set_timer_slack(ns: int) -> bool:
     """This thread's timer slack to `ns`; False where prctl(2) is not there or refuses."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        return int(libc.prctl(_PR_SET_TIMERSLACK, ns, 0, 0, 0)) == 0
+        return int(_process_symbols().prctl(_PR_SET_TIMERSLACK, ns, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
 
